@@ -1,0 +1,189 @@
+"""The extension shell: ``MailOAuth``, its configuration defaults and the host's callbacks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, current_app
+
+from . import crypto
+from .errors import MailboxNotFound, SetupError
+from .models import Models, models_for
+from .settings import MailboxSettings
+
+logger = logging.getLogger("flask_mailoauth")
+
+
+#: every configuration key with its default; documented in docs/configuration.rst
+DEFAULTS: dict[str, object] = {
+    # where the blueprint is mounted; the callback is <prefix>/callback
+    "MAILOAUTH_URL_PREFIX": "/mailoauth",
+    # the absolute Callback Endpoint, when the computed one is wrong (unusual proxies)
+    "MAILOAUTH_CALLBACK_URL": None,
+    # URL-safe base64 keys, a list or a comma-separated string; the first encrypts
+    "MAILOAUTH_ENCRYPTION_KEYS": None,
+    # accept http:// endpoints on loopback hosts (tests and local sandboxes only)
+    "MAILOAUTH_ALLOW_INSECURE_HTTP": False,
+    # seconds of validity below which an access token is refreshed before use
+    "MAILOAUTH_REFRESH_LEEWAY": 300,
+    # seconds a process may serve a token from memory without looking at the database
+    "MAILOAUTH_CACHE_TTL": 60,
+    # seconds to wait for another worker's refresh before giving up
+    "MAILOAUTH_LOCK_TIMEOUT": 30,
+    # seconds for each call to the IdP
+    "MAILOAUTH_HTTP_TIMEOUT": 10,
+    # seconds for each mail server connection
+    "MAILOAUTH_MAIL_TIMEOUT": 30,
+    # seconds a started authorization stays valid
+    "MAILOAUTH_PENDING_TTL": 600,
+    # first and longest wait, in seconds, between retries after transient refresh failures
+    "MAILOAUTH_RETRY_BASE": 30,
+    "MAILOAUTH_RETRY_MAX": 3600,
+    # consecutive refresh failures that raise a warning
+    "MAILOAUTH_FAILURE_WARNING_THRESHOLD": 3,
+    # warn when the refresh token has not been used for this many days (Microsoft: 90 max)
+    "MAILOAUTH_IDLE_WARNING_DAYS": 80,
+    # warn this many days before the client secret's end date
+    "MAILOAUTH_SECRET_WARNING_DAYS": (30, 7),
+    # accounts refreshed at once by `flask mailoauth refresh --due`
+    "MAILOAUTH_REFRESH_CONCURRENCY": 8,
+}
+
+MailboxLoader = Callable[[str], MailboxSettings | None]
+AccessCheck = Callable[[], bool]
+AccountPage = Callable[[str, str], str]
+
+
+@dataclass
+class MailOAuthState:
+    """What one app holds in ``app.extensions["mailoauth"]``."""
+
+    extension: MailOAuth
+    db: Any
+    models: Models
+    keyring: crypto.KeyRing
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+
+class MailOAuth:
+    """OAuth2 for a Flask helpdesk's system mailboxes.
+
+    ``MailOAuth(app, db=db)``, or ``MailOAuth()`` then ``init_app(app, db=db)`` in an app
+    factory. The host registers two callbacks: :meth:`mailbox_loader` and :meth:`access_check`.
+    One instance may serve several apps; it never keeps a reference to any of them.
+    """
+
+    def __init__(self, app: Flask | None = None, *, db: Any = None) -> None:
+        self.db = db
+        self._mailbox_loader: MailboxLoader | None = None
+        self._access_check: AccessCheck | None = None
+        self._account_page: AccountPage | None = None
+        if app is not None:
+            self.init_app(app, db=db)
+
+    def init_app(self, app: Flask, *, db: Any = None) -> None:
+        """Register the extension on ``app``: config defaults, tables, blueprint, CLI."""
+        if "mailoauth" in app.extensions:
+            raise RuntimeError(
+                "A 'MailOAuth' instance has already been registered on this Flask app. "
+                "Import and use that instance instead."
+            )
+        db = db if db is not None else self.db
+        if db is None:
+            db = app.extensions.get("sqlalchemy")
+        if db is None:
+            raise SetupError(
+                "MailOAuth needs the app's Flask-SQLAlchemy instance: "
+                "MailOAuth(app, db=db) or mailoauth.init_app(app, db=db)."
+            )
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+
+        from . import cli, views
+
+        app.extensions["mailoauth"] = MailOAuthState(
+            extension=self, db=db, models=models_for(db), keyring=_keyring(app)
+        )
+        app.register_blueprint(views.blueprint, url_prefix=app.config["MAILOAUTH_URL_PREFIX"])
+        app.add_template_global(views.config_button, "mailoauth_config_button")
+        app.cli.add_command(cli.mailoauth_cli)
+
+    # -- host callbacks -------------------------------------------------------------------
+
+    def mailbox_loader(self, callback: MailboxLoader) -> MailboxLoader:
+        """Decorator: ``callback(key)`` returns the host's :class:`MailboxSettings` or ``None``."""
+        self._mailbox_loader = callback
+        return callback
+
+    def access_check(self, callback: AccessCheck) -> AccessCheck:
+        """Decorator: ``callback()`` returns True when the current user may manage OAuth.
+
+        Without one, every view of the extension answers 403.
+        """
+        self._access_check = callback
+        return callback
+
+    def account_page(self, callback: AccountPage) -> AccountPage:
+        """Decorator: ``callback(key, purpose)`` returns the URL of the host's page for a mailbox.
+
+        The admin lands there after authorizing. Without it, the page the modal was opened from
+        is used (same origin only).
+        """
+        self._account_page = callback
+        return callback
+
+    def may_manage(self) -> bool:
+        """Whether the current request may use the extension's views."""
+        return self._access_check is not None and bool(self._access_check())
+
+    def mailbox(self, key: str) -> MailboxSettings:
+        """The host's settings for mailbox ``key``, from its ``mailbox_loader``."""
+        if self._mailbox_loader is None:
+            raise SetupError(
+                "No mailbox loader registered: decorate a function taking a key and returning "
+                "MailboxSettings with @mailoauth.mailbox_loader."
+            )
+        settings = self._mailbox_loader(key)
+        if settings is None:
+            raise MailboxNotFound(f"The mailbox loader knows no mailbox with key {key!r}.")
+        if not isinstance(settings, MailboxSettings):
+            raise SetupError(
+                f"The mailbox loader returned {type(settings).__name__}; "
+                "it must return MailboxSettings or None."
+            )
+        return settings
+
+
+def state() -> MailOAuthState:
+    """The current app's extension state, with a helpful error when it is missing."""
+    try:
+        return current_app.extensions["mailoauth"]
+    except KeyError:
+        raise SetupError(
+            "flask-mailoauth is not registered on this app. Did you forget to call "
+            "mailoauth.init_app(app, db=db)?"
+        ) from None
+
+
+def _keyring(app: Flask) -> crypto.KeyRing:
+    """The key ring from ``MAILOAUTH_ENCRYPTION_KEYS``, or one derived from ``SECRET_KEY``."""
+    configured = app.config.get("MAILOAUTH_ENCRYPTION_KEYS")
+    if isinstance(configured, str):
+        configured = [k for k in configured.split(",") if k.strip()]
+    if configured:
+        return crypto.KeyRing(crypto.parse_key(k) for k in configured)
+    secret_key = app.config.get("SECRET_KEY")
+    if not secret_key:
+        raise SetupError(
+            "flask-mailoauth encrypts secrets at rest and needs a key: set "
+            "MAILOAUTH_ENCRYPTION_KEYS (recommended) or SECRET_KEY before init_app."
+        )
+    logger.warning(
+        "MAILOAUTH_ENCRYPTION_KEYS is not set: tokens are encrypted with a key derived from "
+        "SECRET_KEY. Set MAILOAUTH_ENCRYPTION_KEYS so that rotating SECRET_KEY does not make "
+        "stored tokens unreadable."
+    )
+    return crypto.KeyRing([crypto.derive_key(secret_key)])

@@ -1,0 +1,235 @@
+"""The tables, defined on the host's Flask-SQLAlchemy ``db`` (so Alembic autogenerate sees them).
+
+Columns are declared once on mixins; :func:`models_for` binds them to a host's ``db.Model``,
+once per ``db`` instance. Every datetime is timezone-aware UTC. Secret columns hold
+:mod:`~flask_mailoauth.crypto` ciphertexts bound to the table, the row's ``uid`` and the field.
+"""
+
+from __future__ import annotations
+
+import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, relationship
+
+#: the secret columns of each table, re-encrypted by ``flask mailoauth rotate-key``
+SECRET_FIELDS = {
+    "mailoauth_account": ("client_secret",),
+    "mailoauth_credential": ("access_token", "refresh_token"),
+    "mailoauth_pending": ("code_verifier",),
+}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A datetime column that only accepts aware values and always returns UTC-aware ones."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("flask-mailoauth stores timezone-aware datetimes only.")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _uid() -> str:
+    return uuid.uuid4().hex
+
+
+class _Secretive:
+    """Rows with encrypted fields: a stable ``uid`` for the associated data, a safe repr."""
+
+    uid: Mapped[str] = mapped_column(sa.String(32), unique=True, default=_uid)
+
+    def aad(self, field: str) -> str:
+        """The associated data binding a ciphertext to this row and ``field``."""
+        if not self.uid:
+            self.uid = _uid()
+        return f"{self.__tablename__}:{self.uid}:{field}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {getattr(self, 'id', None)} {self.uid}>"
+
+
+class AccountMixin(_Secretive):
+    """One OAuth2 configuration: a host mailbox (``key``) used for ``mailbox`` or ``smtp``."""
+
+    __tablename__ = "mailoauth_account"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple:
+        return (sa.UniqueConstraint("key", "purpose", name="uq_mailoauth_account_key_purpose"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(255), index=True)
+    purpose: Mapped[str] = mapped_column(sa.String(16))
+    name: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    address: Mapped[str] = mapped_column(sa.String(320))
+    enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    provider: Mapped[str] = mapped_column(sa.String(64))
+    config: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+    client_secret: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
+    secret_expires_on: Mapped[date | None] = mapped_column(sa.Date, nullable=True)
+    strict_matching: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    notes: Mapped[str] = mapped_column(sa.Text, default="")
+    config_signature: Mapped[str] = mapped_column(sa.String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class CredentialMixin(_Secretive):
+    """The tokens of one account and the state of their refresh."""
+
+    __tablename__ = "mailoauth_credential"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+
+    @declared_attr
+    def account_id(cls) -> Mapped[int]:
+        return mapped_column(
+            sa.ForeignKey("mailoauth_account.id", ondelete="CASCADE"), unique=True, index=True
+        )
+
+    access_token: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    refresh_token: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    token_type: Mapped[str] = mapped_column(sa.String(32), default="Bearer")
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    scope: Mapped[str] = mapped_column(sa.Text, default="")
+    audience: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    resource_owner: Mapped[str | None] = mapped_column(sa.String(320), nullable=True)
+    authorized_by: Mapped[str | None] = mapped_column(sa.String(320), nullable=True)
+    subject: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    tenant: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    config_signature: Mapped[str] = mapped_column(sa.String(64))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    refresh_token_issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status: Mapped[str] = mapped_column(sa.String(32), default="active")
+    failure_count: Mapped[int] = mapped_column(sa.Integer, default=0)
+    last_error_code: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    version: Mapped[int] = mapped_column(sa.Integer, default=1)
+
+
+class PendingAuthorizationMixin(_Secretive):
+    """A started authorization waiting for its callback: single use, short-lived."""
+
+    __tablename__ = "mailoauth_pending"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    state_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+
+    @declared_attr
+    def account_id(cls) -> Mapped[int]:
+        return mapped_column(sa.ForeignKey("mailoauth_account.id", ondelete="CASCADE"), index=True)
+
+    session_id: Mapped[str] = mapped_column(sa.String(64))
+    code_verifier: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    nonce: Mapped[str] = mapped_column(sa.String(128))
+    redirect_uri: Mapped[str] = mapped_column(sa.Text)
+    return_url: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EventMixin:
+    """One line of an account's history: authorized, refreshed, a failure with its code..."""
+
+    __tablename__ = "mailoauth_event"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+
+    @declared_attr
+    def account_id(cls) -> Mapped[int]:
+        return mapped_column(sa.ForeignKey("mailoauth_account.id", ondelete="CASCADE"), index=True)
+
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(sa.String(40))
+    level: Mapped[str] = mapped_column(sa.String(10), default="info")
+    code: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    message: Mapped[str] = mapped_column(sa.Text, default="")
+    actor: Mapped[str | None] = mapped_column(sa.String(320), nullable=True)
+
+    def __repr__(self) -> str:
+        return f"<Event {self.kind} {self.code or ''} at {self.at}>"
+
+
+@dataclass(frozen=True)
+class Models:
+    """The model classes bound to one host ``db``."""
+
+    Account: type
+    Credential: type
+    PendingAuthorization: type
+    Event: type
+
+
+_models_by_db: weakref.WeakKeyDictionary[Any, Models] = weakref.WeakKeyDictionary()
+
+
+def models_for(db: Any) -> Models:
+    """The models on ``db.Model``, created on first use and shared by every app using ``db``."""
+    if db in _models_by_db:
+        return _models_by_db[db]
+
+    class MailOAuthAccount(AccountMixin, db.Model):
+        credential = relationship(
+            "MailOAuthCredential",
+            uselist=False,
+            back_populates="account",
+            cascade="all, delete-orphan",
+            passive_deletes=True,
+        )
+
+    class MailOAuthCredential(CredentialMixin, db.Model):
+        account = relationship(MailOAuthAccount, back_populates="credential")
+
+    class MailOAuthPendingAuthorization(PendingAuthorizationMixin, db.Model):
+        account = relationship(MailOAuthAccount)
+
+    class MailOAuthEvent(EventMixin, db.Model):
+        pass
+
+    models = Models(
+        MailOAuthAccount, MailOAuthCredential, MailOAuthPendingAuthorization, MailOAuthEvent
+    )
+    _models_by_db[db] = models
+    return models
+
+
+@contextmanager
+def own_session(db: Any) -> Iterator[Session]:
+    """A session of our own on the host's engine: we commit our rows, never the host's.
+
+    The host's ``db.session`` may hold unrelated pending changes; committing it would save
+    them behind its back. Ours commits on success and rolls back on any error.
+    """
+    session: Session = db.session.session_factory(expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

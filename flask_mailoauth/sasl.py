@@ -1,0 +1,86 @@
+"""SASL initial responses for XOAUTH2 and OAUTHBEARER (RFC 7628), as raw bytes.
+
+The functions return the bytes *before* base64 encoding: ``imaplib``/``smtplib`` encode them
+themselves, and tests can compare them byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+
+
+def xoauth2(user: str, token: str) -> bytes:
+    """The XOAUTH2 initial response: ``user=U ^A auth=Bearer T ^A ^A``."""
+    return b"user=" + user.encode() + b"\x01auth=Bearer " + token.encode() + b"\x01\x01"
+
+
+def _saslname(user: str) -> bytes:
+    """RFC 5801 saslname: ``,`` and ``=`` escaped as ``=2C`` and ``=3D``."""
+    return user.replace("=", "=3D").replace(",", "=2C").encode()
+
+
+def oauthbearer(user: str, token: str, host: str, port: int | str) -> bytes:
+    """The OAUTHBEARER initial response (RFC 7628 §3.1) with the GS2 header, host and port."""
+    return (
+        b"n,a="
+        + _saslname(user)
+        + b",\x01host="
+        + host.encode()
+        + b"\x01port="
+        + str(port).encode()
+        + b"\x01auth=Bearer "
+        + token.encode()
+        + b"\x01\x01"
+    )
+
+
+@dataclass(frozen=True)
+class ErrorChallenge:
+    """A server's error challenge (RFC 7628 §3.2.2), decoded from its base64 JSON."""
+
+    status: str | None = None
+    schemes: str | None = None
+    scope: str | None = None
+    raw: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """A readable sentence for the admin."""
+        if not self.raw:
+            return "The server refused the token without saying why."
+        parts = [f"status {self.status}" if self.status else "no status"]
+        if self.scope:
+            parts.append(f"required scope: {self.scope}")
+        if self.schemes:
+            parts.append(f"schemes: {self.schemes}")
+        return "The server refused the token (" + ", ".join(parts) + ")."
+
+
+def decode_error_challenge(challenge: bytes | str) -> ErrorChallenge:
+    """Decode a base64 JSON error challenge; undecodable input yields an empty challenge."""
+    if isinstance(challenge, str):
+        challenge = challenge.encode()
+    challenge = challenge.strip()
+    try:
+        raw = base64.b64decode(challenge, validate=True) if challenge else b""
+        data = json.loads(raw) if raw else {}
+    except (binascii.Error, ValueError):
+        # Already decoded by the client library (imaplib hands the callback decoded bytes).
+        try:
+            data = json.loads(challenge) if challenge else {}
+        except ValueError:
+            data = {}
+    if not isinstance(data, dict):
+        data = {}
+    return ErrorChallenge(
+        status=_text(data.get("status")),
+        schemes=_text(data.get("schemes")),
+        scope=_text(data.get("scope")),
+        raw=data,
+    )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,48 @@
+"""What the host tells us about a mailbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Protocol = Literal["imap", "pop3"]
+Security = Literal["ssl", "starttls", "none"]
+Purpose = Literal["mailbox", "smtp"]
+PURPOSES: tuple[Purpose, ...] = ("mailbox", "smtp")
+
+
+@dataclass(frozen=True)
+class MailboxSettings:
+    """A host's system email, as its ``mailbox_loader`` describes it.
+
+    Only ``address`` is required; servers left out fall back to the provider's defaults
+    (e.g. outlook.office365.com for Microsoft). ``smtp_address`` is the address SMTP logs in
+    and sends as; it defaults to ``address``.
+    """
+
+    address: str
+    protocol: Protocol = "imap"
+    host: str | None = None
+    port: int | None = None
+    security: Security | None = None
+    folder: str = "INBOX"
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_security: Security | None = None
+    smtp_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.address or "@" not in self.address:
+            raise ValueError(
+                f"MailboxSettings.address must be an email address, not {self.address!r}."
+            )
+        if self.protocol not in ("imap", "pop3"):
+            raise ValueError("MailboxSettings.protocol must be 'imap' or 'pop3'.")
+        for value in (self.security, self.smtp_security):
+            if value not in (None, "ssl", "starttls", "none"):
+                raise ValueError("security must be 'ssl', 'starttls' or 'none'.")
+
+    @property
+    def sender(self) -> str:
+        """The address SMTP uses."""
+        return self.smtp_address or self.address

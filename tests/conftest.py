@@ -1,0 +1,63 @@
+"""Shared fixtures: a host app factory wired the way a helpdesk would wire the extension."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_mailoauth import MailboxSettings, MailOAuth
+from flask_mailoauth.crypto import generate_key
+
+TEST_KEY = generate_key()
+
+
+@dataclass
+class Host:
+    """A host app with its db and extension, as a helpdesk would build them."""
+
+    app: Flask
+    db: SQLAlchemy
+    ext: MailOAuth
+    mailboxes: dict[str, MailboxSettings]
+
+
+@pytest.fixture
+def make_host(tmp_path) -> Callable[..., Host]:
+    """Build a host app; keyword arguments become config, ``access=False`` omits the check."""
+    counter = iter(range(1000))
+
+    def factory(*, access: bool | None = True, db_url: str | None = None, **config: Any) -> Host:
+        app = Flask(f"host{next(counter)}")
+        app.config.update(
+            TESTING=True,
+            SECRET_KEY="test-secret-key",
+            SQLALCHEMY_DATABASE_URI=db_url or f"sqlite:///{tmp_path / 'host.sqlite3'}",
+            MAILOAUTH_ENCRYPTION_KEYS=[TEST_KEY],
+            MAILOAUTH_ALLOW_INSECURE_HTTP=True,
+        )
+        app.config.update(config)
+        db = SQLAlchemy()
+        db.init_app(app)
+        ext = MailOAuth(app, db=db)
+        mailboxes = {
+            "support": MailboxSettings(address="support@example.test"),
+        }
+        ext.mailbox_loader(mailboxes.get)
+        if access is not None:
+            ext.access_check(lambda: access)
+        with app.app_context():
+            db.create_all()
+        return Host(app, db, ext, mailboxes)
+
+    return factory
+
+
+@pytest.fixture
+def host(make_host) -> Host:
+    """The default host: SQLite, an access check that lets everyone in."""
+    return make_host()
