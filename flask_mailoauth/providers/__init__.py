@@ -1,0 +1,36 @@
+"""Identity providers: the registry, the base class third-party providers extend, and the
+built-in Microsoft, Google and generic OAuth2/OIDC providers."""
+
+from . import registry
+from .base import (
+    ConfigField,
+    Endpoints,
+    ErrorAdvice,
+    Identity,
+    MailServer,
+    MailServers,
+    Provider,
+    check_endpoint_url,
+    classify_oauth_error,
+    split_scopes,
+)
+from .generic import GenericProvider
+from .google import GoogleProvider
+from .microsoft import MicrosoftProvider
+
+__all__ = [
+    "ConfigField",
+    "Endpoints",
+    "ErrorAdvice",
+    "GenericProvider",
+    "GoogleProvider",
+    "Identity",
+    "MailServer",
+    "MailServers",
+    "MicrosoftProvider",
+    "Provider",
+    "check_endpoint_url",
+    "classify_oauth_error",
+    "registry",
+    "split_scopes",
+]

@@ -1,0 +1,354 @@
+"""What a provider is: its IdP Config fields, endpoints, authorize parameters, identity,
+default mail servers and how it classifies the IdP's error responses.
+
+A provider is stateless; everything it needs comes in the ``config`` mapping (the stored IdP
+Config of one account, field name -> string value).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+from ..errors import FailureKind, ProviderFailure
+
+FieldKind = Literal["text", "url", "select", "scopes", "date"]
+Security = Literal["ssl", "starttls", "none"]
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One field of the IdP Config tab.
+
+    ``signed`` fields go into the config signature: changing one invalidates the grant and sends
+    the admin back to the IdP. The client secret is never a ``ConfigField``; it is stored apart.
+    """
+
+    name: str
+    label: str
+    default: str = ""
+    kind: FieldKind = "text"
+    required: bool = False
+    help: str = ""
+    choices: tuple[tuple[str, str], ...] = ()
+    signed: bool = True
+
+
+@dataclass(frozen=True)
+class MailServer:
+    """Where a protocol is served: host, port and transport security."""
+
+    host: str
+    port: int
+    security: Security
+
+
+@dataclass(frozen=True)
+class MailServers:
+    """A provider's default servers, used when the host's ``MailboxSettings`` leave them out."""
+
+    imap: MailServer
+    pop3: MailServer
+    smtp: MailServer
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The IdP endpoints one account uses, resolved from its config."""
+
+    authorization: str
+    token: str
+    issuer: str | None = None
+    jwks_uri: str | None = None
+    userinfo: str | None = None
+    resource: str | None = None
+    revocation: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who authorized: the resource owner as the IdP vouches for it."""
+
+    email: str | None
+    addresses: tuple[str, ...] = ()
+    subject: str | None = None
+    tenant: str | None = None
+    name: str | None = None
+
+    def matches(self, address: str) -> bool:
+        """True when ``address`` is one of the verified addresses (case-insensitive)."""
+        wanted = address.strip().casefold()
+        return any(a.strip().casefold() == wanted for a in self.addresses)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and loopback IP literals."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint_url(url: str, *, allow_insecure_http: bool) -> str | None:
+    """Return why ``url`` is not an acceptable endpoint, or ``None`` when it is.
+
+    Endpoints must be ``https``; plain ``http`` is accepted only for loopback hosts and only when
+    the host application set ``MAILOAUTH_ALLOW_INSECURE_HTTP`` (tests, local sandboxes).
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "Enter a full URL, starting with https://."
+    if parts.scheme == "http":
+        if not is_loopback_host(parts.hostname):
+            return "The endpoint must use https://."
+        if not allow_insecure_http:
+            return "http:// is refused; set MAILOAUTH_ALLOW_INSECURE_HTTP for a loopback test IdP."
+    return None
+
+
+def split_scopes(value: str) -> list[str]:
+    """Scopes as typed by an admin: space or comma separated, duplicates dropped, order kept."""
+    seen: dict[str, None] = {}
+    for scope in value.replace(",", " ").split():
+        seen.setdefault(scope, None)
+    return list(seen)
+
+
+class ErrorAdvice(NamedTuple):
+    """What an IdP error code means for the grant, and the one line that tells the admin the fix."""
+
+    kind: FailureKind
+    guidance: str
+
+
+#: RFC 6749 §4.1.2.1 and §5.2 error codes; providers extend this table with their own codes
+OAUTH_ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
+    {
+        "invalid_grant": ErrorAdvice(
+            "reauthorize",
+            "The grant is no longer valid (revoked, expired or the password changed): "
+            "authorize again.",
+        ),
+        "access_denied": ErrorAdvice(
+            "reauthorize",
+            "Consent was declined or cancelled at the identity provider: authorize again and "
+            "accept.",
+        ),
+        "invalid_client": ErrorAdvice(
+            "configuration",
+            "The identity provider refused the client credentials: check the Client ID and the "
+            "client secret.",
+        ),
+        "unauthorized_client": ErrorAdvice(
+            "configuration",
+            "The application may not use this grant: allow the authorization code and refresh "
+            "token grants in its registration.",
+        ),
+        "invalid_scope": ErrorAdvice(
+            "configuration",
+            "A requested scope is unknown or not allowed for this application: fix the Scopes.",
+        ),
+        "invalid_request": ErrorAdvice(
+            "configuration",
+            "The identity provider refused the request as malformed: check the IdP Config.",
+        ),
+        "unsupported_grant_type": ErrorAdvice(
+            "configuration",
+            "The token endpoint does not support this grant: check the Token Endpoint.",
+        ),
+        "unsupported_response_type": ErrorAdvice(
+            "configuration",
+            "The authorization endpoint does not support the code flow: check the Authorization "
+            "Endpoint.",
+        ),
+        "server_error": ErrorAdvice(
+            "transient",
+            "The identity provider had an internal error; the extension retries automatically.",
+        ),
+        "temporarily_unavailable": ErrorAdvice(
+            "transient",
+            "The identity provider is overloaded or down; the extension retries automatically.",
+        ),
+    }
+)
+
+_DEFAULT_GUIDANCE: Mapping[FailureKind, str] = MappingProxyType(
+    {
+        "transient": "The identity provider could not answer; the extension keeps the current "
+        "token and retries automatically.",
+        "reauthorize": "Authorize again, signing in as the mailbox.",
+        "configuration": "Check the IdP Config against the application registered at the "
+        "identity provider.",
+    }
+)
+
+
+def _one_line(text: str) -> str:
+    """Whitespace (including CR/LF from the IdP) collapsed, so a description fits one log line."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def classify_oauth_error(
+    status: int | None,
+    body: Mapping[str, Any] | None,
+    *,
+    retry_after: float | None = None,
+    code: str | None = None,
+    advice: Callable[[str], ErrorAdvice | None] = OAUTH_ERRORS.get,
+) -> ProviderFailure:
+    """Classify a token-endpoint error the way RFC 6749 allows every provider to.
+
+    Network errors, timeouts, 5xx and 429 are transient whatever the body says. Otherwise the
+    provider-specific ``code`` (defaulting to the OAuth ``error``) and then the OAuth ``error`` are
+    looked up with ``advice``; ``invalid_grant`` needs a new consent and any other 4xx is a
+    configuration problem, described in the IdP's own words.
+    """
+    body = body or {}
+    error = str(body.get("error") or "") or None
+    code = code or error
+    description = _one_line(str(body.get("error_description") or ""))
+    found = (advice(code) if code else None) or (advice(error) if error else None)
+    kind: FailureKind
+    if status is None or status == 429 or status >= 500:
+        kind = "transient"
+        if found and found.kind != "transient":
+            found = None
+        if not description:
+            description = (
+                "The identity provider could not be reached (network error or timeout)."
+                if status is None
+                else f"The identity provider answered HTTP {status}."
+            )
+    elif found:
+        kind = found.kind
+    else:
+        kind = "reauthorize" if error == "invalid_grant" else "configuration"
+    return ProviderFailure(
+        kind=kind,
+        code=code,
+        description=description,
+        guidance=found.guidance if found else _DEFAULT_GUIDANCE[kind],
+        retry_after=retry_after if kind == "transient" else None,
+    )
+
+
+class Provider:
+    """Base class of every provider. Subclasses set the class attributes and override hooks.
+
+    Register a subclass with :func:`flask_mailoauth.providers.registry.register` or, from a
+    separate package, through the ``flask_mailoauth.providers`` entry point group.
+    """
+
+    #: registry id, e.g. ``"microsoft"``; also stored on each account
+    id: ClassVar[str]
+    #: the label of the Authentication select, e.g. ``"OAuth2 - Microsoft"``
+    display_name: ClassVar[str]
+    #: the IdP Config fields, in display order
+    fields: ClassVar[tuple[ConfigField, ...]] = ()
+    #: error code -> kind and guidance; :meth:`classify_error` and :meth:`guidance` read it
+    error_advice: ClassVar[Mapping[str, ErrorAdvice]] = OAUTH_ERRORS
+
+    def defaults(self) -> dict[str, str]:
+        """Field name -> prefilled value."""
+        return {f.name: f.default for f in self.fields}
+
+    def field(self, name: str) -> ConfigField:
+        """The field called ``name``."""
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def validate(self, config: Mapping[str, str], *, allow_insecure_http: bool) -> dict[str, str]:
+        """Field name -> error message for every invalid field; empty when all is well."""
+        errors: dict[str, str] = {}
+        for f in self.fields:
+            value = (config.get(f.name) or "").strip()
+            if f.required and not value:
+                errors[f.name] = f"{f.label} is required."
+            elif value and f.kind == "url":
+                problem = check_endpoint_url(value, allow_insecure_http=allow_insecure_http)
+                if problem:
+                    errors[f.name] = problem
+            elif value and f.kind == "select" and value not in {c[0] for c in f.choices}:
+                errors[f.name] = f"Choose one of: {', '.join(c[1] for c in f.choices)}."
+        return errors
+
+    def complete(self, config: Mapping[str, str], http: Any) -> dict[str, str]:
+        """Fill what can be derived before saving (e.g. endpoints by discovery).
+
+        ``http`` is a ``requests.Session``. Raise :class:`ValueError` with an admin-readable
+        message when the config cannot be completed. The default returns the config unchanged.
+        """
+        return dict(config)
+
+    def scopes(self, config: Mapping[str, str]) -> list[str]:
+        """The scopes to request."""
+        return split_scopes(config.get("scopes", ""))
+
+    def endpoints(self, config: Mapping[str, str]) -> Endpoints:
+        """The endpoints this account uses."""
+        raise NotImplementedError
+
+    def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
+        """Extra query parameters for the authorization request (``prompt``, ``access_type``...)."""
+        return {}
+
+    def refresh_params(self, config: Mapping[str, str]) -> dict[str, str]:
+        """Extra body parameters for the refresh_token grant."""
+        return {}
+
+    def expected_issuer(self, config: Mapping[str, str], claims: Mapping[str, Any]) -> str | None:
+        """The ``iss`` an id_token must carry; ``None`` skips the check (no OIDC)."""
+        return self.endpoints(config).issuer
+
+    def identity(
+        self,
+        config: Mapping[str, str],
+        *,
+        claims: Mapping[str, Any] | None,
+        token: Mapping[str, Any],
+        http: Any,
+    ) -> Identity:
+        """Who authorized, from the validated id_token ``claims`` (or other sources)."""
+        raise NotImplementedError
+
+    def mail_servers(self, config: Mapping[str, str]) -> MailServers | None:
+        """Default IMAP/POP3/SMTP servers, or ``None`` when the provider has none."""
+        return None
+
+    def classify_error(
+        self,
+        status: int | None,
+        body: Mapping[str, Any] | None,
+        *,
+        retry_after: float | None = None,
+    ) -> ProviderFailure:
+        """Classify a failed token-endpoint call.
+
+        ``status`` is the HTTP status (``None`` for a network error or timeout) and ``body`` the
+        decoded JSON error response, when there was one.
+        """
+        return classify_oauth_error(status, body, retry_after=retry_after, advice=self.advice)
+
+    def advice(self, code: str) -> ErrorAdvice | None:
+        """The :attr:`error_advice` entry for ``code``, or ``None`` when the code is unknown."""
+        return self.error_advice.get(code)
+
+    def guidance(self, code: str | None) -> str:
+        """One line telling the admin what to do about an error ``code``; empty when unknown."""
+        found = self.advice(code) if code else None
+        return found.guidance if found else ""
+
+    def warnings(self, config: Mapping[str, str]) -> list[str]:
+        """Standing warnings about this configuration (e.g. Google apps in Testing mode)."""
+        return []

@@ -1,0 +1,265 @@
+"""Any OAuth2/OpenID Connect provider, configured by discovery or by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from ..errors import AuthorizationFailed
+from .base import ConfigField, Endpoints, Identity, Provider, check_endpoint_url
+
+#: seconds to wait for a discovery document, userinfo or resource details response
+TIMEOUT = 5
+#: discovery document key -> the config field it fills
+_DISCOVERED = {
+    "authorization_endpoint": "authorization_endpoint",
+    "token_endpoint": "token_endpoint",
+    "jwks_uri": "jwks_uri",
+    "userinfo_endpoint": "userinfo_endpoint",
+}
+
+
+def _lookup(data: Any, path: str) -> Any:
+    """The value at a dotted ``path`` (``data.email``) in nested JSON objects, or ``None``."""
+    for key in path.split("."):
+        if not isinstance(data, Mapping):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _discovery_urls(issuer: str) -> tuple[str, str]:
+    """OpenID Connect Discovery's URL, then RFC 8414's, for an issuer."""
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    return (
+        f"{issuer.rstrip('/')}/.well-known/openid-configuration",
+        f"{parts.scheme}://{parts.netloc}/.well-known/oauth-authorization-server{path}",
+    )
+
+
+def _fetch_metadata(http: Any, issuer: str) -> Mapping[str, Any]:
+    """The issuer's metadata document, checked to be issued for exactly this issuer."""
+    failures = []
+    for url in _discovery_urls(issuer):
+        try:
+            response = http.get(url, timeout=TIMEOUT, headers={"Accept": "application/json"})
+        except requests.RequestException as exc:
+            raise ValueError(
+                f"Discovery failed: {urlsplit(url).netloc} could not be reached "
+                f"({type(exc).__name__}). Check the Issuer, or enter the endpoints by hand."
+            ) from exc
+        if response.status_code != 200:
+            failures.append(f"{url} answered HTTP {response.status_code}")
+            continue
+        try:
+            document = response.json()
+        except ValueError:
+            failures.append(f"{url} did not return JSON")
+            continue
+        if not isinstance(document, Mapping):
+            failures.append(f"{url} did not return a JSON object")
+            continue
+        if document.get("issuer") != issuer:
+            raise ValueError(
+                f"Discovery failed: the document at {url} is for issuer "
+                f"{document.get('issuer')!r}, not {issuer!r}. Enter the issuer exactly as the "
+                "provider spells it."
+            )
+        return document
+    raise ValueError(
+        f"Discovery failed: {'; '.join(failures)}. Check the Issuer, or enter the endpoints by "
+        "hand."
+    )
+
+
+class GenericProvider(Provider):
+    """Any OAuth2 provider: OIDC discovery, userinfo, or osTicket's resource details endpoint."""
+
+    id = "generic"
+    display_name = "OAuth2 - Other Provider"
+    fields = (
+        ConfigField(
+            "issuer",
+            "Issuer",
+            kind="url",
+            help="Fills the endpoints by discovery.",
+        ),
+        ConfigField("client_id", "Client ID", required=True),
+        ConfigField("authorization_endpoint", "Authorization Endpoint", kind="url"),
+        ConfigField("token_endpoint", "Token Endpoint", kind="url"),
+        ConfigField(
+            "jwks_uri",
+            "JWKS URI",
+            kind="url",
+            help="The provider's signing keys; needed to validate id_tokens.",
+        ),
+        ConfigField("userinfo_endpoint", "Userinfo Endpoint", kind="url"),
+        ConfigField(
+            "resource_endpoint",
+            "Resource Details Endpoint",
+            kind="url",
+            help="A JSON endpoint that returns the mailbox address, when there is no OpenID "
+            "Connect.",
+        ),
+        ConfigField("scopes", "Scopes", default="openid email offline_access", kind="scopes"),
+        ConfigField(
+            "email_attribute",
+            "Email Address Attribute",
+            default="email",
+            help="The attribute that holds the address; dotted for nested ones (data.email).",
+        ),
+        ConfigField(
+            "prompt",
+            "Prompt",
+            help="Optional prompt parameter for the authorization request, e.g. consent.",
+            signed=False,
+        ),
+    )
+
+    def validate(self, config: Mapping[str, str], *, allow_insecure_http: bool) -> dict[str, str]:
+        """Base checks, plus endpoints (unless discovery fills them) and a source of identity."""
+        errors = super().validate(config, allow_insecure_http=allow_insecure_http)
+        if not self._value(config, "issuer"):
+            for name in ("authorization_endpoint", "token_endpoint"):
+                if not self._value(config, name):
+                    label = self.field(name).label
+                    errors.setdefault(name, f"{label} is required unless an Issuer is entered.")
+        has_openid = "openid" in self.scopes(config)
+        if has_openid and not (self._value(config, "jwks_uri") or self._value(config, "issuer")):
+            errors.setdefault(
+                "jwks_uri", "Enter the JWKS URI (or the Issuer) to validate the id_token."
+            )
+        if not (
+            has_openid
+            or self._value(config, "userinfo_endpoint")
+            or self._value(config, "resource_endpoint")
+        ):
+            errors.setdefault(
+                "scopes",
+                "The mailbox address cannot be read: add openid to the Scopes, or enter a "
+                "Userinfo or Resource Details Endpoint.",
+            )
+        return errors
+
+    def complete(self, config: Mapping[str, str], http: Any) -> dict[str, str]:
+        """Fill blank endpoints from the issuer's discovery document; typed values are kept."""
+        completed = dict(config)
+        issuer = self._value(config, "issuer")
+        blank = [f for f in _DISCOVERED.values() if not self._value(config, f)]
+        if not issuer or not blank:
+            return completed
+        problem = check_endpoint_url(issuer, allow_insecure_http=True)
+        if problem:
+            raise ValueError(f"Issuer: {problem}")
+        document = _fetch_metadata(http, issuer)
+        for key, name in _DISCOVERED.items():
+            if name in blank and isinstance(document.get(key), str):
+                completed[name] = document[key]
+        missing = [
+            self.field(n).label
+            for n in ("authorization_endpoint", "token_endpoint")
+            if not completed.get(n)
+        ]
+        if missing:
+            raise ValueError(
+                f"Discovery failed: the provider's metadata lists no {' and no '.join(missing)}; "
+                "enter it by hand."
+            )
+        return completed
+
+    def endpoints(self, config: Mapping[str, str]) -> Endpoints:
+        """The endpoints as configured (after discovery)."""
+        return Endpoints(
+            authorization=self._value(config, "authorization_endpoint"),
+            token=self._value(config, "token_endpoint"),
+            issuer=self._value(config, "issuer") or None,
+            jwks_uri=self._value(config, "jwks_uri") or None,
+            userinfo=self._value(config, "userinfo_endpoint") or None,
+            resource=self._value(config, "resource_endpoint") or None,
+        )
+
+    def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
+        """The configured ``prompt``, if any."""
+        prompt = self._value(config, "prompt")
+        return {"prompt": prompt} if prompt else {}
+
+    def identity(
+        self,
+        config: Mapping[str, str],
+        *,
+        claims: Mapping[str, Any] | None,
+        token: Mapping[str, Any],
+        http: Any,
+    ) -> Identity:
+        """From the id_token claims, else the userinfo endpoint, else the resource endpoint."""
+        attribute = self._value(config, "email_attribute") or "email"
+        endpoints = self.endpoints(config)
+        claims = claims or {}
+        subject = claims.get("sub")
+        details: Mapping[str, Any] = {}
+        email = _email(claims, attribute, oidc=True)
+        if not email and endpoints.userinfo:
+            details = _get_json(http, endpoints.userinfo, token)
+            if subject and details.get("sub") != subject:
+                raise AuthorizationFailed(
+                    "The userinfo endpoint describes another user than the id_token.",
+                    guidance="Check the Userinfo Endpoint: it must belong to the same issuer.",
+                )
+            email = _email(details, attribute, oidc=True)
+        if not email and endpoints.resource:
+            details = _get_json(http, endpoints.resource, token)
+            email = _email(details, attribute, oidc=False)
+        return Identity(
+            email=email,
+            addresses=(email,) if email else (),
+            subject=subject or details.get("sub"),
+            name=claims.get("name") or details.get("name"),
+        )
+
+    @staticmethod
+    def _value(config: Mapping[str, str], name: str) -> str:
+        return (config.get(name) or "").strip()
+
+
+def _email(data: Mapping[str, Any], attribute: str, *, oidc: bool) -> str | None:
+    """The address at ``attribute``; OIDC sources fall back to ``preferred_username`` and must not
+    mark the email unverified."""
+    candidates = [_lookup(data, attribute)]
+    if oidc:
+        if data.get("email_verified") in (False, "false"):
+            return None
+        candidates.append(data.get("preferred_username"))
+    return next((v.strip() for v in candidates if isinstance(v, str) and "@" in v), None)
+
+
+def _get_json(http: Any, url: str, token: Mapping[str, Any]) -> Mapping[str, Any]:
+    """GET ``url`` with the access token as bearer; a JSON object, or an admin-readable error."""
+    host = urlsplit(url).netloc
+    try:
+        response = http.get(
+            url,
+            timeout=TIMEOUT,
+            headers={
+                "Authorization": f"Bearer {token.get('access_token', '')}",
+                "Accept": "application/json",
+            },
+        )
+    except requests.RequestException as exc:
+        raise AuthorizationFailed(
+            f"{host} could not be reached to read the mailbox address ({type(exc).__name__}).",
+            guidance="Try again; check the Userinfo and Resource Details Endpoints.",
+        ) from exc
+    try:
+        data = response.json() if response.status_code == 200 else None
+    except ValueError:
+        data = None
+    if not isinstance(data, Mapping):
+        raise AuthorizationFailed(
+            f"{url} did not return the mailbox details as JSON (HTTP {response.status_code}).",
+            guidance="Check the endpoint and that the Scopes grant access to it.",
+        )
+    return data

@@ -1,0 +1,163 @@
+"""Google Workspace and Gmail mailboxes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from .base import (
+    OAUTH_ERRORS,
+    ConfigField,
+    Endpoints,
+    ErrorAdvice,
+    Identity,
+    MailServer,
+    MailServers,
+    Provider,
+)
+
+#: the one scope Gmail's IMAP, POP and SMTP accept
+MAIL_SCOPE = "https://mail.google.com/"
+
+#: OAuth error -> what it means at Google and the fix
+ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
+    {
+        **OAUTH_ERRORS,
+        "invalid_grant": ErrorAdvice(
+            "reauthorize",
+            "The grant was revoked, the password changed, or the app is in Testing and its "
+            "7-day refresh token expired: authorize again (and publish the app).",
+        ),
+        "invalid_client": ErrorAdvice(
+            "configuration",
+            "The client credentials were refused: copy the Client ID and secret of the OAuth "
+            "client (APIs & Services > Credentials) again.",
+        ),
+        "admin_policy_enforced": ErrorAdvice(
+            "configuration",
+            "A Google Workspace admin policy blocks this app: trust it in the Admin console "
+            "(Security > API controls), then authorize again.",
+        ),
+        "org_internal": ErrorAdvice(
+            "configuration",
+            "The app is Internal to another Workspace organization: sign in with an account of "
+            "that organization, or make the app External.",
+        ),
+    }
+)
+
+
+class GoogleProvider(Provider):
+    """Gmail and Google Workspace mailboxes; identity from the id_token's verified email."""
+
+    id = "google"
+    display_name = "OAuth2 - Google"
+    error_advice: ClassVar[Mapping[str, ErrorAdvice]] = ERRORS
+    fields = (
+        ConfigField(
+            "client_id",
+            "Client ID",
+            required=True,
+            help="The Client ID of a Web application OAuth client.",
+        ),
+        ConfigField(
+            "authorization_endpoint",
+            "Authorization Endpoint",
+            default="https://accounts.google.com/o/oauth2/v2/auth",
+            kind="url",
+            required=True,
+        ),
+        ConfigField(
+            "token_endpoint",
+            "Token Endpoint",
+            default="https://oauth2.googleapis.com/token",
+            kind="url",
+            required=True,
+        ),
+        ConfigField(
+            "scopes",
+            "Scopes",
+            default=f"openid email {MAIL_SCOPE}",
+            kind="scopes",
+            help="Space separated; IMAP, POP and SMTP need https://mail.google.com/.",
+        ),
+        ConfigField(
+            "publishing_status",
+            "Publishing Status",
+            default="production",
+            kind="select",
+            choices=(
+                ("production", "In production"),
+                ("testing", "Testing (refresh tokens expire after 7 days)"),
+            ),
+            help="As shown on the OAuth consent screen page of the Google Cloud console.",
+            signed=False,
+        ),
+    )
+
+    def validate(self, config: Mapping[str, str], *, allow_insecure_http: bool) -> dict[str, str]:
+        """Base checks plus the Gmail scope and the scopes that reveal who authorized."""
+        errors = super().validate(config, allow_insecure_http=allow_insecure_http)
+        scopes = set(self.scopes(config))
+        if MAIL_SCOPE not in scopes:
+            errors.setdefault(
+                "scopes", f"Add {MAIL_SCOPE}: Gmail's IMAP, POP and SMTP accept no other scope."
+            )
+        elif not {"openid", "email"} <= scopes:
+            errors.setdefault(
+                "scopes", "Add openid and email: without them the mailbox address cannot be read."
+            )
+        return errors
+
+    def endpoints(self, config: Mapping[str, str]) -> Endpoints:
+        """The configured authorize/token endpoints and Google's fixed OIDC endpoints."""
+        return Endpoints(
+            authorization=(config.get("authorization_endpoint") or "").strip(),
+            token=(config.get("token_endpoint") or "").strip(),
+            issuer="https://accounts.google.com",
+            jwks_uri="https://www.googleapis.com/oauth2/v3/certs",
+            userinfo="https://openidconnect.googleapis.com/v1/userinfo",
+            revocation="https://oauth2.googleapis.com/revoke",
+        )
+
+    def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
+        """Ask for a refresh token, and for consent so that Google issues one every time."""
+        return {"access_type": "offline", "prompt": "consent"}
+
+    def identity(
+        self,
+        config: Mapping[str, str],
+        *,
+        claims: Mapping[str, Any] | None,
+        token: Mapping[str, Any],
+        http: Any,
+    ) -> Identity:
+        """The id_token's email, counted only when Google marks it verified."""
+        claims = claims or {}
+        verified = claims.get("email_verified") in (True, "true")
+        email = str(claims.get("email") or "") if verified else ""
+        return Identity(
+            email=email or None,
+            addresses=(email,) if email else (),
+            subject=claims.get("sub"),
+            tenant=claims.get("hd"),
+            name=claims.get("name"),
+        )
+
+    def mail_servers(self, config: Mapping[str, str]) -> MailServers:
+        """Gmail's IMAP, POP3 and SMTP submission servers."""
+        return MailServers(
+            imap=MailServer("imap.gmail.com", 993, "ssl"),
+            pop3=MailServer("pop.gmail.com", 995, "ssl"),
+            smtp=MailServer("smtp.gmail.com", 587, "starttls"),
+        )
+
+    def warnings(self, config: Mapping[str, str]) -> list[str]:
+        """Warn that apps in Testing lose their grant every 7 days."""
+        if (config.get("publishing_status") or "").strip() == "testing":
+            return [
+                "Apps in Testing get refresh tokens that expire after 7 days: publish the app "
+                "(In production) on the OAuth consent screen page, then authorize again."
+            ]
+        return []

@@ -1,0 +1,443 @@
+"""Microsoft 365 (Entra ID, v2.0 endpoints) in the global and the national clouds."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from ..errors import ProviderFailure
+from .base import (
+    OAUTH_ERRORS,
+    ConfigField,
+    Endpoints,
+    ErrorAdvice,
+    Identity,
+    MailServer,
+    MailServers,
+    Provider,
+    classify_oauth_error,
+)
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """Where one Microsoft cloud signs in, which Outlook resource it scopes and serves mail from."""
+
+    label: str
+    login_host: str
+    outlook_resource: str
+    mailbox_host: str
+    smtp_host: str
+
+
+#: cloud id -> its hosts; the ids are the stored values of the ``cloud`` field
+CLOUDS: Mapping[str, Cloud] = MappingProxyType(
+    {
+        "global": Cloud(
+            "Global (login.microsoftonline.com)",
+            "login.microsoftonline.com",
+            "https://outlook.office.com/",
+            "outlook.office365.com",
+            "smtp.office365.com",
+        ),
+        "gcc_high": Cloud(
+            "US Government GCC High",
+            "login.microsoftonline.us",
+            "https://outlook.office365.us/",
+            "outlook.office365.us",
+            "smtp.office365.us",
+        ),
+        "dod": Cloud(
+            "US Government DoD",
+            "login.microsoftonline.us",
+            "https://outlook-dod.office365.us/",
+            "outlook-dod.office365.us",
+            "outlook-dod.office365.us",
+        ),
+        "china": Cloud(
+            "China (21Vianet)",
+            "login.chinacloudapi.cn",
+            "https://partner.outlook.cn/",
+            "partner.outlook.cn",
+            "smtp.partner.outlook.cn",
+        ),
+    }
+)
+
+#: scopes that name no resource and do not make the token a Graph token
+OIDC_SCOPES = ("offline_access", "openid", "profile", "email")
+MAIL_PERMISSIONS = ("IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "SMTP.Send")
+
+_OUTLOOK_RESOURCES = (
+    "https://outlook.office.com/",
+    "https://outlook.office365.com/",
+    *(c.outlook_resource for c in CLOUDS.values()),
+)  # all lower case: scopes are compared case-insensitively
+_GRAPH_RESOURCES = (
+    "https://graph.microsoft.com/",
+    "https://graph.microsoft.us/",
+    "https://dod-graph.microsoft.us/",
+    "https://microsoftgraph.chinacloudapi.cn/",
+    "00000003-0000-0000-c000-000000000000/",
+)
+#: the Outlook REST API v2.0, retired by Microsoft ("The API version v2 has been depreciated")
+_RETIRED_API = re.compile(r"outlook\.office(365)?\.com/api/v2\.0", re.IGNORECASE)
+#: the host in the ``iss`` of tokens issued through a login host, where the two differ
+_ISSUER_HOSTS = MappingProxyType({"login.chinacloudapi.cn": "login.partner.microsoftonline.cn"})
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+_V2_PATH = "/oauth2/v2.0/"
+
+
+#: AADSTS code (and OAuth error) -> what it means and the fix; also feeds the docs' troubleshooting
+#: table and the callback's error banners
+ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
+    {
+        **OAUTH_ERRORS,
+        "invalid_client": ErrorAdvice(
+            "configuration",
+            "The client credentials were refused: check the Client ID and paste the client "
+            "secret's Value (not its Secret ID); create a new secret if it expired.",
+        ),
+        "AADSTS700082": ErrorAdvice(
+            "reauthorize",
+            "The refresh token expired after 90 days unused: authorize again; scheduling "
+            "`flask mailoauth refresh --due` daily keeps it alive.",
+        ),
+        "AADSTS50173": ErrorAdvice(
+            "reauthorize",
+            "The grant expired or was revoked (for example the password changed or sessions "
+            "were revoked): authorize again.",
+        ),
+        "AADSTS70043": ErrorAdvice(
+            "reauthorize",
+            "A Conditional Access sign-in frequency policy expired the grant: authorize again, "
+            "or exempt this application from the policy.",
+        ),
+        "AADSTS65001": ErrorAdvice(
+            "reauthorize",
+            "The user or an administrator has not consented: grant admin consent in API "
+            "permissions, then authorize again.",
+        ),
+        "AADSTS65004": ErrorAdvice(
+            "reauthorize",
+            "The user declined consent: authorize again and accept, or have an administrator "
+            "grant admin consent.",
+        ),
+        "AADSTS54005": ErrorAdvice(
+            "reauthorize",
+            "The authorization code was already redeemed: start the authorization again.",
+        ),
+        "AADSTS70008": ErrorAdvice(
+            "reauthorize",
+            "The authorization code or refresh token expired: authorize again.",
+        ),
+        "AADSTS50076": ErrorAdvice(
+            "reauthorize",
+            "Multi-factor authentication is required: authorize again and complete it.",
+        ),
+        "AADSTS50079": ErrorAdvice(
+            "reauthorize",
+            "The mailbox account must register for multi-factor authentication: register, then "
+            "authorize again.",
+        ),
+        "AADSTS7000222": ErrorAdvice(
+            "configuration",
+            "The client secret expired: create a new one in Certificates & secrets and paste "
+            "its Value; no new consent is needed.",
+        ),
+        "AADSTS7000215": ErrorAdvice(
+            "configuration",
+            "Invalid client secret: paste the secret's Value, not its Secret ID.",
+        ),
+        "AADSTS700016": ErrorAdvice(
+            "configuration",
+            "The application was not found in the directory: check the Client ID, the Tenant "
+            "and the Cloud.",
+        ),
+        "AADSTS50011": ErrorAdvice(
+            "configuration",
+            "Redirect URI mismatch: add the Callback Endpoint, exactly as shown, as a Web "
+            "redirect URI of the app registration.",
+        ),
+        "AADSTS28000": ErrorAdvice(
+            "configuration",
+            "The scopes name more than one resource: do not mix Graph scopes (User.Read, "
+            "Mail.*) with Outlook scopes.",
+        ),
+        "AADSTS70011": ErrorAdvice(
+            "configuration",
+            "A scope is invalid: request offline_access openid profile email and the Outlook "
+            "scopes (https://outlook.office.com/IMAP.AccessAsUser.All, ...).",
+        ),
+        "AADSTS9002325": ErrorAdvice(
+            "configuration",
+            "The redirect URI is registered as a Single-page application: register the "
+            "Callback Endpoint under the Web platform instead.",
+        ),
+        "AADSTS900144": ErrorAdvice(
+            "configuration",
+            "The request lacks a required parameter (client_id or scope): check the Client ID "
+            "and the Scopes.",
+        ),
+    }
+)
+
+
+def _authority(endpoint: str) -> tuple[str, str]:
+    """``(base, tenant)`` of a v2.0 endpoint: ``https://host/common/oauth2/v2.0/token`` gives
+    ``("https://host", "common")``; the tenant is empty when the URL is not a v2.0 endpoint."""
+    parts = urlsplit(endpoint.strip())
+    origin = f"{parts.scheme}://{parts.netloc}"
+    prefix, found, _ = parts.path.partition(_V2_PATH)
+    if not found:
+        return origin, ""
+    head, _, tenant = prefix.rpartition("/")
+    return origin + head, tenant
+
+
+def _resource(scope: str) -> str:
+    """``"oidc"``, ``"outlook"``, ``"graph"`` or ``"other"``: the audience a scope asks for."""
+    folded = scope.casefold()
+    if folded in OIDC_SCOPES:
+        return "oidc"
+    if folded.startswith(_OUTLOOK_RESOURCES):
+        return "outlook"
+    if folded.startswith(_GRAPH_RESOURCES) or ("/" not in scope and ":" not in scope):
+        return "graph"  # Microsoft reads a bare permission name as a Graph permission
+    return "other"
+
+
+class MicrosoftProvider(Provider):
+    """Microsoft 365 mailboxes through Entra ID, identity read from the validated id_token."""
+
+    id = "microsoft"
+    display_name = "OAuth2 - Microsoft"
+    error_advice: ClassVar[Mapping[str, ErrorAdvice]] = ERRORS
+    fields = (
+        ConfigField(
+            "cloud",
+            "Cloud",
+            default="global",
+            kind="select",
+            choices=tuple((key, cloud.label) for key, cloud in CLOUDS.items()),
+            help="The Microsoft cloud the tenant lives in; it picks the sign-in and mail hosts.",
+        ),
+        ConfigField(
+            "tenant",
+            "Tenant",
+            default="common",
+            help="common, or the Directory (tenant) ID or a verified domain for a single-tenant "
+            "app.",
+        ),
+        ConfigField(
+            "client_id",
+            "Client ID",
+            required=True,
+            help="The Application (client) ID of the app registration.",
+        ),
+        ConfigField(
+            "authorization_endpoint",
+            "Authorization Endpoint",
+            default="https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+            kind="url",
+            required=True,
+        ),
+        ConfigField(
+            "token_endpoint",
+            "Token Endpoint",
+            default="https://login.microsoftonline.com/common/oauth2/v2.0/token",
+            kind="url",
+            required=True,
+        ),
+        ConfigField(
+            "scopes",
+            "Scopes",
+            default=" ".join(
+                (*OIDC_SCOPES, *(f"https://outlook.office.com/{p}" for p in MAIL_PERMISSIONS))
+            ),
+            kind="scopes",
+            help="Space separated. Outlook scopes only: Graph scopes such as User.Read give a "
+            "token IMAP, POP and SMTP refuse.",
+        ),
+    )
+
+    @classmethod
+    def default_config(cls, cloud: str = "global", tenant: str = "common") -> dict[str, str]:
+        """Endpoints and scopes for a cloud and tenant, to prefill the form when either changes."""
+        if cloud not in CLOUDS:
+            raise ValueError(f"Unknown cloud {cloud!r}; choose one of: {', '.join(CLOUDS)}.")
+        found = CLOUDS[cloud]
+        base = f"https://{found.login_host}/{tenant.strip() or 'common'}/oauth2/v2.0"
+        scopes = (*OIDC_SCOPES, *(found.outlook_resource + p for p in MAIL_PERMISSIONS))
+        return {
+            "authorization_endpoint": f"{base}/authorize",
+            "token_endpoint": f"{base}/token",
+            "scopes": " ".join(scopes),
+        }
+
+    def validate(self, config: Mapping[str, str], *, allow_insecure_http: bool) -> dict[str, str]:
+        """Base checks plus tenant syntax, v2.0 endpoints, one audience and ``offline_access``."""
+        errors = super().validate(config, allow_insecure_http=allow_insecure_http)
+        tenant = (config.get("tenant") or "").strip()
+        if tenant and not _TENANT.fullmatch(tenant):
+            errors.setdefault("tenant", "Enter common, a tenant ID (a GUID) or a domain.")
+        for name, leaf in (("authorization_endpoint", "authorize"), ("token_endpoint", "token")):
+            value = (config.get(name) or "").strip()
+            if value and _V2_PATH not in urlsplit(value).path:
+                errors.setdefault(
+                    name,
+                    "This is not a v2.0 endpoint: copy the OAuth 2.0 (v2) endpoints from the app "
+                    "registration's Endpoints, e.g. "
+                    f"https://login.microsoftonline.com/common/oauth2/v2.0/{leaf}.",
+                )
+        for field in self.fields:
+            if _RETIRED_API.search(config.get(field.name) or ""):
+                errors[field.name] = (
+                    "The Outlook REST API v2.0 (outlook.office.com/api/v2.0) is retired: remove "
+                    "it; the mailbox identity comes from the id_token."
+                )
+        if "scopes" not in errors:
+            problem = self._scope_problem(self.scopes(config))
+            if problem:
+                errors["scopes"] = problem
+        return errors
+
+    @staticmethod
+    def _scope_problem(scopes: list[str]) -> str | None:
+        """Why these scopes cannot yield a refreshable Outlook token, or ``None``."""
+        by_resource: dict[str, list[str]] = {}
+        for scope in scopes:
+            by_resource.setdefault(_resource(scope), []).append(scope)
+        graph, outlook = by_resource.get("graph", []), by_resource.get("outlook", [])
+        if graph and outlook:
+            return (
+                f"One access token has one audience: Graph scopes ({', '.join(graph)}) cannot be "
+                f"mixed with Outlook scopes ({', '.join(outlook)}). Remove {', '.join(graph)}; "
+                "a Graph permission such as User.Read stays in the app registration but is not "
+                "requested here."
+            )
+        if not outlook:
+            return (
+                "Add the Outlook scopes of the protocols you use, e.g. "
+                "https://outlook.office.com/IMAP.AccessAsUser.All and "
+                "https://outlook.office.com/SMTP.Send; IMAP, POP and SMTP accept no other token."
+            )
+        if "offline_access" not in {s.casefold() for s in scopes}:
+            return "Add offline_access: without it Microsoft issues no refresh token."
+        return None
+
+    def complete(self, config: Mapping[str, str], http: Any) -> dict[str, str]:
+        """Fill blank endpoints and scopes from the cloud and tenant."""
+        completed = dict(config)
+        cloud = (config.get("cloud") or "").strip() or "global"
+        derived = self.default_config(cloud, config.get("tenant") or "common")
+        for name, value in derived.items():
+            if not (completed.get(name) or "").strip():
+                completed[name] = value
+        return completed
+
+    def endpoints(self, config: Mapping[str, str]) -> Endpoints:
+        """The configured endpoints; the JWKS sits under the same authority and tenant."""
+        token = (config.get("token_endpoint") or "").strip()
+        base, tenant = _authority(token)
+        return Endpoints(
+            authorization=(config.get("authorization_endpoint") or "").strip(),
+            token=token,
+            jwks_uri=f"{base}/{tenant}/discovery/v2.0/keys" if tenant else None,
+        )
+
+    def expected_issuer(self, config: Mapping[str, str], claims: Mapping[str, Any]) -> str | None:
+        """Microsoft's multi-tenant issuer ``{authority}/{tid}/v2.0``, pinned to a GUID tenant."""
+        parts = urlsplit((config.get("token_endpoint") or "").strip())
+        host = parts.hostname or ""
+        if host in _ISSUER_HOSTS:
+            parts = parts._replace(netloc=parts.netloc.replace(host, _ISSUER_HOSTS[host], 1))
+        base, tenant = _authority(parts.geturl())
+        tid = str(claims.get("tid") or "")
+        if _GUID.fullmatch(tenant) and tenant.casefold() != tid.casefold():
+            tid = tenant  # a token from any other tenant will not carry this issuer
+        return f"{base}/{tid or '{tenantid}'}/v2.0"
+
+    def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
+        """Let the admin pick the mailbox account rather than reuse the browser's session."""
+        return {"prompt": "select_account"}
+
+    def refresh_params(self, config: Mapping[str, str]) -> dict[str, str]:
+        """Microsoft wants the scopes again on refresh."""
+        return {"scope": " ".join(self.scopes(config))}
+
+    def identity(
+        self,
+        config: Mapping[str, str],
+        *,
+        claims: Mapping[str, Any] | None,
+        token: Mapping[str, Any],
+        http: Any,
+    ) -> Identity:
+        """Read the identity from the validated id_token only; never Outlook REST or Graph."""
+        claims = claims or {}
+        candidates = [str(claims.get(k) or "") for k in ("preferred_username", "email", "upn")]
+        addresses: dict[str, str] = {}
+        for value in (*candidates, str(claims.get("unique_name") or "")):
+            if "@" in value:
+                addresses.setdefault(value.casefold(), value)
+        return Identity(
+            email=next((v for v in candidates if "@" in v), None),
+            addresses=tuple(addresses.values()),
+            subject=claims.get("oid") or claims.get("sub"),
+            tenant=claims.get("tid"),
+            name=claims.get("name"),
+        )
+
+    def mail_servers(self, config: Mapping[str, str]) -> MailServers:
+        """Exchange Online's IMAP, POP3 and SMTP submission hosts in the configured cloud."""
+        cloud = CLOUDS.get((config.get("cloud") or "").strip(), CLOUDS["global"])
+        return MailServers(
+            imap=MailServer(cloud.mailbox_host, 993, "ssl"),
+            pop3=MailServer(cloud.mailbox_host, 995, "ssl"),
+            smtp=MailServer(cloud.smtp_host, 587, "starttls"),
+        )
+
+    def classify_error(
+        self,
+        status: int | None,
+        body: Mapping[str, Any] | None,
+        *,
+        retry_after: float | None = None,
+    ) -> ProviderFailure:
+        """Classify by the first AADSTS code in ``error_codes``, else by the OAuth ``error``."""
+        body = dict(body or {})
+        codes = body.get("error_codes") or []
+        code = f"AADSTS{codes[0]}" if isinstance(codes, list) and codes else None
+        description = str(body.get("error_description") or "").strip()
+        if code and description.startswith(f"{code}:"):
+            description = description[len(code) + 1 :]
+        body["error_description"] = description.splitlines()[0] if description else ""
+        return classify_oauth_error(
+            status, body, retry_after=retry_after, code=code, advice=self.advice
+        )
+
+    def advice(self, code: str) -> ErrorAdvice | None:
+        """Look ``code`` up as given, accepting ``700082`` and ``aadsts700082`` for AADSTS700082."""
+        normalized = code.strip()
+        if normalized.isdigit():
+            normalized = f"AADSTS{normalized}"
+        elif normalized.upper().startswith("AADSTS"):
+            normalized = normalized.upper()
+        return self.error_advice.get(normalized)
+
+    def warnings(self, config: Mapping[str, str]) -> list[str]:
+        """Warn when the Tenant field and the endpoints name different tenants."""
+        tenant = (config.get("tenant") or "").strip()
+        _, in_endpoint = _authority(config.get("token_endpoint") or "")
+        if tenant and in_endpoint and tenant.casefold() != in_endpoint.casefold():
+            return [
+                f"The Tenant is {tenant} but the endpoints use {in_endpoint}: update the "
+                "endpoints (or the Tenant) so they agree."
+            ]
+        return []

@@ -1,0 +1,346 @@
+"""The generic provider: discovery, validation, identity sources and error classification."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+import responses
+
+from flask_mailoauth.errors import AuthorizationFailed
+from flask_mailoauth.providers import registry
+from flask_mailoauth.providers.generic import GenericProvider
+
+ISSUER = "https://idp.example.com/realms/helpdesk"
+OIDC_URL = f"{ISSUER}/.well-known/openid-configuration"
+RFC8414_URL = "https://idp.example.com/.well-known/oauth-authorization-server/realms/helpdesk"
+METADATA = {
+    "issuer": ISSUER,
+    "authorization_endpoint": f"{ISSUER}/auth",
+    "token_endpoint": f"{ISSUER}/token",
+    "jwks_uri": f"{ISSUER}/certs",
+    "userinfo_endpoint": f"{ISSUER}/userinfo",
+}
+USERINFO = "https://idp.example.com/userinfo"
+RESOURCE = "https://api.example.com/me"
+
+
+@pytest.fixture
+def provider() -> GenericProvider:
+    return registry.get("generic")  # type: ignore[return-value]
+
+
+@pytest.fixture
+def http():
+    with requests.Session() as session:
+        yield session
+
+
+@pytest.fixture
+def idp():
+    with responses.RequestsMock() as mock:
+        yield mock
+
+
+def manual(**changes: str) -> dict[str, str]:
+    return {
+        "client_id": "helpdesk",
+        "authorization_endpoint": "https://idp.example.com/auth",
+        "token_endpoint": "https://idp.example.com/token",
+        "jwks_uri": "https://idp.example.com/jwks",
+        "scopes": "openid email offline_access",
+        **changes,
+    }
+
+
+def test_fields_and_defaults(provider):
+    assert (provider.id, provider.display_name) == ("generic", "OAuth2 - Other Provider")
+    assert [(f.name, f.label) for f in provider.fields] == [
+        ("issuer", "Issuer"),
+        ("client_id", "Client ID"),
+        ("authorization_endpoint", "Authorization Endpoint"),
+        ("token_endpoint", "Token Endpoint"),
+        ("jwks_uri", "JWKS URI"),
+        ("userinfo_endpoint", "Userinfo Endpoint"),
+        ("resource_endpoint", "Resource Details Endpoint"),
+        ("scopes", "Scopes"),
+        ("email_attribute", "Email Address Attribute"),
+        ("prompt", "Prompt"),
+    ]
+    defaults = provider.defaults()
+    assert defaults["scopes"] == "openid email offline_access"
+    assert defaults["email_attribute"] == "email"
+    assert defaults["prompt"] == ""
+    assert provider.field("issuer").help == "Fills the endpoints by discovery."
+    assert provider.field("email_attribute").signed
+    assert not provider.field("prompt").signed
+
+
+def test_manual_endpoints_are_valid(provider):
+    assert provider.validate(manual(), allow_insecure_http=False) == {}
+
+
+def test_endpoints_are_required_without_an_issuer(provider):
+    errors = provider.validate(
+        manual(authorization_endpoint="", token_endpoint=""), allow_insecure_http=False
+    )
+    assert errors == {
+        "authorization_endpoint": "Authorization Endpoint is required unless an Issuer is entered.",
+        "token_endpoint": "Token Endpoint is required unless an Issuer is entered.",
+    }
+
+
+def test_an_issuer_replaces_the_endpoints(provider):
+    config = {"client_id": "helpdesk", "issuer": ISSUER, "scopes": "openid email"}
+    assert provider.validate(config, allow_insecure_http=False) == {}
+
+
+def test_openid_needs_a_jwks_uri(provider):
+    errors = provider.validate(manual(jwks_uri=""), allow_insecure_http=False)
+    assert errors == {"jwks_uri": "Enter the JWKS URI (or the Issuer) to validate the id_token."}
+
+
+def test_some_source_of_identity_is_required(provider):
+    config = manual(scopes="offline_access mail")
+    assert (
+        "mailbox address cannot be read"
+        in provider.validate(config, allow_insecure_http=False)["scopes"]
+    )
+    config["resource_endpoint"] = RESOURCE
+    assert provider.validate(config, allow_insecure_http=False) == {}
+
+
+def test_every_url_is_checked(provider):
+    config = manual(
+        issuer="http://idp.example.com",
+        userinfo_endpoint="ftp://idp.example.com/userinfo",
+        resource_endpoint="http://localhost:9000/me",
+    )
+    errors = provider.validate(config, allow_insecure_http=False)
+    assert errors["issuer"] == "The endpoint must use https://."
+    assert errors["userinfo_endpoint"] == "Enter a full URL, starting with https://."
+    assert "MAILOAUTH_ALLOW_INSECURE_HTTP" in errors["resource_endpoint"]
+    assert "resource_endpoint" not in provider.validate(config, allow_insecure_http=True)
+
+
+def test_discovery_fills_blank_endpoints_and_keeps_typed_ones(provider, http, idp):
+    idp.get(OIDC_URL, json=METADATA)
+    config = {"issuer": ISSUER, "client_id": "c", "token_endpoint": "https://typed.example/token"}
+    completed = provider.complete(config, http)
+    assert completed == {
+        "issuer": ISSUER,
+        "client_id": "c",
+        "authorization_endpoint": f"{ISSUER}/auth",
+        "token_endpoint": "https://typed.example/token",
+        "jwks_uri": f"{ISSUER}/certs",
+        "userinfo_endpoint": f"{ISSUER}/userinfo",
+    }
+    assert config["token_endpoint"] == "https://typed.example/token"
+    assert idp.calls[0].request.headers["Accept"] == "application/json"
+
+
+def test_discovery_falls_back_to_rfc_8414(provider, http, idp):
+    idp.get(OIDC_URL, status=404)
+    idp.get(RFC8414_URL, json={k: v for k, v in METADATA.items() if k != "userinfo_endpoint"})
+    completed = provider.complete({"issuer": ISSUER}, http)
+    assert completed["authorization_endpoint"] == f"{ISSUER}/auth"
+    assert "userinfo_endpoint" not in completed
+
+
+def test_discovery_of_an_issuer_without_path(provider, http, idp):
+    issuer = "https://idp.example.com"
+    idp.get(f"{issuer}/.well-known/openid-configuration", body="<html>")
+    idp.get(f"{issuer}/.well-known/oauth-authorization-server", json={**METADATA, "issuer": issuer})
+    assert provider.complete({"issuer": issuer}, http)["token_endpoint"] == f"{ISSUER}/token"
+
+
+def test_discovery_refuses_an_issuer_mismatch(provider, http, idp):
+    idp.get(OIDC_URL, json={**METADATA, "issuer": "https://evil.example.com"})
+    with pytest.raises(ValueError, match=r"is for issuer 'https://evil.example.com', not"):
+        provider.complete({"issuer": ISSUER}, http)
+
+
+def test_discovery_requires_an_exact_issuer(provider, http, idp):
+    idp.get(OIDC_URL, json=METADATA)
+    with pytest.raises(ValueError, match="exactly as the provider spells it"):
+        provider.complete({"issuer": f"{ISSUER}/"}, http)
+
+
+def test_discovery_reports_an_unreachable_issuer(provider, http, idp):
+    idp.get(OIDC_URL, body=requests.ConnectionError("refused"))
+    with pytest.raises(
+        ValueError, match=r"idp.example.com could not be reached \(ConnectionError\)"
+    ):
+        provider.complete({"issuer": ISSUER}, http)
+
+
+def test_discovery_reports_every_failed_url(provider, http, idp):
+    idp.get(OIDC_URL, status=500)
+    idp.get(RFC8414_URL, body="not json")
+    with pytest.raises(ValueError, match="Discovery failed") as excinfo:
+        provider.complete({"issuer": ISSUER}, http)
+    assert f"{OIDC_URL} answered HTTP 500" in str(excinfo.value)
+    assert f"{RFC8414_URL} did not return JSON" in str(excinfo.value)
+
+
+def test_discovery_refuses_a_non_object_document(provider, http, idp):
+    idp.get(OIDC_URL, json=[1, 2])
+    idp.get(RFC8414_URL, status=404)
+    with pytest.raises(ValueError, match="did not return a JSON object"):
+        provider.complete({"issuer": ISSUER}, http)
+
+
+def test_discovery_requires_the_endpoints(provider, http, idp):
+    idp.get(OIDC_URL, json={"issuer": ISSUER, "jwks_uri": f"{ISSUER}/certs"})
+    with pytest.raises(ValueError, match="lists no Authorization Endpoint and no Token Endpoint"):
+        provider.complete({"issuer": ISSUER}, http)
+
+
+def test_discovery_refuses_plain_http_to_a_remote_host(provider, http, idp):
+    with pytest.raises(ValueError, match=r"^Issuer: The endpoint must use https://\.$"):
+        provider.complete({"issuer": "http://idp.example.com"}, http)
+
+
+def test_no_discovery_without_issuer_or_when_everything_is_typed(provider, http, idp):
+    assert provider.complete(manual(), http) == manual()
+    typed = manual(issuer=ISSUER, userinfo_endpoint=USERINFO)
+    assert provider.complete(typed, http) == typed
+    assert len(idp.calls) == 0
+
+
+def test_discovery_uses_a_timeout(provider):
+    class RecordingSession:
+        def get(self, url, **kwargs):
+            self.kwargs = kwargs
+            raise requests.Timeout("slow")
+
+    session = RecordingSession()
+    with pytest.raises(ValueError, match=r"\(Timeout\)"):
+        provider.complete({"issuer": ISSUER}, session)
+    assert session.kwargs["timeout"] == 5
+
+
+def test_endpoints_and_authorize_params(provider):
+    config = manual(issuer=ISSUER, userinfo_endpoint=USERINFO, resource_endpoint=RESOURCE)
+    endpoints = provider.endpoints(config)
+    assert (endpoints.authorization, endpoints.token) == (
+        "https://idp.example.com/auth",
+        "https://idp.example.com/token",
+    )
+    assert (endpoints.issuer, endpoints.jwks_uri) == (ISSUER, "https://idp.example.com/jwks")
+    assert (endpoints.userinfo, endpoints.resource) == (USERINFO, RESOURCE)
+    assert provider.expected_issuer(config, {}) == ISSUER
+    assert provider.expected_issuer(manual(), {}) is None
+    assert provider.authorize_params(manual()) == {}
+    assert provider.authorize_params(manual(prompt="consent")) == {"prompt": "consent"}
+    assert provider.mail_servers(manual()) is None
+
+
+TOKEN = {"access_token": "at-123", "token_type": "Bearer"}
+
+
+def test_identity_from_id_token_claims(provider, http, idp):
+    claims = {"sub": "u1", "email": "help@example.com", "email_verified": True, "name": "Help"}
+    found = provider.identity(
+        manual(userinfo_endpoint=USERINFO), claims=claims, token=TOKEN, http=http
+    )
+    assert (found.email, found.addresses) == ("help@example.com", ("help@example.com",))
+    assert (found.subject, found.name) == ("u1", "Help")
+    assert len(idp.calls) == 0
+
+
+def test_identity_from_preferred_username(provider, http):
+    claims = {"sub": "u1", "preferred_username": "help@example.com"}
+    assert provider.identity(manual(), claims=claims, token=TOKEN, http=http).email == (
+        "help@example.com"
+    )
+
+
+def test_identity_falls_back_to_userinfo(provider, http, idp):
+    idp.get(
+        USERINFO,
+        json={"sub": "u1", "email": "help@example.com", "name": "Help"},
+        match=[responses.matchers.header_matcher({"Authorization": "Bearer at-123"})],
+    )
+    claims = {"sub": "u1", "email": "help@example.com", "email_verified": False}
+    found = provider.identity(
+        manual(userinfo_endpoint=USERINFO), claims=claims, token=TOKEN, http=http
+    )
+    assert (found.email, found.subject, found.name) == ("help@example.com", "u1", "Help")
+
+
+def test_userinfo_for_another_subject_is_refused(provider, http, idp):
+    idp.get(USERINFO, json={"sub": "someone-else", "email": "boss@example.com"})
+    with pytest.raises(AuthorizationFailed, match="another user than the id_token"):
+        provider.identity(
+            manual(userinfo_endpoint=USERINFO), claims={"sub": "u1"}, token=TOKEN, http=http
+        )
+
+
+def test_userinfo_errors_are_admin_readable(provider, http, idp):
+    idp.get(USERINFO, status=401, json={"error": "invalid_token"})
+    with pytest.raises(
+        AuthorizationFailed, match=r"did not return the mailbox details as JSON \(HTTP 401\)"
+    ) as excinfo:
+        provider.identity(manual(userinfo_endpoint=USERINFO), claims=None, token=TOKEN, http=http)
+    assert "at-123" not in str(excinfo.value)
+    assert excinfo.value.guidance
+
+
+def test_identity_from_the_resource_endpoint_with_a_dotted_attribute(provider, http, idp):
+    idp.get(RESOURCE, json={"data": {"email": "help@example.com", "email_verified": False}})
+    config = manual(scopes="mail", resource_endpoint=RESOURCE, email_attribute="data.email")
+    found = provider.identity(config, claims=None, token=TOKEN, http=http)
+    assert found.addresses == ("help@example.com",)
+    assert idp.calls[0].request.headers["Authorization"] == "Bearer at-123"
+
+
+def test_no_identity_anywhere(provider, http, idp):
+    idp.get(RESOURCE, json={"data": "nothing"})
+    config = manual(resource_endpoint=RESOURCE, email_attribute="data.email")
+    found = provider.identity(config, claims={"sub": "u1"}, token=TOKEN, http=http)
+    assert (found.email, found.addresses, found.subject) == (None, (), "u1")
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "kind"),
+    [
+        (400, "invalid_grant", "reauthorize"),
+        (401, "invalid_client", "configuration"),
+        (400, "unauthorized_client", "configuration"),
+        (400, "invalid_scope", "configuration"),
+        (400, "temporarily_unavailable", "transient"),
+        (400, "server_error", "transient"),
+        (None, None, "transient"),
+        (500, None, "transient"),
+        (429, "slow_down", "transient"),
+        (403, "account_locked", "configuration"),
+    ],
+)
+def test_classify_error(provider, status, error, kind):
+    body = {"error": error, "error_description": "The IdP's words."} if error else None
+    failure = provider.classify_error(status, body, retry_after=9)
+    assert (failure.kind, failure.code) == (kind, error)
+    assert failure.guidance
+    assert failure.retry_after == (9 if kind == "transient" else None)
+
+
+def test_unknown_errors_keep_the_idps_description(provider):
+    failure = provider.classify_error(
+        400, {"error": "account_locked", "error_description": "Locked\n by admin"}
+    )
+    assert failure.description == "Locked by admin"
+    assert failure.summary().startswith("account_locked: Locked by admin — Check the IdP Config")
+    assert provider.guidance("account_locked") == ""
+    assert "Token Endpoint" in provider.guidance("unsupported_grant_type")
+
+
+def test_unreachable_has_a_description(provider):
+    failure = provider.classify_error(None, None)
+    assert failure.code is None
+    assert (
+        failure.description
+        == "The identity provider could not be reached (network error or timeout)."
+    )
+    assert (
+        provider.classify_error(502, {}).description == "The identity provider answered HTTP 502."
+    )
