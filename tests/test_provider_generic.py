@@ -44,6 +44,7 @@ def idp():
 def manual(**changes: str) -> dict[str, str]:
     return {
         "client_id": "helpdesk",
+        "issuer": "https://idp.example.com",
         "authorization_endpoint": "https://idp.example.com/auth",
         "token_endpoint": "https://idp.example.com/token",
         "jwks_uri": "https://idp.example.com/jwks",
@@ -81,11 +82,14 @@ def test_manual_endpoints_are_valid(provider):
 
 def test_endpoints_are_required_without_an_issuer(provider):
     errors = provider.validate(
-        manual(authorization_endpoint="", token_endpoint=""), allow_insecure_http=False
+        manual(issuer="", authorization_endpoint="", token_endpoint="", scopes="email"),
+        allow_insecure_http=False,
     )
     assert errors == {
         "authorization_endpoint": "Authorization Endpoint is required unless an Issuer is entered.",
         "token_endpoint": "Token Endpoint is required unless an Issuer is entered.",
+        "scopes": "The mailbox address cannot be read: add openid to the Scopes, or enter a "
+        "Userinfo or Resource Details Endpoint.",
     }
 
 
@@ -94,9 +98,11 @@ def test_an_issuer_replaces_the_endpoints(provider):
     assert provider.validate(config, allow_insecure_http=False) == {}
 
 
-def test_openid_needs_a_jwks_uri(provider):
-    errors = provider.validate(manual(jwks_uri=""), allow_insecure_http=False)
-    assert errors == {"jwks_uri": "Enter the JWKS URI (or the Issuer) to validate the id_token."}
+def test_openid_needs_an_issuer(provider):
+    errors = provider.validate(manual(issuer=""), allow_insecure_http=False)
+    assert errors == {
+        "issuer": "Enter the Issuer: OpenID Connect id_tokens are validated against it."
+    }
 
 
 def test_some_source_of_identity_is_required(provider):
@@ -229,7 +235,7 @@ def test_endpoints_and_authorize_params(provider):
     assert (endpoints.issuer, endpoints.jwks_uri) == (ISSUER, "https://idp.example.com/jwks")
     assert (endpoints.userinfo, endpoints.resource) == (USERINFO, RESOURCE)
     assert provider.expected_issuer(config, {}) == ISSUER
-    assert provider.expected_issuer(manual(), {}) is None
+    assert provider.expected_issuer(manual(issuer=""), {}) is None
     assert provider.authorize_params(manual()) == {}
     assert provider.authorize_params(manual(prompt="consent")) == {"prompt": "consent"}
     assert provider.mail_servers(manual()) is None

@@ -129,9 +129,9 @@ class GenericProvider(Provider):
                     label = self.field(name).label
                     errors.setdefault(name, f"{label} is required unless an Issuer is entered.")
         has_openid = "openid" in self.scopes(config)
-        if has_openid and not (self._value(config, "jwks_uri") or self._value(config, "issuer")):
+        if has_openid and not self._value(config, "issuer"):
             errors.setdefault(
-                "jwks_uri", "Enter the JWKS URI (or the Issuer) to validate the id_token."
+                "issuer", "Enter the Issuer: OpenID Connect id_tokens are validated against it."
             )
         if not (
             has_openid
@@ -150,7 +150,7 @@ class GenericProvider(Provider):
         completed = dict(config)
         issuer = self._value(config, "issuer")
         blank = [f for f in _DISCOVERED.values() if not self._value(config, f)]
-        if not issuer or not blank:
+        if not issuer or not {"authorization_endpoint", "token_endpoint", "jwks_uri"} & set(blank):
             return completed
         problem = check_endpoint_url(issuer, allow_insecure_http=True)
         if problem:

@@ -1,0 +1,282 @@
+"""The stored OAuth2 accounts: save the IdP Config, read what the modal and Token tab show,
+delete a token. Views call these; these never import views."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+
+from . import signals
+from .extension import MailOAuthState
+from .flow import config_signature
+from .models import own_session, utcnow
+from .oauth import TimeoutHTTP
+from .providers import registry
+
+#: characters of a token the Token tab shows; the rest is shrouded
+SHOWN_CHARACTERS = 2
+
+
+@dataclass(frozen=True)
+class AccountInput:
+    """What the admin submitted in the modal (``client_secret`` ``None`` keeps the stored one)."""
+
+    provider: str
+    enabled: bool
+    name: str
+    strict_matching: bool
+    notes: str
+    config: Mapping[str, str]
+    client_secret: str | None
+    secret_expires_on: date | None
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """``errors`` (field -> message) when nothing was saved; else whether to authorize now."""
+
+    errors: dict[str, str] = field(default_factory=dict)
+    needs_authorization: bool = False
+    credentials_dropped: bool = False
+
+
+@dataclass(frozen=True)
+class TokenDetails:
+    """The Token tab: the credential's state, shrouded tokens, who, when, and recent events."""
+
+    status: str
+    resource_owner: str | None
+    authorized_by: str | None
+    subject: str | None
+    tenant: str | None
+    scope: str
+    audience: str | None
+    expires_at: datetime
+    expired: bool
+    issued_at: datetime
+    refreshed_at: datetime | None
+    refresh_token_issued_at: datetime
+    access_token_shrouded: str
+    refresh_token_shrouded: str
+    config_signature: str
+    signature_current: bool
+    failure_count: int
+    last_error: str | None
+    next_retry_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AccountView:
+    """Everything the modal renders for one account (never a secret in clear)."""
+
+    exists: bool
+    key: str
+    purpose: str
+    address: str
+    provider: str
+    name: str
+    enabled: bool = True
+    strict_matching: bool = True
+    notes: str = ""
+    config: Mapping[str, str] = field(default_factory=dict)
+    has_client_secret: bool = False
+    secret_expires_on: date | None = None
+    config_signature: str = ""
+    token: TokenDetails | None = None
+    events: list[Any] = field(default_factory=list)
+
+
+def default_name(address: str, purpose: str) -> str:
+    """The Name a new account gets: ``"<email> (mailbox|smtp)"``."""
+    return f"{address} ({purpose})"
+
+
+def shroud(secret: str) -> str:
+    """The first characters of a token and asterisks, enough to tell two tokens apart."""
+    return secret[:SHOWN_CHARACTERS] + "*" * 12 if secret else ""
+
+
+def view(
+    st: MailOAuthState, key: str, purpose: str, address: str, provider: str | None
+) -> AccountView:
+    """The modal's data for ``key``/``purpose``; ``provider`` is the one the host page selected."""
+    m = st.models
+    with own_session(st.db) as s:
+        account = _find(s, m, key, purpose)
+        if account is None:
+            chosen = registry.get(provider or "microsoft")
+            return AccountView(
+                exists=False,
+                key=key,
+                purpose=purpose,
+                address=address,
+                provider=chosen.id,
+                name=default_name(address, purpose),
+                config=chosen.defaults(),
+            )
+        events = s.scalars(
+            sa.select(m.Event)
+            .where(m.Event.account_id == account.id)
+            .order_by(m.Event.at.desc(), m.Event.id.desc())
+            .limit(10)
+        ).all()
+        return AccountView(
+            exists=True,
+            key=key,
+            purpose=purpose,
+            address=address,
+            provider=account.provider,
+            name=account.name,
+            enabled=account.enabled,
+            strict_matching=account.strict_matching,
+            notes=account.notes,
+            config=dict(account.config),
+            has_client_secret=account.client_secret is not None,
+            secret_expires_on=account.secret_expires_on,
+            config_signature=account.config_signature,
+            token=_token_details(st, account),
+            events=list(events),
+        )
+
+
+def _find(session: Any, m: Any, key: str, purpose: str) -> Any:
+    return session.scalars(
+        sa.select(m.Account).where(m.Account.key == key, m.Account.purpose == purpose)
+    ).one_or_none()
+
+
+def _token_details(st: MailOAuthState, account: Any) -> TokenDetails | None:
+    cred = account.credential
+    if cred is None:
+        return None
+    access = st.keyring.decrypt(cred.access_token, aad=cred.aad("access_token"))
+    refresh = st.keyring.decrypt(cred.refresh_token, aad=cred.aad("refresh_token"))
+    return TokenDetails(
+        status=cred.status,
+        resource_owner=cred.resource_owner,
+        authorized_by=cred.authorized_by,
+        subject=cred.subject,
+        tenant=cred.tenant,
+        scope=cred.scope,
+        audience=cred.audience,
+        expires_at=cred.expires_at,
+        expired=cred.expires_at <= utcnow(),
+        issued_at=cred.issued_at,
+        refreshed_at=cred.refreshed_at,
+        refresh_token_issued_at=cred.refresh_token_issued_at,
+        access_token_shrouded=shroud(access),
+        refresh_token_shrouded=shroud(refresh),
+        config_signature=cred.config_signature,
+        signature_current=cred.config_signature == account.config_signature,
+        failure_count=cred.failure_count,
+        last_error=cred.last_error,
+        next_retry_at=cred.next_retry_at,
+    )
+
+
+def save(
+    st: MailOAuthState,
+    key: str,
+    purpose: str,
+    address: str,
+    data: AccountInput,
+    *,
+    allow_insecure_http: bool,
+    timeout: float,
+    actor: str | None = None,
+) -> SaveResult:
+    """Validate and store the modal's input; tell whether the grant must be (re)authorized.
+
+    A change to a signed field (provider, tenant, client id, endpoints, scopes) invalidates the
+    grant; the client secret and its end date do not, so rotating a secret needs no re-consent.
+    """
+    provider = registry.get(data.provider)
+    config = {f.name: (data.config.get(f.name) or "").strip() for f in provider.fields}
+    errors = provider.validate(config, allow_insecure_http=allow_insecure_http)
+    if not errors:
+        try:
+            with requests.Session() as http:
+                config = provider.complete(config, TimeoutHTTP(http, timeout))
+        except ValueError as exc:
+            errors["__all__"] = str(exc)
+    name = data.name.strip() or default_name(address, purpose)
+    m = st.models
+    with own_session(st.db) as s:
+        account = _find(s, m, key, purpose)
+        taken = s.scalars(sa.select(m.Account.id).where(m.Account.name == name)).first()
+        if taken is not None and (account is None or taken != account.id):
+            errors["name"] = f"The name {name!r} is already used by another account."
+        if not data.client_secret and (account is None or account.client_secret is None):
+            errors["client_secret"] = "Client Secret is required (paste the secret's Value)."  # noqa: S105
+        if errors:
+            return SaveResult(errors=errors)
+        created = account is None
+        if created:
+            account = m.Account(key=key, purpose=purpose, address=address)
+            s.add(account)
+        dropped = not created and account.provider != provider.id and account.credential is not None
+        if dropped:
+            s.delete(account.credential)
+        account.provider = provider.id
+        account.address = address
+        account.name = name
+        account.enabled = data.enabled
+        account.strict_matching = data.strict_matching
+        account.notes = data.notes
+        account.config = config
+        account.secret_expires_on = data.secret_expires_on
+        account.config_signature = config_signature(provider, config)
+        if data.client_secret:
+            account.client_secret = st.keyring.encrypt(
+                data.client_secret, aad=account.aad("client_secret")
+            )
+        s.flush()
+        credential = None if dropped else account.credential
+        needs = credential is None or credential.config_signature != account.config_signature
+        s.add(
+            m.Event(
+                account_id=account.id,
+                kind="config_saved",
+                actor=actor,
+                message="IdP Config saved"
+                + ("; the provider changed, old credentials removed" if dropped else "")
+                + ("; authorization required" if needs else "; the current token stays valid"),
+            )
+        )
+    st.cache.pop((key, purpose), None)
+    return SaveResult(needs_authorization=needs and data.enabled, credentials_dropped=dropped)
+
+
+def account_for_authorization(st: MailOAuthState, key: str, purpose: str) -> Any:
+    """The stored account (detached), or ``None`` when the modal was never submitted."""
+    with own_session(st.db) as s:
+        account = _find(s, st.models, key, purpose)
+        if account is not None:
+            s.expunge(account)
+        return account
+
+
+def delete_token(st: MailOAuthState, key: str, purpose: str, actor: str | None = None) -> bool:
+    """Delete the account's credentials (not its configuration); ``False`` when there were none."""
+    m = st.models
+    with own_session(st.db) as s:
+        account = _find(s, m, key, purpose)
+        if account is None or account.credential is None:
+            return False
+        s.delete(account.credential)
+        s.add(
+            m.Event(
+                account_id=account.id,
+                kind="token_deleted",
+                actor=actor,
+                message="Token deleted by an admin",
+            )
+        )
+    st.cache.pop((key, purpose), None)
+    signals.token_deleted.send(st.extension, key=key, purpose=purpose)
+    return True

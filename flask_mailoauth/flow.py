@@ -1,0 +1,477 @@
+"""The authorization-code flow: start it (state, PKCE, nonce), and finish it at the callback.
+
+Finishing validates everything before anything is stored: single-use state bound to the admin's
+session, the IdP's error, RFC 9207 ``iss``, the code exchange, the id_token (JWKS signature,
+issuer, audience, expiry, nonce) and the identity. Only then are the credentials replaced, in
+one transaction; every failure raises :class:`AuthorizationFailed` and leaves them untouched.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import jwt
+import requests
+import sqlalchemy as sa
+
+from . import signals
+from .errors import AuthorizationFailed
+from .extension import MailOAuthState
+from .models import own_session, utcnow
+from .oauth import TimeoutHTTP, TokenRequestFailed, TokenResponse, request_token
+from .providers import registry
+from .providers.base import Identity, Provider
+
+#: id_token signature algorithms accepted (never "none", never a shared-secret HMAC)
+ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
+_AADSTS = re.compile(r"\bAADSTS(\d+)")
+
+
+@dataclass(frozen=True)
+class CallbackOutcome:
+    """Where a callback for a known authorization ends: the account, its page, the result."""
+
+    key: str
+    purpose: str
+    return_url: str
+    error: AuthorizationFailed | None = None
+    authorized_by: str | None = None
+
+
+def config_signature(provider: Provider, config: Mapping[str, str]) -> str:
+    """A digest of what a grant depends on: the provider and its signed fields, not the secret."""
+    signed = {f.name: (config.get(f.name) or "").strip() for f in provider.fields if f.signed}
+    payload = json.dumps({"provider": provider.id, **signed}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def hash_state(state: str) -> str:
+    """Pending authorizations are found by a hash of their state, never the state itself."""
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+def begin(
+    st: MailOAuthState,
+    account: Any,
+    *,
+    session_id: str,
+    redirect_uri: str,
+    return_url: str,
+    ttl: int,
+) -> str:
+    """Store a pending authorization for ``account`` and return the IdP's authorize URL."""
+    provider = registry.get(account.provider)
+    config = account.config
+    state, verifier, nonce = (secrets.token_urlsafe(32) for _ in range(3))
+    verifier += secrets.token_urlsafe(32)  # 86 characters, inside RFC 7636's 43..128
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    with own_session(st.db) as s:
+        s.execute(
+            sa.delete(st.models.PendingAuthorization).where(
+                st.models.PendingAuthorization.expires_at < utcnow()
+            )
+        )
+        pending = st.models.PendingAuthorization(
+            state_hash=hash_state(state),
+            account_id=account.id,
+            session_id=session_id,
+            nonce=nonce,
+            redirect_uri=redirect_uri,
+            return_url=return_url,
+            expires_at=utcnow() + timedelta(seconds=ttl),
+        )
+        pending.code_verifier = st.keyring.encrypt(verifier, aad=pending.aad("code_verifier"))
+        s.add(pending)
+    params = {
+        "response_type": "code",
+        "client_id": config["client_id"],
+        "redirect_uri": redirect_uri,
+        "scope": " ".join(provider.scopes(config)),
+        "state": state,
+        "code_challenge": challenge.rstrip(b"=").decode(),
+        "code_challenge_method": "S256",
+        "nonce": nonce,
+        "login_hint": account.address,
+        **provider.authorize_params(config),
+    }
+    return _with_query(provider.endpoints(config).authorization, params)
+
+
+def _with_query(url: str, params: Mapping[str, str]) -> str:
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode(params)) if q)
+    return urlunsplit(parts._replace(query=query))
+
+
+def finish(
+    st: MailOAuthState, args: Mapping[str, str], *, session_id: str, timeout: float
+) -> CallbackOutcome:
+    """Complete the authorization from the callback's query ``args``.
+
+    Raises :class:`AuthorizationFailed` when the response matches no pending authorization;
+    otherwise the outcome names the account and its page, with the error that stopped it if any.
+    """
+    state = args.get("state") or ""
+    if not state:
+        raise AuthorizationFailed(
+            "The sign-in response carries no state, so it cannot be matched to an authorization.",
+            "Start again from the Config button.",
+        )
+    pending = _take_pending(st, state)
+    if pending is None:
+        raise AuthorizationFailed(
+            "This sign-in response is unknown or was already used.",
+            "Start again from the Config button; each authorization link works once.",
+        )
+    pending_data, account = pending
+    outcome = CallbackOutcome(account["key"], account["purpose"], pending_data["return_url"])
+    try:
+        who = _complete(st, account, pending_data, args, session_id=session_id, timeout=timeout)
+    except AuthorizationFailed as failure:
+        _log_event(
+            st,
+            account["id"],
+            "authorization_failed",
+            "error",
+            failure.code,
+            f"{failure} {failure.guidance}".strip(),
+        )
+        return replace(outcome, error=failure)
+    return replace(outcome, authorized_by=who)
+
+
+def _take_pending(st: MailOAuthState, state: str) -> tuple[dict, dict] | None:
+    """Find and delete the pending authorization for ``state`` (single use)."""
+    wanted = hash_state(state)
+    model = st.models.PendingAuthorization
+    with own_session(st.db) as s:
+        pending = s.scalars(
+            sa.select(model).where(model.state_hash == wanted).with_for_update()
+        ).one_or_none()
+        if pending is None or not hmac.compare_digest(pending.state_hash, wanted):
+            return None
+        account = pending.account
+        data = {
+            "session_id": pending.session_id,
+            "nonce": pending.nonce,
+            "redirect_uri": pending.redirect_uri,
+            "return_url": pending.return_url,
+            "expires_at": pending.expires_at,
+            "verifier": st.keyring.decrypt(pending.code_verifier, aad=pending.aad("code_verifier")),
+        }
+        account_data = {"id": account.id, "key": account.key, "purpose": account.purpose}
+        s.delete(pending)
+    return data, account_data
+
+
+def _complete(
+    st: MailOAuthState,
+    account_ref: dict,
+    pending: dict,
+    args: Mapping[str, str],
+    *,
+    session_id: str,
+    timeout: float,
+) -> str | None:
+    """Validate the callback and store the credentials; returns who signed in."""
+    if pending["expires_at"] < utcnow():
+        raise AuthorizationFailed(
+            "The authorization took longer than allowed and expired.",
+            "Start again from the Config button and finish within ten minutes.",
+        )
+    if not hmac.compare_digest(pending["session_id"], session_id):
+        raise AuthorizationFailed(
+            "This sign-in was started in another browser session.",
+            "Start again from the Config button in this browser.",
+        )
+    account, client_secret = _load_account(st, account_ref["id"])
+    provider = registry.get(account["provider"])
+    config = account["config"]
+    if args.get("error"):
+        raise _idp_error(provider, args)
+    endpoints = provider.endpoints(config)
+    issuer = args.get("iss")
+    if issuer is not None:
+        expected = endpoints.issuer
+        origin = _origin(endpoints.token)
+        if (expected and issuer != expected) or (not expected and not issuer.startswith(origin)):
+            raise AuthorizationFailed(
+                "The sign-in response names another identity provider (RFC 9207 iss mismatch).",
+                "Someone may be mixing up identity providers; start again from the Config button.",
+                code="iss_mismatch",
+            )
+    code = args.get("code")
+    if not code:
+        raise AuthorizationFailed(
+            "The identity provider sent no authorization code.",
+            "Start again from the Config button.",
+        )
+    scopes = provider.scopes(config)
+    try:
+        token = request_token(
+            provider,
+            config,
+            client_secret,
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": pending["redirect_uri"],
+                "code_verifier": pending["verifier"],
+            },
+            timeout=timeout,
+            requested_scopes=scopes,
+        )
+    except TokenRequestFailed as exc:
+        failure = exc.failure
+        raise AuthorizationFailed(
+            f"The identity provider refused the code exchange ({failure.code or 'no code'}): "
+            f"{failure.description}",
+            failure.guidance,
+            code=failure.code,
+        ) from None
+    claims = _validate_id_token(provider, config, token, pending["nonce"], timeout, issuer)
+    identity = _identity(provider, config, claims, token, timeout)
+    if account["strict_matching"] and not identity.matches(account["address"]):
+        who = identity.email or "an account whose address could not be read"
+        raise AuthorizationFailed(
+            f"Strict Matching: expected authorization for {account['address']}, not {who}.",
+            f"Sign in as {account['address']}, or turn Strict Matching off on the Info tab to let "
+            "a delegate authorize a shared mailbox or alias.",
+            code="identity_mismatch",
+        )
+    if not token.refresh_token:
+        raise AuthorizationFailed(
+            "Unable to obtain a refresh token: is offline_access granted?",
+            "Request the offline_access scope (Google: access_type=offline) and consent again.",
+            code="no_refresh_token",
+        )
+    _store(st, account, provider, config, token, identity)
+    signals.authorized.send(
+        st.extension,
+        key=account["key"],
+        purpose=account["purpose"],
+        resource_owner=identity.email,
+    )
+    return identity.email
+
+
+def _load_account(st: MailOAuthState, account_id: int) -> tuple[dict, str]:
+    with own_session(st.db) as s:
+        account = s.get(st.models.Account, account_id)
+        if account is None:
+            raise AuthorizationFailed("The account was deleted during the authorization.")
+        secret = ""
+        if account.client_secret is not None:
+            secret = st.keyring.decrypt(account.client_secret, aad=account.aad("client_secret"))
+        data = {
+            "id": account.id,
+            "key": account.key,
+            "purpose": account.purpose,
+            "address": account.address,
+            "provider": account.provider,
+            "config": dict(account.config),
+            "strict_matching": account.strict_matching,
+            "config_signature": account.config_signature,
+        }
+    return data, secret
+
+
+def _idp_error(provider: Provider, args: Mapping[str, str]) -> AuthorizationFailed:
+    """The IdP's ``error``/``error_description`` turned into a banner with guidance."""
+    error = args.get("error", "")[:100]
+    description = args.get("error_description", "")[:500]
+    match = _AADSTS.search(description)
+    code = f"AADSTS{match.group(1)}" if match else error
+    guidance = provider.guidance(code) or provider.guidance(error) or "Authorize again."
+    text = f"The identity provider answered {error}"
+    return AuthorizationFailed(f"{text}: {description}" if description else text, guidance, code)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/"
+
+
+def _validate_id_token(
+    provider: Provider,
+    config: Mapping[str, str],
+    token: TokenResponse,
+    nonce: str,
+    timeout: float,
+    callback_issuer: str | None,
+) -> dict[str, Any] | None:
+    """Verify the id_token (signature by JWKS, iss, aud, exp, nonce); ``None`` without one."""
+    if not token.id_token:
+        if "openid" in provider.scopes(config):
+            raise AuthorizationFailed(
+                "The identity provider returned no id_token although openid was requested.",
+                "Check that the application may use OpenID Connect.",
+                code="no_id_token",
+            )
+        return None
+    invalid = "The id_token could not be verified"
+    try:
+        unverified = jwt.decode(token.id_token, options={"verify_signature": False})
+        header = jwt.get_unverified_header(token.id_token)
+    except jwt.PyJWTError:
+        raise AuthorizationFailed(f"{invalid}: it is malformed.", code="invalid_id_token") from None
+    expected_issuer = provider.expected_issuer(config, unverified)
+    jwks_uri = provider.endpoints(config).jwks_uri
+    if not jwks_uri:
+        raise AuthorizationFailed(
+            f"{invalid}: no JWKS URI is configured.",
+            "Fill the JWKS URI or the issuer.",
+            code="invalid_id_token",
+        )
+    key = _signing_key(jwks_uri, header, timeout)
+    try:
+        claims = jwt.decode(
+            token.id_token,
+            key=key,
+            algorithms=ID_TOKEN_ALGORITHMS,
+            audience=config["client_id"],
+            issuer=expected_issuer,
+            leeway=60,
+            options={"require": ["exp", "iat", "aud", "iss", "sub"]},
+        )
+    except jwt.PyJWTError as exc:
+        raise AuthorizationFailed(
+            f"{invalid}: {exc}.",
+            "Check the Client ID and the issuer; the clocks of this server and the IdP must agree.",
+            code="invalid_id_token",
+        ) from None
+    if not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
+        raise AuthorizationFailed(f"{invalid}: the nonce does not match.", code="invalid_nonce")
+    if callback_issuer is not None and callback_issuer != claims["iss"]:
+        raise AuthorizationFailed(
+            "The sign-in response and the id_token name different issuers.", code="iss_mismatch"
+        )
+    return claims
+
+
+def _signing_key(jwks_uri: str, header: Mapping[str, Any], timeout: float) -> Any:
+    """The JWKS key that signed the id_token (by ``kid``, else the only key)."""
+    try:
+        response = requests.get(jwks_uri, timeout=timeout)
+        response.raise_for_status()
+        jwks = jwt.PyJWKSet.from_dict(response.json())
+    except (requests.RequestException, ValueError, jwt.PyJWTError):
+        raise AuthorizationFailed(
+            "The identity provider's signing keys (JWKS) could not be fetched.",
+            "Check the JWKS URI; try again when the identity provider is reachable.",
+            code="jwks_unavailable",
+        ) from None
+    kid = header.get("kid")
+    keys = [k for k in jwks.keys if kid is None or k.key_id == kid]
+    if len(keys) != 1:
+        raise AuthorizationFailed(
+            "The id_token was signed with a key the identity provider does not publish.",
+            code="invalid_id_token",
+        )
+    return keys[0].key
+
+
+def _identity(
+    provider: Provider,
+    config: Mapping[str, str],
+    claims: Mapping[str, Any] | None,
+    token: TokenResponse,
+    timeout: float,
+) -> Identity:
+    with requests.Session() as http:
+        try:
+            return provider.identity(
+                config, claims=claims, token=token.raw, http=TimeoutHTTP(http, timeout)
+            )
+        except (requests.RequestException, ValueError) as exc:
+            raise AuthorizationFailed(
+                f"The signed-in account could not be identified: {exc}",
+                "Check the userinfo or Resource Details endpoint and the Email Address Attribute.",
+                code="identity_unavailable",
+            ) from None
+
+
+def _audience(token: TokenResponse) -> str | None:
+    """The access token's ``aud`` when it is a JWT (display only: never trusted for identity)."""
+    try:
+        aud = jwt.decode(token.access_token, options={"verify_signature": False}).get("aud")
+    except jwt.PyJWTError:
+        return None
+    return " ".join(aud) if isinstance(aud, list) else (str(aud) if aud else None)
+
+
+def _store(
+    st: MailOAuthState,
+    account: dict,
+    provider: Provider,
+    config: Mapping[str, str],
+    token: TokenResponse,
+    identity: Identity,
+) -> None:
+    """Replace the account's credentials and log the event, in one transaction."""
+    m = st.models
+    now = utcnow()
+    with own_session(st.db) as s:
+        row = s.get(m.Account, account["id"], with_for_update=True)
+        if row.credential is not None:
+            s.delete(row.credential)
+            s.flush()
+        credential = m.Credential(
+            account_id=row.id,
+            expires_at=token.expires_at,
+            token_type=token.token_type,
+            scope=token.scope,
+            audience=_audience(token),
+            resource_owner=row.address,
+            authorized_by=identity.email,
+            subject=identity.subject,
+            tenant=identity.tenant,
+            config_signature=config_signature(provider, config),
+            issued_at=now,
+            refresh_token_issued_at=now,
+            status="active",
+        )
+        credential.access_token = st.keyring.encrypt(
+            token.access_token, aad=credential.aad("access_token")
+        )
+        credential.refresh_token = st.keyring.encrypt(
+            token.refresh_token or "", aad=credential.aad("refresh_token")
+        )
+        s.add(credential)
+        delegate = (
+            f" by {identity.email} on behalf of {row.address}"
+            if identity.email and not identity.matches(row.address)
+            else f" as {identity.email}"
+            if identity.email
+            else ""
+        )
+        s.add(
+            m.Event(
+                account_id=row.id,
+                kind="authorized",
+                actor=identity.email,
+                message=f"Authorized{delegate}; scopes: {token.scope}",
+            )
+        )
+    st.cache.pop((account["key"], account["purpose"]), None)
+
+
+def _log_event(
+    st: MailOAuthState, account_id: int, kind: str, level: str, code: str | None, message: str
+) -> None:
+    with own_session(st.db) as s:
+        s.add(
+            st.models.Event(
+                account_id=account_id, kind=kind, level=level, code=code, message=message[:2000]
+            )
+        )

@@ -1,0 +1,107 @@
+"""The Config modal's form: the Info tab's fields, then the provider's IdP Config fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_wtf import FlaskForm
+from wtforms import (
+    BooleanField,
+    DateField,
+    Field,
+    PasswordField,
+    RadioField,
+    SelectChoice,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.validators import DataRequired, Length, Optional
+
+from .accounts import AccountInput, AccountView
+from .providers.base import ConfigField, Provider
+
+#: form field names of provider fields carry this prefix, so they never clash with Info fields
+IDP_PREFIX = "idp_"
+
+
+class AccountForm(FlaskForm):
+    """The fields every provider shares: the Info tab and the client secret."""
+
+    enabled = RadioField(
+        "Status", choices=[SelectChoice("1", "Enabled"), SelectChoice("0", "Disabled")], default="1"
+    )
+    name = StringField("Name", validators=[DataRequired(), Length(max=255)])
+    strict_matching = BooleanField("Strict Matching", default=True)
+    notes = TextAreaField("Internal Notes", validators=[Length(max=5000)])
+    client_secret = PasswordField("Client Secret", validators=[Length(max=2000)])
+    secret_expires_on = DateField("Client secret expires on", validators=[Optional()])
+
+    def idp_fields(self) -> list[tuple[ConfigField, Field]]:
+        """The provider's fields with their form fields, in display order."""
+        return [(f, self[IDP_PREFIX + f.name]) for f in self.provider.fields]
+
+    def to_input(self) -> AccountInput:
+        """The submitted values, as the accounts module takes them."""
+        return AccountInput(
+            provider=self.provider.id,
+            enabled=self.enabled.data == "1",
+            name=self.name.data or "",
+            strict_matching=bool(self.strict_matching.data),
+            notes=self.notes.data or "",
+            config={f.name: form_field.data or "" for f, form_field in self.idp_fields()},
+            client_secret=self.client_secret.data or None,
+            secret_expires_on=self.secret_expires_on.data,
+        )
+
+    def add_errors(self, errors: dict[str, str]) -> None:
+        """Attach server-side validation errors (from the provider or storage) to fields.
+
+        A field that already has an error keeps just that one.
+        """
+        for name, message in errors.items():
+            target = self._fields.get(IDP_PREFIX + name) or self._fields.get(name)
+            if target is None:
+                self.form_errors.append(message)
+            elif not target.errors:
+                target.errors = [message]
+
+
+def _form_field(spec: ConfigField) -> Field:
+    validators: list[Any] = [Length(max=2000)]
+    if spec.required:
+        validators.insert(0, DataRequired(message=f"{spec.label} is required."))
+    else:
+        validators.insert(0, Optional())
+    if spec.kind == "select":
+        return SelectField(
+            spec.label,
+            choices=[SelectChoice(value, label) for value, label in spec.choices],
+            default=spec.default,
+            description=spec.help,
+        )
+    return StringField(
+        spec.label, validators=validators, default=spec.default, description=spec.help
+    )
+
+
+def account_form(provider: Provider, account: AccountView, **kwargs: Any) -> AccountForm:
+    """The form class for ``provider``, bound to the request and prefilled from ``account``."""
+    form_class = type(
+        f"{type(provider).__name__}AccountForm",
+        (AccountForm,),
+        {IDP_PREFIX + f.name: _form_field(f) for f in provider.fields},
+    )
+    same_provider = account.provider == provider.id
+    config = account.config if same_provider else provider.defaults()
+    data = {
+        "enabled": "1" if account.enabled else "0",
+        "name": account.name,
+        "strict_matching": account.strict_matching,
+        "notes": account.notes,
+        "secret_expires_on": account.secret_expires_on,
+        **{IDP_PREFIX + f.name: config.get(f.name, f.default) for f in provider.fields},
+    }
+    form = form_class(data=data, **kwargs)
+    form.provider = provider
+    return form

@@ -1,0 +1,278 @@
+"""The blueprint: the Config modal, save, authorize, callback, delete.
+
+Views are thin: they check access, parse input and call ``accounts`` and ``flow``. A view called
+by the modal's script (header ``X-Requested-With: mailoauth``) answers with a fragment or JSON;
+the same view without script answers with a page or a redirect, so everything works without JS.
+"""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from markupsafe import Markup
+
+from . import accounts, flow
+from .errors import AuthorizationFailed, MailboxNotFound
+from .extension import MailOAuthState, state
+from .forms import account_form
+from .providers import registry
+from .providers.registry import UnknownProvider
+from .settings import PURPOSES
+
+blueprint = Blueprint(
+    "mailoauth",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+
+NO_ACCESS_CHECK = (
+    "flask-mailoauth has no access check, so every view is refused. Register one with "
+    "@mailoauth.access_check on a function that returns True for users allowed to manage "
+    "mail OAuth settings."
+)
+#: the Flask session key binding pending authorizations to the admin's browser session
+SESSION_KEY = "mailoauth_sid"
+SCRIPTED = "mailoauth"
+
+
+@blueprint.before_request
+def require_access() -> None:
+    """Every view but the static files is behind the host's ``access_check`` (403 without)."""
+    if request.endpoint == "mailoauth.static":
+        return
+    extension = state().extension
+    if extension._access_check is None:
+        abort(403, description=NO_ACCESS_CHECK)
+    if not extension.may_manage():
+        abort(403, description="You are not allowed to manage mail OAuth settings.")
+
+
+def config_button(key: str, purpose: str = "mailbox", provider_select: str | None = None) -> Markup:
+    """The Config button next to a host's Authentication select (a Jinja global).
+
+    ``provider_select`` is a CSS selector of the host's select whose value names the provider;
+    the modal opens for that provider. The script and style sheet are included once per page.
+    """
+    first = not g.get("_mailoauth_assets")
+    g._mailoauth_assets = True
+    # render_template autoescapes; Markup only stops the host template escaping it twice.
+    return Markup(  # noqa: S704
+        render_template(
+            "mailoauth/config_button.html",
+            key=key,
+            purpose=purpose,
+            provider_select=provider_select,
+            include_assets=first,
+        )
+    )
+
+
+def _scripted() -> bool:
+    return request.headers.get("X-Requested-With") == SCRIPTED
+
+
+def _mailbox(key: str, purpose: str):
+    if purpose not in PURPOSES:
+        abort(404)
+    try:
+        return state().extension.mailbox(key)
+    except MailboxNotFound:
+        abort(404, description=f"No mailbox {key!r}.")
+
+
+def _address(mailbox, purpose: str) -> str:
+    return mailbox.sender if purpose == "smtp" else mailbox.address
+
+
+def _requested_provider() -> str | None:
+    """The provider the host page (GET) or the modal (POST) asks for, checked to exist."""
+    wanted = request.args.get("provider") or request.form.get("provider")
+    if wanted:
+        try:
+            registry.get(wanted)
+        except UnknownProvider:
+            abort(400, description=f"Unknown provider {wanted!r}.")
+    return wanted
+
+
+def callback_url() -> str:
+    """The Callback Endpoint: configured, or computed from the request (ProxyFix-aware)."""
+    return current_app.config["MAILOAUTH_CALLBACK_URL"] or url_for(
+        "mailoauth.callback", _external=True
+    )
+
+
+def _render_modal(view: accounts.AccountView, form, status: int = 200) -> Response:
+    context = {
+        "account": view,
+        "form": form,
+        "provider": form.provider,
+        "providers": registry.all(),
+        "callback_url": callback_url(),
+        "provider_changed": view.exists and view.provider != form.provider.id,
+    }
+    template = "mailoauth/modal.html" if _scripted() else "mailoauth/page.html"
+    return Response(render_template(template, **context), status=status)
+
+
+@blueprint.get("/<key>/<purpose>")
+def modal(key: str, purpose: str) -> Response:
+    """The Config modal (a fragment for the script, a page without it)."""
+    mailbox = _mailbox(key, purpose)
+    st = state()
+    wanted = _requested_provider()
+    view = accounts.view(st, key, purpose, _address(mailbox, purpose), wanted)
+    provider = registry.get(wanted or view.provider)
+    return _render_modal(view, account_form(provider, view, formdata=None))
+
+
+@blueprint.post("/<key>/<purpose>")
+def save(key: str, purpose: str) -> Response:
+    """Save the modal; go to the IdP when the grant is missing or no longer matches."""
+    mailbox = _mailbox(key, purpose)
+    st = state()
+    address = _address(mailbox, purpose)
+    wanted = _requested_provider()
+    view = accounts.view(st, key, purpose, address, wanted)
+    form = account_form(registry.get(wanted or view.provider), view)
+    if form.validate_on_submit():
+        result = accounts.save(
+            st,
+            key,
+            purpose,
+            address,
+            form.to_input(),
+            allow_insecure_http=current_app.config["MAILOAUTH_ALLOW_INSECURE_HTTP"],
+            timeout=current_app.config["MAILOAUTH_HTTP_TIMEOUT"],
+        )
+        if not result.errors:
+            if result.needs_authorization:
+                return _go(_authorization_url(st, key, purpose))
+            flash("Successfully updated.", "success")
+            return _go(_return_url(key, purpose))
+        form.add_errors(result.errors)
+    elif not form.csrf_token.errors:
+        # Report the provider's checks too, so the admin sees every problem at once.
+        form.add_errors(
+            form.provider.validate(
+                form.to_input().config,
+                allow_insecure_http=current_app.config["MAILOAUTH_ALLOW_INSECURE_HTTP"],
+            )
+        )
+    view = accounts.view(st, key, purpose, address, form.provider.id)
+    return _render_modal(view, form, status=422)
+
+
+@blueprint.post("/<key>/<purpose>/authorize")
+def authorize(key: str, purpose: str) -> Response:
+    """Start (again) the authorization of a saved account."""
+    _mailbox(key, purpose)
+    _check_csrf()
+    return _go(_authorization_url(state(), key, purpose))
+
+
+def _check_csrf() -> None:
+    from flask_wtf.csrf import validate_csrf
+    from wtforms import ValidationError
+
+    try:
+        validate_csrf(request.form.get("csrf_token"))
+    except ValidationError as exc:
+        abort(400, description=f"The form expired or was forged ({exc}); reload the page.")
+
+
+def _authorization_url(st: MailOAuthState, key: str, purpose: str) -> str:
+    account = accounts.account_for_authorization(st, key, purpose)
+    if account is None:
+        abort(404, description="Save the IdP Config first.")
+    if SESSION_KEY not in session:
+        session[SESSION_KEY] = secrets.token_urlsafe(32)
+    return flow.begin(
+        st,
+        account,
+        session_id=session[SESSION_KEY],
+        redirect_uri=callback_url(),
+        return_url=_return_url(key, purpose),
+        ttl=current_app.config["MAILOAUTH_PENDING_TTL"],
+    )
+
+
+def _return_url(key: str, purpose: str) -> str:
+    """The host page for this account: the host's hook, else the same-origin referring page."""
+    hook = state().extension._account_page
+    if hook is not None:
+        return hook(key, purpose)
+    return same_origin_path(request.referrer) or "/"
+
+
+def same_origin_path(url: str | None) -> str | None:
+    """``url`` as a local path when it points at this host, else ``None`` (no open redirect)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.netloc and parts.netloc != request.host:
+        return None
+    if parts.scheme not in ("", "http", "https") or not parts.path.startswith("/"):
+        return None
+    if parts.path.startswith("//") or "\\" in parts.path:
+        return None
+    query = f"?{parts.query}" if parts.query else ""
+    return parts.path + query + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def _go(url: str) -> Response:
+    """Send the browser to ``url``: JSON for the modal's script, a redirect without it."""
+    if _scripted():
+        return jsonify(redirect=url)
+    return redirect(url, code=303)
+
+
+@blueprint.get("/callback")
+def callback() -> Response:
+    """Where the IdP sends the admin back: finish, then return to the account's page."""
+    st = state()
+    try:
+        outcome = flow.finish(
+            st,
+            request.args,
+            session_id=session.get(SESSION_KEY, ""),
+            timeout=current_app.config["MAILOAUTH_HTTP_TIMEOUT"],
+        )
+    except AuthorizationFailed as failure:
+        return Response(
+            render_template("mailoauth/callback_error.html", failure=failure), status=400
+        )
+    if outcome.error is None:
+        flash("OAuth2 Authorization Successful.", "success")
+    else:
+        flash(f"OAuth2 authorization failed: {outcome.error} {outcome.error.guidance}", "error")
+    return redirect(same_origin_path(outcome.return_url) or "/", code=303)
+
+
+@blueprint.post("/<key>/<purpose>/delete")
+def delete(key: str, purpose: str) -> Response:
+    """Delete the account's token (the configuration stays)."""
+    _mailbox(key, purpose)
+    _check_csrf()
+    if accounts.delete_token(state(), key, purpose):
+        flash("Token deleted. Authorize again to fetch or send mail with OAuth2.", "success")
+    else:
+        flash("There was no token to delete.", "error")
+    return _go(_return_url(key, purpose))
