@@ -12,14 +12,23 @@ import json
 from dataclasses import dataclass, field
 
 
+def _field(name: str, value: str) -> bytes:
+    """``value`` as UTF-8; a control character (``^A`` separates fields) would forge fields."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"The {name} must not contain control characters.")
+    return value.encode()
+
+
 def xoauth2(user: str, token: str) -> bytes:
     """The XOAUTH2 initial response: ``user=U ^A auth=Bearer T ^A ^A``."""
-    return b"user=" + user.encode() + b"\x01auth=Bearer " + token.encode() + b"\x01\x01"
+    return (
+        b"user=" + _field("user", user) + b"\x01auth=Bearer " + _field("token", token) + b"\x01\x01"
+    )
 
 
 def _saslname(user: str) -> bytes:
     """RFC 5801 saslname: ``,`` and ``=`` escaped as ``=2C`` and ``=3D``."""
-    return user.replace("=", "=3D").replace(",", "=2C").encode()
+    return _field("user", user.replace("=", "=3D").replace(",", "=2C"))
 
 
 def oauthbearer(user: str, token: str, host: str, port: int | str) -> bytes:
@@ -28,11 +37,11 @@ def oauthbearer(user: str, token: str, host: str, port: int | str) -> bytes:
         b"n,a="
         + _saslname(user)
         + b",\x01host="
-        + host.encode()
+        + _field("host", host)
         + b"\x01port="
-        + str(port).encode()
+        + _field("port", str(port))
         + b"\x01auth=Bearer "
-        + token.encode()
+        + _field("token", token)
         + b"\x01\x01"
     )
 
