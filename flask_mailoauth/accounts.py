@@ -6,17 +6,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 import sqlalchemy as sa
 
 from . import signals
-from .extension import MailOAuthState
 from .flow import config_signature
 from .models import own_session, utcnow
 from .oauth import TimeoutHTTP
 from .providers import registry
+
+if TYPE_CHECKING:
+    from .extension import MailOAuthState
 
 #: characters of a token the Token tab shows; the rest is shrouded
 SHOWN_CHARACTERS = 2
@@ -154,8 +156,8 @@ def _token_details(st: MailOAuthState, account: Any) -> TokenDetails | None:
     cred = account.credential
     if cred is None:
         return None
-    access = st.keyring.decrypt(cred.access_token, aad=cred.aad("access_token"))
-    refresh = st.keyring.decrypt(cred.refresh_token, aad=cred.aad("refresh_token"))
+    access = st.reveal(cred, "access_token")
+    refresh = st.reveal(cred, "refresh_token")
     return TokenDetails(
         status=cred.status,
         resource_owner=cred.resource_owner,
@@ -232,9 +234,7 @@ def save(
         account.secret_expires_on = data.secret_expires_on
         account.config_signature = config_signature(provider, config)
         if data.client_secret:
-            account.client_secret = st.keyring.encrypt(
-                data.client_secret, aad=account.aad("client_secret")
-            )
+            st.seal(account, "client_secret", data.client_secret)
         s.flush()
         credential = None if dropped else account.credential
         needs = credential is None or credential.config_signature != account.config_signature

@@ -2,13 +2,148 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
 import click
+import sqlalchemy as sa
+from flask import current_app
 from flask.cli import AppGroup
 
+from . import tokens
+from .errors import MailOAuthError
 from .extension import state
-from .models import SECRET_FIELDS, own_session
+from .models import SECRET_FIELDS, own_session, utcnow
 
 mailoauth_cli = AppGroup("mailoauth", help="Manage OAuth2 mail accounts (flask-mailoauth).")
+purpose_option = click.option(
+    "--purpose",
+    type=click.Choice(["mailbox", "smtp"]),
+    default=None,
+    help="Only this purpose (default: every purpose of the key).",
+)
+
+
+@mailoauth_cli.command("list")
+def list_accounts() -> None:
+    """One line per account: key, purpose, provider, status, expiry."""
+    for h in state().extension.health():
+        expires = f"{h.expires_at:%Y-%m-%d %H:%M} UTC" if h.expires_at else "-"
+        enabled = "" if h.enabled else " (disabled)"
+        click.echo(f"{h.key}\t{h.purpose}\t{h.provider}\t{h.status}{enabled}\t{expires}\t{h.name}")
+
+
+@mailoauth_cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Each account's status and warnings; exits 1 when one needs attention (for monitoring)."""
+    accounts = state().extension.health()
+    if as_json:
+        click.echo(json.dumps([h.as_dict() for h in accounts], indent=2))
+    else:
+        for h in accounts:
+            mark = "!!" if h.needs_attention else "ok"
+            click.echo(f"[{mark}] {h.name} — {h.status.replace('_', ' ')}")
+            for warning in h.warnings:
+                click.echo(f"       {warning}")
+        if not accounts:
+            click.echo("No OAuth2 accounts.")
+    if any(h.needs_attention for h in accounts):
+        sys.exit(1)
+
+
+@mailoauth_cli.command("refresh")
+@click.argument("key", required=False)
+@purpose_option
+@click.option("--due", is_flag=True, help="Only accounts whose token expires within the leeway.")
+def refresh(key: str | None, purpose: str | None, due: bool) -> None:
+    """Refresh tokens now: one KEY, or every account (with --due, only those about to expire).
+
+    Safe to run from several hosts at once: each account is refreshed under its row lock, and
+    a token another host refreshed meanwhile is not refreshed again.
+    """
+    if key is None and not due:
+        raise click.UsageError("Give a KEY, or --due to refresh every account about to expire.")
+    st = state()
+    targets = _targets(st, key, purpose, due)
+    app = current_app._get_current_object()
+
+    def one(target: tuple[str, str]) -> tuple[tuple[str, str], str | None]:
+        with app.app_context():
+            try:
+                tokens.refresh(st, *target, force=not due)
+            except MailOAuthError as exc:
+                return target, str(exc)
+        return target, None
+
+    workers = max(1, int(current_app.config["MAILOAUTH_REFRESH_CONCURRENCY"]))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, targets))
+    failed = [(t, error) for t, error in results if error]
+    for (k, p), error in failed:
+        click.echo(f"{k} ({p}): {error}", err=True)
+    click.echo(f"Refreshed {len(results) - len(failed)} of {len(results)} account(s).")
+    if failed:
+        sys.exit(1)
+
+
+def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[tuple[str, str]]:
+    m = st.models
+    query = sa.select(m.Account.key, m.Account.purpose).join(
+        m.Credential, m.Credential.account_id == m.Account.id
+    )
+    if key is not None:
+        query = query.where(m.Account.key == key)
+    if purpose is not None:
+        query = query.where(m.Account.purpose == purpose)
+    if due:
+        leeway = timedelta(seconds=current_app.config["MAILOAUTH_REFRESH_LEEWAY"])
+        query = query.where(
+            m.Account.enabled.is_(True),
+            m.Credential.status.in_((tokens.ACTIVE, tokens.RETRYING)),
+            m.Credential.expires_at <= utcnow() + leeway,
+            sa.or_(m.Credential.next_retry_at.is_(None), m.Credential.next_retry_at <= utcnow()),
+        )
+    with own_session(st.db) as s:
+        targets = [tuple(row) for row in s.execute(query.order_by(m.Account.key))]
+    if key is not None and not targets:
+        raise click.ClickException(f"No authorized account with key {key!r}.")
+    return targets
+
+
+@mailoauth_cli.command("test")
+@click.argument("key")
+@purpose_option
+def test(key: str, purpose: str | None) -> None:
+    """Sign in to the mail servers for real and print each step; exits 1 on a failure."""
+    ok = True
+    for wanted in [purpose] if purpose else ["mailbox", "smtp"]:
+        if wanted == "smtp" and purpose is None and not _has_account(key, "smtp"):
+            continue
+        for result in state().extension.test_connection(key, wanted):
+            ok &= result.ok
+            click.echo(f"{result.protocol}: {'OK' if result.ok else 'FAILED'}")
+            for step in result.steps:
+                mark = "ok" if step.ok else "!!"
+                click.echo(f"  [{mark}] {step.name} ({step.seconds * 1000:.0f} ms): {step.detail}")
+                if step.guidance:
+                    click.echo(f"       {step.guidance}")
+    if not ok:
+        sys.exit(1)
+
+
+def _has_account(key: str, purpose: str) -> bool:
+    st = state()
+    m = st.models
+    with own_session(st.db) as s:
+        return (
+            s.scalar(
+                sa.select(sa.func.count()).where(m.Account.key == key, m.Account.purpose == purpose)
+            )
+            > 0
+        )
 
 
 @mailoauth_cli.command("rotate-key")
@@ -27,7 +162,6 @@ def rotate_key() -> None:
                 for name in fields:
                     blob = getattr(row, name)
                     if blob is not None and not st.keyring.is_primary(blob):
-                        plain = st.keyring.decrypt(blob, aad=row.aad(name))
-                        setattr(row, name, st.keyring.encrypt(plain, aad=row.aad(name)))
+                        st.seal(row, name, st.reveal(row, name))
                         changed += 1
     click.echo(f"Re-encrypted {changed} secret(s) with the primary key.")

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import imaplib
 import logging
+import poplib
+import smtplib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from flask import Flask, current_app
 
-from . import crypto
-from .errors import MailboxNotFound, SetupError
-from .models import Models, models_for
-from .settings import MailboxSettings
+from . import crypto, mail
+from .errors import MailboxNotFound, MailOAuthError, SetupError
+from .models import Models, models_for, own_session
+from .providers.base import MailServer
+from .settings import PURPOSES, MailboxSettings, Purpose
+
+if TYPE_CHECKING:
+    from .health import AccountHealth
 
 logger = logging.getLogger("flask_mailoauth")
 
@@ -66,6 +74,14 @@ class MailOAuthState:
     models: Models
     keyring: crypto.KeyRing
     cache: dict[Any, Any] = field(default_factory=dict)
+
+    def seal(self, row: Any, name: str, value: str) -> None:
+        """Encrypt ``value`` into the secret column ``name`` of ``row``, bound to both."""
+        setattr(row, name, self.keyring.encrypt(value, aad=row.aad(name)))
+
+    def reveal(self, row: Any, name: str) -> str:
+        """Decrypt the secret column ``name`` of ``row``."""
+        return self.keyring.decrypt(getattr(row, name), aad=row.aad(name))
 
 
 class MailOAuth:
@@ -135,6 +151,109 @@ class MailOAuth:
         self._account_page = callback
         return callback
 
+    # -- tokens and mail ---------------------------------------------------------------------
+
+    def access_token(self, key: str, purpose: Purpose = "mailbox") -> str:
+        """A fresh access token for mailbox ``key``: cached, read, or refreshed once for all.
+
+        Raises :class:`~flask_mailoauth.errors.NotConfigured`, ``AccountDisabled``,
+        ``ReauthorizationRequired``, ``ConfigurationError`` or ``TemporarilyUnavailable``.
+        """
+        from . import tokens
+
+        return tokens.access_token(state(), key, _purpose(purpose))
+
+    def refresh(self, key: str, purpose: Purpose = "mailbox") -> str:
+        """Refresh now, ignoring the backoff after transient failures; returns the new token."""
+        from . import tokens
+
+        return tokens.refresh(state(), key, _purpose(purpose))
+
+    def health(self) -> list[AccountHealth]:
+        """Every account with its status and the warnings an admin should see."""
+        from .health import health
+
+        return health(state(), current_app.config)
+
+    def connect_imap(self, key: str) -> imaplib.IMAP4:
+        """An IMAP connection, signed in with a fresh token, with the mailbox's folder selected."""
+        settings, server = self._server(key, "imap")
+        conn = mail.open_imap(server, timeout=current_app.config["MAILOAUTH_MAIL_TIMEOUT"])
+        try:
+            mail.imap_login(conn, settings.address, self.access_token(key, "mailbox"))
+            mail.select_folder(conn, settings.folder)
+        except BaseException:
+            conn.shutdown()
+            raise
+        return conn
+
+    def connect_pop3(self, key: str) -> poplib.POP3:
+        """A POP3 connection, signed in with a fresh token."""
+        settings, server = self._server(key, "pop3")
+        conn = mail.open_pop3(server, timeout=current_app.config["MAILOAUTH_MAIL_TIMEOUT"])
+        try:
+            mail.pop3_login(conn, settings.address, self.access_token(key, "mailbox"))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def connect_smtp(self, key: str, *, purpose: Purpose = "smtp") -> smtplib.SMTP:
+        """An SMTP connection, signed in as the mailbox's sender address.
+
+        ``purpose="mailbox"`` reuses the mailbox's token (a host's "Same as Remote Mailbox").
+        """
+        settings, server = self._server(key, "smtp")
+        conn = mail.open_smtp(server, timeout=current_app.config["MAILOAUTH_MAIL_TIMEOUT"])
+        try:
+            mail.smtp_login(conn, settings.sender, self.access_token(key, _purpose(purpose)))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def test_connection(self, key: str, purpose: Purpose = "mailbox") -> list[mail.CheckResult]:
+        """Sign in for real and report each step: IMAP or POP3 for ``mailbox``, SMTP for ``smtp``.
+
+        Never raises for a refused token or an unreachable server: the results say what failed.
+        """
+        purpose = _purpose(purpose)
+        timeout = current_app.config["MAILOAUTH_MAIL_TIMEOUT"]
+        settings = self.mailbox(key)
+
+        def token() -> str:
+            return self.access_token(key, purpose)
+
+        protocol = "smtp" if purpose == "smtp" else settings.protocol
+        try:
+            _, server = self._server(key, protocol)
+        except MailOAuthError as exc:
+            step = mail.CheckStep("settings", False, 0.0, str(exc))
+            return [mail.CheckResult(protocol.upper(), False, [step])]
+        if purpose == "smtp":
+            sender = settings.sender
+            return [mail.check_smtp(server, sender, token, mail_from=sender, timeout=timeout)]
+        check = mail.check_imap if protocol == "imap" else mail.check_pop3
+        return [check(server, settings.address, token, timeout=timeout)]
+
+    def _server(self, key: str, protocol: str) -> tuple[MailboxSettings, MailServer]:
+        """The mailbox's settings and its server for ``protocol``, provider defaults filled in."""
+        from .providers import registry
+
+        settings = self.mailbox(key)
+        purpose = "smtp" if protocol == "smtp" else "mailbox"
+        st = state()
+        defaults = None
+        with own_session(st.db) as s:
+            account = s.scalars(
+                sa.select(st.models.Account).where(
+                    st.models.Account.key == key, st.models.Account.purpose == purpose
+                )
+            ).one_or_none()
+            if account is not None:
+                defaults = registry.get(account.provider).mail_servers(account.config)
+        return settings, mail.resolve_server(settings, protocol, defaults)
+
     def may_manage(self) -> bool:
         """Whether the current request may use the extension's views."""
         return self._access_check is not None and bool(self._access_check())
@@ -166,6 +285,12 @@ def state() -> MailOAuthState:
             "flask-mailoauth is not registered on this app. Did you forget to call "
             "mailoauth.init_app(app, db=db)?"
         ) from None
+
+
+def _purpose(purpose: str) -> Purpose:
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be 'mailbox' or 'smtp', not {purpose!r}.")
+    return purpose  # type: ignore[return-value]
 
 
 def _keyring(app: Flask) -> crypto.KeyRing:

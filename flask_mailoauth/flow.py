@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import jwt
@@ -26,11 +26,13 @@ import sqlalchemy as sa
 
 from . import signals
 from .errors import AuthorizationFailed
-from .extension import MailOAuthState
 from .models import own_session, utcnow
 from .oauth import TimeoutHTTP, TokenRequestFailed, TokenResponse, request_token
 from .providers import registry
 from .providers.base import Identity, Provider
+
+if TYPE_CHECKING:
+    from .extension import MailOAuthState
 
 #: id_token signature algorithms accepted (never "none", never a shared-secret HMAC)
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
@@ -90,7 +92,7 @@ def begin(
             return_url=return_url,
             expires_at=utcnow() + timedelta(seconds=ttl),
         )
-        pending.code_verifier = st.keyring.encrypt(verifier, aad=pending.aad("code_verifier"))
+        st.seal(pending, "code_verifier", verifier)
         s.add(pending)
     params = {
         "response_type": "code",
@@ -167,7 +169,7 @@ def _take_pending(st: MailOAuthState, state: str) -> tuple[dict, dict] | None:
             "redirect_uri": pending.redirect_uri,
             "return_url": pending.return_url,
             "expires_at": pending.expires_at,
-            "verifier": st.keyring.decrypt(pending.code_verifier, aad=pending.aad("code_verifier")),
+            "verifier": st.reveal(pending, "code_verifier"),
         }
         account_data = {"id": account.id, "key": account.key, "purpose": account.purpose}
         s.delete(pending)
@@ -272,7 +274,7 @@ def _load_account(st: MailOAuthState, account_id: int) -> tuple[dict, str]:
             raise AuthorizationFailed("The account was deleted during the authorization.")
         secret = ""
         if account.client_secret is not None:
-            secret = st.keyring.decrypt(account.client_secret, aad=account.aad("client_secret"))
+            secret = st.reveal(account, "client_secret")
         data = {
             "id": account.id,
             "key": account.key,
@@ -441,12 +443,8 @@ def _store(
             refresh_token_issued_at=now,
             status="active",
         )
-        credential.access_token = st.keyring.encrypt(
-            token.access_token, aad=credential.aad("access_token")
-        )
-        credential.refresh_token = st.keyring.encrypt(
-            token.refresh_token or "", aad=credential.aad("refresh_token")
-        )
+        st.seal(credential, "access_token", token.access_token)
+        st.seal(credential, "refresh_token", token.refresh_token or "")
         s.add(credential)
         delegate = (
             f" by {identity.email} on behalf of {row.address}"

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from .errors import MailOAuthError
-from .providers.base import MailServer
+from .errors import MailOAuthError, SetupError
+from .providers.base import MailServer, MailServers
 from .sasl import ErrorChallenge, decode_error_challenge, oauthbearer, xoauth2
+from .settings import MailboxSettings
 
 #: the SASL mechanisms spoken here, in order of preference
 MECHANISMS = ("OAUTHBEARER", "XOAUTH2")
@@ -108,8 +109,8 @@ class MailAuthenticationError(MailOAuthError):
         self.guidance = _auth_guidance(protocol, reply)
 
 
-class _Refused(MailOAuthError):
-    """A command after sign-in was refused (SELECT, STAT, MAIL FROM)."""
+class MailCommandRefused(MailOAuthError):
+    """A command after sign-in was refused (SELECT, STAT, MAIL FROM); carries guidance."""
 
     def __init__(self, message: str, guidance: str) -> None:
         super().__init__(message)
@@ -698,7 +699,7 @@ def _imap_inbox(conn: imaplib.IMAP4) -> str:
     typ, data = conn.select("INBOX", readonly=True)
     reply = (data[-1] or b"").decode("utf-8", "replace")
     if typ != "OK":
-        raise _Refused(f"INBOX refused: {typ} {reply}", _auth_guidance("IMAP", reply))
+        raise MailCommandRefused(f"INBOX refused: {typ} {reply}", _auth_guidance("IMAP", reply))
     return f"INBOX has {reply or 'an unknown number of'} messages."
 
 
@@ -731,7 +732,7 @@ def _pop3_stat(conn: poplib.POP3) -> str:
         count, size = conn.stat()
     except poplib.error_proto as exc:
         reply = str(exc)
-        raise _Refused(f"STAT refused: {reply}", _auth_guidance("POP3", reply)) from exc
+        raise MailCommandRefused(f"STAT refused: {reply}", _auth_guidance("POP3", reply)) from exc
     return f"{count} messages, {size} bytes."
 
 
@@ -778,7 +779,9 @@ def _smtp_sender(conn: smtplib.SMTP, *, address: str) -> str:
     conn.rset()
     reply = f"{code} {message.decode('utf-8', 'replace')}"
     if code not in (250, 251):
-        raise _Refused(f"Sender <{address}> refused: {reply}", _sender_guidance(code, reply))
+        raise MailCommandRefused(
+            f"Sender <{address}> refused: {reply}", _sender_guidance(code, reply)
+        )
     return f"<{address}> accepted as sender: {reply}"
 
 
@@ -787,3 +790,40 @@ def _sender_guidance(code: int, reply: str) -> str:
     if code == 553 or "5.7.60" in reply or "5.7.1 " in reply:
         return SEND_AS_MISSING
     return "The mail server refused this sender address."
+
+
+def resolve_server(
+    settings: MailboxSettings, protocol: str, defaults: MailServers | None
+) -> MailServer:
+    """The server for ``protocol`` (imap, pop3, smtp): the host's settings over the provider's.
+
+    Each of host, port and security falls back on its own, so a host may set only the host.
+    """
+    prefix = "smtp_" if protocol == "smtp" else ""
+    fallback: MailServer | None = getattr(defaults, protocol, None) if defaults else None
+    host = getattr(settings, f"{prefix}host") or (fallback.host if fallback else None)
+    if not host:
+        raise SetupError(
+            f"No {protocol.upper()} server for {settings.address}: the provider has no default, "
+            f"so the mailbox loader must set MailboxSettings.{prefix}host."
+        )
+    security = getattr(settings, f"{prefix}security") or (fallback.security if fallback else "ssl")
+    port = getattr(settings, f"{prefix}port") or (
+        fallback.port if fallback and fallback.host == host else _DEFAULT_PORTS[protocol][security]
+    )
+    return MailServer(host, port, security)
+
+
+_DEFAULT_PORTS = {
+    "imap": {"ssl": 993, "starttls": 143, "none": 143},
+    "pop3": {"ssl": 995, "starttls": 110, "none": 110},
+    "smtp": {"ssl": 465, "starttls": 587, "none": 25},
+}
+
+
+def select_folder(conn: imaplib.IMAP4, folder: str) -> None:
+    """SELECT ``folder`` after login: Exchange may accept AUTHENTICATE and refuse every command."""
+    typ, data = conn.select(folder)
+    if typ != "OK":
+        reply = (data[-1] or b"").decode("utf-8", "replace") if data else ""
+        raise MailCommandRefused(f"SELECT {folder} refused: {reply}", _auth_guidance("IMAP", reply))

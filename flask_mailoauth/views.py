@@ -26,10 +26,11 @@ from flask import (
 )
 from markupsafe import Markup
 
-from . import accounts, flow
-from .errors import AuthorizationFailed, MailboxNotFound
+from . import accounts, flow, tokens
+from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError
 from .extension import MailOAuthState, state
 from .forms import account_form
+from .health import health
 from .providers import registry
 from .providers.registry import UnknownProvider
 from .settings import PURPOSES
@@ -119,14 +120,17 @@ def callback_url() -> str:
     )
 
 
-def _render_modal(view: accounts.AccountView, form, status: int = 200) -> Response:
+def _render_modal(view: accounts.AccountView, form, status: int = 200, **extra: object) -> Response:
+    found = health(state(), current_app.config, key=view.key, purpose=view.purpose)
     context = {
+        "warnings": found[0].warnings if found and view.token else [],
         "account": view,
         "form": form,
         "provider": form.provider,
         "providers": registry.all(),
         "callback_url": callback_url(),
         "provider_changed": view.exists and view.provider != form.provider.id,
+        **extra,
     }
     template = "mailoauth/modal.html" if _scripted() else "mailoauth/page.html"
     return Response(render_template(template, **context), status=status)
@@ -276,3 +280,34 @@ def delete(key: str, purpose: str) -> Response:
     else:
         flash("There was no token to delete.", "error")
     return _go(_return_url(key, purpose))
+
+
+def _token_tab(key: str, purpose: str, **extra: object) -> Response:
+    """The modal reopened on its Token tab, with a notice or check results."""
+    mailbox = _mailbox(key, purpose)
+    view = accounts.view(state(), key, purpose, _address(mailbox, purpose), None)
+    form = account_form(registry.get(view.provider), view, formdata=None)
+    return _render_modal(view, form, initial_tab="token", **extra)
+
+
+@blueprint.post("/<key>/<purpose>/refresh")
+def refresh(key: str, purpose: str) -> Response:
+    """Refresh the access token now (also after a backoff), and show the outcome."""
+    _mailbox(key, purpose)
+    _check_csrf()
+    try:
+        tokens.refresh(state(), key, purpose)
+    except MailOAuthError as exc:
+        notice = ("error", f"Refresh failed: {exc}")
+    else:
+        notice = ("success", "The access token was refreshed.")
+    return _token_tab(key, purpose, notice=notice)
+
+
+@blueprint.post("/<key>/<purpose>/test")
+def test(key: str, purpose: str) -> Response:
+    """Sign in to the mail server with the token and show each step's result."""
+    _mailbox(key, purpose)
+    _check_csrf()
+    checks = state().extension.test_connection(key, purpose)
+    return _token_tab(key, purpose, checks=checks)

@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -352,3 +353,7 @@ class Provider:
     def warnings(self, config: Mapping[str, str]) -> list[str]:
         """Standing warnings about this configuration (e.g. Google apps in Testing mode)."""
         return []
+
+    def refresh_token_lifetime(self, config: Mapping[str, str]) -> timedelta | None:
+        """How long a refresh token lives whatever its use (Google Testing: 7 days), if bounded."""
+        return None

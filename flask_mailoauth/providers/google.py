@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -46,6 +47,10 @@ ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
         ),
     }
 )
+
+
+#: Google refresh tokens of apps in Testing mode stop working after this long
+TESTING_REFRESH_TOKEN_LIFETIME = timedelta(days=7)
 
 
 class GoogleProvider(Provider):
@@ -153,9 +158,17 @@ class GoogleProvider(Provider):
             smtp=MailServer("smtp.gmail.com", 587, "starttls"),
         )
 
+    def refresh_token_lifetime(self, config: Mapping[str, str]) -> timedelta | None:
+        """Seven days for apps in Testing; unbounded in production."""
+        return TESTING_REFRESH_TOKEN_LIFETIME if self._testing(config) else None
+
+    @staticmethod
+    def _testing(config: Mapping[str, str]) -> bool:
+        return (config.get("publishing_status") or "").strip() == "testing"
+
     def warnings(self, config: Mapping[str, str]) -> list[str]:
         """Warn that apps in Testing lose their grant every 7 days."""
-        if (config.get("publishing_status") or "").strip() == "testing":
+        if self._testing(config):
             return [
                 "Apps in Testing get refresh tokens that expire after 7 days: publish the app "
                 "(In production) on the OAuth consent screen page, then authorize again."

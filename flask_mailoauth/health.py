@@ -1,0 +1,148 @@
+"""Warnings before things break: what needs an admin's attention, per account.
+
+No peer tells the admin in advance; this module does, from what is already stored: refresh
+tokens close to Microsoft's 90-day inactivity limit, Google Testing-mode 7-day tokens, client
+secrets close to their end date, repeated refresh failures, grants that need a new consent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from .models import own_session, utcnow
+from .providers import registry
+from .providers.registry import UnknownProvider
+
+if TYPE_CHECKING:
+    from .extension import MailOAuthState
+
+
+@dataclass(frozen=True)
+class AccountHealth:
+    """One account's state for dashboards, monitoring and ``flask mailoauth status``."""
+
+    key: str
+    purpose: str
+    name: str
+    address: str
+    provider: str
+    enabled: bool
+    status: str
+    expires_at: datetime | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def needs_attention(self) -> bool:
+        """True when an admin should act: a warning, or a status other than active."""
+        return self.enabled and (bool(self.warnings) or self.status not in ("active",))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, for ``status --json``."""
+        return {
+            "key": self.key,
+            "purpose": self.purpose,
+            "name": self.name,
+            "address": self.address,
+            "provider": self.provider,
+            "enabled": self.enabled,
+            "status": self.status,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "needs_attention": self.needs_attention,
+            "warnings": self.warnings,
+        }
+
+
+def health(
+    st: MailOAuthState,
+    config: Mapping[str, Any],
+    *,
+    key: str | None = None,
+    purpose: str | None = None,
+) -> list[AccountHealth]:
+    """Every account (or those of ``key``/``purpose``) with status and warnings, by key."""
+    m = st.models
+    now = utcnow()
+    query = (
+        sa.select(m.Account, m.Credential)
+        .outerjoin(m.Credential, m.Credential.account_id == m.Account.id)
+        .order_by(m.Account.key, m.Account.purpose)
+    )
+    if key is not None:
+        query = query.where(m.Account.key == key)
+    if purpose is not None:
+        query = query.where(m.Account.purpose == purpose)
+    with own_session(st.db) as s:
+        rows = s.execute(query).all()
+        return [_one(account, credential, config, now) for account, credential in rows]
+
+
+def _one(account: Any, credential: Any, config: Mapping[str, Any], now: datetime) -> AccountHealth:
+    warnings = _secret_warnings(account.secret_expires_on, now.date(), config)
+    try:
+        provider = registry.get(account.provider)
+    except UnknownProvider:
+        provider = None
+        warnings.append(f"The provider {account.provider!r} is not installed.")
+    if credential is None:
+        status = "not_authorized"
+        warnings.append("Not authorized yet: open Config and submit to sign in as the mailbox.")
+    else:
+        status = credential.status
+        warnings += _credential_warnings(account, credential, provider, config, now)
+    return AccountHealth(
+        key=account.key,
+        purpose=account.purpose,
+        name=account.name,
+        address=account.address,
+        provider=account.provider,
+        enabled=account.enabled,
+        status=status,
+        expires_at=credential.expires_at if credential is not None else None,
+        warnings=warnings,
+    )
+
+
+def _secret_warnings(ends: date | None, today: date, config: Mapping[str, Any]) -> list[str]:
+    if ends is None:
+        return []
+    left = (ends - today).days
+    if left < 0:
+        return [f"The client secret expired on {ends}: create a new one and paste its Value."]
+    if left <= max(config["MAILOAUTH_SECRET_WARNING_DAYS"]):
+        return [
+            f"The client secret expires on {ends} ({left} days): create a new one and paste its "
+            "Value before then (no new consent needed)."
+        ]
+    return []
+
+
+def _credential_warnings(account, credential, provider, config, now: datetime) -> list[str]:
+    warnings: list[str] = []
+    if credential.status in ("reauthorization_required", "configuration_error"):
+        warnings.append(credential.last_error or "The identity provider refused the token.")
+    elif credential.failure_count >= config["MAILOAUTH_FAILURE_WARNING_THRESHOLD"]:
+        warnings.append(
+            f"{credential.failure_count} refresh attempts failed in a row: "
+            f"{credential.last_error or 'see the Token tab'}"
+        )
+    if credential.config_signature != account.config_signature:
+        warnings.append("The IdP Config changed since the token was issued: authorize again.")
+    last_use = credential.refreshed_at or credential.issued_at
+    idle_days = (now - last_use).days
+    if idle_days >= config["MAILOAUTH_IDLE_WARNING_DAYS"]:
+        warnings.append(
+            f"The refresh token has not been used for {idle_days} days; Microsoft revokes it "
+            "after 90. Run `flask mailoauth refresh --due` daily."
+        )
+    if provider is not None:
+        warnings += provider.warnings(account.config)
+        lifetime = provider.refresh_token_lifetime(account.config)
+        if lifetime is not None:
+            dies = credential.refresh_token_issued_at + lifetime
+            warnings.append(f"The refresh token stops working on {dies:%Y-%m-%d %H:%M} UTC.")
+    return warnings

@@ -1,0 +1,313 @@
+"""``access_token()``: a fresh token from memory, the database, or one refresh shared by all.
+
+Steady state costs no SQL: a valid token is served from a small per-process cache for at most
+``MAILOAUTH_CACHE_TTL`` seconds. Otherwise one statement reads the row. A refresh runs under a
+lock that holds across threads (a per-account ``threading.Lock``), processes and hosts
+(``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), and re-reads the row
+once it holds the lock, so N concurrent callers cause exactly one call to the IdP.
+
+If the process dies between the IdP's answer and the commit, the new tokens are lost. A
+non-rotating IdP (Google) is unaffected; a rotating one may then refuse the old refresh token
+and the account shows "reauthorization required" with the IdP's code on the Token tab.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy.orm import Session
+
+from . import signals
+from .errors import (
+    AccountDisabled,
+    ConfigurationError,
+    NotConfigured,
+    ProviderFailure,
+    ReauthorizationRequired,
+    TemporarilyUnavailable,
+)
+from .models import own_session, utcnow
+from .oauth import TokenRequestFailed, request_token
+from .providers import registry
+
+if TYPE_CHECKING:
+    from .extension import MailOAuthState
+
+logger = logging.getLogger("flask_mailoauth")
+
+ACTIVE, RETRYING = "active", "retrying"
+REAUTHORIZE, MISCONFIGURED = "reauthorization_required", "configuration_error"
+_STATUS_BY_KIND = {
+    "transient": RETRYING,
+    "reauthorize": REAUTHORIZE,
+    "configuration": MISCONFIGURED,
+}
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    """A token this process may hand out without asking the database."""
+
+    access_token: str
+    expires_at: datetime
+    cached_at: float
+
+    def __repr__(self) -> str:
+        return f"<CachedToken expires_at={self.expires_at.isoformat()}>"
+
+
+_process_locks: dict[tuple[int, str, str], threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+def _process_lock(st: MailOAuthState, key: str, purpose: str) -> threading.Lock:
+    """One lock per account in this process: threads queue here, not on the database."""
+    name = (id(st), key, purpose)
+    with _process_locks_guard:
+        return _process_locks.setdefault(name, threading.Lock())
+
+
+def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
+    """A token valid for more than ``MAILOAUTH_REFRESH_LEEWAY`` seconds (see module doc)."""
+    config = current_app.config
+    leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
+    cached = _cached(st, key, purpose, leeway, config["MAILOAUTH_CACHE_TTL"])
+    if cached:
+        return cached
+    with own_session(st.db) as s:
+        credential, account = _read(s, st, key, purpose)
+        token = _usable(st, credential, account, leeway)
+    if token:
+        return token
+    with _process_lock(st, key, purpose):
+        cached = _cached(st, key, purpose, leeway, config["MAILOAUTH_CACHE_TTL"])
+        if cached:
+            return cached
+        return refresh(st, key, purpose, force=False)
+
+
+def _cached(
+    st: MailOAuthState, key: str, purpose: str, leeway: timedelta, ttl: float
+) -> str | None:
+    entry: CachedToken | None = st.cache.get((key, purpose))
+    if entry is None:
+        return None
+    if time.monotonic() - entry.cached_at > ttl or entry.expires_at - utcnow() <= leeway:
+        st.cache.pop((key, purpose), None)
+        return None
+    return entry.access_token
+
+
+def _read(session: Session, st: MailOAuthState, key: str, purpose: str, *, lock: bool = False):
+    """The account's credential and account, in one statement; typed errors when unusable."""
+    m = st.models
+    query = (
+        sa.select(m.Credential, m.Account)
+        .join(m.Account, m.Credential.account_id == m.Account.id)
+        .where(m.Account.key == key, m.Account.purpose == purpose)
+    )
+    if lock:
+        query = query.with_for_update(of=m.Credential)
+    row = session.execute(query).one_or_none()
+    if row is None:
+        raise NotConfigured(
+            f"No OAuth2 token for {key!r} ({purpose}): configure and authorize it in the "
+            "Config modal."
+        )
+    credential, account = row
+    if not account.enabled:
+        raise AccountDisabled(f"The OAuth2 account {account.name!r} is disabled.")
+    if credential.status == REAUTHORIZE:
+        raise ReauthorizationRequired(
+            f"{account.name}: the grant is no longer valid, an admin must authorize again. "
+            f"{credential.last_error or ''}".strip()
+        )
+    if credential.status == MISCONFIGURED:
+        raise ConfigurationError(
+            f"{account.name}: the identity provider refuses the application's configuration. "
+            f"{credential.last_error or ''}".strip()
+        )
+    if credential.config_signature != account.config_signature:
+        raise ReauthorizationRequired(
+            f"{account.name}: the IdP Config changed since the token was issued; authorize again."
+        )
+    return credential, account
+
+
+def _usable(st: MailOAuthState, credential: Any, account: Any, leeway: timedelta) -> str | None:
+    """The stored token when valid beyond the leeway (and cache it), else ``None``."""
+    if credential.expires_at - utcnow() <= leeway:
+        return None
+    token = st.reveal(credential, "access_token")
+    st.cache[(account.key, account.purpose)] = CachedToken(
+        token, credential.expires_at, time.monotonic()
+    )
+    return token
+
+
+def refresh(st: MailOAuthState, key: str, purpose: str, *, force: bool = True) -> str:
+    """Refresh now under the account's lock; ``force=False`` skips it if another caller did.
+
+    ``force`` also ignores the backoff after transient failures ("Refresh now" in the Token tab).
+    """
+    config = current_app.config
+    leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
+    with own_session(st.db) as s, _row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
+        credential, account = _read(s, st, key, purpose, lock=True)
+        if not force:
+            token = _usable(st, credential, account, leeway)
+            if token:
+                return token
+            if credential.next_retry_at and credential.next_retry_at > utcnow():
+                return _during_backoff(st, credential, account)
+        provider = registry.get(account.provider)
+        client_secret = ""
+        if account.client_secret is not None:
+            client_secret = st.reveal(account, "client_secret")
+        refresh_token = st.reveal(credential, "refresh_token")
+        grant = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        grant.update(provider.refresh_params(account.config))
+        try:
+            answer = request_token(
+                provider,
+                account.config,
+                client_secret,
+                grant,
+                timeout=config["MAILOAUTH_HTTP_TIMEOUT"],
+                requested_scopes=provider.scopes(account.config),
+            )
+        except TokenRequestFailed as exc:
+            _record_failure(st, s, credential, account, exc.failure, config)
+            failure = exc.failure
+        else:
+            _record_success(st, s, credential, account, answer)
+            failure = None
+    # The transaction is committed here: signals and errors come after the state is stored.
+    if failure is None:
+        signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
+        return answer.access_token
+    return _after_failure(st, key, purpose, failure, credential)
+
+
+@contextmanager
+def _row_lock(session: Session, timeout: float) -> Iterator[None]:
+    """Make the next ``SELECT ... FOR UPDATE`` a lock across processes on every backend.
+
+    PostgreSQL honours FOR UPDATE, bounded by ``lock_timeout``. SQLite ignores FOR UPDATE, so
+    the transaction starts with ``BEGIN IMMEDIATE``: one writer at a time, waiting at most
+    ``busy_timeout``.
+    """
+    connection = session.connection()
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'")
+    elif dialect == "sqlite":
+        connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    yield
+
+
+def _record_success(st, session: Session, credential: Any, account: Any, answer: Any) -> None:
+    now = utcnow()
+    st.seal(credential, "access_token", answer.access_token)
+    if answer.refresh_token:
+        # Microsoft rotates refresh tokens: always keep the newest. Google sends none: keep ours.
+        st.seal(credential, "refresh_token", answer.refresh_token)
+        credential.refresh_token_issued_at = now
+    credential.expires_at = answer.expires_at
+    credential.refreshed_at = now
+    if answer.raw.get("scope"):
+        credential.scope = answer.scope
+    credential.status = ACTIVE
+    credential.failure_count = 0
+    credential.last_error = credential.last_error_code = None
+    credential.next_retry_at = None
+    credential.version += 1
+    session.add(
+        st.models.Event(
+            account_id=account.id,
+            kind="refreshed",
+            message=f"Access token refreshed, valid until {answer.expires_at:%Y-%m-%d %H:%M} UTC"
+            + ("; new refresh token stored" if answer.refresh_token else ""),
+        )
+    )
+    st.cache[(account.key, account.purpose)] = CachedToken(
+        answer.access_token, answer.expires_at, time.monotonic()
+    )
+
+
+def _record_failure(st, session, credential, account, failure: ProviderFailure, config) -> None:
+    """Store the failure on the credential (never deleting anything) and log the event."""
+    credential.failure_count += 1
+    credential.status = _STATUS_BY_KIND[failure.kind]
+    credential.last_error_code = (failure.code or "")[:64] or None
+    credential.last_error = failure.summary()
+    credential.next_retry_at = (
+        utcnow() + timedelta(seconds=backoff(credential.failure_count, failure.retry_after, config))
+        if failure.kind == "transient"
+        else None
+    )
+    credential.version += 1
+    session.add(
+        st.models.Event(
+            account_id=account.id,
+            kind="refresh_failed",
+            level="warning" if failure.kind == "transient" else "error",
+            code=credential.last_error_code,
+            message=failure.summary(),
+        )
+    )
+    st.cache.pop((account.key, account.purpose), None)
+    logger.warning(
+        "Refresh failed for %s (%s): %s [%s]",
+        account.key,
+        account.purpose,
+        failure.code,
+        failure.kind,
+    )
+
+
+def backoff(failures: int, retry_after: float | None, config: Any) -> float:
+    """Seconds to wait after ``failures`` transient failures: exponential, jittered, capped."""
+    base, ceiling = config["MAILOAUTH_RETRY_BASE"], config["MAILOAUTH_RETRY_MAX"]
+    delay = min(ceiling, base * 2 ** (failures - 1))
+    delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not a secret
+    return max(delay, retry_after or 0)
+
+
+def _during_backoff(st, credential: Any, account: Any) -> str:
+    """While waiting to retry: the current token if still valid, else ``TemporarilyUnavailable``."""
+    if credential.expires_at > utcnow():
+        return st.reveal(credential, "access_token")
+    raise TemporarilyUnavailable(
+        f"{account.name}: the identity provider is unavailable; retrying at "
+        f"{credential.next_retry_at:%H:%M:%S} UTC. {credential.last_error or ''}".strip(),
+        retry_at=credential.next_retry_at,
+    )
+
+
+def _after_failure(st, key: str, purpose: str, failure: ProviderFailure, credential: Any) -> str:
+    """Signal the stored failure, then return the still-valid token or raise the typed error."""
+    signals.refresh_failed.send(st.extension, key=key, purpose=purpose, failure=failure)
+    if failure.kind == "reauthorize":
+        signals.reauthorization_required.send(
+            st.extension, key=key, purpose=purpose, failure=failure
+        )
+        raise ReauthorizationRequired(f"{key} ({purpose}): {failure.summary()}")
+    if failure.kind == "configuration":
+        raise ConfigurationError(f"{key} ({purpose}): {failure.summary()}")
+    if credential.expires_at > utcnow():
+        return st.reveal(credential, "access_token")
+    raise TemporarilyUnavailable(
+        f"{key} ({purpose}): {failure.summary()}", retry_at=credential.next_retry_at
+    )

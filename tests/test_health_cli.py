@@ -1,0 +1,149 @@
+"""Warnings before breakage, and the `flask mailoauth` commands cron and monitoring use."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import responses
+import sqlalchemy as sa
+from flask.cli import ScriptInfo
+
+from flask_mailoauth.models import own_session, utcnow
+
+from .test_tokens import IdP, credential, store_account
+
+
+def run(host, *args):
+    runner = host.app.test_cli_runner()
+    return runner.invoke(args=["mailoauth", *args], obj=ScriptInfo(create_app=lambda: host.app))
+
+
+def health(host):
+    with host.app.app_context():
+        return {(h.key, h.purpose): h for h in host.ext.health()}
+
+
+def update(host, model, **values):
+    st = host.app.extensions["mailoauth"]
+    with host.app.app_context(), own_session(st.db) as s:
+        row = s.scalars(sa.select(getattr(st.models, model))).first()
+        for name, value in values.items():
+            setattr(row, name, value)
+
+
+def test_a_fresh_account_is_healthy(host):
+    store_account(host)
+    h = health(host)[("support", "mailbox")]
+    assert (h.status, h.warnings, h.needs_attention) == ("active", [], False)
+
+
+def test_idle_refresh_token_warns_before_the_90_day_limit(host):
+    store_account(host)
+    update(host, "Credential", issued_at=utcnow() - timedelta(days=81))
+    [warning] = health(host)[("support", "mailbox")].warnings
+    assert "not been used for 81 days" in warning
+    assert "refresh --due" in warning
+
+
+def test_client_secret_end_date_warns_30_and_7_days_ahead_and_after(host):
+    store_account(host)
+    today = utcnow().date()
+    for days, text in [(45, None), (29, "expires on"), (6, "expires on"), (-1, "expired on")]:
+        update(host, "Account", secret_expires_on=today + timedelta(days=days))
+        warnings = health(host)[("support", "mailbox")].warnings
+        if text is None:
+            assert warnings == []
+        else:
+            assert text in warnings[0]
+
+
+def test_repeated_failures_and_reauthorization_need_attention(host):
+    store_account(host)
+    update(host, "Credential", failure_count=3, status="retrying", last_error="HTTP 503")
+    h = health(host)[("support", "mailbox")]
+    assert h.needs_attention
+    assert "3 refresh attempts failed" in h.warnings[0]
+    update(host, "Credential", status="reauthorization_required", last_error="AADSTS700082: ...")
+    assert health(host)[("support", "mailbox")].warnings[0].startswith("AADSTS700082")
+
+
+def test_google_testing_mode_warns_of_the_7_day_expiry(host):
+    store_account(
+        host,
+        provider="google",
+        config={
+            "client_id": "x",
+            "authorization_endpoint": "https://accounts.google.com/o/oauth2/v2/auth",
+            "token_endpoint": "https://oauth2.googleapis.com/token",
+            "scopes": "openid email https://mail.google.com/",
+            "publishing_status": "testing",
+        },
+    )
+    warnings = health(host)[("support", "mailbox")].warnings
+    assert any("Testing get refresh tokens that expire after 7 days" in w for w in warnings)
+    assert any("stops working on" in w for w in warnings)
+
+
+def test_status_exits_non_zero_when_an_account_needs_attention(host):
+    store_account(host)
+    ok = run(host, "status")
+    assert ok.exit_code == 0, ok.output
+    assert "[ok] support (mailbox)" in ok.output
+    update(host, "Credential", status="reauthorization_required", last_error="revoked")
+    bad = run(host, "status")
+    assert bad.exit_code == 1
+    assert "[!!] support (mailbox)" in bad.output
+    data = json.loads(run(host, "status", "--json").output)
+    assert data[0]["needs_attention"] is True
+    assert data[0]["warnings"] == ["revoked"]
+
+
+def test_list_shows_every_account(host):
+    store_account(host)
+    store_account(host, key="sales", purpose="smtp")
+    output = run(host, "list").output
+    assert "support\tmailbox\tgeneric\tactive" in output
+    assert "sales\tsmtp\tgeneric\tactive" in output
+
+
+def test_refresh_due_refreshes_only_accounts_about_to_expire(host):
+    store_account(host, key="due", expires_in=60)
+    store_account(host, key="fresh", expires_in=3600)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = IdP(mock)
+        result = run(host, "refresh", "--due")
+    assert result.exit_code == 0, result.output
+    assert "Refreshed 1 of 1 account(s)." in result.output
+    assert [c["refresh_token"] for c in idp.calls] == [["rt-0"]]
+    assert credential(host, "due")[1] == "at-1"
+    assert credential(host, "fresh")[1] == "at-0"
+
+
+def test_refresh_one_key_forces_it_and_reports_failures(host):
+    store_account(host)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = IdP(mock)
+        idp.answers.append(("error", (400, {"error": "invalid_grant"}, {})))
+        result = run(host, "refresh", "support")
+    assert result.exit_code == 1
+    assert "invalid_grant" in result.output
+    assert "Refreshed 0 of 1" in result.output
+    assert run(host, "refresh").exit_code == 2
+    assert "No authorized account" in run(host, "refresh", "nope").output
+
+
+def test_refresh_now_button_shows_the_outcome_on_the_token_tab(host):
+    import re
+
+    store_account(host)
+    client = host.app.test_client()
+    page = client.get("/mailoauth/support/mailbox").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        IdP(mock)
+        response = client.post("/mailoauth/support/mailbox/refresh", data={"csrf_token": csrf})
+    page = response.get_data(as_text=True)
+    assert "The access token was refreshed." in page
+    token_tab = re.search(r'<button[^>]*id="mailoauth-tab-token"[^>]*>', page).group(0)
+    assert 'aria-selected="true"' in token_tab

@@ -1,0 +1,436 @@
+"""access_token(): cache, refresh, rotation, one refresh for many callers, failures classified."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import timedelta
+from urllib.parse import parse_qs
+
+import pytest
+import requests
+import responses
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flask_mailoauth import signals
+from flask_mailoauth.errors import (
+    AccountDisabled,
+    ConfigurationError,
+    NotConfigured,
+    ReauthorizationRequired,
+    TemporarilyUnavailable,
+)
+from flask_mailoauth.flow import config_signature
+from flask_mailoauth.models import own_session, utcnow
+from flask_mailoauth.providers import registry
+from flask_mailoauth.tokens import backoff
+
+TOKEN_URL = "https://idp.example.test/token"
+MS_TOKEN_URL = "https://login.microsoftonline.com/common/oauth2/v2.0/token"
+GENERIC = {
+    "issuer": "https://idp.example.test",
+    "client_id": "app",
+    "authorization_endpoint": "https://idp.example.test/authorize",
+    "token_endpoint": TOKEN_URL,
+    "jwks_uri": "https://idp.example.test/jwks",
+    "scopes": "openid email offline_access",
+    "email_attribute": "email",
+}
+
+
+def store_account(
+    host,
+    *,
+    provider="generic",
+    config=None,
+    expires_in=3600,
+    refresh="rt-0",
+    access="at-0",
+    key="support",
+    purpose="mailbox",
+    **credential_fields,
+):
+    """An authorized account, as the callback would have stored it."""
+    st_ = host.app.extensions["mailoauth"]
+    chosen = registry.get(provider)
+    config = dict(config or (GENERIC if provider == "generic" else chosen.defaults()))
+    if provider == "microsoft":
+        config["client_id"] = "app"
+    with host.app.app_context(), own_session(st_.db) as s:
+        account = st_.models.Account(
+            key=key,
+            purpose=purpose,
+            name=f"{key} ({purpose})",
+            address=f"{key}@example.test",
+            provider=provider,
+            config=config,
+            config_signature=config_signature(chosen, config),
+        )
+        st_.seal(account, "client_secret", "client-secret")
+        s.add(account)
+        s.flush()
+        cred = st_.models.Credential(
+            account_id=account.id,
+            expires_at=utcnow() + timedelta(seconds=expires_in),
+            config_signature=account.config_signature,
+            **credential_fields,
+        )
+        st_.seal(cred, "access_token", access)
+        st_.seal(cred, "refresh_token", refresh)
+        s.add(cred)
+
+
+def credential(host, key="support"):
+    st_ = host.app.extensions["mailoauth"]
+    m = st_.models
+    with host.app.app_context(), own_session(st_.db) as s:
+        cred = s.scalars(sa.select(m.Credential).join(m.Account).where(m.Account.key == key)).one()
+        return cred, st_.reveal(cred, "access_token"), st_.reveal(cred, "refresh_token")
+
+
+def events(host):
+    st_ = host.app.extensions["mailoauth"]
+    with host.app.app_context(), own_session(st_.db) as s:
+        return [(e.kind, e.code) for e in s.scalars(sa.select(st_.models.Event).order_by("id"))]
+
+
+class IdP:
+    """The token endpoint, scripted: each call pops the next answer (status, body, headers)."""
+
+    def __init__(self, mock, url=TOKEN_URL, delay=0.0):
+        self.delay = delay
+        self.calls: list[dict] = []
+        self.answers: list = []
+        self.issued = 0
+        mock.add_callback(responses.POST, url, callback=self.answer)
+
+    def rotate(self, lifetime=3600):
+        self.answers.append(("rotate", lifetime))
+
+    def answer(self, request):
+        time.sleep(self.delay)
+        self.calls.append(parse_qs(request.body))
+        kind, value = self.answers.pop(0) if self.answers else ("rotate", 3600)
+        if kind == "error":
+            status, body, headers = value
+            return status, {"Content-Type": "application/json", **headers}, json.dumps(body)
+        if kind == "raise":
+            raise value
+        self.issued += 1
+        body = {
+            "access_token": f"at-{self.issued}",
+            "token_type": "Bearer",
+            "expires_in": value,
+            "scope": "openid email",
+        }
+        if kind == "rotate":
+            body["refresh_token"] = f"rt-{self.issued}"
+        return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+
+@pytest.fixture
+def idp():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield IdP(mock)
+
+
+@contextmanager
+def statements(host):
+    """Count SQL statements sent by the host's engine."""
+    seen: list[str] = []
+    with host.app.app_context():
+        engine = host.db.engine
+
+        def listen(conn, cursor, statement, *args):
+            seen.append(statement)
+
+        sa.event.listen(engine, "before_cursor_execute", listen)
+        try:
+            yield seen
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", listen)
+
+
+def token(host, key="support", purpose="mailbox"):
+    with host.app.app_context():
+        return host.ext.access_token(key, purpose)
+
+
+# -- valid tokens: no refresh, no SQL in steady state -------------------------------------------
+
+
+def test_valid_token_costs_one_statement_then_none(host, idp):
+    store_account(host)
+    with statements(host) as seen:
+        assert token(host) == "at-0"
+    assert len(seen) == 1
+    with statements(host) as seen:
+        for _ in range(100):
+            assert token(host) == "at-0"
+    assert seen == []
+    assert idp.calls == []
+
+
+def test_cache_ttl_bounds_staleness(make_host, idp):
+    host = make_host(MAILOAUTH_CACHE_TTL=0)
+    store_account(host)
+    token(host)
+    with statements(host) as seen:
+        token(host)
+    assert len(seen) == 1
+
+
+def test_deleting_the_token_drops_it_from_the_cache(host, idp):
+    from flask_mailoauth import accounts
+
+    store_account(host)
+    token(host)
+    with host.app.app_context():
+        accounts.delete_token(host.app.extensions["mailoauth"], "support", "mailbox")
+    with pytest.raises(NotConfigured, match="configure and authorize"):
+        token(host)
+
+
+def test_unusable_accounts_raise_typed_errors(host, idp):
+    with pytest.raises(NotConfigured):
+        token(host)
+    store_account(host)
+    st_ = host.app.extensions["mailoauth"]
+    with host.app.app_context(), own_session(st_.db) as s:
+        s.scalars(sa.select(st_.models.Account)).one().enabled = False
+    with pytest.raises(AccountDisabled):
+        token(host)
+    with host.app.app_context(), own_session(st_.db) as s:
+        account = s.scalars(sa.select(st_.models.Account)).one()
+        account.enabled = True
+        account.config_signature = "changed"
+    with pytest.raises(ReauthorizationRequired, match="IdP Config changed"):
+        token(host)
+    with pytest.raises(ValueError, match="purpose"):
+        token(host, purpose="fax")
+
+
+# -- refresh -------------------------------------------------------------------------------------
+
+
+def test_token_within_the_leeway_is_refreshed_and_rotation_stored(host, idp):
+    got = []
+    signals.refreshed.connect(lambda sender, **kw: got.append(kw), weak=False)
+    store_account(host, expires_in=200)
+    assert token(host) == "at-1"
+    sent = idp.calls[-1]
+    assert sent["grant_type"] == ["refresh_token"]
+    assert sent["refresh_token"] == ["rt-0"]
+    assert sent["client_secret"] == ["client-secret"]
+    cred, access, refresh = credential(host)
+    assert (access, refresh) == ("at-1", "rt-1")
+    assert cred.refreshed_at is not None
+    assert cred.refresh_token_issued_at == cred.refreshed_at
+    assert cred.expires_at > utcnow() + timedelta(seconds=3500)
+    assert ("refreshed", None) in events(host)
+    assert got[-1]["key"] == "support"
+    assert token(host) == "at-1"
+    assert len(idp.calls) == 1
+
+
+def test_refresh_without_a_new_refresh_token_keeps_the_old_one(host, idp):
+    store_account(host, expires_in=-10)
+    idp.answers.append(("keep", 3600))
+    assert token(host) == "at-1"
+    cred, _, refresh = credential(host)
+    assert refresh == "rt-0"
+    assert cred.refresh_token_issued_at < cred.refreshed_at
+
+
+def test_microsoft_refresh_sends_scope_and_tolerates_a_narrower_one(host):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = IdP(mock, MS_TOKEN_URL)
+        store_account(host, provider="microsoft", expires_in=10)
+        assert token(host) == "at-1"
+        scope = idp.calls[-1]["scope"][0].split()
+        assert "offline_access" in scope
+        assert "https://outlook.office.com/IMAP.AccessAsUser.All" in scope
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ("error", (503, {"error": "temporarily_unavailable"}, {})),
+        ("error", (500, {}, {})),
+        ("raise", requests.ConnectTimeout("slow")),
+        ("raise", requests.ConnectionError("down")),
+    ],
+)
+def test_transient_failure_keeps_credentials_and_returns_the_still_valid_token(host, idp, answer):
+    store_account(host, expires_in=100)
+    failed = []
+    signals.refresh_failed.connect(lambda sender, **kw: failed.append(kw), weak=False)
+    idp.answers.append(answer)
+    assert token(host) == "at-0"
+    cred, access, refresh = credential(host)
+    assert (access, refresh) == ("at-0", "rt-0")
+    assert cred.status == "retrying"
+    assert cred.failure_count == 1
+    assert cred.next_retry_at > utcnow()
+    assert failed[-1]["failure"].kind == "transient"
+    assert token(host) == "at-0"
+    assert len(idp.calls) == 1, "no retry before the backoff ends"
+    assert events(host)[-1][0] == "refresh_failed"
+
+
+def test_transient_failure_with_an_expired_token_says_when_it_retries(host, idp):
+    store_account(host, expires_in=-5)
+    idp.answers.append(("error", (429, {"error": "slow_down"}, {"Retry-After": "120"})))
+    with pytest.raises(TemporarilyUnavailable) as info:
+        token(host)
+    assert info.value.retry_at >= utcnow() + timedelta(seconds=115)
+    _cred, _, refresh = credential(host)
+    assert refresh == "rt-0"
+
+
+def test_backoff_is_exponential_jittered_and_capped():
+    config = {"MAILOAUTH_RETRY_BASE": 30, "MAILOAUTH_RETRY_MAX": 3600}
+    for failures, ceiling in [(1, 30), (2, 60), (3, 120), (10, 3600), (30, 3600)]:
+        values = [backoff(failures, None, config) for _ in range(50)]
+        assert all(ceiling / 2 <= v <= ceiling for v in values)
+        assert len(set(values)) > 1
+    assert backoff(1, 900, config) == 900
+
+
+def test_refresh_now_ignores_the_backoff_and_recovers(host, idp):
+    store_account(host, expires_in=-5)
+    idp.answers.append(("error", (503, {}, {})))
+    with pytest.raises(TemporarilyUnavailable):
+        token(host)
+    with host.app.app_context():
+        assert host.ext.refresh("support") == "at-1"
+    cred, _, _ = credential(host)
+    assert (cred.status, cred.failure_count, cred.next_retry_at) == ("active", 0, None)
+
+
+def test_invalid_grant_requires_reauthorization_and_stops_retrying(host):
+    required = []
+    signals.reauthorization_required.connect(lambda sender, **kw: required.append(kw), weak=False)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = IdP(mock, MS_TOKEN_URL)
+        store_account(host, provider="microsoft", expires_in=-5)
+        body = {
+            "error": "invalid_grant",
+            "error_codes": [700082],
+            "error_description": "AADSTS700082: The refresh token has expired due to inactivity.",
+        }
+        idp.answers.append(("error", (400, body, {})))
+        with pytest.raises(ReauthorizationRequired, match="AADSTS700082"):
+            token(host)
+        with pytest.raises(ReauthorizationRequired):
+            token(host)
+        assert len(idp.calls) == 1
+    cred, access, refresh = credential(host)
+    assert (access, refresh) == ("at-0", "rt-0"), "nothing is deleted by a failure"
+    assert cred.status == "reauthorization_required"
+    assert cred.last_error_code == "AADSTS700082"
+    assert required[-1]["failure"].code == "AADSTS700082"
+    assert events(host)[-1] == ("refresh_failed", "AADSTS700082")
+
+
+def test_expired_client_secret_is_a_configuration_error_with_the_fix(host):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = IdP(mock, MS_TOKEN_URL)
+        store_account(host, provider="microsoft", expires_in=-5)
+        idp.answers.append(
+            (
+                "error",
+                (
+                    401,
+                    {
+                        "error": "invalid_client",
+                        "error_codes": [7000222],
+                        "error_description": "AADSTS7000222: expired",
+                    },
+                    {},
+                ),
+            )
+        )
+        with pytest.raises(ConfigurationError, match="AADSTS7000222"):
+            token(host)
+    cred, _, refresh = credential(host)
+    assert cred.status == "configuration_error"
+    assert refresh == "rt-0"
+    assert "secret" in cred.last_error.lower()
+
+
+def test_a_garbage_answer_is_transient_and_loses_nothing(host, idp):
+    store_account(host, expires_in=100)
+    idp.answers.append(("error", (200, ["not", "an", "object"], {})))
+    assert token(host) == "at-0"
+    assert credential(host)[2] == "rt-0"
+
+
+# -- one refresh for many callers ---------------------------------------------------------------
+
+
+def test_concurrent_callers_cause_exactly_one_refresh(make_host, tmp_path):
+    host = make_host(db_url=f"sqlite:///{tmp_path / 'race.db'}")
+    store_account(host, expires_in=-5)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = IdP(mock, delay=0.2)
+        results, barrier = [], threading.Barrier(16)
+
+        def call():
+            barrier.wait()
+            results.append(token(host))
+
+        threads = [threading.Thread(target=call) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(idp.calls) == 1
+    assert results == ["at-1"] * 16
+
+
+# -- no sequence of outcomes loses the refresh token --------------------------------------------
+
+OUTCOMES = st.sampled_from(
+    [
+        ("rotate", 3600),
+        ("keep", 3600),
+        ("error", (503, {"error": "server_error"}, {})),
+        ("error", (429, {}, {"Retry-After": "1"})),
+        ("raise", requests.ReadTimeout("slow")),
+        ("error", (200, {"no": "token"}, {})),
+        ("error", (400, {"error": "invalid_grant"}, {})),
+        ("error", (401, {"error": "invalid_client"}, {})),
+    ]
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(outcomes=st.lists(OUTCOMES, min_size=1, max_size=8))
+def test_no_sequence_of_refresh_outcomes_loses_the_refresh_token(make_host, tmp_path, outcomes):
+    host = make_host(db_url=f"sqlite:///{tmp_path / uuid.uuid4().hex}.db")
+    store_account(host, expires_in=-5)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = IdP(mock)
+        latest = "rt-0"
+        for outcome in outcomes:
+            idp.answers[:] = [outcome]
+            calls = len(idp.calls)
+            try:
+                with host.app.app_context():
+                    host.ext.refresh("support")
+            except (TemporarilyUnavailable, ReauthorizationRequired, ConfigurationError):
+                pass
+            if outcome[0] == "rotate" and len(idp.calls) > calls:
+                latest = f"rt-{idp.issued}"
+            assert credential(host)[2] == latest
