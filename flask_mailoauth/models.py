@@ -198,14 +198,19 @@ def models_for(db: Any) -> Models:
             uselist=False,
             back_populates="account",
             cascade="all, delete-orphan",
-            passive_deletes=True,
+        )
+        # ORM cascades as well as ON DELETE CASCADE: SQLite enforces foreign keys only when
+        # the host turns them on.
+        events = relationship("MailOAuthEvent", cascade="all, delete-orphan")
+        pending = relationship(
+            "MailOAuthPendingAuthorization", cascade="all, delete-orphan", back_populates="account"
         )
 
     class MailOAuthCredential(CredentialMixin, db.Model):
         account = relationship(MailOAuthAccount, back_populates="credential")
 
     class MailOAuthPendingAuthorization(PendingAuthorizationMixin, db.Model):
-        account = relationship(MailOAuthAccount)
+        account = relationship(MailOAuthAccount, back_populates="pending")
 
     class MailOAuthEvent(EventMixin, db.Model):
         pass

@@ -13,6 +13,8 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_mailoauth import MailboxSettings, MailOAuth
 from flask_mailoauth.crypto import generate_key
 
+pytest_plugins = ["tests.peers.plugin"]
+
 TEST_KEY = generate_key()
 
 

@@ -1,0 +1,40 @@
+"""Real peers for flask-mailoauth's end-to-end tests, started on 127.0.0.1 by pytest fixtures.
+
+Fixtures live in ``tests.peers.plugin`` (``tests/conftest.py`` loads it); the helpers below can be
+imported by tests: ``from tests.peers import login_and_consent, require_peer, live_server``.
+"""
+
+from .availability import peer_missing, require_peer
+from .idp import (
+    OUTLOOK_SCOPES,
+    UNUSED_REDIRECT,
+    Client,
+    IdP,
+    IdPError,
+    browser_login_and_consent,
+    login_and_consent,
+    pkce_pair,
+)
+from .live import LiveServer, live_server
+from .process import ARTIFACTS_DIR, HOST, REPO_ROOT, free_port, free_ports, wait_for_port
+
+__all__ = [
+    "ARTIFACTS_DIR",
+    "HOST",
+    "OUTLOOK_SCOPES",
+    "REPO_ROOT",
+    "UNUSED_REDIRECT",
+    "Client",
+    "IdP",
+    "IdPError",
+    "LiveServer",
+    "browser_login_and_consent",
+    "free_port",
+    "free_ports",
+    "live_server",
+    "login_and_consent",
+    "peer_missing",
+    "pkce_pair",
+    "require_peer",
+    "wait_for_port",
+]
