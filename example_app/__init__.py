@@ -5,32 +5,57 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flask import Flask, render_template_string
-from flask_sqlalchemy import SQLAlchemy
+import click
+from flask import Flask
 
-from flask_mailoauth import MailOAuth
+from .extensions import db, mailoauth
 
-db = SQLAlchemy()
-mailoauth = MailOAuth()
+__all__ = ["create_app", "db", "mailoauth"]
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """The app factory: SQLite in the instance folder unless ``DATABASE_URL`` says otherwise."""
+    from . import auth, integration, views  # noqa: F401  (integration registers the callbacks)
+    from .seed import seed
+
     app = Flask(__name__, instance_relative_config=True)
     app.config.from_mapping(
         SECRET_KEY=os.environ.get("SECRET_KEY", "dev-only-change-me"),
-        SQLALCHEMY_DATABASE_URI=os.environ.get("DATABASE_URL", "sqlite:///helpdesk.sqlite3"),
-        SESSION_COOKIE_NAME="helpdesk_session",  # never the IdP's "_session" on a shared host
+        SQLALCHEMY_DATABASE_URI=_database_url(),
+        # Not "session"/"_session": on a shared host (or localhost in tests) the IdP's own
+        # session cookie would overwrite ours and log the admin out mid-authorization.
+        SESSION_COOKIE_NAME="helpdesk_session",
+        # Lax, not Strict: the IdP's redirect back to the callback is a cross-site navigation
+        # and must carry this cookie, because the pending authorization is bound to it.
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
     )
+    if os.environ.get("MAILOAUTH_ENCRYPTION_KEYS"):
+        app.config["MAILOAUTH_ENCRYPTION_KEYS"] = os.environ["MAILOAUTH_ENCRYPTION_KEYS"]
     app.config.from_mapping(config or {})
     os.makedirs(app.instance_path, exist_ok=True)
+
     db.init_app(app)
     mailoauth.init_app(app, db=db)
+    auth.init_app(app)
+    views.init_app(app)
+
+    @app.cli.command("seed")
+    def seed_command() -> None:
+        """Create the demo admin and the Support system email if they are missing."""
+        seed()
+        click.echo("Seeded.")
+
     with app.app_context():
         db.create_all()
-
-    @app.get("/")
-    def index() -> str:
-        return render_template_string("<!doctype html><title>Helpdesk</title><h1>Helpdesk</h1>")
-
+        seed()
     return app
+
+
+def _database_url() -> str:
+    url = os.environ.get("DATABASE_URL", "sqlite:///helpdesk.sqlite3")
+    # PaaS-style postgres:// URLs name no driver; SQLAlchemy would pick psycopg2, we ship psycopg 3.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url

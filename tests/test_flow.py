@@ -529,3 +529,12 @@ def test_modal_has_the_walkthrough_fields(client):
     assert "Delete Token" not in page
     for label in re.findall(r'<label for="([^"]+)"', page):
         assert f'id="{label}"' in page
+
+
+def test_the_modal_assets_are_served(client):
+    page = client.get(MODAL).get_data(as_text=True)
+    assets = re.findall(r'(?:href|src)="(/mailoauth/static/[^"]+)"', page)
+    assert len(assets) == 2
+    for asset in assets:
+        with client.get(asset) as response:
+            assert response.status_code == 200, asset
