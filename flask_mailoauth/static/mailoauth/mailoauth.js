@@ -64,7 +64,7 @@
     });
     var name = tab.id.replace("mailoauth-tab-", "");
     root.querySelectorAll("[data-mailoauth-for-tab]").forEach(function (el) {
-      el.hidden = el.getAttribute("data-mailoauth-for-tab") !== name;
+      el.hidden = el.getAttribute("data-mailoauth-for-tab").split(" ").indexOf(name) < 0;
     });
   }
 
