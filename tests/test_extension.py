@@ -26,13 +26,6 @@ def test_init_app_registers_state_defaults_blueprint_and_cli(host):
     assert not hasattr(host.ext, "app")
 
 
-def test_every_default_is_documented():
-    with open("docs/configuration.rst", encoding="utf-8") as f:
-        docs = f.read()
-    for key in DEFAULTS:
-        assert key in docs, f"{key} missing from docs/configuration.rst"
-
-
 def test_app_factory_and_two_apps_in_one_process(tmp_path):
     db = SQLAlchemy()
     ext = MailOAuth(db=db)
