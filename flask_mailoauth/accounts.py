@@ -16,6 +16,7 @@ from .flow import config_signature
 from .models import own_session, utcnow
 from .oauth import TimeoutHTTP
 from .providers import registry
+from .tokens import ACTIVE, MISCONFIGURED
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
@@ -238,6 +239,9 @@ def save(
         s.flush()
         credential = None if dropped else account.credential
         needs = credential is None or credential.config_signature != account.config_signature
+        if data.client_secret and credential is not None and credential.status == MISCONFIGURED:
+            # A new secret is the usual fix for a configuration error: let the next use retry.
+            credential.status, credential.next_retry_at = ACTIVE, None
         s.add(
             m.Event(
                 account_id=account.id,

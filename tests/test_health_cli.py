@@ -147,3 +147,32 @@ def test_refresh_now_button_shows_the_outcome_on_the_token_tab(host):
     assert "The access token was refreshed." in page
     token_tab = re.search(r'<button[^>]*id="mailoauth-tab-token"[^>]*>', page).group(0)
     assert 'aria-selected="true"' in token_tab
+
+
+def test_a_new_client_secret_lets_a_configuration_error_retry(host):
+    import re
+
+    from .oauth_fakes import GENERIC_CONFIG
+
+    store_account(host)
+    update(host, "Credential", status="configuration_error", last_error="AADSTS7000222")
+    client = host.app.test_client()
+    page = client.get("/mailoauth/support/mailbox").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    config = {**GENERIC_CONFIG, "idp_client_id": "app"}
+    response = client.post(
+        "/mailoauth/support/mailbox",
+        data={
+            "csrf_token": csrf,
+            "provider": "generic",
+            "enabled": "1",
+            "name": "support (mailbox)",
+            "client_secret": "the-new-secret",
+            **config,
+        },
+    )
+    assert response.status_code == 303, response.get_data(as_text=True)[:800]
+    cred, access, _ = credential(host)
+    assert cred.status == "active"
+    with host.app.app_context():
+        assert host.ext.access_token("support") == access
