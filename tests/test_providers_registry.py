@@ -27,6 +27,16 @@ def isolated_registry(monkeypatch):
     monkeypatch.setattr(registry, "_providers", builtins)
     monkeypatch.setattr(registry, "_plugin_ids", set())
     monkeypatch.setattr(registry, "_plugins_loaded", False)
+    # Only this module's fake distribution: provider packages installed in the virtualenv
+    # (scripts/test installs examples/*) must not leak into these exact listings.
+    installed = registry.entry_points
+
+    def only_the_test_plugin(**selection):
+        return [
+            e for e in installed(**selection) if e.dist and e.dist.name == "mailoauth-test-plugin"
+        ]
+
+    monkeypatch.setattr(registry, "entry_points", only_the_test_plugin)
     yield
     sys.modules.pop(PLUGIN_MODULE, None)
 
