@@ -15,6 +15,9 @@ FailureKind = Literal["transient", "reauthorize", "configuration"]
 class MailOAuthError(Exception):
     """Base class of every error this extension raises on purpose."""
 
+    #: one line telling the admin what to do; empty when the message says it all
+    guidance: str = ""
+
 
 class SetupError(MailOAuthError, RuntimeError):
     """The host application is wired up wrongly (missing ``init_app``, loader, ...)."""
@@ -35,9 +38,13 @@ class AccountDisabled(MailOAuthError):
 class ReauthorizationRequired(MailOAuthError):
     """The grant is gone (revoked, expired, password changed): an admin must authorize again."""
 
+    guidance = "Open Config and Submit to authorize again, signing in as the mailbox."
+
 
 class ConfigurationError(MailOAuthError):
     """The IdP refuses the application's configuration (bad client id, expired secret, ...)."""
+
+    guidance = "Fix the IdP Config (often: paste a new client secret's Value) and Submit."
 
 
 class TemporarilyUnavailable(MailOAuthError):

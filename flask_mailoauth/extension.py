@@ -231,8 +231,14 @@ class MailOAuth:
             step = mail.CheckStep("settings", False, 0.0, str(exc))
             return [mail.CheckResult(protocol.upper(), False, [step])]
         if purpose == "smtp":
-            sender = settings.sender
-            return [mail.check_smtp(server, sender, token, mail_from=sender, timeout=timeout)]
+            # Sign in as the SMTP address, then try the mailbox's own address as sender: when
+            # they differ (a delegate for a shared mailbox, an alias), a missing Send As right
+            # shows as the "sender" step instead of passing unnoticed.
+            return [
+                mail.check_smtp(
+                    server, settings.sender, token, mail_from=settings.address, timeout=timeout
+                )
+            ]
         check = mail.check_imap if protocol == "imap" else mail.check_pop3
         return [check(server, settings.address, token, timeout=timeout)]
 

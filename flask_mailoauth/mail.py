@@ -106,7 +106,7 @@ class MailAuthenticationError(MailOAuthError):
         self.mechanism = mechanism
         self.reply = reply
         self.challenge = challenge
-        self.guidance = _auth_guidance(protocol, reply)
+        self.guidance = _auth_guidance(protocol, reply, challenge)
 
 
 class MailCommandRefused(MailOAuthError):
@@ -117,16 +117,22 @@ class MailCommandRefused(MailOAuthError):
         self.guidance = guidance
 
 
-def _auth_guidance(protocol: str, reply: str) -> str:
+def _auth_guidance(protocol: str, reply: str, challenge: ErrorChallenge | None = None) -> str:
     """One line telling the admin what a refused sign-in usually means."""
+    if challenge is not None and challenge.status in ("invalid_token", "401"):
+        revoked = " If the grant was revoked, use Refresh now, or authorize again."
+    else:
+        revoked = ""
     if protocol == "SMTP":
         if "5.7.3" in reply or "5.7.139" in reply:
             return SMTP_AUTH_DISABLED
-        return "The mail server refused the token: check the SMTP send scope was consented."
+        return (
+            "The mail server refused the token: check the SMTP send scope was consented." + revoked
+        )
     name = "POP" if protocol == "POP3" else protocol
     return (
         "The sign-in worked but the mail server refused the token: check the "
-        f"{name} scopes were consented and {name} is enabled on the mailbox."
+        f"{name} scopes were consented and {name} is enabled on the mailbox.{revoked}"
     )
 
 

@@ -16,8 +16,9 @@ class MailboxSettings:
     """A host's system email, as its ``mailbox_loader`` describes it.
 
     Only ``address`` is required; servers left out fall back to the provider's defaults
-    (e.g. outlook.office365.com for Microsoft). ``smtp_address`` is the address SMTP logs in
-    and sends as; it defaults to ``address``.
+    (e.g. outlook.office365.com for Microsoft). ``smtp_address`` is the account SMTP signs in
+    as (a delegate with Send As on a shared mailbox, say); it defaults to ``address``, which
+    stays the sender the connection test tries.
     """
 
     address: str

@@ -8,9 +8,10 @@ import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_mailoauth import MailboxSettings, MailOAuth
+from flask_mailoauth import MailboxSettings, MailOAuth, mail
 from flask_mailoauth.errors import MailboxNotFound, SetupError
 from flask_mailoauth.extension import DEFAULTS, state
+from flask_mailoauth.providers.base import MailServer
 
 
 def test_init_app_registers_state_defaults_blueprint_and_cli(host):
@@ -98,6 +99,36 @@ def test_mailbox_settings_validate_their_input():
         MailboxSettings("a@example.test", protocol="smtp")
     with pytest.raises(ValueError, match="security"):
         MailboxSettings("a@example.test", security="tls")
+
+
+def test_smtp_connection_test_signs_in_as_smtp_address_and_tries_the_mailbox_as_sender(
+    make_host, monkeypatch
+):
+    """A delegate signing in for a shared mailbox: the sender probe is the mailbox's own
+    address, so a missing Send As right shows (it used to probe the sign-in address itself)."""
+    h = make_host()
+    h.mailboxes["shared"] = MailboxSettings(
+        "shared@example.test",
+        smtp_host="smtp.example.test",
+        smtp_security="starttls",
+        smtp_address="delegate@example.test",
+    )
+    calls = []
+
+    def check_smtp(server, user, token, *, mail_from=None, timeout):
+        calls.append((server, user, mail_from))
+        return mail.CheckResult("SMTP", True)
+
+    monkeypatch.setattr(mail, "check_smtp", check_smtp)
+    with h.app.app_context():
+        assert h.ext.test_connection("shared", "smtp") == [mail.CheckResult("SMTP", True)]
+    assert calls == [
+        (
+            MailServer("smtp.example.test", 587, "starttls"),
+            "delegate@example.test",
+            "shared@example.test",
+        )
+    ]
 
 
 def test_without_access_check_every_view_is_403_and_says_how_to_register_one(make_host):

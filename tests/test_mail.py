@@ -50,6 +50,7 @@ IMAP_GUIDANCE = (
     "consented and IMAP is enabled on the mailbox."
 )
 POP_GUIDANCE = IMAP_GUIDANCE.replace("IMAP", "POP")
+REVOKED_HINT = " If the grant was revoked, use Refresh now, or authorize again."
 EHLO = re.compile(rb"ehlo helpdesk\.test")
 
 
@@ -190,7 +191,7 @@ def test_imap_error_challenge_is_answered_empty_never_with_the_token(sasl_ir: bo
         "401",
         "https://outlook.office.com/IMAP",
     )
-    assert error.guidance == IMAP_GUIDANCE
+    assert error.guidance == IMAP_GUIDANCE + REVOKED_HINT
     assert str(error) == (
         "IMAP XOAUTH2 sign-in refused: AUTHENTICATE failed. The server refused the token "
         "(status 401, required scope: https://outlook.office.com/IMAP, schemes: bearer)."
@@ -342,7 +343,7 @@ def test_pop3_error_challenge_gets_an_empty_line_then_err() -> None:
     assert (error.protocol, error.reply) == ("POP3", "-ERR Authentication failed.")
     assert error.challenge is not None
     assert error.challenge.status == "401"
-    assert error.guidance == POP_GUIDANCE
+    assert error.guidance == POP_GUIDANCE + REVOKED_HINT
     assert sent_token(srv) == 1
     assert_secret_free(error)
 

@@ -18,6 +18,7 @@
   function show(html) {
     var d = getDialog();
     d.innerHTML = html;
+    d.scrollTop = 0;
     wire(d);
     if (!d.open) { d.showModal(); }
     var first = d.querySelector("[role=tab][aria-selected=true]");
