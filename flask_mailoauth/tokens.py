@@ -61,6 +61,8 @@ class CachedToken:
     access_token: str
     expires_at: datetime
     cached_at: float
+    #: when the token was obtained; with ``expires_at`` it caps the leeway (``_due``)
+    obtained_at: datetime | None = None
 
     def __repr__(self) -> str:
         return f"<CachedToken expires_at={self.expires_at.isoformat()}>"
@@ -78,7 +80,8 @@ def _process_lock(st: MailOAuthState, key: str, purpose: str) -> threading.Lock:
 
 
 def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
-    """A token valid for more than ``MAILOAUTH_REFRESH_LEEWAY`` seconds (see module doc)."""
+    """A token valid for more than ``MAILOAUTH_REFRESH_LEEWAY`` seconds, or than half its
+    lifetime when that is shorter (see module doc and ``_due``)."""
     config = current_app.config
     leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
     cached = _cached(st, key, purpose, leeway, config["MAILOAUTH_CACHE_TTL"])
@@ -102,7 +105,9 @@ def _cached(
     entry: CachedToken | None = st.cache.get((key, purpose))
     if entry is None:
         return None
-    if time.monotonic() - entry.cached_at > ttl or entry.expires_at - utcnow() <= leeway:
+    if time.monotonic() - entry.cached_at > ttl or _due(
+        entry.expires_at, entry.obtained_at, leeway
+    ):
         st.cache.pop((key, purpose), None)
         return None
     return entry.access_token
@@ -144,13 +149,31 @@ def _read(session: Session, st: MailOAuthState, key: str, purpose: str, *, lock:
     return credential, account
 
 
+def _due(expires_at: datetime, obtained_at: datetime | None, leeway: timedelta) -> bool:
+    """Whether a token must be refreshed before use: valid for no more than the leeway.
+
+    The leeway is capped at half the token's lifetime: a token that lives less than the leeway
+    (Keycloak's default 300 s at the default leeway, the test IdP's 2 s) is used for the first
+    half of its life. Otherwise it would be due the moment it is issued, every call would
+    refresh, and each of N callers queued behind a refresh would refresh again.
+    """
+    if obtained_at is not None:
+        leeway = min(leeway, max(expires_at - obtained_at, timedelta(0)) / 2)
+    return expires_at - utcnow() <= leeway
+
+
+def _obtained_at(credential: Any) -> datetime | None:
+    return credential.refreshed_at or credential.issued_at
+
+
 def _usable(st: MailOAuthState, credential: Any, account: Any, leeway: timedelta) -> str | None:
     """The stored token when valid beyond the leeway (and cache it), else ``None``."""
-    if credential.expires_at - utcnow() <= leeway:
+    obtained_at = _obtained_at(credential)
+    if _due(credential.expires_at, obtained_at, leeway):
         return None
     token = st.reveal(credential, "access_token")
     st.cache[(account.key, account.purpose)] = CachedToken(
-        token, credential.expires_at, time.monotonic()
+        token, credential.expires_at, time.monotonic(), obtained_at
     )
     return token
 
@@ -242,7 +265,7 @@ def _record_success(st, session: Session, credential: Any, account: Any, answer:
         )
     )
     st.cache[(account.key, account.purpose)] = CachedToken(
-        answer.access_token, answer.expires_at, time.monotonic()
+        answer.access_token, answer.expires_at, time.monotonic(), now
     )
 
 

@@ -55,7 +55,12 @@ def store_account(
     purpose="mailbox",
     **credential_fields,
 ):
-    """An authorized account, as the callback would have stored it."""
+    """An authorized account, as the callback would have stored it.
+
+    The token was issued an hour ago (``issued_at``), so ``expires_in`` is what is left of a
+    long-lived token; pass ``issued_at`` for a token that has just been issued.
+    """
+    credential_fields.setdefault("issued_at", utcnow() - timedelta(hours=1))
     st_ = host.app.extensions["mailoauth"]
     chosen = registry.get(provider)
     config = dict(config or (GENERIC if provider == "generic" else chosen.defaults()))
@@ -382,6 +387,44 @@ def test_concurrent_callers_cause_exactly_one_refresh(make_host, tmp_path):
     store_account(host, expires_in=-5)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         idp = IdP(mock, delay=0.2)
+        results, barrier = [], threading.Barrier(16)
+
+        def call():
+            barrier.wait()
+            results.append(token(host))
+
+        threads = [threading.Thread(target=call) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(idp.calls) == 1
+    assert results == ["at-1"] * 16
+
+
+def test_a_token_living_less_than_the_leeway_is_used_for_half_its_life(host, idp):
+    """Keycloak's access tokens live 300 s by default, the default leeway: without a cap on the
+    leeway, such a token would be due as soon as issued and every call would refresh."""
+    store_account(host, expires_in=300, issued_at=utcnow())
+    assert token(host) == "at-0"
+    assert idp.calls == []
+    st_ = host.app.extensions["mailoauth"]
+    with host.app.app_context(), own_session(st_.db) as s:
+        cred = s.scalars(sa.select(st_.models.Credential)).one()
+        cred.issued_at = utcnow() - timedelta(seconds=200)
+        cred.expires_at = utcnow() + timedelta(seconds=100)
+    st_.cache.clear()  # as another process's change, seen after MAILOAUTH_CACHE_TTL
+    assert token(host) == "at-1"  # a third of its life left: refreshed before use
+    assert len(idp.calls) == 1
+
+
+def test_concurrent_callers_refresh_a_short_lived_token_once(make_host, tmp_path):
+    host = make_host(db_url=f"sqlite:///{tmp_path / 'short.db'}")
+    store_account(host, expires_in=-5)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = IdP(mock, delay=0.2)
+        for _ in range(16):
+            idp.rotate(lifetime=120)  # shorter than the 300 s leeway
         results, barrier = [], threading.Barrier(16)
 
         def call():

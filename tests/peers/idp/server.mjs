@@ -22,6 +22,13 @@ const nodeDir = process.env.PEERS_NODE_DIR || path.resolve(here, '../../../.peer
 // node_modules lives outside tests/, and ES modules ignore NODE_PATH: resolve by hand.
 const entry = createRequire(path.join(nodeDir, 'package.json')).resolve('oidc-provider');
 const { default: Provider, errors } = await import(pathToFileURL(entry).href);
+// oidc-provider's quick-start in-memory store keeps about 1000 entries (each grant takes ~8):
+// a session making a few hundred grants (`refresh --due` over 200 accounts) would silently
+// evict older grants and registered clients. The same adapter, on a store that does not.
+const lib = (...parts) => pathToFileURL(path.join(path.dirname(entry), ...parts)).href;
+const { default: MemoryAdapter } = await import(lib('adapters', 'memory_adapter.js'));
+const { default: LRU } = await import(lib('helpers', 'lru.js'));
+const store = new LRU({ maxSize: 10_000_000 });
 
 const port = Number(process.env.IDP_PORT || 0);
 const shape = process.env.IDP_SHAPE || 'generic';
@@ -49,6 +56,7 @@ const authPath = microsoft ? msRoutes.authorization : '/auth';
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 
 const provider = new Provider(issuer, {
+  adapter: (model) => new MemoryAdapter(model, store),
   clients: [{ ...introspector, grant_types: [], response_types: [], redirect_uris: [] }],
   jwks: { keys: [privateKey.export({ format: 'jwk' })] },
   cookies: {
@@ -234,11 +242,21 @@ provider.use(async (ctx, next) => {
     ctx.query = { ...ctx.query, prompt: [...prompts].join(' ') };
   }
   const isToken = ctx.path === tokenPath && ctx.method === 'POST';
-  if (isToken && failures.length) {
-    // The body is read here to know the grant type; oidc-provider then falls back to ctx.req.body.
+  let form;
+  if (isToken && (failures.length || microsoft)) {
+    // The body is read here (grant type, scope); oidc-provider then falls back to ctx.req.body.
     const raw = await readRaw(ctx.req);
     ctx.req.body = raw;
-    const grantType = querystring.parse(raw).grant_type;
+    form = querystring.parse(raw);
+    if (microsoft && form.grant_type === 'refresh_token' && typeof form.scope === 'string') {
+      // Microsoft accepts the reserved scopes on a refresh (MSAL always sends offline_access
+      // openid profile); oidc-provider refuses offline_access, which its refresh tokens lack.
+      const scope = form.scope.split(' ').filter((s) => s && s !== 'offline_access').join(' ');
+      ctx.req.body = querystring.stringify({ ...form, scope });
+    }
+  }
+  if (isToken && failures.length) {
+    const grantType = form.grant_type;
     const idx = failures.findIndex((f) => !f.grant_type || f.grant_type === grantType);
     if (idx !== -1) {
       const rule = failures[idx];
