@@ -70,21 +70,29 @@ def refresh(key: str | None, purpose: str | None, due: bool) -> None:
     targets = _targets(st, key, purpose, due)
     app = current_app._get_current_object()
 
-    def one(target: tuple[str, str]) -> tuple[tuple[str, str], str | None]:
+    def one(target: tuple[str, str]) -> tuple[tuple[str, str], bool, str | None]:
+        """(account, whether this process refreshed it, the error if it failed)."""
         with app.app_context():
             try:
-                tokens.refresh(st, *target, force=not due)
+                if due:
+                    return target, tokens.refresh_if_due(st, *target), None
+                tokens.refresh(st, *target)
             except MailOAuthError as exc:
-                return target, str(exc)
-        return target, None
+                return target, True, str(exc)
+        return target, True, None
 
     workers = max(1, int(current_app.config["MAILOAUTH_REFRESH_CONCURRENCY"]))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, targets))
-    failed = [(t, error) for t, error in results if error]
+    failed = [(t, error) for t, _, error in results if error]
     for (k, p), error in failed:
         click.echo(f"{k} ({p}): {error}", err=True)
-    click.echo(f"Refreshed {len(results) - len(failed)} of {len(results)} account(s).")
+    done = sum(1 for _, refreshed, error in results if refreshed and not error)
+    skipped = sum(1 for _, refreshed, _ in results if not refreshed)
+    line = f"Refreshed {done} of {len(results)} account(s)."
+    if skipped:
+        line += f" {skipped} no longer due (refreshed meanwhile by another worker)."
+    click.echo(line)
     if failed:
         sys.exit(1)
 

@@ -183,6 +183,16 @@ def refresh(st: MailOAuthState, key: str, purpose: str, *, force: bool = True) -
 
     ``force`` also ignores the backoff after transient failures ("Refresh now" in the Token tab).
     """
+    return _refresh(st, key, purpose, force=force)[0]
+
+
+def refresh_if_due(st: MailOAuthState, key: str, purpose: str) -> bool:
+    """Refresh a due token unless another worker did meanwhile; True when this call did it."""
+    return _refresh(st, key, purpose, force=False)[1]
+
+
+def _refresh(st: MailOAuthState, key: str, purpose: str, *, force: bool) -> tuple[str, bool]:
+    """The token and whether the IdP was asked for it."""
     config = current_app.config
     leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
     with own_session(st.db) as s, _row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
@@ -190,9 +200,9 @@ def refresh(st: MailOAuthState, key: str, purpose: str, *, force: bool = True) -
         if not force:
             token = _usable(st, credential, account, leeway)
             if token:
-                return token
+                return token, False
             if credential.next_retry_at and credential.next_retry_at > utcnow():
-                return _during_backoff(st, credential, account)
+                return _during_backoff(st, credential, account), False
         provider = registry.get(account.provider)
         client_secret = ""
         if account.client_secret is not None:
@@ -218,8 +228,8 @@ def refresh(st: MailOAuthState, key: str, purpose: str, *, force: bool = True) -
     # The transaction is committed here: signals and errors come after the state is stored.
     if failure is None:
         signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
-        return answer.access_token
-    return _after_failure(st, key, purpose, failure, credential)
+        return answer.access_token, True
+    return _after_failure(st, key, purpose, failure, credential), True
 
 
 @contextmanager

@@ -176,3 +176,18 @@ def test_a_new_client_secret_lets_a_configuration_error_retry(host):
     assert cred.status == "active"
     with host.app.app_context():
         assert host.ext.access_token("support") == access
+
+
+def test_refresh_due_does_not_count_accounts_another_worker_refreshed(host, monkeypatch):
+    from flask_mailoauth import cli
+
+    store_account(host, key="due", expires_in=60)
+    store_account(host, key="meanwhile", expires_in=3600)
+    # The second account was due when listed, and another host refreshed it since.
+    monkeypatch.setattr(cli, "_targets", lambda *a: [("due", "mailbox"), ("meanwhile", "mailbox")])
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = IdP(mock)
+        result = run(host, "refresh", "--due")
+    assert result.exit_code == 0, result.output
+    assert "Refreshed 1 of 2 account(s). 1 no longer due" in result.output
+    assert len(idp.calls) == 1

@@ -325,7 +325,8 @@ def test_no_identity_anywhere(provider, http, idp):
 def test_classify_error(provider, status, error, kind):
     body = {"error": error, "error_description": "The IdP's words."} if error else None
     failure = provider.classify_error(status, body, retry_after=9)
-    assert (failure.kind, failure.code) == (kind, error)
+    expected_code = error or ("network_error" if status is None else None)
+    assert (failure.kind, failure.code) == (kind, expected_code)
     assert failure.guidance
     assert failure.retry_after == (9 if kind == "transient" else None)
 
@@ -342,7 +343,7 @@ def test_unknown_errors_keep_the_idps_description(provider):
 
 def test_unreachable_has_a_description(provider):
     failure = provider.classify_error(None, None)
-    assert failure.code is None
+    assert failure.code == "network_error"
     assert (
         failure.description
         == "The identity provider could not be reached (network error or timeout)."

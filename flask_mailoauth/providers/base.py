@@ -198,6 +198,10 @@ def _one_line(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+#: the code of a failure where the IdP could not be reached at all (no HTTP answer)
+NETWORK_ERROR = "network_error"
+
+
 def classify_oauth_error(
     status: int | None,
     body: Mapping[str, Any] | None,
@@ -223,6 +227,8 @@ def classify_oauth_error(
         kind = "transient"
         if found and found.kind != "transient":
             found = None
+        if status is None:
+            code = code or NETWORK_ERROR
         if not description:
             description = (
                 "The identity provider could not be reached (network error or timeout)."
