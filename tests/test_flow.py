@@ -538,3 +538,41 @@ def test_the_modal_assets_are_served(client):
     for asset in assets:
         with client.get(asset) as response:
             assert response.status_code == 200, asset
+
+
+def test_no_secret_reaches_the_logs(client, idp, host, caplog):
+    import logging
+
+    with caplog.at_level(logging.DEBUG):
+        query = start(client)
+        callback(client, idp, query)
+        idp.lifetime = 10
+        query = reauthorize(client)
+        callback(client, idp, query)
+        with host.app.app_context():
+            host.ext.refresh("support")
+    verifier = idp.token_requests[-2]["code_verifier"][0]
+    text = caplog.text
+    for secret in (
+        "client-secret-1",
+        "refresh-token-1",
+        "access-token-1",
+        "access-token-3",
+        verifier,
+        query["state"],
+        "the-code",
+    ):
+        assert secret not in text
+
+
+def test_the_host_can_override_the_templates(make_host, tmp_path):
+    folder = tmp_path / "host-templates" / "mailoauth"
+    folder.mkdir(parents=True)
+    (folder / "config_button.html").write_text("<button>Configure {{ key }}</button>")
+    h = make_host()
+    h.app.template_folder = str(tmp_path / "host-templates")
+    with h.app.test_request_context():
+        from flask import render_template_string
+
+        html = render_template_string('{{ mailoauth_config_button("support", "mailbox") }}')
+    assert html == "<button>Configure support</button>"
