@@ -81,6 +81,22 @@ class Identity:
     tenant: str | None = None
     name: str | None = None
 
+    @classmethod
+    def from_verified_email(
+        cls, claims: Mapping[str, Any] | None, *, tenant: str | None = None
+    ) -> Identity:
+        """The id_token's ``email``, counted only when ``email_verified`` is true."""
+        claims = claims or {}
+        verified = claims.get("email_verified") in (True, "true")
+        email = str(claims.get("email") or "") if verified else ""
+        return cls(
+            email=email or None,
+            addresses=(email,) if email else (),
+            subject=claims.get("sub"),
+            tenant=tenant,
+            name=claims.get("name"),
+        )
+
     def matches(self, address: str) -> bool:
         """True when ``address`` is one of the verified addresses (case-insensitive)."""
         wanted = address.strip().casefold()

@@ -138,17 +138,8 @@ class GoogleProvider(Provider):
         token: Mapping[str, Any],
         http: Any,
     ) -> Identity:
-        """The id_token's email, counted only when Google marks it verified."""
-        claims = claims or {}
-        verified = claims.get("email_verified") in (True, "true")
-        email = str(claims.get("email") or "") if verified else ""
-        return Identity(
-            email=email or None,
-            addresses=(email,) if email else (),
-            subject=claims.get("sub"),
-            tenant=claims.get("hd"),
-            name=claims.get("name"),
-        )
+        """The id_token's email, counted only when Google marks it verified; ``hd`` as tenant."""
+        return Identity.from_verified_email(claims, tenant=(claims or {}).get("hd"))
 
     def mail_servers(self, config: Mapping[str, str]) -> MailServers:
         """Gmail's IMAP, POP3 and SMTP submission servers."""

@@ -180,15 +180,7 @@ class ZohoProvider(Provider):
         http: Any,
     ) -> Identity:
         """The id_token's email, counted only when Zoho marks it verified."""
-        claims = claims or {}
-        verified = claims.get("email_verified") in (True, "true")
-        email = str(claims.get("email") or "") if verified else ""
-        return Identity(
-            email=email or None,
-            addresses=(email,) if email else (),
-            subject=claims.get("sub"),
-            name=claims.get("name"),
-        )
+        return Identity.from_verified_email(claims)
 
     def mail_servers(self, config: Mapping[str, str]) -> MailServers:
         """IMAP, POP3 and SMTP of the data center, for organization or personal accounts."""
