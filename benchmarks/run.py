@@ -1,0 +1,193 @@
+"""Run every benchmark and print one table: ``.venv/bin/python -m benchmarks.run [--quick]``.
+
+``--quick`` shrinks every size for a smoke run (about a minute); ``--only NAME`` runs some of
+them (hot-path, storm, imap, pages, bulk). Peers (oidc-provider, PostgreSQL, Dovecot) are
+started on 127.0.0.1 in a temp dir with the test harness's classes and stopped by PID at the
+end; a benchmark whose peer is not installed is reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from . import bulk, hot_path, imap_login, pages, storm
+from .common import REPO_ROOT, Peers, PeerUnavailable, Row, format_table, peers
+
+
+@dataclass(frozen=True)
+class Sizes:
+    hot_path_calls: int = 10_000
+    storm_threads: int = 16
+    storm_processes: int = 4
+    storm_repeats: int = 3
+    imap_logins: int = 20
+    imap_delay: float = 0.020
+    page_renders: int = 200
+    callbacks: int = 20
+    bulk_sizes: tuple[int, ...] = (100, 1000, 5000)
+    bulk_repeats: tuple[tuple[int, int], ...] = ((100, 3), (1000, 3), (5000, 1))
+    latency_accounts: int = 100
+    latency_delay: float = 0.050
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    hot_path_calls=1000,
+    storm_threads=4,
+    storm_processes=2,
+    storm_repeats=1,
+    imap_logins=3,
+    page_renders=20,
+    callbacks=3,
+    bulk_sizes=(20, 50),
+    bulk_repeats=(),
+    latency_accounts=10,
+)
+BACKENDS = ("SQLite", "PostgreSQL")
+
+
+def _progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_hot_path(p: Peers, sizes: Sizes) -> list[Row]:
+    out = []
+    for backend in BACKENDS:
+        _progress(f"hot path ({backend}): {sizes.hot_path_calls:,} calls each")
+        if backend == "SQLite":
+            url = f"sqlite:///{p.workdir / 'hot-path.sqlite3'}"
+        else:
+            url = p.postgres_url()
+        out += hot_path.rows(hot_path.measure(url, sizes.hot_path_calls), backend)
+    return out
+
+
+def run_storm(p: Peers, sizes: Sizes) -> list[Row]:
+    out = []
+    for backend in BACKENDS:
+        _progress(
+            f"refresh storm ({backend}): {sizes.storm_threads} threads x "
+            f"{sizes.storm_processes} processes, {sizes.storm_repeats} run(s) each"
+        )
+        result = storm.measure(
+            p, backend, sizes.storm_threads, sizes.storm_processes, sizes.storm_repeats
+        )
+        out += storm.rows(result, backend)
+    return out
+
+
+def run_imap(p: Peers, sizes: Sizes) -> list[Row]:
+    _progress(f"IMAP login: {sizes.imap_logins} sign-ins each through the delay proxy")
+    return imap_login.rows(imap_login.measure(p, sizes.imap_logins, sizes.imap_delay))
+
+
+def run_pages(p: Peers, sizes: Sizes) -> list[Row]:
+    _progress(f"pages: {sizes.page_renders} modal renders, {sizes.callbacks} callbacks")
+    return pages.rows(pages.measure(p, sizes.page_renders, sizes.callbacks))
+
+
+def run_bulk(p: Peers, sizes: Sizes) -> list[Row]:
+    count = max(*sizes.bulk_sizes, sizes.latency_accounts)
+    _progress(f"bulk refresh: making {count:,} real grants at the IdP")
+    grants = bulk.prepare(p, count)
+    _progress(f"bulk refresh: {count:,} grants in {grants.seconds:.0f} s")
+    out = []
+    for backend in BACKENDS:
+        _progress(f"bulk refresh ({backend}): {', '.join(map(str, sizes.bulk_sizes))} accounts")
+        result = bulk.measure(p, backend, grants, sizes.bulk_sizes, dict(sizes.bulk_repeats))
+        out += bulk.rows(result, backend)
+        _progress(
+            f"bulk refresh ({backend}): {sizes.latency_accounts} accounts, IdP "
+            f"{sizes.latency_delay * 1000:.0f} ms away"
+        )
+        latency = bulk.measure_latency(
+            p, backend, grants, sizes.latency_accounts, sizes.latency_delay
+        )
+        out += bulk.latency_rows(latency, backend, sizes.latency_delay)
+    out.append(
+        Row(
+            "bulk refresh",
+            "setup: real code grants made at the IdP (not timed above)",
+            f"{len(grants.grants):,} in {grants.seconds:.0f} s",
+        )
+    )
+    return out
+
+
+BENCHMARKS: dict[str, Callable[[Peers, Sizes], list[Row]]] = {
+    "hot-path": run_hot_path,
+    "storm": run_storm,
+    "imap": run_imap,
+    "pages": run_pages,
+    "bulk": run_bulk,
+}
+
+
+def _describe(quick: bool) -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"flask-mailoauth benchmarks ({'quick' if quick else 'full'}), "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit}\n"
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, load average {load} at start"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(BENCHMARKS),
+        help="run only this benchmark (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    header = _describe(args.quick)
+    started = time.monotonic()
+    rows: list[Row] = []
+    failed = False
+    with peers() as p:
+        for name, bench in BENCHMARKS.items():
+            if args.only and name not in args.only:
+                continue
+            try:
+                rows += bench(p, sizes)
+            except PeerUnavailable as exc:
+                rows.append(Row(name, "skipped: a peer is missing", "-", note=str(exc)))
+            except Exception as exc:
+                failed = p.failed = True
+                traceback.print_exc()
+                rows.append(Row(name, "FAILED", "-", note=f"{type(exc).__name__}: {exc}"[:300]))
+    elapsed = time.monotonic() - started
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print()
+    print(header)
+    print()
+    print(format_table(rows))
+    print()
+    print(f"Total {elapsed:.0f} s; load average {load} at the end.")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
