@@ -128,6 +128,9 @@ class CredentialMixin(_Secretive):
     last_error_code: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: the worker calling the IdP for this credential now, and until when its claim holds
+    refresh_lease_owner: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    refresh_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
 
 

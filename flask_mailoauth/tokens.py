@@ -2,13 +2,16 @@
 
 Steady state costs no SQL: a valid token is served from a small per-process cache for at most
 ``MAILOAUTH_CACHE_TTL`` seconds. Otherwise one statement reads the row. A refresh runs under a
-lock that holds across threads (a per-account ``threading.Lock``), processes and hosts
-(``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), and re-reads the row
-once it holds the lock, so N concurrent callers cause exactly one call to the IdP.
+lock that holds across threads (a per-account ``threading.Lock``), processes and hosts: a
+lease on the credential row, taken in a short transaction under ``SELECT ... FOR UPDATE``
+(PostgreSQL) or ``BEGIN IMMEDIATE`` (SQLite) after re-reading the row. The lease holder calls
+the IdP with no transaction open; the others wait for its answer. N concurrent callers cause
+exactly one call to the IdP, and no database lock is held while the IdP answers.
 
-If the process dies between the IdP's answer and the commit, the new tokens are lost. A
-non-rotating IdP (Google) is unaffected; a rotating one may then refuse the old refresh token
-and the account shows "reauthorization required" with the IdP's code on the Token tab.
+If the process dies between the IdP's answer and the commit, the new tokens are lost and the
+lease runs out after ``2 * MAILOAUTH_HTTP_TIMEOUT + 5`` seconds. A non-rotating IdP (Google) is
+unaffected; a rotating one may then refuse the old refresh token and the account shows
+"reauthorization required" with the IdP's code on the Token tab.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ from .errors import (
 from .models import own_session, utcnow
 from .oauth import TokenRequestFailed, request_token
 from .providers import registry
+from .providers.base import Provider
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
@@ -191,45 +196,128 @@ def refresh_if_due(st: MailOAuthState, key: str, purpose: str) -> bool:
     return _refresh(st, key, purpose, force=False)[1]
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """What the worker that holds an account's refresh lease needs for its call to the IdP."""
+
+    owner: str
+    provider: Provider
+    config: dict[str, str]
+    client_secret: str
+    refresh_token: str
+
+    def __repr__(self) -> str:
+        return f"<_Claim {self.owner} {self.provider.id}>"
+
+
+_BUSY = object()  # another worker holds the lease
+
+
 def _refresh(st: MailOAuthState, key: str, purpose: str, *, force: bool) -> tuple[str, bool]:
-    """The token and whether the IdP was asked for it."""
+    """The token and whether this call asked the IdP for it.
+
+    Three short transactions instead of one long one: claim a lease on the row, call the IdP
+    with no transaction open, store the answer. Holding SQLite's write lock (or a PostgreSQL
+    row lock) through an HTTP call would stall every other writer for as long as the IdP takes.
+    Workers that find the lease taken wait for its holder's answer and use it.
+    """
+    config = current_app.config
+    deadline = time.monotonic() + config["MAILOAUTH_LOCK_TIMEOUT"]
+    owner, pause = uuid.uuid4().hex, 0.02
+    while True:
+        claimed = _claim(st, key, purpose, owner, force=force)
+        if isinstance(claimed, _Claim):
+            break
+        if claimed is not _BUSY:
+            return claimed, False
+        if time.monotonic() > deadline:
+            raise TemporarilyUnavailable(
+                f"{key} ({purpose}): another worker has been refreshing this token for longer "
+                "than MAILOAUTH_LOCK_TIMEOUT."
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+        force = False  # what the other worker obtains serves this caller too
+    grant = {"grant_type": "refresh_token", "refresh_token": claimed.refresh_token}
+    grant.update(claimed.provider.refresh_params(claimed.config))
+    try:
+        answer = request_token(
+            claimed.provider,
+            claimed.config,
+            claimed.client_secret,
+            grant,
+            timeout=config["MAILOAUTH_HTTP_TIMEOUT"],
+            requested_scopes=claimed.provider.scopes(claimed.config),
+        )
+    except TokenRequestFailed as exc:
+        failure, answer = exc.failure, None
+    else:
+        failure = None
+    credential = _store(st, key, purpose, claimed, answer, failure)
+    # Committed: signals and errors come after the state is stored.
+    if answer is not None:
+        signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
+        return answer.access_token, True
+    return _after_failure(st, key, purpose, failure, credential), True
+
+
+def _claim(st: MailOAuthState, key: str, purpose: str, owner: str, *, force: bool):
+    """In one short locked transaction: the usable token, ``_BUSY``, or a new lease."""
     config = current_app.config
     leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
     with own_session(st.db) as s, _row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
         credential, account = _read(s, st, key, purpose, lock=True)
+        now = utcnow()
         if not force:
             token = _usable(st, credential, account, leeway)
             if token:
-                return token, False
-            if credential.next_retry_at and credential.next_retry_at > utcnow():
-                return _during_backoff(st, credential, account), False
-        provider = registry.get(account.provider)
-        client_secret = ""
-        if account.client_secret is not None:
-            client_secret = st.reveal(account, "client_secret")
-        refresh_token = st.reveal(credential, "refresh_token")
-        grant = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        grant.update(provider.refresh_params(account.config))
-        try:
-            answer = request_token(
-                provider,
-                account.config,
-                client_secret,
-                grant,
-                timeout=config["MAILOAUTH_HTTP_TIMEOUT"],
-                requested_scopes=provider.scopes(account.config),
+                return token
+        if credential.refresh_lease_until and credential.refresh_lease_until > now:
+            return _BUSY
+        if not force and credential.next_retry_at and credential.next_retry_at > now:
+            return _during_backoff(st, credential, account)
+        # Long enough for the IdP's connect and read timeouts; a dead holder's lease runs out.
+        lease = timedelta(seconds=2 * config["MAILOAUTH_HTTP_TIMEOUT"] + 5)
+        credential.refresh_lease_owner, credential.refresh_lease_until = owner, now + lease
+        return _Claim(
+            owner=owner,
+            provider=registry.get(account.provider),
+            config=dict(account.config),
+            client_secret=st.reveal(account, "client_secret") if account.client_secret else "",
+            refresh_token=st.reveal(credential, "refresh_token"),
+        )
+
+
+def _store(st, key: str, purpose: str, claim: _Claim, answer: Any, failure: Any) -> Any:
+    """Record the IdP's answer if this worker still holds the lease; returns the credential.
+
+    The lease is lost when an admin re-authorized or deleted the token meanwhile, or when this
+    worker took so long that its lease ran out and another took over: the answer is then
+    dropped, since a newer credential already stands.
+    """
+    config = current_app.config
+    m = st.models
+    with own_session(st.db) as s, _row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
+        row = s.execute(
+            sa.select(m.Credential, m.Account)
+            .join(m.Account, m.Credential.account_id == m.Account.id)
+            .where(m.Account.key == key, m.Account.purpose == purpose)
+            .with_for_update(of=m.Credential)
+        ).one_or_none()
+        if row is None or row[0].refresh_lease_owner != claim.owner:
+            logger.warning(
+                "Refresh of %s (%s) finished after its credential changed; result dropped.",
+                key,
+                purpose,
             )
-        except TokenRequestFailed as exc:
-            _record_failure(st, s, credential, account, exc.failure, config)
-            failure = exc.failure
-        else:
+            return row[0] if row is not None else None
+        credential, account = row
+        credential.refresh_lease_owner = credential.refresh_lease_until = None
+        if answer is not None:
             _record_success(st, s, credential, account, answer)
-            failure = None
-    # The transaction is committed here: signals and errors come after the state is stored.
-    if failure is None:
-        signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
-        return answer.access_token, True
-    return _after_failure(st, key, purpose, failure, credential), True
+        else:
+            _record_failure(st, s, credential, account, failure, config)
+        return credential
 
 
 @contextmanager

@@ -107,8 +107,8 @@ def events(host):
 class IdP:
     """The token endpoint, scripted: each call pops the next answer (status, body, headers)."""
 
-    def __init__(self, mock, url=TOKEN_URL, delay=0.0):
-        self.delay = delay
+    def __init__(self, mock, url=TOKEN_URL, delay=0.0, before=None):
+        self.delay, self.before = delay, before
         self.calls: list[dict] = []
         self.answers: list = []
         self.issued = 0
@@ -119,6 +119,8 @@ class IdP:
 
     def answer(self, request):
         time.sleep(self.delay)
+        if self.before:
+            self.before()
         self.calls.append(parse_qs(request.body))
         kind, value = self.answers.pop(0) if self.answers else ("rotate", 3600)
         if kind == "error":
@@ -477,3 +479,93 @@ def test_no_sequence_of_refresh_outcomes_loses_the_refresh_token(make_host, tmp_
             if outcome[0] == "rotate" and len(idp.calls) > calls:
                 latest = f"rt-{idp.issued}"
             assert credential(host)[2] == latest
+
+
+# -- the refresh lease: no database lock while the IdP answers ----------------------------------
+
+
+def test_two_processes_sharing_one_database_cause_one_refresh(make_host, tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    one, two = make_host(db_url=url), make_host(db_url=url)  # two app states: two "processes"
+    store_account(one, expires_in=-5)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = IdP(mock, delay=0.3)
+        results, barrier = [], threading.Barrier(16)
+
+        def call(host):
+            barrier.wait()
+            results.append(token(host))
+
+        threads = [threading.Thread(target=call, args=(h,)) for h in [one, two] * 8]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(idp.calls) == 1
+    assert results == ["at-1"] * 16
+
+
+def test_the_hosts_writes_go_on_while_the_idp_answers(make_host, tmp_path):
+    import sqlite3
+
+    path = tmp_path / "busy.db"
+    host = make_host(db_url=f"sqlite:///{path}")
+    store_account(host, expires_in=-5)
+    with sqlite3.connect(path) as setup:
+        setup.execute("create table tickets (subject text)")
+    written = []
+
+    def host_writes():
+        time.sleep(0.3)  # the refresh is waiting for the IdP now
+        conn = sqlite3.connect(path, timeout=0.2)
+        try:
+            with conn:
+                conn.execute("insert into tickets values ('written during the refresh')")
+            written.append(True)
+        finally:
+            conn.close()
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        IdP(mock, delay=1.0)
+        writer = threading.Thread(target=host_writes)
+        writer.start()
+        assert token(host) == "at-1"
+        writer.join()
+    assert written == [True]
+
+
+def test_a_result_arriving_after_a_reauthorization_is_dropped(host):
+    store_account(host, expires_in=-5)
+    st_ = host.app.extensions["mailoauth"]
+
+    def admin_reauthorizes():
+        with host.app.app_context(), own_session(st_.db) as s:
+            cred = s.scalars(sa.select(st_.models.Credential)).one()
+            st_.seal(cred, "refresh_token", "rt-from-the-new-consent")
+            cred.refresh_lease_owner = cred.refresh_lease_until = None
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        IdP(mock, before=admin_reauthorizes)
+        assert token(host) == "at-1"
+    assert credential(host)[2] == "rt-from-the-new-consent"
+
+
+def test_a_dead_workers_lease_delays_callers_until_it_runs_out(make_host, idp):
+    host = make_host(MAILOAUTH_LOCK_TIMEOUT=0.3)
+    store_account(host, expires_in=-5)
+    update = {
+        "refresh_lease_owner": "dead-worker",
+        "refresh_lease_until": utcnow() + timedelta(seconds=1),
+    }
+    st_ = host.app.extensions["mailoauth"]
+    with host.app.app_context(), own_session(st_.db) as s:
+        cred = s.scalars(sa.select(st_.models.Credential)).one()
+        for name, value in update.items():
+            setattr(cred, name, value)
+    with pytest.raises(TemporarilyUnavailable, match="another worker"):
+        token(host)
+    assert idp.calls == []
+    time.sleep(1.1)
+    assert token(host) == "at-1"
+    cred, _, _ = credential(host)
+    assert (cred.refresh_lease_owner, cred.refresh_lease_until) == (None, None)

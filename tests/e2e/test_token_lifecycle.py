@@ -401,7 +401,7 @@ def test_idp_unreachable_mid_run_keeps_the_token_then_recovers(
     assert cred.failure_count == 1
     assert cred.next_retry_at > utcnow() + timedelta(seconds=10)  # MAILOAUTH_RETRY_BASE 30
     failed = events(host, "refresh_failed")
-    assert [(e.level, e.code) for e in failed] == [("warning", None)]
+    assert [(e.level, e.code) for e in failed] == [("warning", "network_error")]
     assert "could not be reached" in failed[0].message
     assert imap_select(host) == "SELECTED"  # the kept token still works at Dovecot
 
