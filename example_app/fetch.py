@@ -24,10 +24,6 @@ LIMIT = 10
 MAIL_ERRORS = (MailOAuthError, OSError, imaplib.IMAP4.error, poplib.error_proto, UnicodeError)
 
 
-class NotAvailable(Exception):
-    """The installed flask-mailoauth has no connect_imap/connect_pop3 yet."""
-
-
 @dataclass
 class Message:
     sender: str
@@ -58,8 +54,6 @@ def fetch_newest(email: SystemEmail) -> FetchResult:
         finally:
             with suppress(*MAIL_ERRORS):
                 conn.logout()
-    except NotAvailable as exc:
-        return FetchResult(error=str(exc))
     except MAIL_ERRORS as exc:
         # The extension's errors never contain a secret; they say what to do.
         return FetchResult(error=str(exc) or type(exc).__name__)
@@ -70,14 +64,8 @@ def _connect(
 ) -> Any:
     if email.remote_auth == BASIC:
         return basic(email, current_app.config["MAILOAUTH_MAIL_TIMEOUT"])
-    # connect_imap/connect_pop3 log in with XOAUTH2, refreshing the token when due.
-    connect = getattr(mailoauth, oauth_name, None)
-    if connect is None:
-        raise NotAvailable(
-            f"Fetching with OAuth2 is not available in this version of flask-mailoauth "
-            f"(no {oauth_name})."
-        )
-    return connect(email.key)
+    # connect_imap/connect_pop3 log in with XOAUTH2/OAUTHBEARER, refreshing the token when due.
+    return getattr(mailoauth, oauth_name)(email.key)
 
 
 def _imap_newest(conn: imaplib.IMAP4, folder: str) -> FetchResult:

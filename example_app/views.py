@@ -21,12 +21,9 @@ def _tab(requested: str | None) -> str:
 
 
 def _attention() -> list:
-    """Accounts that need the admin, from ``mailoauth.health()`` when this version has it."""
-    health = getattr(mailoauth, "health", None)
-    if health is None:
-        return []
+    """Accounts that need the admin (a grant to renew, a secret about to expire, ...)."""
     try:
-        return [item for item in health() if item.needs_attention]
+        return [item for item in mailoauth.health() if item.needs_attention]
     except MailOAuthError as exc:
         flash(f"Could not check the OAuth2 accounts: {exc}", "error")
         return []

@@ -295,18 +295,6 @@ def test_account_page_is_the_tab_of_the_purpose(helpdesk):
         assert ext._account_page("1", "smtp") == "/admin/emails/1?tab=smtp"
 
 
-def test_fetch_now_reports_a_missing_connect_function(admin, helpdesk, monkeypatch):
-    import example_app.fetch
-
-    email = support(helpdesk)
-    monkeypatch.setattr(example_app.fetch, "mailoauth", object())
-    response = admin.post(
-        f"/admin/emails/{email.id}/fetch", data={"csrf_token": csrf(admin, "/admin/emails/1")}
-    )
-    assert response.status_code == 200
-    assert "not available in this version" in response.get_data(as_text=True)
-
-
 class FakeIMAP:
     def select(self, mailbox, readonly=False):
         assert mailbox == '"INBOX"'
@@ -379,8 +367,6 @@ def test_dashboard_lists_accounts_needing_attention(admin, monkeypatch):
 
     page = admin.get("/").get_data(as_text=True)
     assert "need attention" not in page
-    monkeypatch.setattr(example_app.views, "mailoauth", object())  # an older flask-mailoauth
-    assert "need attention" not in admin.get("/").get_data(as_text=True)
     monkeypatch.setattr(example_app.views, "mailoauth", Ext())
     page = admin.get("/").get_data(as_text=True)
     assert "Mail accounts that need attention" in page
