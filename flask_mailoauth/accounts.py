@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 import sqlalchemy as sa
+from flask import current_app
 
 from . import signals
 from .flow import config_signature
+from .health import account_health
 from .models import own_session, utcnow
 from .oauth import TimeoutHTTP
 from .providers import registry
@@ -92,6 +94,7 @@ class AccountView:
     config_signature: str = ""
     token: TokenDetails | None = None
     events: list[Any] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def default_name(address: str, purpose: str) -> str:
@@ -144,6 +147,11 @@ def view(
             config_signature=account.config_signature,
             token=_token_details(st, account),
             events=list(events),
+            warnings=account_health(
+                account, account.credential, current_app.config, utcnow()
+            ).warnings
+            if account.credential is not None
+            else [],
         )
 
 

@@ -57,14 +57,8 @@ class AccountHealth:
         }
 
 
-def health(
-    st: MailOAuthState,
-    config: Mapping[str, Any],
-    *,
-    key: str | None = None,
-    purpose: str | None = None,
-) -> list[AccountHealth]:
-    """Every account (or those of ``key``/``purpose``) with status and warnings, by key."""
+def health(st: MailOAuthState, config: Mapping[str, Any]) -> list[AccountHealth]:
+    """Every account with its status and warnings, ordered by key and purpose."""
     m = st.models
     now = utcnow()
     query = (
@@ -72,16 +66,15 @@ def health(
         .outerjoin(m.Credential, m.Credential.account_id == m.Account.id)
         .order_by(m.Account.key, m.Account.purpose)
     )
-    if key is not None:
-        query = query.where(m.Account.key == key)
-    if purpose is not None:
-        query = query.where(m.Account.purpose == purpose)
     with own_session(st.db) as s:
         rows = s.execute(query).all()
-        return [_one(account, credential, config, now) for account, credential in rows]
+        return [account_health(account, credential, config, now) for account, credential in rows]
 
 
-def _one(account: Any, credential: Any, config: Mapping[str, Any], now: datetime) -> AccountHealth:
+def account_health(
+    account: Any, credential: Any, config: Mapping[str, Any], now: datetime
+) -> AccountHealth:
+    """One account's status and warnings from its rows (``credential`` may be ``None``)."""
     warnings = _secret_warnings(account.secret_expires_on, now.date(), config)
     try:
         provider = registry.get(account.provider)

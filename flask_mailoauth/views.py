@@ -30,7 +30,6 @@ from . import accounts, flow, tokens
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError
 from .extension import MailOAuthState, state
 from .forms import account_form
-from .health import health
 from .providers import registry
 from .providers.registry import UnknownProvider
 from .settings import PURPOSES
@@ -121,9 +120,8 @@ def callback_url() -> str:
 
 
 def _render_modal(view: accounts.AccountView, form, status: int = 200, **extra: object) -> Response:
-    found = health(state(), current_app.config, key=view.key, purpose=view.purpose)
     context = {
-        "warnings": found[0].warnings if found and view.token else [],
+        "warnings": view.warnings,
         "account": view,
         "form": form,
         "provider": form.provider,
