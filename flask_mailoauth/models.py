@@ -128,8 +128,7 @@ class CredentialMixin(_Secretive):
     last_error_code: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    #: the worker calling the IdP for this credential now, and until when its claim holds
-    refresh_lease_owner: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    #: while set and in the future, a worker is calling the IdP to refresh this credential
     refresh_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
 
@@ -241,3 +240,21 @@ def own_session(db: Any) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def row_lock(session: Session, timeout: float) -> Iterator[None]:
+    """Make the next ``SELECT ... FOR UPDATE`` a lock across processes on every backend.
+
+    PostgreSQL honours FOR UPDATE, bounded by ``lock_timeout``. SQLite ignores FOR UPDATE, so
+    the transaction starts with ``BEGIN IMMEDIATE``: one writer at a time, waiting at most
+    ``busy_timeout``.
+    """
+    connection = session.connection()
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'")
+    elif dialect == "sqlite":
+        connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    yield

@@ -20,9 +20,6 @@ import logging
 import random
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -40,7 +37,7 @@ from .errors import (
     ReauthorizationRequired,
     TemporarilyUnavailable,
 )
-from .models import own_session, utcnow
+from .models import own_session, row_lock, utcnow
 from .oauth import TokenRequestFailed, request_token
 from .providers import registry
 from .providers.base import Provider
@@ -97,11 +94,24 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
         token = _usable(st, credential, account, leeway)
     if token:
         return token
-    with _process_lock(st, key, purpose):
+    lock = _process_lock(st, key, purpose)
+    if not lock.acquire(timeout=config["MAILOAUTH_LOCK_TIMEOUT"]):
+        raise _still_refreshing(key, purpose)
+    try:
         cached = _cached(st, key, purpose, leeway, config["MAILOAUTH_CACHE_TTL"])
         if cached:
             return cached
-        return refresh(st, key, purpose, force=False)
+        # Mail must go on: while the IdP is down, a still-valid token beats an error.
+        return _refresh(st, key, purpose, force=False, keep_valid_token=True)[0]
+    finally:
+        lock.release()
+
+
+def _still_refreshing(key: str, purpose: str) -> TemporarilyUnavailable:
+    return TemporarilyUnavailable(
+        f"{key} ({purpose}): another worker has been refreshing this token for longer than "
+        "MAILOAUTH_LOCK_TIMEOUT."
+    )
 
 
 def _cached(
@@ -118,8 +128,8 @@ def _cached(
     return entry.access_token
 
 
-def _read(session: Session, st: MailOAuthState, key: str, purpose: str, *, lock: bool = False):
-    """The account's credential and account, in one statement; typed errors when unusable."""
+def _select(session: Session, st: MailOAuthState, key: str, purpose: str, *, lock: bool):
+    """``(credential, account)`` in one statement, or ``None``; ``lock`` adds FOR UPDATE."""
     m = st.models
     query = (
         sa.select(m.Credential, m.Account)
@@ -128,7 +138,12 @@ def _read(session: Session, st: MailOAuthState, key: str, purpose: str, *, lock:
     )
     if lock:
         query = query.with_for_update(of=m.Credential)
-    row = session.execute(query).one_or_none()
+    return session.execute(query).one_or_none()
+
+
+def _read(session: Session, st: MailOAuthState, key: str, purpose: str, *, lock: bool = False):
+    """The account's credential and account, in one statement; typed errors when unusable."""
+    row = _select(session, st, key, purpose, lock=lock)
     if row is None:
         raise NotConfigured(
             f"No OAuth2 token for {key!r} ({purpose}): configure and authorize it in the "
@@ -184,9 +199,11 @@ def _usable(st: MailOAuthState, credential: Any, account: Any, leeway: timedelta
 
 
 def refresh(st: MailOAuthState, key: str, purpose: str, *, force: bool = True) -> str:
-    """Refresh now under the account's lock; ``force=False`` skips it if another caller did.
+    """Refresh now under the account's lease; ``force=False`` skips it if another caller did.
 
-    ``force`` also ignores the backoff after transient failures ("Refresh now" in the Token tab).
+    ``force`` also ignores the backoff after transient failures ("Refresh now" in the Token
+    tab). Unlike :func:`access_token`, a failure always raises, even a transient one while the
+    current token is still valid: whoever asked for a refresh learns that it did not happen.
     """
     return _refresh(st, key, purpose, force=force)[0]
 
@@ -198,74 +215,71 @@ def refresh_if_due(st: MailOAuthState, key: str, purpose: str) -> bool:
 
 @dataclass(frozen=True)
 class _Claim:
-    """What the worker that holds an account's refresh lease needs for its call to the IdP."""
+    """What the worker that holds an account's refresh lease needs for its call to the IdP.
 
-    owner: str
+    ``uid`` and ``version`` identify the credential as it was when claimed: the answer is
+    stored only if nobody replaced or updated it meanwhile.
+    """
+
+    uid: str
+    version: int
     provider: Provider
     config: dict[str, str]
     client_secret: str
     refresh_token: str
 
     def __repr__(self) -> str:
-        return f"<_Claim {self.owner} {self.provider.id}>"
+        return f"<_Claim {self.uid} v{self.version} {self.provider.id}>"
 
 
 _BUSY = object()  # another worker holds the lease
 
 
-def _refresh(st: MailOAuthState, key: str, purpose: str, *, force: bool) -> tuple[str, bool]:
+def _refresh(
+    st: MailOAuthState, key: str, purpose: str, *, force: bool, keep_valid_token: bool = False
+) -> tuple[str, bool]:
     """The token and whether this call asked the IdP for it.
 
     Three short transactions instead of one long one: claim a lease on the row, call the IdP
     with no transaction open, store the answer. Holding SQLite's write lock (or a PostgreSQL
     row lock) through an HTTP call would stall every other writer for as long as the IdP takes.
-    Workers that find the lease taken wait for its holder's answer and use it.
+    Workers that find the lease taken wait for its holder's answer and use it. With
+    ``keep_valid_token``, a transient failure returns the current token while it is valid.
     """
     config = current_app.config
     deadline = time.monotonic() + config["MAILOAUTH_LOCK_TIMEOUT"]
-    owner, pause = uuid.uuid4().hex, 0.02
+    pause = 0.02
     while True:
-        claimed = _claim(st, key, purpose, owner, force=force)
+        claimed = _claim(st, key, purpose, force=force, keep_valid_token=keep_valid_token)
         if isinstance(claimed, _Claim):
-            break
-        if claimed is not _BUSY:
+            answer, failure = _ask_idp(claimed, config)
+            credential = _store(st, key, purpose, claimed, answer, failure)
+            if credential is not None:
+                break
+            # Replaced or updated meanwhile (an admin authorized again, or a slow call lost its
+            # lease to another worker): the stored state decides, so read it again.
+        elif claimed is not _BUSY:
             return claimed, False
+        else:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
         if time.monotonic() > deadline:
-            raise TemporarilyUnavailable(
-                f"{key} ({purpose}): another worker has been refreshing this token for longer "
-                "than MAILOAUTH_LOCK_TIMEOUT."
-            )
-        time.sleep(pause)
-        pause = min(pause * 2, 0.25)
-        force = False  # what the other worker obtains serves this caller too
-    grant = {"grant_type": "refresh_token", "refresh_token": claimed.refresh_token}
-    grant.update(claimed.provider.refresh_params(claimed.config))
-    try:
-        answer = request_token(
-            claimed.provider,
-            claimed.config,
-            claimed.client_secret,
-            grant,
-            timeout=config["MAILOAUTH_HTTP_TIMEOUT"],
-            requested_scopes=claimed.provider.scopes(claimed.config),
-        )
-    except TokenRequestFailed as exc:
-        failure, answer = exc.failure, None
-    else:
-        failure = None
-    credential = _store(st, key, purpose, claimed, answer, failure)
+            raise _still_refreshing(key, purpose)
+        force = False  # what the other worker obtained serves this caller too
     # Committed: signals and errors come after the state is stored.
     if answer is not None:
         signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
         return answer.access_token, True
-    return _after_failure(st, key, purpose, failure, credential), True
+    return _after_failure(st, key, purpose, failure, credential, keep_valid_token), True
 
 
-def _claim(st: MailOAuthState, key: str, purpose: str, owner: str, *, force: bool):
+def _claim(
+    st: MailOAuthState, key: str, purpose: str, *, force: bool, keep_valid_token: bool
+) -> Any:
     """In one short locked transaction: the usable token, ``_BUSY``, or a new lease."""
     config = current_app.config
     leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
-    with own_session(st.db) as s, _row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
+    with own_session(st.db) as s, row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
         credential, account = _read(s, st, key, purpose, lock=True)
         now = utcnow()
         if not force:
@@ -275,12 +289,13 @@ def _claim(st: MailOAuthState, key: str, purpose: str, owner: str, *, force: boo
         if credential.refresh_lease_until and credential.refresh_lease_until > now:
             return _BUSY
         if not force and credential.next_retry_at and credential.next_retry_at > now:
-            return _during_backoff(st, credential, account)
+            return _unavailable(st, credential, keep_valid_token)
         # Long enough for the IdP's connect and read timeouts; a dead holder's lease runs out.
         lease = timedelta(seconds=2 * config["MAILOAUTH_HTTP_TIMEOUT"] + 5)
-        credential.refresh_lease_owner, credential.refresh_lease_until = owner, now + lease
+        credential.refresh_lease_until = now + lease
         return _Claim(
-            owner=owner,
+            uid=credential.uid,
+            version=credential.version,
             provider=registry.get(account.provider),
             config=dict(account.config),
             client_secret=st.reveal(account, "client_secret") if account.client_secret else "",
@@ -288,54 +303,47 @@ def _claim(st: MailOAuthState, key: str, purpose: str, owner: str, *, force: boo
         )
 
 
-def _store(st, key: str, purpose: str, claim: _Claim, answer: Any, failure: Any) -> Any:
-    """Record the IdP's answer if this worker still holds the lease; returns the credential.
+def _ask_idp(claim: _Claim, config: Any) -> tuple[Any, ProviderFailure | None]:
+    """The refresh_token grant: ``(answer, None)`` or ``(None, failure)``."""
+    grant = {"grant_type": "refresh_token", "refresh_token": claim.refresh_token}
+    grant.update(claim.provider.refresh_params(claim.config))
+    try:
+        answer = request_token(
+            claim.provider,
+            claim.config,
+            claim.client_secret,
+            grant,
+            timeout=config["MAILOAUTH_HTTP_TIMEOUT"],
+            requested_scopes=claim.provider.scopes(claim.config),
+        )
+    except TokenRequestFailed as exc:
+        return None, exc.failure
+    return answer, None
 
-    The lease is lost when an admin re-authorized or deleted the token meanwhile, or when this
-    worker took so long that its lease ran out and another took over: the answer is then
-    dropped, since a newer credential already stands.
+
+def _store(st, key: str, purpose: str, claim: _Claim, answer: Any, failure: Any) -> Any:
+    """Record the IdP's answer if the credential is still the one claimed; ``None`` if not.
+
+    It is not when an admin re-authorized or deleted the token meanwhile, or when another
+    worker stored a refresh after this one's lease ran out: a newer state already stands.
     """
     config = current_app.config
-    m = st.models
-    with own_session(st.db) as s, _row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
-        row = s.execute(
-            sa.select(m.Credential, m.Account)
-            .join(m.Account, m.Credential.account_id == m.Account.id)
-            .where(m.Account.key == key, m.Account.purpose == purpose)
-            .with_for_update(of=m.Credential)
-        ).one_or_none()
-        if row is None or row[0].refresh_lease_owner != claim.owner:
+    with own_session(st.db) as s, row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
+        row = _select(s, st, key, purpose, lock=True)
+        if row is None or (row[0].uid, row[0].version) != (claim.uid, claim.version):
             logger.warning(
                 "Refresh of %s (%s) finished after its credential changed; result dropped.",
                 key,
                 purpose,
             )
-            return row[0] if row is not None else None
+            return None
         credential, account = row
-        credential.refresh_lease_owner = credential.refresh_lease_until = None
+        credential.refresh_lease_until = None
         if answer is not None:
             _record_success(st, s, credential, account, answer)
         else:
             _record_failure(st, s, credential, account, failure, config)
         return credential
-
-
-@contextmanager
-def _row_lock(session: Session, timeout: float) -> Iterator[None]:
-    """Make the next ``SELECT ... FOR UPDATE`` a lock across processes on every backend.
-
-    PostgreSQL honours FOR UPDATE, bounded by ``lock_timeout``. SQLite ignores FOR UPDATE, so
-    the transaction starts with ``BEGIN IMMEDIATE``: one writer at a time, waiting at most
-    ``busy_timeout``.
-    """
-    connection = session.connection()
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'")
-    elif dialect == "sqlite":
-        connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    yield
 
 
 def _record_success(st, session: Session, credential: Any, account: Any, answer: Any) -> None:
@@ -406,19 +414,24 @@ def backoff(failures: int, retry_after: float | None, config: Any) -> float:
     return max(delay, retry_after or 0)
 
 
-def _during_backoff(st, credential: Any, account: Any) -> str:
-    """While waiting to retry: the current token if still valid, else ``TemporarilyUnavailable``."""
-    if credential.expires_at > utcnow():
+def _unavailable(st, credential: Any, keep_valid_token: bool) -> str:
+    """After a transient failure: the still-valid token if wanted, else the typed error."""
+    if keep_valid_token and credential.expires_at > utcnow():
         return st.reveal(credential, "access_token")
+    retry = (
+        f"; next try at {credential.next_retry_at:%H:%M:%S} UTC" if credential.next_retry_at else ""
+    )
     raise TemporarilyUnavailable(
-        f"{account.name}: the identity provider is unavailable; retrying at "
-        f"{credential.next_retry_at:%H:%M:%S} UTC. {credential.last_error or ''}".strip(),
+        f"The identity provider is unavailable{retry}. {credential.last_error or ''}".strip(),
         retry_at=credential.next_retry_at,
     )
 
 
-def _after_failure(st, key: str, purpose: str, failure: ProviderFailure, credential: Any) -> str:
-    """Signal the stored failure, then return the still-valid token or raise the typed error."""
+def _after_failure(
+    st, key: str, purpose: str, failure: ProviderFailure, credential: Any, keep_valid_token: bool
+) -> str:
+    """Signal the stored failure, then raise the typed error (or, if wanted and still valid
+    after a transient failure, return the current token)."""
     signals.refresh_failed.send(st.extension, key=key, purpose=purpose, failure=failure)
     if failure.kind == "reauthorize":
         signals.reauthorization_required.send(
@@ -427,8 +440,4 @@ def _after_failure(st, key: str, purpose: str, failure: ProviderFailure, credent
         raise ReauthorizationRequired(f"{key} ({purpose}): {failure.summary()}")
     if failure.kind == "configuration":
         raise ConfigurationError(f"{key} ({purpose}): {failure.summary()}")
-    if credential.expires_at > utcnow():
-        return st.reveal(credential, "access_token")
-    raise TemporarilyUnavailable(
-        f"{key} ({purpose}): {failure.summary()}", retry_at=credential.next_retry_at
-    )
+    return _unavailable(st, credential, keep_valid_token)

@@ -191,3 +191,13 @@ def test_refresh_due_does_not_count_accounts_another_worker_refreshed(host, monk
     assert result.exit_code == 0, result.output
     assert "Refreshed 1 of 2 account(s). 1 no longer due" in result.output
     assert len(idp.calls) == 1
+
+
+def test_refresh_due_counts_a_transient_failure_as_a_failure(host):
+    store_account(host, key="due", expires_in=60)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        IdP(mock).answers.append(("error", (503, {}, {})))
+        result = run(host, "refresh", "--due")
+    assert result.exit_code == 1
+    assert "Refreshed 0 of 1 account(s)." in result.output
+    assert "unavailable" in result.output

@@ -541,22 +541,23 @@ def test_a_result_arriving_after_a_reauthorization_is_dropped(host):
     def admin_reauthorizes():
         with host.app.app_context(), own_session(st_.db) as s:
             cred = s.scalars(sa.select(st_.models.Credential)).one()
+            st_.seal(cred, "access_token", "at-from-the-new-consent")
             st_.seal(cred, "refresh_token", "rt-from-the-new-consent")
-            cred.refresh_lease_owner = cred.refresh_lease_until = None
+            cred.expires_at = utcnow() + timedelta(hours=1)
+            cred.refresh_lease_until = None
+            cred.version += 1
 
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        IdP(mock, before=admin_reauthorizes)
-        assert token(host) == "at-1"
+        idp = IdP(mock, before=admin_reauthorizes)
+        assert token(host) == "at-from-the-new-consent"
+        assert len(idp.calls) == 1
     assert credential(host)[2] == "rt-from-the-new-consent"
 
 
 def test_a_dead_workers_lease_delays_callers_until_it_runs_out(make_host, idp):
     host = make_host(MAILOAUTH_LOCK_TIMEOUT=0.3)
     store_account(host, expires_in=-5)
-    update = {
-        "refresh_lease_owner": "dead-worker",
-        "refresh_lease_until": utcnow() + timedelta(seconds=1),
-    }
+    update = {"refresh_lease_until": utcnow() + timedelta(seconds=1)}
     st_ = host.app.extensions["mailoauth"]
     with host.app.app_context(), own_session(st_.db) as s:
         cred = s.scalars(sa.select(st_.models.Credential)).one()
@@ -568,4 +569,13 @@ def test_a_dead_workers_lease_delays_callers_until_it_runs_out(make_host, idp):
     time.sleep(1.1)
     assert token(host) == "at-1"
     cred, _, _ = credential(host)
-    assert (cred.refresh_lease_owner, cred.refresh_lease_until) == (None, None)
+    assert cred.refresh_lease_until is None
+
+
+def test_an_explicit_refresh_reports_a_transient_failure_access_token_keeps_serving(host, idp):
+    store_account(host, expires_in=3600)
+    idp.answers.append(("error", (503, {"error": "temporarily_unavailable"}, {})))
+    with host.app.app_context(), pytest.raises(TemporarilyUnavailable, match="unavailable"):
+        host.ext.refresh("support")
+    assert token(host) == "at-0"
+    assert credential(host)[0].status == "retrying"
