@@ -37,7 +37,7 @@ class AccountInput:
     strict_matching: bool
     notes: str
     config: Mapping[str, str]
-    client_secret: str | None
+    client_secret: str | None = field(repr=False)
     secret_expires_on: date | None
 
 
@@ -47,7 +47,6 @@ class SaveResult:
 
     errors: dict[str, str] = field(default_factory=dict)
     needs_authorization: bool = False
-    credentials_dropped: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,7 +198,6 @@ def save(
     *,
     allow_insecure_http: bool,
     timeout: float,
-    actor: str | None = None,
 ) -> SaveResult:
     """Validate and store the modal's input; tell whether the grant must be (re)authorized.
 
@@ -215,6 +213,9 @@ def save(
                 config = provider.complete(config, TimeoutHTTP(http, timeout))
         except ValueError as exc:
             errors["__all__"] = str(exc)
+        else:
+            # What discovery filled in obeys the same rules as what the admin typed (https...).
+            errors = provider.validate(config, allow_insecure_http=allow_insecure_http)
     name = data.name.strip() or default_name(address, purpose)
     m = st.models
     with own_session(st.db) as s:
@@ -254,14 +255,13 @@ def save(
             m.Event(
                 account_id=account.id,
                 kind="config_saved",
-                actor=actor,
                 message="IdP Config saved"
                 + ("; the provider changed, old credentials removed" if dropped else "")
                 + ("; authorization required" if needs else "; the current token stays valid"),
             )
         )
     st.cache.pop((key, purpose), None)
-    return SaveResult(needs_authorization=needs and data.enabled, credentials_dropped=dropped)
+    return SaveResult(needs_authorization=needs and data.enabled)
 
 
 def account_for_authorization(st: MailOAuthState, key: str, purpose: str) -> Any:
@@ -273,7 +273,7 @@ def account_for_authorization(st: MailOAuthState, key: str, purpose: str) -> Any
         return account
 
 
-def delete_token(st: MailOAuthState, key: str, purpose: str, actor: str | None = None) -> bool:
+def delete_token(st: MailOAuthState, key: str, purpose: str) -> bool:
     """Delete the account's credentials (not its configuration); ``False`` when there were none."""
     m = st.models
     with own_session(st.db) as s:
@@ -285,7 +285,6 @@ def delete_token(st: MailOAuthState, key: str, purpose: str, actor: str | None =
             m.Event(
                 account_id=account.id,
                 kind="token_deleted",
-                actor=actor,
                 message="Token deleted by an admin",
             )
         )

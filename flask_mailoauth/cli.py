@@ -61,7 +61,7 @@ def status(as_json: bool) -> None:
 def refresh(key: str | None, purpose: str | None, due: bool) -> None:
     """Refresh tokens now: one KEY, or every account (with --due, only those about to expire).
 
-    Safe to run from several hosts at once: each account is refreshed under its row lock, and
+    Safe to run from several hosts at once: each account is refreshed under its row lease, and
     a token another host refreshed meanwhile is not refreshed again.
     """
     if key is None and not due:
@@ -91,7 +91,8 @@ def refresh(key: str | None, purpose: str | None, due: bool) -> None:
     skipped = sum(1 for _, refreshed, _ in results if not refreshed)
     line = f"Refreshed {done} of {len(results)} account(s)."
     if skipped:
-        line += f" {skipped} no longer due (refreshed meanwhile by another worker)."
+        line += f" {skipped} no longer due (refreshed meanwhile by another worker, or used for"
+        line += " half their lifetime when it is shorter than the leeway)."
     click.echo(line)
     if failed:
         sys.exit(1)

@@ -164,7 +164,11 @@ class MailOAuth:
         return tokens.access_token(state(), key, _purpose(purpose))
 
     def refresh(self, key: str, purpose: Purpose = "mailbox") -> str:
-        """Refresh now, ignoring the backoff after transient failures; returns the new token."""
+        """Refresh now, ignoring the backoff after transient failures; returns the new token.
+
+        Any failure raises (``TemporarilyUnavailable`` included), even while the current token
+        is still valid: the caller asked for a refresh and learns that it did not happen.
+        """
         from . import tokens
 
         return tokens.refresh(state(), key, _purpose(purpose))
@@ -177,7 +181,7 @@ class MailOAuth:
 
     def connect_imap(self, key: str) -> imaplib.IMAP4:
         """An IMAP connection, signed in with a fresh token, with the mailbox's folder selected."""
-        settings, server = self._server(key, "imap")
+        settings, server = self._server(key, "imap", "mailbox")
         conn = mail.open_imap(server, timeout=current_app.config["MAILOAUTH_MAIL_TIMEOUT"])
         try:
             mail.imap_login(conn, settings.address, self.access_token(key, "mailbox"))
@@ -189,7 +193,7 @@ class MailOAuth:
 
     def connect_pop3(self, key: str) -> poplib.POP3:
         """A POP3 connection, signed in with a fresh token."""
-        settings, server = self._server(key, "pop3")
+        settings, server = self._server(key, "pop3", "mailbox")
         conn = mail.open_pop3(server, timeout=current_app.config["MAILOAUTH_MAIL_TIMEOUT"])
         try:
             mail.pop3_login(conn, settings.address, self.access_token(key, "mailbox"))
@@ -203,10 +207,11 @@ class MailOAuth:
 
         ``purpose="mailbox"`` reuses the mailbox's token (a host's "Same as Remote Mailbox").
         """
-        settings, server = self._server(key, "smtp")
+        purpose = _purpose(purpose)
+        settings, server = self._server(key, "smtp", purpose)
         conn = mail.open_smtp(server, timeout=current_app.config["MAILOAUTH_MAIL_TIMEOUT"])
         try:
-            mail.smtp_login(conn, settings.sender, self.access_token(key, _purpose(purpose)))
+            mail.smtp_login(conn, settings.sender, self.access_token(key, purpose))
         except BaseException:
             conn.close()
             raise
@@ -226,7 +231,7 @@ class MailOAuth:
 
         protocol = "smtp" if purpose == "smtp" else settings.protocol
         try:
-            _, server = self._server(key, protocol)
+            _, server = self._server(key, protocol, purpose)
         except MailOAuthError as exc:
             step = mail.CheckStep("settings", False, 0.0, str(exc))
             return [mail.CheckResult(protocol.upper(), False, [step])]
@@ -242,12 +247,14 @@ class MailOAuth:
         check = mail.check_imap if protocol == "imap" else mail.check_pop3
         return [check(server, settings.address, token, timeout=timeout)]
 
-    def _server(self, key: str, protocol: str) -> tuple[MailboxSettings, MailServer]:
-        """The mailbox's settings and its server for ``protocol``, provider defaults filled in."""
+    def _server(
+        self, key: str, protocol: str, purpose: Purpose
+    ) -> tuple[MailboxSettings, MailServer]:
+        """The mailbox's settings and its ``protocol`` server, with the defaults of the provider
+        of the account that signs in (``purpose``) filled in."""
         from .providers import registry
 
         settings = self.mailbox(key)
-        purpose = "smtp" if protocol == "smtp" else "mailbox"
         st = state()
         defaults = None
         with own_session(st.db) as s:

@@ -23,10 +23,12 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import jwt
 import requests
 import sqlalchemy as sa
+from flask import current_app
 
 from . import signals
+from .crypto import DecryptionError
 from .errors import AuthorizationFailed
-from .models import own_session, utcnow
+from .models import own_session, row_lock, utcnow
 from .oauth import TimeoutHTTP, TokenRequestFailed, TokenResponse, request_token
 from .providers import registry
 from .providers.base import Identity, Provider
@@ -156,7 +158,8 @@ def _take_pending(st: MailOAuthState, state: str) -> tuple[dict, dict] | None:
     """Find and delete the pending authorization for ``state`` (single use)."""
     wanted = hash_state(state)
     model = st.models.PendingAuthorization
-    with own_session(st.db) as s:
+    timeout = current_app.config["MAILOAUTH_LOCK_TIMEOUT"]
+    with own_session(st.db) as s, row_lock(s, timeout):
         pending = s.scalars(
             sa.select(model).where(model.state_hash == wanted).with_for_update()
         ).one_or_none()
@@ -169,8 +172,15 @@ def _take_pending(st: MailOAuthState, state: str) -> tuple[dict, dict] | None:
             "redirect_uri": pending.redirect_uri,
             "return_url": pending.return_url,
             "expires_at": pending.expires_at,
-            "verifier": st.reveal(pending, "code_verifier"),
         }
+        try:
+            data["verifier"] = st.reveal(pending, "code_verifier")
+        except DecryptionError:
+            # Encrypted under a key no longer in MAILOAUTH_ENCRYPTION_KEYS; it expires unused.
+            raise AuthorizationFailed(
+                "This authorization was started under an encryption key that is gone.",
+                "Start again from the Config button.",
+            ) from None
         account_data = {"id": account.id, "key": account.key, "purpose": account.purpose}
         s.delete(pending)
     return data, account_data
@@ -425,6 +435,11 @@ def _store(
     now = utcnow()
     with own_session(st.db) as s:
         row = s.get(m.Account, account["id"], with_for_update=True)
+        if row is None:
+            raise AuthorizationFailed(
+                "The account was deleted during the authorization.",
+                "Open Config and submit the IdP Config again.",
+            )
         if row.credential is not None:
             s.delete(row.credential)
             s.flush()

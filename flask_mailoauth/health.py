@@ -129,8 +129,8 @@ def _credential_warnings(account, credential, provider, config, now: datetime) -
     idle_days = (now - last_use).days
     if idle_days >= config["MAILOAUTH_IDLE_WARNING_DAYS"]:
         warnings.append(
-            f"The refresh token has not been used for {idle_days} days; Microsoft revokes it "
-            "after 90. Run `flask mailoauth refresh --due` daily."
+            f"The refresh token has not been used for {idle_days} days; providers revoke idle "
+            "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily."
         )
     if provider is not None:
         warnings += provider.warnings(account.config)

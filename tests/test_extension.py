@@ -163,3 +163,14 @@ def test_no_key_at_all_is_refused(tmp_path):
     app.config.update(SQLALCHEMY_DATABASE_URI="sqlite://")
     with pytest.raises(SetupError, match="MAILOAUTH_ENCRYPTION_KEYS"):
         MailOAuth(app, db=SQLAlchemy(app))
+
+
+def test_same_as_remote_mailbox_smtp_uses_the_mailbox_accounts_provider_servers(host):
+    from flask_mailoauth.mail import MailServer
+
+    from .test_tokens import store_account
+
+    store_account(host, provider="microsoft")  # a mailbox account only, no SMTP one
+    with host.app.app_context():
+        _, server = host.ext._server("support", "smtp", "mailbox")
+    assert server == MailServer("smtp.office365.com", 587, "starttls")

@@ -576,3 +576,57 @@ def test_the_host_can_override_the_templates(make_host, tmp_path):
 
         html = render_template_string('{{ mailoauth_config_button("support", "mailbox") }}')
     assert html == "<button>Configure support</button>"
+
+
+def test_the_modal_works_when_the_host_turns_csrf_off(make_host, idp):
+    h = make_host(WTF_CSRF_ENABLED=False)
+    client = h.app.test_client()
+    assert client.get(MODAL).status_code == 200
+    data = {
+        "provider": "generic",
+        "enabled": "1",
+        "name": "n",
+        "client_secret": "s",
+        **GENERIC_CONFIG,
+    }
+    assert client.post(MODAL, data=data).status_code == 303
+    assert client.post(f"{MODAL}/delete", data={}).status_code == 303
+
+
+def test_discovered_endpoints_must_be_https_too(client):
+    with responses.RequestsMock() as mock:
+        mock.get(
+            "https://idp.example.test/.well-known/openid-configuration",
+            json={
+                "issuer": "https://idp.example.test",
+                "authorization_endpoint": "https://idp.example.test/authorize",
+                "token_endpoint": "http://idp.example.test/token",
+                "jwks_uri": "https://idp.example.test/jwks",
+            },
+        )
+        response = save(
+            client, idp_authorization_endpoint="", idp_token_endpoint="", idp_jwks_uri=""
+        )
+    assert response.status_code == 422
+    assert "must use https://" in response.get_data(as_text=True)
+
+
+def test_the_submitted_secret_is_not_in_the_inputs_repr():
+    from flask_mailoauth.accounts import AccountInput
+
+    data = AccountInput("generic", True, "n", True, "", {}, "S3CRET-VALUE", None)
+    assert "S3CRET-VALUE" not in repr(data)
+
+
+def test_a_pending_authorization_under_a_removed_key_asks_to_start_again(make_host, idp, tmp_path):
+    from flask_mailoauth.crypto import generate_key
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    old = make_host(db_url=url)
+    query = start(old.app.test_client())
+    new = make_host(db_url=url, MAILOAUTH_ENCRYPTION_KEYS=[generate_key()])
+    response = new.app.test_client().get(
+        "/mailoauth/callback?" + urlencode({"code": "c", "state": query["state"]})
+    )
+    assert response.status_code == 400
+    assert "Start again from the Config button." in response.get_data(as_text=True)

@@ -449,3 +449,20 @@ def test_warnings_when_tenant_and_endpoints_disagree(provider, config):
     warnings = provider.warnings({**config, "tenant": TID})
     assert len(warnings) == 1
     assert f"The Tenant is {TID} but the endpoints use common" in warnings[0]
+
+
+def test_the_cloud_and_tenant_pick_the_prefilled_endpoints_and_scopes():
+    provider = MicrosoftProvider()
+    config = {
+        **provider.defaults(),
+        "cloud": "gcc_high",
+        "tenant": "contoso.onmicrosoft.us",
+        "client_id": "app",
+    }
+    done = provider.complete(config, http=None)
+    assert done["authorization_endpoint"] == (
+        "https://login.microsoftonline.us/contoso.onmicrosoft.us/oauth2/v2.0/authorize"
+    )
+    assert "https://outlook.office365.us/IMAP.AccessAsUser.All" in done["scopes"]
+    typed = {**config, "token_endpoint": "http://127.0.0.1:9/common/oauth2/v2.0/token"}
+    assert provider.complete(typed, http=None)["token_endpoint"] == typed["token_endpoint"]

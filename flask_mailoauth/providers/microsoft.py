@@ -332,12 +332,18 @@ class MicrosoftProvider(Provider):
         return None
 
     def complete(self, config: Mapping[str, str], http: Any) -> dict[str, str]:
-        """Fill blank endpoints and scopes from the cloud and tenant."""
+        """Endpoints and scopes from the cloud and tenant, unless the admin typed others.
+
+        A blank field, or one still holding the prefilled global/common value, takes the
+        chosen cloud's and tenant's value: picking "GCC High" or a tenant id is enough.
+        """
         completed = dict(config)
         cloud = (config.get("cloud") or "").strip() or "global"
         derived = self.default_config(cloud, config.get("tenant") or "common")
+        prefilled = self.default_config("global", "common")
         for name, value in derived.items():
-            if not (completed.get(name) or "").strip():
+            current = (completed.get(name) or "").strip()
+            if not current or current == prefilled.get(name):
                 completed[name] = value
         return completed
 
