@@ -90,7 +90,6 @@ class AccountView:
     config: Mapping[str, str] = field(default_factory=dict)
     has_client_secret: bool = False
     secret_expires_on: date | None = None
-    config_signature: str = ""
     token: TokenDetails | None = None
     events: list[Any] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -112,7 +111,7 @@ def view(
     """The modal's data for ``key``/``purpose``; ``provider`` is the one the host page selected."""
     m = st.models
     with own_session(st.db) as s:
-        account = _find(s, m, key, purpose)
+        account = find(s, m, key, purpose)
         if account is None:
             chosen = registry.get(provider or "microsoft")
             return AccountView(
@@ -143,7 +142,6 @@ def view(
             config=dict(account.config),
             has_client_secret=account.client_secret is not None,
             secret_expires_on=account.secret_expires_on,
-            config_signature=account.config_signature,
             token=_token_details(st, account),
             events=list(events),
             warnings=account_health(
@@ -154,7 +152,8 @@ def view(
         )
 
 
-def _find(session: Any, m: Any, key: str, purpose: str) -> Any:
+def find(session: Any, m: Any, key: str, purpose: str) -> Any:
+    """The account stored for ``key`` and ``purpose`` in ``session``, or ``None``."""
     return session.scalars(
         sa.select(m.Account).where(m.Account.key == key, m.Account.purpose == purpose)
     ).one_or_none()
@@ -219,7 +218,7 @@ def save(
     name = data.name.strip() or default_name(address, purpose)
     m = st.models
     with own_session(st.db) as s:
-        account = _find(s, m, key, purpose)
+        account = find(s, m, key, purpose)
         taken = s.scalars(sa.select(m.Account.id).where(m.Account.name == name)).first()
         if taken is not None and (account is None or taken != account.id):
             errors["name"] = f"The name {name!r} is already used by another account."
@@ -267,7 +266,7 @@ def save(
 def account_for_authorization(st: MailOAuthState, key: str, purpose: str) -> Any:
     """The stored account (detached), or ``None`` when the modal was never submitted."""
     with own_session(st.db) as s:
-        account = _find(s, st.models, key, purpose)
+        account = find(s, st.models, key, purpose)
         if account is not None:
             s.expunge(account)
         return account
@@ -277,7 +276,7 @@ def delete_token(st: MailOAuthState, key: str, purpose: str) -> bool:
     """Delete the account's credentials (not its configuration); ``False`` when there were none."""
     m = st.models
     with own_session(st.db) as s:
-        account = _find(s, m, key, purpose)
+        account = find(s, m, key, purpose)
         if account is None or account.credential is None:
             return False
         s.delete(account.credential)

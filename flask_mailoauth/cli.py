@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import tokens
+from . import accounts, tokens
 from .errors import MailOAuthError
 from .extension import state
 from .models import SECRET_FIELDS, own_session, utcnow
@@ -145,14 +145,8 @@ def test(key: str, purpose: str | None) -> None:
 
 def _has_account(key: str, purpose: str) -> bool:
     st = state()
-    m = st.models
     with own_session(st.db) as s:
-        return (
-            s.scalar(
-                sa.select(sa.func.count()).where(m.Account.key == key, m.Account.purpose == purpose)
-            )
-            > 0
-        )
+        return accounts.find(s, st.models, key, purpose) is not None
 
 
 @mailoauth_cli.command("rotate-key")

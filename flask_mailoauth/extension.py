@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from flask import Flask, current_app
 
 from . import crypto, mail
@@ -252,17 +251,14 @@ class MailOAuth:
     ) -> tuple[MailboxSettings, MailServer]:
         """The mailbox's settings and its ``protocol`` server, with the defaults of the provider
         of the account that signs in (``purpose``) filled in."""
+        from . import accounts
         from .providers import registry
 
         settings = self.mailbox(key)
         st = state()
         defaults = None
         with own_session(st.db) as s:
-            account = s.scalars(
-                sa.select(st.models.Account).where(
-                    st.models.Account.key == key, st.models.Account.purpose == purpose
-                )
-            ).one_or_none()
+            account = accounts.find(s, st.models, key, purpose)
             if account is not None:
                 defaults = registry.get(account.provider).mail_servers(account.config)
         return settings, mail.resolve_server(settings, protocol, defaults)

@@ -201,3 +201,19 @@ def test_refresh_due_counts_a_transient_failure_as_a_failure(host):
     assert result.exit_code == 1
     assert "Refreshed 0 of 1 account(s)." in result.output
     assert "unavailable" in result.output
+
+
+def test_the_token_tab_shows_the_failures_and_the_next_retry(host):
+    store_account(host)
+    retry = utcnow() + timedelta(minutes=5)
+    update(
+        host,
+        "Credential",
+        status="retrying",
+        failure_count=2,
+        last_error="HTTP 503",
+        next_retry_at=retry,
+    )
+    page = host.app.test_client().get("/mailoauth/support/mailbox").get_data(as_text=True)
+    assert "HTTP 503 (2 failures in a row)" in page
+    assert f"{retry:%Y-%m-%d %H:%M:%S} UTC" in page
