@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import logging
 import poplib
 import smtplib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, current_app
 
@@ -62,6 +64,7 @@ DEFAULTS: dict[str, object] = {
 MailboxLoader = Callable[[str], MailboxSettings | None]
 AccessCheck = Callable[[], bool]
 AccountPage = Callable[[str, str], str]
+Conn = TypeVar("Conn")
 
 
 @dataclass
@@ -179,11 +182,20 @@ class MailOAuth:
         return health(state(), current_app.config)
 
     def connect_imap(self, key: str) -> imaplib.IMAP4:
-        """An IMAP connection, signed in with a fresh token, with the mailbox's folder selected."""
+        """An IMAP connection, signed in with a fresh token, with the mailbox's folder selected.
+
+        Like :meth:`connect_pop3` and :meth:`connect_smtp`, a token the server refuses is
+        refreshed once and tried again on a new connection (see :meth:`_signed_in`).
+        """
         settings, server = self._server(key, "imap", "mailbox")
-        conn = mail.open_imap(server, timeout=current_app.config["MAILOAUTH_MAIL_TIMEOUT"])
+        conn = self._signed_in(
+            key,
+            "mailbox",
+            connect=partial(mail.open_imap, server, timeout=_mail_timeout()),
+            login=lambda conn, token: mail.imap_login(conn, settings.address, token),
+            close=imaplib.IMAP4.shutdown,
+        )
         try:
-            mail.imap_login(conn, settings.address, self.access_token(key, "mailbox"))
             mail.select_folder(conn, settings.folder)
         except BaseException:
             conn.shutdown()
@@ -193,13 +205,13 @@ class MailOAuth:
     def connect_pop3(self, key: str) -> poplib.POP3:
         """A POP3 connection, signed in with a fresh token."""
         settings, server = self._server(key, "pop3", "mailbox")
-        conn = mail.open_pop3(server, timeout=current_app.config["MAILOAUTH_MAIL_TIMEOUT"])
-        try:
-            mail.pop3_login(conn, settings.address, self.access_token(key, "mailbox"))
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return self._signed_in(
+            key,
+            "mailbox",
+            connect=partial(mail.open_pop3, server, timeout=_mail_timeout()),
+            login=lambda conn, token: mail.pop3_login(conn, settings.address, token),
+            close=poplib.POP3.close,
+        )
 
     def connect_smtp(self, key: str, *, purpose: Purpose = "smtp") -> smtplib.SMTP:
         """An SMTP connection, signed in as the mailbox's sender address.
@@ -208,13 +220,57 @@ class MailOAuth:
         """
         purpose = _purpose(purpose)
         settings, server = self._server(key, "smtp", purpose)
-        conn = mail.open_smtp(server, timeout=current_app.config["MAILOAUTH_MAIL_TIMEOUT"])
-        try:
-            mail.smtp_login(conn, settings.sender, self.access_token(key, purpose))
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return self._signed_in(
+            key,
+            purpose,
+            connect=partial(mail.open_smtp, server, timeout=_mail_timeout()),
+            login=lambda conn, token: mail.smtp_login(conn, settings.sender, token),
+            close=smtplib.SMTP.close,
+        )
+
+    def _signed_in(
+        self,
+        key: str,
+        purpose: Purpose,
+        *,
+        connect: Callable[[], Conn],
+        login: Callable[[Conn, str], object],
+        close: Callable[[Conn], object],
+    ) -> Conn:
+        """A new connection signed in with the account's token.
+
+        The database may hold a token the mail server no longer takes (revoked, or the server
+        restarted with new keys). When the server refuses the token itself, it is refreshed
+        once (forced) and tried once more on a new connection; a second refusal is raised with
+        guidance beyond the token. Network, TLS and protocol errors are raised at once, and so
+        is the typed error of a refresh that fails.
+        """
+        token = self.access_token(key, purpose)
+        refreshed = False
+        while True:
+            conn = connect()
+            try:
+                login(conn, token)
+                return conn
+            except mail.MailAuthenticationError as exc:
+                with contextlib.suppress(Exception):
+                    close(conn)
+                if refreshed:
+                    raise exc.after_refresh() from exc
+                if not exc.token_refused:
+                    raise
+                logger.info(
+                    "The mail server refused the token of %s (%s); refreshing it once.",
+                    key,
+                    purpose,
+                )
+                # A failed refresh raises its typed error, with the refusal as its context.
+                token = self.refresh(key, purpose)
+                refreshed = True
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    close(conn)
+                raise
 
     def test_connection(self, key: str, purpose: Purpose = "mailbox") -> list[mail.CheckResult]:
         """Sign in for real and report each step: IMAP or POP3 for ``mailbox``, SMTP for ``smtp``.
@@ -300,6 +356,10 @@ def _purpose(purpose: str) -> Purpose:
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be 'mailbox' or 'smtp', not {purpose!r}.")
     return purpose  # type: ignore[return-value]
+
+
+def _mail_timeout() -> float:
+    return current_app.config["MAILOAUTH_MAIL_TIMEOUT"]
 
 
 def _keyring(app: Flask) -> crypto.KeyRing:

@@ -72,6 +72,10 @@ _NETWORK_FAILURES: tuple[tuple[type[BaseException], str, str], ...] = (
     ),
 )
 SMTP_AUTH_DISABLED = "SMTP AUTH is disabled for the tenant or mailbox: enable Authenticated SMTP."
+# Error challenge statuses that say the token itself is bad (RFC 7628, and Google's HTTP-style
+# "401"): a refreshed token may be accepted. Other statuses (insufficient_scope, invalid_request)
+# say something a new token of the same grant would not change.
+_TOKEN_STATUSES = ("invalid_token", "401")
 SEND_AS_MISSING = "The account lacks Send As permission on this address."
 
 T = TypeVar("T")
@@ -93,20 +97,48 @@ class MailConnectionError(MailOAuthError):
 
 
 class MailAuthenticationError(MailOAuthError):
-    """The mail server refused the token; carries its final reply and decoded error challenge."""
+    """The mail server refused the token; carries its final reply and decoded error challenge.
+
+    :attr:`token_refused` is True when the server refused the token itself (after it was sent:
+    an ``invalid_token`` challenge, a plain IMAP ``NO``, POP3 ``-ERR`` or SMTP ``535``), so a
+    refreshed token may be accepted; False for protocol errors and refusals a new token would
+    not change. :attr:`refreshed` is True when the token was refreshed for this attempt.
+    """
 
     def __init__(
-        self, protocol: str, mechanism: str, reply: str, challenge: ErrorChallenge | None = None
+        self,
+        protocol: str,
+        mechanism: str,
+        reply: str,
+        challenge: ErrorChallenge | None = None,
+        *,
+        token_refused: bool = False,
+        refreshed: bool = False,
     ) -> None:
         message = f"{protocol} {mechanism} sign-in refused: {reply or 'no reply'}"
         if challenge is not None:
             message += f" {challenge.describe()}"
+        if refreshed:
+            message += " The token had just been refreshed."
         super().__init__(message)
         self.protocol = protocol
         self.mechanism = mechanism
         self.reply = reply
         self.challenge = challenge
-        self.guidance = _auth_guidance(protocol, reply, challenge)
+        self.token_refused = token_refused
+        self.refreshed = refreshed
+        self.guidance = _auth_guidance(protocol, reply, challenge, refreshed=refreshed)
+
+    def after_refresh(self) -> MailAuthenticationError:
+        """The same refusal, of a token refreshed just before: its guidance looks elsewhere."""
+        return MailAuthenticationError(
+            self.protocol,
+            self.mechanism,
+            self.reply,
+            self.challenge,
+            token_refused=self.token_refused,
+            refreshed=True,
+        )
 
 
 class MailCommandRefused(MailOAuthError):
@@ -117,19 +149,29 @@ class MailCommandRefused(MailOAuthError):
         self.guidance = guidance
 
 
-def _auth_guidance(protocol: str, reply: str, challenge: ErrorChallenge | None = None) -> str:
+def _auth_guidance(
+    protocol: str, reply: str, challenge: ErrorChallenge | None = None, *, refreshed: bool = False
+) -> str:
     """One line telling the admin what a refused sign-in usually means."""
-    if challenge is not None and challenge.status in ("invalid_token", "401"):
+    if protocol == "SMTP" and ("5.7.3" in reply or "5.7.139" in reply):
+        return SMTP_AUTH_DISABLED
+    name = "POP" if protocol == "POP3" else protocol
+    if refreshed:
+        scope = "SMTP send" if protocol == "SMTP" else name
+        return (
+            "The identity provider issued a new token and the mail server refused it too: check "
+            "that the signed-in account may use this mailbox (permissions, delegation), that the "
+            f"{scope} scopes were consented, and the mail server's OAuth2 settings ({name} "
+            "enabled for the mailbox, the token's audience and issuer accepted)."
+        )
+    if challenge is not None and challenge.status in _TOKEN_STATUSES:
         revoked = " If the grant was revoked, use Refresh now, or authorize again."
     else:
         revoked = ""
     if protocol == "SMTP":
-        if "5.7.3" in reply or "5.7.139" in reply:
-            return SMTP_AUTH_DISABLED
         return (
             "The mail server refused the token: check the SMTP send scope was consented." + revoked
         )
-    name = "POP" if protocol == "POP3" else protocol
     return (
         "The sign-in worked but the mail server refused the token: check the "
         f"{name} scopes were consented and {name} is enabled on the mailbox.{revoked}"
@@ -185,6 +227,8 @@ class _Conversation:
         #: the initial response sent on the command line (SASL-IR), or None
         self.inline = encoded if inline else None
         self._pending = None if inline else encoded
+        #: whether the token has gone to the server (on the command line, or after a "+")
+        self.sent = inline
         self._token = token
         self._cancelled = False
         self.challenge: ErrorChallenge | None = None
@@ -198,6 +242,7 @@ class _Conversation:
         """The initial response, then an acknowledgement of the error challenge, then a cancel."""
         if self._pending is not None:
             line, self._pending = self._pending, None
+            self.sent = True
             return line
         if self.challenge is None:
             self.challenge = decode_error_challenge(continuation or b"")
@@ -207,16 +252,28 @@ class _Conversation:
             return b"*"
         raise self._refused("the server kept challenging after the exchange was cancelled")
 
-    def finish(self, accepted: bool, reply: bytes | str) -> _Conversation:
-        """Record the server's final reply; raise :class:`MailAuthenticationError` on refusal."""
+    def finish(
+        self, accepted: bool, reply: bytes | str, *, about_token: bool = False
+    ) -> _Conversation:
+        """Record the server's final reply; raise :class:`MailAuthenticationError` on refusal.
+
+        ``about_token``: the reply is the protocol's "credentials refused" (not a syntax error).
+        """
         text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
         self.reply = _redact(text.strip(), self._token)
         if not accepted:
-            raise self._refused(self.reply)
+            raise self._refused(self.reply, about_token=about_token)
         return self
 
-    def _refused(self, reply: str) -> MailAuthenticationError:
-        return MailAuthenticationError(self.protocol, self.mechanism, reply, self.challenge)
+    def _refused(self, reply: str, *, about_token: bool = False) -> MailAuthenticationError:
+        challenged = self.challenge is None or self.challenge.status in _TOKEN_STATUSES
+        return MailAuthenticationError(
+            self.protocol,
+            self.mechanism,
+            reply,
+            self.challenge,
+            token_refused=self.sent and about_token and challenged,
+        )
 
 
 def _redact(text: str, token: str) -> str:
@@ -255,12 +312,15 @@ def _conversation(
     return _Conversation(protocol, mechanism, initial, inline=inline, token=token)
 
 
-def _converse(conv: _Conversation, send: Callable[[bytes], _Reply]) -> _Conversation:
-    """Run a line-based exchange (POP3, SMTP) to its end."""
+def _converse(
+    conv: _Conversation, send: Callable[[bytes], _Reply], about_token: Callable[[bytes], bool]
+) -> _Conversation:
+    """Run a line-based exchange (POP3, SMTP) to its end; ``about_token(reply)`` tells a
+    refused token from other refusals."""
     accepted, data = send(conv.command(b"AUTH"))
     while accepted is None:
         accepted, data = send(conv.answer(data))
-    return conv.finish(accepted, data)
+    return conv.finish(accepted, data, about_token=about_token(data))
 
 
 # --- IMAP -------------------------------------------------------------------------------------
@@ -297,7 +357,7 @@ def _imap_authenticate(
             typ, data = "BAD", [str(exc).encode()]
         finally:
             _forget_logged_line(conn, conv.inline)
-    conv.finish(typ == "OK", data[-1] or b"")
+    conv.finish(typ == "OK", data[-1] or b"", about_token=typ == "NO")
     conn.state = "AUTH"
     capabilities = conn.untagged_responses.pop("CAPABILITY", None)
     if capabilities:
@@ -344,7 +404,7 @@ def _pop3_authenticate(
     with _transport("POP3", host, port):
         offered = () if mechanism else _pop3_capabilities(conn).get("SASL", ())
         conv = _conversation("POP3", offered, mechanism, user, token, host, port, inline=False)
-        return _converse(conv, partial(_pop3_send, conn))
+        return _converse(conv, partial(_pop3_send, conn), _pop3_refused)
 
 
 def _pop3_send(conn: poplib.POP3, line: bytes) -> _Reply:
@@ -354,6 +414,11 @@ def _pop3_send(conn: poplib.POP3, line: bytes) -> _Reply:
     if reply == b"+" or reply.startswith(b"+ "):
         return None, reply[2:]
     return reply.startswith(b"+OK"), reply
+
+
+def _pop3_refused(reply: bytes) -> bool:
+    """``-ERR`` refuses the credentials (POP3 has no separate syntax-error reply)."""
+    return reply.startswith(b"-ERR")
 
 
 def _pop3_capabilities(conn: poplib.POP3) -> dict[str, list[str]]:
@@ -397,7 +462,7 @@ def _smtp_authenticate(
         conn.ehlo_or_helo_if_needed()
         offered = conn.esmtp_features.get("auth", "").split()
         conv = _conversation("SMTP", offered, mechanism, user, token, host, port, inline=True)
-        return _converse(conv, partial(_smtp_send, conn))
+        return _converse(conv, partial(_smtp_send, conn), _smtp_refused)
 
 
 def _smtp_send(conn: smtplib.SMTP, line: bytes) -> _Reply:
@@ -407,6 +472,11 @@ def _smtp_send(conn: smtplib.SMTP, line: bytes) -> _Reply:
     if code == 334:
         return None, message
     return code == 235, b"%d %s" % (code, message)
+
+
+def _smtp_refused(reply: bytes) -> bool:
+    """535 refuses the credentials (RFC 4954), unless it names SMTP AUTH being disabled."""
+    return reply.startswith(b"535") and b"5.7.139" not in reply
 
 
 # --- opening connections ----------------------------------------------------------------------

@@ -12,10 +12,14 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from typing import Any
 
 import pytest
+import responses
+import sqlalchemy as sa
 
+from flask_mailoauth import MailboxSettings
 from flask_mailoauth.errors import ReauthorizationRequired
 from flask_mailoauth.mail import (
     SEND_AS_MISSING,
@@ -33,9 +37,11 @@ from flask_mailoauth.mail import (
     pop3_login,
     smtp_login,
 )
+from flask_mailoauth.models import own_session
 from flask_mailoauth.providers.base import MailServer
 from flask_mailoauth.sasl import oauthbearer, xoauth2
 from tests.scripted_server import ScriptedServer, Turn, make_tls_contexts
+from tests.test_tokens import IdP, store_account
 
 USER = "support@example.test"
 TOKEN = "tok-SECRET-1234567890"
@@ -846,3 +852,341 @@ def test_check_reports_an_untrusted_certificate(tls: tuple[ssl.SSLContext, ssl.S
         result = check_smtp(at(srv, "ssl"), USER, TOKEN, timeout=5)
     assert steps(result) == [("connect", False)]
     assert "TLS certificate could not be verified" in result.steps[0].detail
+
+
+# --- connect_*: a refused token is refreshed once ---------------------------------------------
+
+
+class ScriptedSessions(ScriptedServer):
+    """Plays one script per connection, in order: a sign-in retried on a new connection.
+
+    :attr:`sessions` holds the lines received on each connection that was made.
+    """
+
+    def __init__(self, greeting: list[bytes], *scripts: list[Turn], **kw: Any) -> None:
+        super().__init__(greeting, scripts[0], **kw)
+        self.scripts = scripts
+        self.sessions: list[list[bytes]] = []
+
+    def _serve(self) -> None:
+        for script in self.scripts:
+            self.turns, self.received = list(script), []
+            self.sessions.append(self.received)
+            super()._serve()
+            if self.failure is not None:
+                self.sessions.pop()
+                return
+
+
+def b64_xoauth2(token: str) -> bytes:
+    return base64.b64encode(xoauth2(USER, token))
+
+
+IMAP_CAPA = Turn(
+    b"{tag} CAPABILITY", [b"* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR", b"{tag} OK done"]
+)
+IMAP_SELECT = Turn(b"{tag} SELECT INBOX", [b"* 0 EXISTS", b"{tag} OK [READ-WRITE] done"])
+SMTP_EHLO = Turn(re.compile(rb"ehlo \S+"), [b"250-mail.example.test", b"250 AUTH XOAUTH2"])
+
+
+def imap_refused(token: str, *refusal: Turn) -> list[Turn]:
+    """A script: the AUTHENTICATE line with ``token`` answered by an error challenge, then
+    ``refusal`` (default: Dovecot's NO)."""
+    return [
+        IMAP_CAPA,
+        Turn(b"{tag} AUTHENTICATE XOAUTH2 " + b64_xoauth2(token), [b"+ " + CHALLENGE]),
+        *(refusal or [Turn(b"", [b"{tag} NO [AUTHENTICATIONFAILED] Authentication failed."])]),
+    ]
+
+
+def imap_accepted(token: str) -> list[Turn]:
+    return [
+        IMAP_CAPA,
+        Turn(b"{tag} AUTHENTICATE XOAUTH2 " + b64_xoauth2(token), [b"{tag} OK Logged in"]),
+        IMAP_SELECT,
+        IMAP_LOGOUT,
+    ]
+
+
+def pop3_login_script(token: str, reply: bytes) -> list[Turn]:
+    return [POP_CAPA, Turn(b"AUTH XOAUTH2", [b"+ "]), Turn(b64_xoauth2(token), [reply])]
+
+
+def smtp_login_script(token: str, reply: bytes) -> list[Turn]:
+    return [SMTP_EHLO, Turn(b"AUTH XOAUTH2 " + b64_xoauth2(token), [reply])]
+
+
+@pytest.fixture
+def mail_host(make_host: Callable[..., Any], db_url: str) -> Any:
+    """A host with the authorized accounts support (mailbox) and support (smtp), token at-0,
+    valid for an hour; a wrongly retried connection fails fast (2 s mail timeout)."""
+    host = make_host(db_url=db_url, MAILOAUTH_MAIL_TIMEOUT=2)
+    store_account(host)
+    store_account(host, purpose="smtp")
+    return host
+
+
+@pytest.fixture
+def idp() -> Iterator[IdP]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield IdP(mock)
+
+
+def point(host: Any, srv: ScriptedServer, **settings: Any) -> None:
+    """The mailbox support on ``srv`` (IMAP, POP3 or SMTP), in plaintext."""
+    host.mailboxes["support"] = MailboxSettings(
+        address=USER,
+        host=srv.host,
+        port=srv.port,
+        security="none",
+        smtp_host=srv.host,
+        smtp_port=srv.port,
+        smtp_security="none",
+        **settings,
+    )
+
+
+def connect(host: Any, protocol: str) -> Any:
+    """``connect_<protocol>("support")``, and the connection closed politely."""
+    with host.app.app_context():
+        conn = getattr(host.ext, f"connect_{protocol}")("support")
+    {"imap": imaplib.IMAP4.logout, "pop3": poplib.POP3.quit, "smtp": smtplib.SMTP.quit}[protocol](
+        conn
+    )
+    return conn
+
+
+def refresh_tokens_sent(idp: IdP) -> list[str]:
+    return [call["refresh_token"][0] for call in idp.calls]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "greeting", "first", "second"),
+    [
+        ("imap", b"* OK IMAP4rev1 ready", imap_refused("at-0"), imap_accepted("at-1")),
+        (
+            "pop3",
+            b"+OK POP3 ready",
+            pop3_login_script("at-0", b"-ERR [AUTH] Authentication failed."),
+            [*pop3_login_script("at-1", b"+OK Logged in."), Turn(b"QUIT", [b"+OK Bye"])],
+        ),
+        (
+            "smtp",
+            b"220 mail.example.test ESMTP",
+            smtp_login_script("at-0", b"535 5.7.8 Error: authentication failed"),
+            [*smtp_login_script("at-1", b"235 2.7.0 Accepted"), Turn(b"quit", [b"221 Bye"])],
+        ),
+    ],
+    ids=["imap-challenge-then-NO", "pop3-ERR", "smtp-535"],
+)
+def test_connect_refreshes_a_refused_token_once_and_signs_in_on_a_new_connection(
+    mail_host: Any,
+    idp: IdP,
+    protocol: str,
+    greeting: bytes,
+    first: list[Turn],
+    second: list[Turn],
+) -> None:
+    """The database thinks at-0 valid for an hour; the server refuses it: one forced refresh,
+    and the new token signs in on a second connection."""
+    with ScriptedSessions([greeting], first, second) as srv:
+        point(mail_host, srv)
+        connect(mail_host, protocol)
+    assert len(srv.sessions) == 2
+    assert refresh_tokens_sent(idp) == ["rt-0"]
+    purpose = "smtp" if protocol == "smtp" else "mailbox"
+    stored = credential_of(mail_host, purpose)
+    assert (stored.status, stored.failure_count) == ("active", 0)
+    with mail_host.app.app_context():
+        assert mail_host.ext.access_token("support", purpose) == "at-1"
+
+
+def credential_of(host: Any, purpose: str) -> Any:
+    st = host.app.extensions["mailoauth"]
+    m = st.models
+    with host.app.app_context(), own_session(st.db) as s:
+        return s.scalars(
+            sa.select(m.Credential).join(m.Account).where(m.Account.purpose == purpose)
+        ).one()
+
+
+@pytest.mark.parametrize(
+    ("protocol", "greeting", "script"),
+    [
+        ("imap", b"* OK IMAP4rev1 ready", imap_refused),
+        (
+            "pop3",
+            b"+OK POP3 ready",
+            lambda token: pop3_login_script(token, b"-ERR [AUTH] Authentication failed."),
+        ),
+        (
+            "smtp",
+            b"220 mail.example.test ESMTP",
+            lambda token: smtp_login_script(token, b"535 5.7.8 Error: authentication failed"),
+        ),
+    ],
+    ids=["imap", "pop3", "smtp"],
+)
+def test_a_fresh_token_refused_too_raises_after_one_refresh_with_guidance(
+    mail_host: Any, idp: IdP, protocol: str, greeting: bytes, script: Callable[[str], list[Turn]]
+) -> None:
+    """A mailbox the account may not use: refused with at-0, refreshed once, refused with at-1,
+    raised — no third connection, no second refresh."""
+    with ScriptedSessions([greeting], script("at-0"), script("at-1")) as srv:
+        point(mail_host, srv)
+        with mail_host.app.app_context(), pytest.raises(MailAuthenticationError) as caught:
+            getattr(mail_host.ext, f"connect_{protocol}")("support")
+    assert len(srv.sessions) == 2
+    assert refresh_tokens_sent(idp) == ["rt-0"]
+    error = caught.value
+    assert error.refreshed
+    assert str(error).endswith("The token had just been refreshed.")
+    assert error.guidance.startswith("The identity provider issued a new token and the mail")
+    assert "permissions" in error.guidance
+    assert "scopes were consented" in error.guidance
+    assert "OAuth2 settings" in error.guidance
+    assert "Refresh now" not in error.guidance
+    for text in (str(error), repr(error.args), error.guidance):
+        assert "at-0" not in text
+        assert "at-1" not in text
+
+
+def test_connect_raises_the_typed_error_when_the_forced_refresh_fails(
+    mail_host: Any, idp: IdP
+) -> None:
+    """The server refuses at-0 and the IdP says invalid_grant: ReauthorizationRequired, one
+    call to the IdP, one connection."""
+    idp.answers.append(("error", (400, {"error": "invalid_grant"}, {})))
+    with ScriptedSessions([b"* OK IMAP4rev1 ready"], imap_refused("at-0")) as srv:
+        point(mail_host, srv)
+        with (
+            mail_host.app.app_context(),
+            pytest.raises(ReauthorizationRequired, match="invalid_grant") as caught,
+        ):
+            mail_host.ext.connect_imap("support")
+    assert len(srv.sessions) == 1
+    assert refresh_tokens_sent(idp) == ["rt-0"]
+    assert isinstance(caught.value.__context__, MailAuthenticationError)
+    assert credential_of(mail_host, "mailbox").status == "reauthorization_required"
+
+
+@pytest.mark.parametrize(
+    ("protocol", "greeting", "script", "raised"),
+    [
+        (
+            "imap",
+            b"* OK IMAP4rev1 ready",
+            [
+                IMAP_CAPA,
+                Turn(b"{tag} AUTHENTICATE XOAUTH2 " + b64_xoauth2("at-0"), [b"{tag} BAD syntax"]),
+            ],
+            MailAuthenticationError,
+        ),
+        (
+            "imap",
+            b"* OK IMAP4rev1 ready",
+            [
+                IMAP_CAPA,
+                Turn(
+                    b"{tag} AUTHENTICATE XOAUTH2 " + b64_xoauth2("at-0"),
+                    [
+                        b"+ "
+                        + base64.b64encode(
+                            json.dumps({"status": "insufficient_scope", "scope": "mail"}).encode()
+                        )
+                    ],
+                ),
+                Turn(b"", [b"{tag} NO Authentication failed."]),
+            ],
+            MailAuthenticationError,
+        ),
+        (
+            "pop3",
+            b"+OK POP3 ready",
+            [POP_CAPA, Turn(b"AUTH XOAUTH2", [b"-ERR Unsupported mechanism"])],
+            MailAuthenticationError,
+        ),
+        (
+            "smtp",
+            b"220 mail.example.test ESMTP",
+            smtp_login_script("at-0", b"504 5.5.4 Unrecognized authentication type"),
+            MailAuthenticationError,
+        ),
+        (
+            "smtp",
+            b"220 mail.example.test ESMTP",
+            smtp_login_script(
+                "at-0",
+                b"535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is "
+                b"disabled for the Tenant.",
+            ),
+            MailAuthenticationError,
+        ),
+        (
+            "imap",
+            b"* OK IMAP4rev1 ready",
+            [IMAP_CAPA, Turn(b"{tag} AUTHENTICATE XOAUTH2 " + b64_xoauth2("at-0"), hang_up=True)],
+            MailConnectionError,
+        ),
+    ],
+    ids=[
+        "imap-BAD",
+        "imap-insufficient_scope",
+        "pop3-ERR-before-the-token",
+        "smtp-504",
+        "smtp-535-5.7.139",
+        "connection-lost",
+    ],
+)
+def test_refusals_a_new_token_would_not_change_are_raised_without_a_refresh(
+    mail_host: Any,
+    idp: IdP,
+    protocol: str,
+    greeting: bytes,
+    script: list[Turn],
+    raised: type[Exception],
+) -> None:
+    with ScriptedSessions([greeting], script) as srv:
+        point(mail_host, srv)
+        with mail_host.app.app_context(), pytest.raises(raised) as caught:
+            getattr(mail_host.ext, f"connect_{protocol}")("support")
+    assert len(srv.sessions) == 1
+    assert idp.calls == []
+    assert not getattr(caught.value, "refreshed", False)
+
+
+def test_a_tls_failure_is_raised_without_a_refresh(
+    mail_host: Any, idp: IdP, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_tls, _client_tls = tls
+    with ScriptedServer([b"* OK ready"], tls=server_tls, implicit_tls=True) as srv:
+        point(mail_host, srv)
+        mail_host.mailboxes["support"] = replace(mail_host.mailboxes["support"], security="ssl")
+        with (
+            mail_host.app.app_context(),
+            pytest.raises(MailConnectionError, match="TLS certificate could not be verified"),
+        ):
+            mail_host.ext.connect_imap("support")
+    assert idp.calls == []
+
+
+@pytest.mark.parametrize(
+    ("script", "token_refused"),
+    [
+        (imap_refused(TOKEN), True),
+        ([IMAP_CAPA, Turn(b"{tag} AUTHENTICATE XOAUTH2 " + XOAUTH2, [b"{tag} NO no"])], True),
+        ([IMAP_CAPA, Turn(b"{tag} AUTHENTICATE XOAUTH2 " + XOAUTH2, [b"{tag} BAD no"])], False),
+    ],
+    ids=["challenge-401", "plain-NO", "BAD"],
+)
+def test_imap_refusals_say_whether_the_token_was_refused(
+    script: list[Turn], token_refused: bool
+) -> None:
+    with (
+        ScriptedServer([b"* OK ready"], script) as srv,
+        imap(srv) as conn,
+        pytest.raises(MailAuthenticationError) as caught,
+    ):
+        imap_login(conn, USER, TOKEN)
+    assert caught.value.token_refused is token_refused
+    assert not caught.value.refreshed
