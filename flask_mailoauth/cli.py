@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 
 import click
@@ -16,6 +18,8 @@ from . import accounts, tokens
 from .errors import MailOAuthError
 from .extension import state
 from .models import SECRET_FIELDS, own_session, utcnow
+
+logger = logging.getLogger("flask_mailoauth")
 
 mailoauth_cli = AppGroup("mailoauth", help="Manage OAuth2 mail accounts (flask-mailoauth).")
 purpose_option = click.option(
@@ -38,14 +42,22 @@ def list_accounts() -> None:
 @mailoauth_cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
-    """Each account's status and warnings; exits 1 when one needs attention (for monitoring)."""
+    """Each account's status and warnings; exits 1 when an enabled one needs attention.
+
+    A disabled account is shown as ``[off]`` with its stored status and never fails the exit
+    code: the admin turned it off on purpose (for monitoring; see docs/operations.rst).
+    """
     accounts = state().extension.health()
     if as_json:
         click.echo(json.dumps([h.as_dict() for h in accounts], indent=2))
     else:
         for h in accounts:
-            mark = "!!" if h.needs_attention else "ok"
-            click.echo(f"[{mark}] {h.name} — {h.status.replace('_', ' ')}")
+            words = h.status.replace("_", " ")
+            if not h.enabled:
+                mark, words = "off", f"disabled (token status: {words})"
+            else:
+                mark = "!!" if h.needs_attention else "ok"
+            click.echo(f"[{mark}] {h.name} — {words}")
             for warning in h.warnings:
                 click.echo(f"       {warning}")
         if not accounts:
@@ -70,37 +82,90 @@ def refresh(key: str | None, purpose: str | None, due: bool) -> None:
     targets = _targets(st, key, purpose, due)
     app = current_app._get_current_object()
 
-    def one(target: tuple[str, str]) -> tuple[tuple[str, str], bool, str | None]:
-        """(account, whether this process refreshed it, the error if it failed)."""
+    def one(target: Target) -> Outcome:
+        """Refresh one account; whatever goes wrong is its outcome, never the run's end."""
         with app.app_context():
             try:
                 if due:
-                    return target, tokens.refresh_if_due(st, *target), None
-                tokens.refresh(st, *target)
+                    return Outcome(target, tokens.refresh_if_due(st, target.key, target.purpose))
+                tokens.refresh(st, target.key, target.purpose)
             except MailOAuthError as exc:
-                return target, True, str(exc)
-        return target, True, None
+                return Outcome(target, True, target.reason(str(exc)))
+            except Exception as exc:
+                return Outcome(target, True, _unexpected(target, exc))
+        return Outcome(target, True)
 
     workers = max(1, int(current_app.config["MAILOAUTH_REFRESH_CONCURRENCY"]))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, targets))
-    failed = [(t, error) for t, _, error in results if error]
-    for (k, p), error in failed:
-        click.echo(f"{k} ({p}): {error}", err=True)
-    done = sum(1 for _, refreshed, error in results if refreshed and not error)
-    skipped = sum(1 for _, refreshed, _ in results if not refreshed)
+    failed = [r for r in results if r.error]
+    for r in failed:
+        click.echo(f"{r.target.label}: {r.error}", err=True)
+    done = sum(1 for r in results if r.refreshed and not r.error)
+    skipped = sum(1 for r in results if not r.refreshed)
     line = f"Refreshed {done} of {len(results)} account(s)."
     if skipped:
         line += f" {skipped} no longer due (refreshed meanwhile by another worker, or used for"
         line += " half their lifetime when it is shorter than the leeway)."
+    if failed:
+        line += f" {len(failed)} failed."
     click.echo(line)
     if failed:
         sys.exit(1)
 
 
-def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class Target:
+    """An account ``refresh`` works on, named once in its output: address and purpose."""
+
+    key: str
+    purpose: str
+    address: str
+    name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.address} ({self.purpose})"
+
+    def reason(self, message: str) -> str:
+        """``message`` without the account name the typed errors start with (already in
+        :attr:`label`)."""
+        for prefix in (f"{self.key} ({self.purpose}): ", f"{self.name}: ", f"{self.label}: "):
+            if message.startswith(prefix):
+                return message[len(prefix) :]
+        return message
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ``refresh`` did for one account."""
+
+    target: Target
+    #: False when another worker refreshed it meanwhile (nothing done here)
+    refreshed: bool
+    #: the failure, one line for the operator, or None
+    error: str | None = None
+
+
+def _unexpected(target: Target, exc: Exception) -> str:
+    """Log and describe an exception that is not a typed error by its type alone: messages of
+    database and library errors may quote stored data (SQL parameters, ciphertexts)."""
+    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    logger.error(
+        "Refresh of %s (%s) failed with an unexpected %s; the other accounts went on.",
+        target.key,
+        target.purpose,
+        kind,
+    )
+    return (
+        f"unexpected {kind} (message withheld: it may quote stored data). Try it again with "
+        f"`flask mailoauth refresh {target.key} --purpose {target.purpose}`."
+    )
+
+
+def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[Target]:
     m = st.models
-    query = sa.select(m.Account.key, m.Account.purpose).join(
+    query = sa.select(m.Account.key, m.Account.purpose, m.Account.address, m.Account.name).join(
         m.Credential, m.Credential.account_id == m.Account.id
     )
     if key is not None:
@@ -116,7 +181,7 @@ def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[tuple[
             sa.or_(m.Credential.next_retry_at.is_(None), m.Credential.next_retry_at <= utcnow()),
         )
     with own_session(st.db) as s:
-        targets = [tuple(row) for row in s.execute(query.order_by(m.Account.key))]
+        targets = [Target(*row) for row in s.execute(query.order_by(m.Account.key))]
     if key is not None and not targets:
         raise click.ClickException(f"No authorized account with key {key!r}.")
     return targets

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import timedelta
 
 import responses
 import sqlalchemy as sa
 from flask.cli import ScriptInfo
 
+from flask_mailoauth import tokens
 from flask_mailoauth.models import own_session, utcnow
 
 from .test_tokens import IdP, credential, store_account
@@ -184,7 +186,11 @@ def test_refresh_due_does_not_count_accounts_another_worker_refreshed(host, monk
     store_account(host, key="due", expires_in=60)
     store_account(host, key="meanwhile", expires_in=3600)
     # The second account was due when listed, and another host refreshed it since.
-    monkeypatch.setattr(cli, "_targets", lambda *a: [("due", "mailbox"), ("meanwhile", "mailbox")])
+    targets = [
+        cli.Target(key, "mailbox", f"{key}@example.test", f"{key} (mailbox)")
+        for key in ("due", "meanwhile")
+    ]
+    monkeypatch.setattr(cli, "_targets", lambda *a: targets)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         idp = IdP(mock)
         result = run(host, "refresh", "--due")
@@ -217,3 +223,98 @@ def test_the_token_tab_shows_the_failures_and_the_next_retry(host):
     page = host.app.test_client().get("/mailoauth/support/mailbox").get_data(as_text=True)
     assert "HTTP 503 (2 failures in a row)" in page
     assert f"{retry:%Y-%m-%d %H:%M:%S} UTC" in page
+
+
+def test_refresh_due_survives_an_unexpected_exception_for_one_account(
+    make_host, db_url, monkeypatch, caplog
+):
+    """40 due accounts; refreshing one raises a raw OperationalError ("database is locked").
+    The other 39 are refreshed, the summary counts the failure once, the exit code is 1, and
+    nothing of the exception's message (SQL parameters) reaches the output or the log."""
+    host = make_host(db_url=db_url)
+    keys = [f"acct-{n:02d}" for n in range(40)]
+    for key in keys:
+        store_account(host, key=key, expires_in=60)
+    secret = "SECRET-SQL-PARAMETER"
+    refresh_if_due = tokens.refresh_if_due
+
+    def locked_for_one(st, key, purpose):
+        if key == "acct-17":
+            raise sa.exc.OperationalError(
+                "UPDATE mailoauth_credential SET access_token=?",
+                {"access_token": secret},
+                sqlite3.OperationalError("database is locked"),
+            )
+        return refresh_if_due(st, key, purpose)
+
+    monkeypatch.setattr(tokens, "refresh_if_due", locked_for_one)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = IdP(mock)
+        result = run(host, "refresh", "--due")
+    assert result.exit_code == 1, result.output
+    assert "Refreshed 39 of 40 account(s). 1 failed." in result.output
+    [failure] = [line for line in result.output.splitlines() if "acct-17" in line]
+    assert failure.startswith(
+        "acct-17@example.test (mailbox): unexpected sqlalchemy.exc.OperationalError"
+    )
+    assert failure.count("acct-17@example.test") == 1
+    assert len(idp.calls) == 39
+    for key in keys:
+        assert (credential(host, key)[1] == "at-0") is (key == "acct-17")
+    assert secret not in result.output
+    assert "database is locked" not in result.output
+    assert secret not in caplog.text
+    [logged] = [r for r in caplog.records if "acct-17" in r.getMessage()]
+    assert "sqlalchemy.exc.OperationalError" in logged.getMessage()
+
+
+def test_refresh_names_each_failing_account_once(make_host, db_url):
+    """The typed errors start with "key (purpose):"; the line names the account once, by
+    address and purpose."""
+    host = make_host(db_url=db_url)
+    store_account(host)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        IdP(mock).answers.append(("error", (400, {"error": "invalid_grant"}, {})))
+        result = run(host, "refresh", "support")
+    assert result.exit_code == 1
+    [line] = [line for line in result.output.splitlines() if "invalid_grant" in line]
+    assert line.startswith("support@example.test (mailbox): invalid_grant")
+    assert "support (mailbox)" not in line
+    assert result.output.splitlines()[-1] == "Refreshed 0 of 1 account(s). 1 failed."
+
+
+def test_status_shows_a_disabled_account_as_disabled_not_ok(make_host, db_url):
+    """A disabled account is "[off] … disabled (token status: …)" and does not fail the exit
+    code; an enabled account that needs attention still does."""
+    host = make_host(db_url=db_url)
+    store_account(host)
+    update(host, "Account", enabled=False)
+    update(host, "Credential", status="reauthorization_required", last_error="revoked")
+    result = run(host, "status")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        "[off] support (mailbox) — disabled (token status: reauthorization required)"
+    )
+    assert "[ok]" not in result.output
+    [data] = json.loads(run(host, "status", "--json").output)
+    assert (data["enabled"], data["status"], data["needs_attention"]) == (
+        False,
+        "reauthorization_required",
+        False,
+    )
+    store_account(host, key="sales")
+    store_account(host, key="broken")
+    _set_status(host, "broken", "configuration_error")
+    bad = run(host, "status")
+    assert bad.exit_code == 1
+    assert "[!!] broken (mailbox) — configuration error" in bad.output
+    assert "[ok] sales (mailbox) — active" in bad.output
+    assert "[off] support (mailbox)" in bad.output
+
+
+def _set_status(host, key, status):
+    st = host.app.extensions["mailoauth"]
+    m = st.models
+    with host.app.app_context(), own_session(st.db) as s:
+        cred = s.scalars(sa.select(m.Credential).join(m.Account).where(m.Account.key == key)).one()
+        cred.status = status
