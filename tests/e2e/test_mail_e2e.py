@@ -32,6 +32,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_mailoauth import mail
+from flask_mailoauth.errors import ReauthorizationRequired
 from flask_mailoauth.models import utcnow
 from flask_mailoauth.providers.base import MailServer
 from flask_mailoauth.sasl import xoauth2
@@ -290,9 +291,16 @@ def test_shared_mailbox_with_a_delegate_token(make_host, generic_idp, dovecot, p
             smtp.quit()
         assert refused == {}
 
+        refreshes = generic_idp.refresh_count()
         refused_login = refusal(lambda: host.ext.connect_imap("shared"))
+        refreshes = generic_idp.refresh_count() - refreshes
         token = host.ext.access_token("shared")
 
+    # Refused with the stored token, refreshed once, refused again with the new one: raised
+    # after exactly one refresh, not a loop, with guidance beyond the token.
+    assert refreshes == 1
+    assert refused_login.refreshed
+    assert "permissions" in refused_login.guidance
     assert refused_login.protocol == "IMAP"
     assert "AUTHENTICATIONFAILED" in refused_login.reply
     assert "refused" in str(refused_login)
@@ -337,6 +345,89 @@ def test_send_as_refusal_is_shown_as_such(make_host, generic_idp, dovecot, postf
     assert sender.guidance == mail.SEND_AS_MISSING
     assert refused.value.smtp_code == 553
     assert b"not owned by user" in refused.value.smtp_error
+
+
+# ---------------------------------------------------------------------- refused tokens
+def plant_bogus_token(host, key: str, purpose: str) -> str:
+    """Store an access token the IdP never issued, valid for an hour as far as the database
+    knows (what a token revoked at the IdP looks like to the helpdesk); returns it."""
+    bogus = f"bogus-{uuid.uuid4().hex}"
+    with host.app.app_context():
+        row = credential(host.app, key, purpose)
+        st = host.app.extensions["mailoauth"]
+        st.seal(row, "access_token", bogus)
+        row.expires_at = utcnow() + timedelta(hours=1)
+        host.db.session.commit()
+        st.cache.clear()
+    return bogus
+
+
+def stored_access_token(host, key: str, purpose: str) -> str:
+    with host.app.app_context():
+        return host.app.extensions["mailoauth"].reveal(
+            credential(host.app, key, purpose), "access_token"
+        )
+
+
+def test_a_token_the_mail_server_refuses_is_refreshed_once(
+    make_host, db_url, generic_idp, dovecot, postfix
+):
+    """Dovecot and Postfix refuse an access token the database thinks valid for an hour:
+    connect_imap and connect_smtp refresh it at the IdP exactly once each and sign in with the
+    new token. Once the grant is revoked, the forced refresh fails: ReauthorizationRequired,
+    after one refresh attempt."""
+    host = make_host(db_url=db_url)
+    done = authorize(host, generic_idp, SUPPORT)
+    authorize(host, generic_idp, SUPPORT, purpose="smtp")
+    point_at(host, dovecot, postfix=postfix)
+    subject = f"e2e refreshed smtp {uuid.uuid4()}"
+
+    bogus = plant_bogus_token(host, "support", "mailbox")
+    before = generic_idp.refresh_count()
+    with host.app.app_context():
+        imap = host.ext.connect_imap("support")
+    try:
+        assert imap.state == "SELECTED"
+    finally:
+        imap.logout()
+    assert generic_idp.refresh_count() - before == 1
+    assert stored_access_token(host, "support", "mailbox") != bogus
+
+    bogus = plant_bogus_token(host, "support", "smtp")
+    before = generic_idp.refresh_count()
+    with host.app.app_context():
+        smtp = host.ext.connect_smtp("support")
+    try:
+        assert smtp.sendmail(SUPPORT, [SUPPORT], f"Subject: {subject}\r\n\r\nhello\r\n") == {}
+    finally:
+        smtp.quit()
+    assert generic_idp.refresh_count() - before == 1
+    assert stored_access_token(host, "support", "smtp") != bogus
+
+    # Nothing refused: no refresh.
+    before = generic_idp.refresh_count()
+    with host.app.app_context():
+        imap = host.ext.connect_imap("support")
+    try:
+        got = wait_for_subject(imap, subject)
+    finally:
+        imap.logout()
+    assert got["Subject"] == subject
+    assert generic_idp.refresh_count() == before
+
+    # The grant revoked at the IdP: the forced refresh fails and says so, once.
+    revoke(
+        generic_idp,
+        Client(done.client_id, done.client_secret),
+        stored_refresh_token(host.app, "support"),
+    )
+    plant_bogus_token(host, "support", "mailbox")
+    before = generic_idp.refresh_count()
+    with host.app.app_context(), pytest.raises(ReauthorizationRequired, match="invalid_grant"):
+        host.ext.connect_imap("support")
+    assert generic_idp.refresh_count() - before == 1
+    with host.app.app_context():
+        assert credential(host.app, "support").status == "reauthorization_required"
 
 
 # ---------------------------------------------------------------------- Test connection
