@@ -359,6 +359,7 @@ def _purpose(purpose: str) -> Purpose:
 
 
 def _mail_timeout() -> float:
+    """Seconds for each mail server connection (``MAILOAUTH_MAIL_TIMEOUT``)."""
     return current_app.config["MAILOAUTH_MAIL_TIMEOUT"]
 
 
