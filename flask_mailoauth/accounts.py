@@ -207,7 +207,7 @@ def save(
     errors = provider.validate(config, allow_insecure_http=allow_insecure_http)
     if not errors:
         try:
-            policy = OutboundPolicy.from_config(current_app.config)
+            policy = OutboundPolicy.current()
             with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
                 config = provider.complete(config, http)
         except ValueError as exc:

@@ -377,7 +377,7 @@ def _signing_key(jwks_uri: str, header: Mapping[str, Any], timeout: float) -> An
 
     Fetched under the outbound policy: a redirect must stay on https, the address is vetted.
     """
-    policy = OutboundPolicy.from_config(current_app.config)
+    policy = OutboundPolicy.current()
     try:
         with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
             response = http.get(jwks_uri)
@@ -413,7 +413,7 @@ def _identity(
     timeout: float,
 ) -> Identity:
     """Who signed in, by the provider's rules; its HTTP calls go through the outbound policy."""
-    policy = OutboundPolicy.from_config(current_app.config)
+    policy = OutboundPolicy.current()
     with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
         try:
             return provider.identity(config, claims=claims, token=token.raw, http=http)

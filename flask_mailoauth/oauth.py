@@ -21,7 +21,6 @@ from typing import Any
 
 import jwt
 import requests
-from flask import current_app
 
 from .errors import FailureKind, MailOAuthError, ProviderFailure
 from .models import utcnow
@@ -111,7 +110,7 @@ def request_token(
     ``timeout`` caps each socket operation, ``deadline`` (seconds) the whole call. ``policy``
     defaults to the current app's outbound policy. Raises only :class:`TokenRequestFailed`.
     """
-    policy = policy or OutboundPolicy.from_config(current_app.config)
+    policy = policy or OutboundPolicy.current()
     body = dict(grant)
     body.update(client_id=config["client_id"], client_secret=client_secret)
     url = provider.endpoints(config).token

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from flask import current_app, has_app_context
 from requests.adapters import HTTPAdapter
 from requests.utils import select_proxy
 from urllib3 import PoolManager
@@ -112,6 +113,12 @@ class OutboundPolicy:
                 config.get("MAILOAUTH_MAX_RESPONSE_BYTES") or MAX_RESPONSE_BYTES
             ),
         )
+
+    @classmethod
+    def current(cls) -> OutboundPolicy:
+        """The current app's policy; outside an app context (a provider package's own unit
+        tests) the strictest one, the defaults."""
+        return cls.from_config(current_app.config) if has_app_context() else cls()
 
     def permits(self, host: str, address: Address) -> bool:
         """True when a connection to ``host`` may go to ``address``."""
