@@ -41,6 +41,9 @@ from flask_mailoauth.outbound import (
 )
 from flask_mailoauth.providers import registry
 
+from .oauth_fakes import TOKEN_URL as FAKE_TOKEN_URL
+from .oauth_fakes import FakeIdP
+from .test_flow import banners, callback, credentials, start
 from .test_tokens import GENERIC, TOKEN_URL, credential, store_account, token
 
 LOOPBACK = OutboundPolicy(allow_insecure_http=True)
@@ -358,8 +361,8 @@ def _chunked(body: bytes) -> Route:
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
-        for start in range(0, len(body), 65536):
-            piece = body[start : start + 65536]
+        for offset in range(0, len(body), 65536):
+            piece = body[offset : offset + 65536]
             handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
         handler.wfile.write(b"0\r\n\r\n")
 
@@ -575,3 +578,25 @@ def test_a_malformed_refresh_answer_changes_nothing(make_host, db_url, body):
     with host.app.app_context(), host.db.engine.connect() as conn:
         lease = conn.execute(sa.text("select refresh_lease_until from mailoauth_credential"))
         assert lease.scalar() is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{**GOOD, "expires_in": [1]}, {**GOOD, "refresh_token": 7}, {**GOOD, "token_type": "mac"}, "x"],
+    ids=repr,
+)
+def test_a_malformed_code_exchange_answer_is_a_banner(make_host, db_url, body):
+    host = make_host(db_url=db_url)
+    client = host.app.test_client()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = FakeIdP(mock)
+        query = start(client)
+        mock.replace(
+            responses.POST, FAKE_TOKEN_URL, body=body if isinstance(body, str) else json.dumps(body)
+        )
+        response = callback(client, idp, query)
+    assert response.status_code == 303
+    assert credentials(host) == []
+    (category, message), *_ = banners(client)
+    assert category == "error"
+    assert "invalid_token_response" in message
