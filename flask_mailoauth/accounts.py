@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-import requests
 import sqlalchemy as sa
 from flask import current_app
 
@@ -16,7 +15,7 @@ from . import signals
 from .flow import config_signature
 from .health import account_health
 from .models import own_session, utcnow
-from .oauth import TimeoutHTTP
+from .outbound import OutboundHTTP, OutboundPolicy
 from .providers import registry
 from .tokens import ACTIVE, MISCONFIGURED
 
@@ -208,8 +207,9 @@ def save(
     errors = provider.validate(config, allow_insecure_http=allow_insecure_http)
     if not errors:
         try:
-            with requests.Session() as http:
-                config = provider.complete(config, TimeoutHTTP(http, timeout))
+            policy = OutboundPolicy.current()
+            with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
+                config = provider.complete(config, http)
         except ValueError as exc:
             errors["__all__"] = str(exc)
         else:

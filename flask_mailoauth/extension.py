@@ -36,6 +36,10 @@ DEFAULTS: dict[str, object] = {
     "MAILOAUTH_ENCRYPTION_KEYS": None,
     # accept http:// endpoints on loopback hosts (tests and local sandboxes only)
     "MAILOAUTH_ALLOW_INSECURE_HTTP": False,
+    # host names and CIDR networks of on-premises IdPs that may resolve to private addresses
+    "MAILOAUTH_ALLOWED_PRIVATE_HOSTS": (),
+    # bytes read at most from any IdP answer; a larger one is refused
+    "MAILOAUTH_MAX_RESPONSE_BYTES": 1024 * 1024,
     # seconds of validity below which an access token is refreshed before use
     "MAILOAUTH_REFRESH_LEEWAY": 300,
     # seconds a process may serve a token from memory without looking at the database

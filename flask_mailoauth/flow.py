@@ -29,7 +29,8 @@ from . import signals
 from .crypto import DecryptionError
 from .errors import AuthorizationFailed
 from .models import own_session, row_lock, utcnow
-from .oauth import TimeoutHTTP, TokenRequestFailed, TokenResponse, request_token
+from .oauth import TokenRequestFailed, TokenResponse, request_token
+from .outbound import OutboundError, OutboundHTTP, OutboundPolicy
 from .providers import registry
 from .providers.base import Identity, Provider
 
@@ -372,12 +373,23 @@ def _validate_id_token(
 
 
 def _signing_key(jwks_uri: str, header: Mapping[str, Any], timeout: float) -> Any:
-    """The JWKS key that signed the id_token (by ``kid``, else the only key)."""
+    """The JWKS key that signed the id_token (by ``kid``, else the only key).
+
+    Fetched under the outbound policy: a redirect must stay on https, the address is vetted.
+    """
+    policy = OutboundPolicy.current()
     try:
-        response = requests.get(jwks_uri, timeout=timeout)
+        with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
+            response = http.get(jwks_uri)
         response.raise_for_status()
         jwks = jwt.PyJWKSet.from_dict(response.json())
-    except (requests.RequestException, ValueError, jwt.PyJWTError):
+    except OutboundError as exc:
+        raise AuthorizationFailed(
+            f"The identity provider's signing keys (JWKS) could not be fetched: {exc}",
+            "Check the JWKS URI.",
+            code="jwks_unavailable",
+        ) from None
+    except (requests.RequestException, ValueError, TypeError, RecursionError, jwt.PyJWTError):
         raise AuthorizationFailed(
             "The identity provider's signing keys (JWKS) could not be fetched.",
             "Check the JWKS URI; try again when the identity provider is reachable.",
@@ -400,11 +412,11 @@ def _identity(
     token: TokenResponse,
     timeout: float,
 ) -> Identity:
-    with requests.Session() as http:
+    """Who signed in, by the provider's rules; its HTTP calls go through the outbound policy."""
+    policy = OutboundPolicy.current()
+    with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
         try:
-            return provider.identity(
-                config, claims=claims, token=token.raw, http=TimeoutHTTP(http, timeout)
-            )
+            return provider.identity(config, claims=claims, token=token.raw, http=http)
         except (requests.RequestException, ValueError) as exc:
             raise AuthorizationFailed(
                 f"The signed-in account could not be identified: {exc}",

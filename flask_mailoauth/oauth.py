@@ -1,32 +1,59 @@
 """Talking to a token endpoint: one request, its classified failure, the parsed token.
 
 Both grants go through :func:`request_token`: the authorization code exchange (``flow``) and
-the refresh (``tokens``). oauthlib builds the body and parses the answer; the transport is
-plain ``requests`` so that no process-wide ``OAUTHLIB_*`` switch is ever needed.
+the refresh (``tokens``). The request goes through the outbound transport (:mod:`.outbound`:
+no redirect, vetted address, size cap, total deadline). The answer is data from outside: every
+field is checked here, and anything malformed becomes a :class:`TokenRequestFailed` carrying a
+classified :class:`ProviderFailure` — never another exception.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import jwt
 import requests
-from oauthlib.oauth2 import OAuth2Error, WebApplicationClient
 
-from .errors import MailOAuthError, ProviderFailure
+from .errors import FailureKind, MailOAuthError, ProviderFailure
 from .models import utcnow
+from .outbound import (
+    AddressRefused,
+    DeadlineExceeded,
+    OutboundPolicy,
+    RedirectRefused,
+    ResponseTooLarge,
+    call_timeout,
+    session,
+)
 from .providers.base import Provider
 
 logger = logging.getLogger("flask_mailoauth")
 
 #: the token lifetime assumed when an IdP leaves out ``expires_in``
 DEFAULT_EXPIRES_IN = 3600
+#: longer lifetimes are cut to this (seconds): refreshing early is harmless, overflowing is not
+MAX_EXPIRES_IN = 24 * 3600
+#: the code of every malformed token answer
+INVALID_TOKEN_RESPONSE = "invalid_token_response"  # noqa: S105 - an error code
+#: the only token type mail servers accept
+BEARER = "Bearer"
+#: clock readings (``Date``, ``iat``, ``exp``) further than this from the host's are ignored
+_SANE_CLOCK_SECONDS = 10 * 365 * 24 * 3600
+#: RFC 6749 A.12/A.17/A.14: tokens are VSCHAR (printable ASCII), ``expires_in`` is 1*DIGIT
+_VSCHARS = re.compile(r"[\x20-\x7e]+")
+_DIGITS = re.compile(r"[0-9]+")
+_MALFORMED_GUIDANCE = (
+    "The identity provider sent a token answer this extension cannot use; it is retried. If it "
+    "persists, check the token endpoint and the identity provider's logs."
+)
 
 
 class TokenRequestFailed(MailOAuthError):
@@ -39,7 +66,12 @@ class TokenRequestFailed(MailOAuthError):
 
 @dataclass(frozen=True)
 class TokenResponse:
-    """A successful token response, normalised."""
+    """A successful token response, normalised.
+
+    ``expires_at`` is on the host's clock, never later than what the IdP's own clock says
+    (``Date`` header, or the access token's ``exp``); ``clock_skew`` is the host's clock minus
+    the IdP's, in seconds, when the answer tells it.
+    """
 
     access_token: str
     refresh_token: str | None
@@ -48,9 +80,18 @@ class TokenResponse:
     token_type: str
     id_token: str | None
     raw: Mapping[str, Any]
+    clock_skew: float | None = None
 
     def __repr__(self) -> str:
         return f"<TokenResponse expires_at={self.expires_at.isoformat()} scope={self.scope!r}>"
+
+
+class _Malformed(Exception):
+    """A token answer field that cannot be used; the message says which and why."""
+
+    def __init__(self, message: str, kind: FailureKind = "transient") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def request_token(
@@ -61,17 +102,40 @@ def request_token(
     *,
     timeout: float,
     requested_scopes: list[str],
+    deadline: float | None = None,
+    policy: OutboundPolicy | None = None,
 ) -> TokenResponse:
-    """POST ``grant`` (``grant_type`` and its parameters) to the account's token endpoint."""
-    client = WebApplicationClient(config["client_id"])
+    """POST ``grant`` (``grant_type`` and its parameters) to the account's token endpoint.
+
+    ``timeout`` caps each socket operation, ``deadline`` (seconds) the whole call. ``policy``
+    defaults to the current app's outbound policy. Raises only :class:`TokenRequestFailed`.
+    """
+    policy = policy or OutboundPolicy.current()
     body = dict(grant)
     body.update(client_id=config["client_id"], client_secret=client_secret)
     url = provider.endpoints(config).token
     started = time.monotonic()
     try:
-        response = requests.post(
-            url, data=body, headers={"Accept": "application/json"}, timeout=timeout
-        )
+        with session(policy) as http:
+            response = http.post(
+                url,
+                data=body,
+                headers={"Accept": "application/json"},
+                timeout=call_timeout(timeout, deadline),
+                allow_redirects=False,
+            )
+    except (RedirectRefused, AddressRefused) as exc:
+        code = "token_endpoint_redirect" if isinstance(exc, RedirectRefused) else "address_refused"
+        raise TokenRequestFailed(
+            ProviderFailure("configuration", code, str(exc), "Fix the Token Endpoint.")
+        ) from None
+    except ResponseTooLarge as exc:
+        raise TokenRequestFailed(_malformed(str(exc))) from None
+    except DeadlineExceeded as exc:
+        logger.warning("Token endpoint %s exceeded the call's deadline", url)
+        raise TokenRequestFailed(
+            ProviderFailure("transient", "timeout", str(exc), "It is retried with backoff.")
+        ) from None
     except requests.RequestException as exc:
         logger.warning("Token endpoint %s unreachable: %s", url, type(exc).__name__)
         raise TokenRequestFailed(provider.classify_error(None, None)) from None
@@ -82,48 +146,134 @@ def request_token(
         time.monotonic() - started,
     )
     data = _json(response)
-    if response.status_code != 200 or data is None or "access_token" not in data:
+    if response.status_code != 200 or (data is not None and "access_token" not in data):
         status = response.status_code if response.status_code != 200 else 502
         failure = provider.classify_error(
             status, data, retry_after=_retry_after(response.headers.get("Retry-After"))
         )
         raise TokenRequestFailed(failure)
+    if data is None:
+        raise TokenRequestFailed(
+            _malformed(
+                "The token endpoint answered HTTP 200 with something else than a JSON object."
+            )
+        )
     try:
-        token = client.parse_request_body_response(response.text, scope=requested_scopes)
-    except Warning as changed:
-        # oauthlib raises (not warns) when the IdP grants other scopes than asked, e.g.
-        # Microsoft leaving out offline_access; the parsed token rides on the exception.
-        token = changed.token  # type: ignore[attr-defined]
-    except OAuth2Error as exc:
-        raise TokenRequestFailed(provider.classify_error(502, {"error": exc.error})) from None
-    expires_in = _number(token.get("expires_in"))
+        return _parse(data, requested_scopes, response.headers.get("Date"))
+    except _Malformed as exc:
+        raise TokenRequestFailed(_malformed(str(exc), exc.kind)) from None
+
+
+def _malformed(description: str, kind: FailureKind = "transient") -> ProviderFailure:
+    """A malformed answer: retried like a transient failure, shown to the admin with its code."""
+    guidance = _MALFORMED_GUIDANCE if kind == "transient" else "Check the identity provider."
+    return ProviderFailure(kind, INVALID_TOKEN_RESPONSE, description, guidance)
+
+
+def _parse(data: Mapping[str, Any], requested: list[str], date: str | None) -> TokenResponse:
+    """The checked fields of a 200 answer; raises :class:`_Malformed` naming the bad field."""
+    access_token = _token(data, "access_token", required=True)
+    token_type = data.get("token_type", BEARER)
+    if not isinstance(token_type, str) or token_type.lower() != BEARER.lower():
+        raise _Malformed(
+            "The token endpoint issued a token that is not a Bearer token "
+            "(token_type must be Bearer); mail servers accept only Bearer tokens.",
+            kind="configuration",
+        )
+    lifetime = _expires_in(data.get("expires_in"))
+    now = utcnow()
+    claims = _jwt_claims(access_token)
+    idp_now = _http_date(date) or _instant(claims.get("iat"), now)
+    skew = (now - idp_now).total_seconds() if idp_now else None
+    if lifetime is None:
+        issued, expiry = _instant(claims.get("iat"), now), _instant(claims.get("exp"), now)
+        lifetime = (expiry - issued).total_seconds() if issued and expiry else DEFAULT_EXPIRES_IN
+        lifetime = min(max(lifetime, 0), MAX_EXPIRES_IN)
+    expires_at = now + timedelta(seconds=lifetime)
+    idp_expiry = _instant(claims.get("exp"), now) or (
+        idp_now + timedelta(seconds=lifetime) if idp_now else None
+    )
+    if idp_expiry is not None:
+        # Whichever clock says the token dies first wins: a host clock that is fast now and
+        # corrected later never makes it serve a token the IdP already considers expired.
+        expires_at = min(expires_at, idp_expiry)
     return TokenResponse(
-        access_token=token["access_token"],
-        refresh_token=token.get("refresh_token") or None,
-        expires_at=utcnow() + timedelta(seconds=expires_in or DEFAULT_EXPIRES_IN),
-        scope=_scope_text(token.get("scope"), requested_scopes),
-        token_type=str(token.get("token_type") or "Bearer"),
-        id_token=token.get("id_token") or None,
-        raw=token,
+        access_token=access_token,
+        refresh_token=_token(data, "refresh_token"),
+        expires_at=expires_at,
+        scope=_scope_text(data.get("scope"), requested),
+        token_type=BEARER,
+        id_token=_token(data, "id_token"),
+        raw=dict(data),
+        clock_skew=skew,
     )
 
 
-class TimeoutHTTP:
-    """The part of ``requests.Session`` provider hooks use, with a timeout on every call."""
+def _token(data: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
+    """A token field: absent (``None``) unless required, else a non-empty printable-ASCII string."""
+    value = data.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not _VSCHARS.fullmatch(value):
+        raise _Malformed(
+            f"The token endpoint's {name} is not a non-empty string of printable ASCII "
+            "characters (RFC 6749)."
+        )
+    return value
 
-    def __init__(self, http: requests.Session, timeout: float) -> None:
-        self._http, self._timeout = http, timeout
 
-    def get(self, url: str, **kwargs: Any) -> requests.Response:
-        """``GET url`` with the configured timeout."""
-        kwargs.setdefault("timeout", self._timeout)
-        return self._http.get(url, **kwargs)
+def _expires_in(value: Any) -> float | None:
+    """``expires_in`` in seconds, clamped to :data:`MAX_EXPIRES_IN`; ``None`` when absent.
+
+    RFC 6749 makes it an integer: JSON integers and strings of ASCII digits are accepted,
+    anything else (floats such as ``3600.0`` or ``"3600.0"``, booleans, NaN, lists) is refused.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        value = int(value) if len(value) <= 18 else MAX_EXPIRES_IN
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _Malformed(
+            "The token endpoint's expires_in is not a positive whole number of seconds (RFC 6749)."
+        )
+    return float(min(value, MAX_EXPIRES_IN))
+
+
+def _jwt_claims(token: str) -> Mapping[str, Any]:
+    """The claims of a JWT access token, unverified (clock readings only); empty otherwise."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return {}
+    return claims if isinstance(claims, Mapping) else {}
+
+
+def _instant(value: Any, now: datetime) -> datetime | None:
+    """A NumericDate claim as a datetime, when it is a sane number; ``None`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    if abs(value - now.timestamp()) > _SANE_CLOCK_SECONDS:
+        return None
+    return datetime.fromtimestamp(value, UTC)
+
+
+def _http_date(header: str | None) -> datetime | None:
+    """The IdP's clock from its ``Date`` header, when present, parseable and sane."""
+    if not header:
+        return None
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return _instant(when.timestamp(), utcnow())
 
 
 def _json(response: requests.Response) -> dict[str, Any] | None:
     try:
         data = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -131,7 +281,7 @@ def _json(response: requests.Response) -> dict[str, Any] | None:
 def _number(value: Any) -> float | None:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return number if math.isfinite(number) and number > 0 else None
 
@@ -145,12 +295,17 @@ def _retry_after(header: str | None) -> float | None:
         return seconds
     try:
         when = parsedate_to_datetime(header)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return max(0.0, (when - utcnow()).total_seconds()) if when.tzinfo else None
 
 
 def _scope_text(scope: Any, requested: list[str]) -> str:
-    if isinstance(scope, list | tuple):
-        return " ".join(scope)
-    return str(scope) if scope else " ".join(requested)
+    """The granted scopes as one space-separated string; the requested ones when left out."""
+    if scope is None or scope == "":
+        return " ".join(requested)
+    if isinstance(scope, str):
+        return " ".join(scope.split())
+    if isinstance(scope, list | tuple) and all(isinstance(s, str) for s in scope):
+        return " ".join(s for item in scope for s in item.split())
+    raise _Malformed("The token endpoint's scope is neither a string nor a list of strings.")

@@ -8,11 +8,9 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..errors import AuthorizationFailed
+from ..errors import AuthorizationFailed, MailOAuthError
 from .base import ConfigField, Endpoints, Identity, Provider, check_endpoint_url
 
-#: seconds to wait for a discovery document, userinfo or resource details response
-TIMEOUT = 5
 #: discovery document key -> the config field it fills
 _DISCOVERED = {
     "authorization_endpoint": "authorization_endpoint",
@@ -42,11 +40,17 @@ def _discovery_urls(issuer: str) -> tuple[str, str]:
 
 
 def _fetch_metadata(http: Any, issuer: str) -> Mapping[str, Any]:
-    """The issuer's metadata document, checked to be issued for exactly this issuer."""
+    """The issuer's metadata document, checked to be issued for exactly this issuer.
+
+    ``http`` applies the outbound policy and the configured timeout. Errors name the URLs the
+    admin's Issuer gives and what to fix; they never quote what the target sent.
+    """
     failures = []
     for url in _discovery_urls(issuer):
         try:
-            response = http.get(url, timeout=TIMEOUT, headers={"Accept": "application/json"})
+            response = http.get(url, headers={"Accept": "application/json"})
+        except MailOAuthError as exc:  # an outbound rule refused the call; it says what to fix
+            raise ValueError(f"Discovery failed: {exc}") from None
         except requests.RequestException as exc:
             raise ValueError(
                 f"Discovery failed: {urlsplit(url).netloc} could not be reached "
@@ -57,7 +61,7 @@ def _fetch_metadata(http: Any, issuer: str) -> Mapping[str, Any]:
             continue
         try:
             document = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             failures.append(f"{url} did not return JSON")
             continue
         if not isinstance(document, Mapping):
@@ -65,9 +69,8 @@ def _fetch_metadata(http: Any, issuer: str) -> Mapping[str, Any]:
             continue
         if document.get("issuer") != issuer:
             raise ValueError(
-                f"Discovery failed: the document at {url} is for issuer "
-                f"{document.get('issuer')!r}, not {issuer!r}. Enter the issuer exactly as the "
-                "provider spells it."
+                f"Discovery failed: the document at {url} is for another issuer than "
+                f"{issuer!r}. Enter the issuer exactly as the provider spells it."
             )
         return document
     raise ValueError(
@@ -242,7 +245,6 @@ def _get_json(http: Any, url: str, token: Mapping[str, Any]) -> Mapping[str, Any
     try:
         response = http.get(
             url,
-            timeout=TIMEOUT,
             headers={
                 "Authorization": f"Bearer {token.get('access_token', '')}",
                 "Accept": "application/json",
@@ -255,7 +257,7 @@ def _get_json(http: Any, url: str, token: Mapping[str, Any]) -> Mapping[str, Any
         ) from exc
     try:
         data = response.json() if response.status_code == 200 else None
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if not isinstance(data, Mapping):
         raise AuthorizationFailed(
