@@ -48,6 +48,7 @@ class TokenResponse:
     token_type: str
     id_token: str | None
     raw: Mapping[str, Any]
+    clock_skew: float | None = None  # host minus IdP clock, seconds, when the answer tells it
 
     def __repr__(self) -> str:
         return f"<TokenResponse expires_at={self.expires_at.isoformat()} scope={self.scope!r}>"
@@ -61,6 +62,7 @@ def request_token(
     *,
     timeout: float,
     requested_scopes: list[str],
+    deadline: float | None = None,
 ) -> TokenResponse:
     """POST ``grant`` (``grant_type`` and its parameters) to the account's token endpoint."""
     client = WebApplicationClient(config["client_id"])
@@ -70,7 +72,10 @@ def request_token(
     started = time.monotonic()
     try:
         response = requests.post(
-            url, data=body, headers={"Accept": "application/json"}, timeout=timeout
+            url,
+            data=body,
+            headers={"Accept": "application/json"},
+            timeout=timeout if deadline is None else min(timeout, deadline),
         )
     except requests.RequestException as exc:
         logger.warning("Token endpoint %s unreachable: %s", url, type(exc).__name__)
