@@ -7,7 +7,6 @@ where it matters: ``RotatingIdP`` refuses a refresh token it already rotated.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sqlite3
 import threading
@@ -15,7 +14,6 @@ import time
 from datetime import timedelta
 from urllib.parse import parse_qs
 
-import psycopg
 import pytest
 import responses
 import sqlalchemy as sa
@@ -29,7 +27,7 @@ from flask_mailoauth.errors import (
 from flask_mailoauth.health import health
 from flask_mailoauth.models import own_session, utcnow
 
-from .e2e.test_token_lifecycle import TcpProxy
+from .e2e.test_token_lifecycle import TcpProxy, row_locked
 from .test_tokens import TOKEN_URL, IdP, credential, events, store_account, token
 
 
@@ -324,23 +322,6 @@ def test_a_database_that_is_down_is_a_typed_error_or_the_cached_token(make_host,
     outage.up()
     assert token(host) == "at-0"
     assert idp.calls == []
-
-
-@contextlib.contextmanager
-def row_locked(db_url):
-    """Another connection holds the write lock: SQLite BEGIN IMMEDIATE, a PostgreSQL row lock
-    on the credential. Reads still work; claiming a lease or storing does not."""
-    if db_url.startswith("sqlite"):
-        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-    else:
-        conn = psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql"))
-        conn.execute("SELECT id FROM mailoauth_credential FOR UPDATE")
-    try:
-        yield
-    finally:
-        conn.rollback()
-        conn.close()
 
 
 def test_a_locked_database_serves_the_valid_token_already_read(make_host, db_url, idp):
