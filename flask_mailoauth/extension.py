@@ -48,6 +48,8 @@ DEFAULTS: dict[str, object] = {
     "MAILOAUTH_LOCK_TIMEOUT": 30,
     # seconds for each call to the IdP
     "MAILOAUTH_HTTP_TIMEOUT": 10,
+    # seconds a process keeps retrying to store a refreshed token the database refused
+    "MAILOAUTH_STORE_RETRY": 300,
     # seconds for each mail server connection
     "MAILOAUTH_MAIL_TIMEOUT": 30,
     # seconds a started authorization stays valid

@@ -2,7 +2,8 @@
 
 No peer tells the admin in advance; this module does, from what is already stored: refresh
 tokens close to Microsoft's 90-day inactivity limit, Google Testing-mode 7-day tokens, client
-secrets close to their end date, repeated refresh failures, grants that need a new consent.
+secrets close to their end date, repeated refresh failures, grants that need a new consent,
+a host clock that differs from the IdP's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import sqlalchemy as sa
 from .models import own_session, utcnow
 from .providers import registry
 from .providers.registry import UnknownProvider
+
+#: seconds of difference between the host's and the IdP's clocks that raise a warning
+CLOCK_SKEW_WARNING = 60
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
@@ -125,6 +129,13 @@ def _credential_warnings(account, credential, provider, config, now: datetime) -
         )
     if credential.config_signature != account.config_signature:
         warnings.append("The IdP Config changed since the token was issued: authorize again.")
+    skew = credential.clock_skew
+    if skew is not None and abs(skew) > CLOCK_SKEW_WARNING:
+        way = "ahead of" if skew > 0 else "behind"
+        warnings.append(
+            f"This host's clock is {abs(skew):.0f} s {way} the identity provider's: tokens are "
+            "refreshed too early or too late. Synchronise the clock (NTP)."
+        )
     last_use = credential.refreshed_at or credential.issued_at
     idle_days = (now - last_use).days
     if idle_days >= config["MAILOAUTH_IDLE_WARNING_DAYS"]:

@@ -130,6 +130,10 @@ class CredentialMixin(_Secretive):
     next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: while set and in the future, a worker is calling the IdP to refresh this credential
     refresh_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: after a refresh of a due token failed for good: its access token is served until then
+    serve_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: host minus IdP clock in seconds, as the last token answer showed it (None: not told)
+    clock_skew: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
 
 

@@ -80,7 +80,7 @@ class TokenResponse:
     token_type: str
     id_token: str | None
     raw: Mapping[str, Any]
-    clock_skew: float | None = None
+    clock_skew: float | None = None  # host minus IdP clock, seconds, when the answer tells it
 
     def __repr__(self) -> str:
         return f"<TokenResponse expires_at={self.expires_at.isoformat()} scope={self.scope!r}>"

@@ -5,13 +5,17 @@ Steady state costs no SQL: a valid token is served from a small per-process cach
 lock that holds across threads (a per-account ``threading.Lock``), processes and hosts: a
 lease on the credential row, taken in a short transaction under ``SELECT ... FOR UPDATE``
 (PostgreSQL) or ``BEGIN IMMEDIATE`` (SQLite) after re-reading the row. The lease holder calls
-the IdP with no transaction open; the others wait for its answer. N concurrent callers cause
-exactly one call to the IdP, and no database lock is held while the IdP answers.
+the IdP with no transaction open; N concurrent callers cause exactly one call to the IdP, and
+no database lock is held while the IdP answers. Only callers whose token has really expired
+wait for the holder's answer; the others keep using the current token meanwhile.
 
-If the process dies between the IdP's answer and the commit, the new tokens are lost and the
-lease runs out after ``2 * MAILOAUTH_HTTP_TIMEOUT + 5`` seconds. A non-rotating IdP (Google) is
-unaffected; a rotating one may then refuse the old refresh token and the account shows
-"reauthorization required" with the IdP's code on the Token tab.
+The call to the IdP has a total deadline (``2 * MAILOAUTH_HTTP_TIMEOUT``) shorter than the
+lease (``3 * MAILOAUTH_HTTP_TIMEOUT + 5`` seconds), and the lease is released on every path,
+exceptions included. If the database refuses the answer (stopped, locked), the process keeps
+the new tokens, serves them from memory and retries storing them for up to
+``MAILOAUTH_STORE_RETRY`` seconds. If the process dies between the IdP's answer and the
+commit, the new tokens are lost and the lease runs out: a rotating IdP may then refuse the old
+refresh token and the account shows "reauthorization required" with the IdP's code.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import signals
@@ -49,6 +56,9 @@ logger = logging.getLogger("flask_mailoauth")
 
 ACTIVE, RETRYING = "active", "retrying"
 REAUTHORIZE, MISCONFIGURED = "reauthorization_required", "configuration_error"
+_PERMANENT = (REAUTHORIZE, MISCONFIGURED)
+#: a token with less left (capped at half its lifetime) is expired: no caller gets it
+_LAST_SECONDS = timedelta(seconds=5)
 _STATUS_BY_KIND = {
     "transient": RETRYING,
     "reauthorize": REAUTHORIZE,
@@ -65,6 +75,8 @@ class CachedToken:
     cached_at: float
     #: when the token was obtained; with ``expires_at`` it caps the leeway (``_due``)
     obtained_at: datetime | None = None
+    #: the database refused it so far: served beyond the TTL while a retry stores it
+    unstored: bool = False
 
     def __repr__(self) -> str:
         return f"<CachedToken expires_at={self.expires_at.isoformat()}>"
@@ -83,28 +95,45 @@ def _process_lock(st: MailOAuthState, key: str, purpose: str) -> threading.Lock:
 
 def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
     """A token valid for more than ``MAILOAUTH_REFRESH_LEEWAY`` seconds, or than half its
-    lifetime when that is shorter (see module doc and ``_due``)."""
+    lifetime when that is shorter (see module doc and ``_due``).
+
+    While another worker refreshes, the current token is returned at once if it is still
+    valid. A database failure raises :class:`TemporarilyUnavailable`, or serves the valid token
+    already read.
+    """
     config = current_app.config
     leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
     cached = _cached(st, key, purpose, leeway, config["MAILOAUTH_CACHE_TTL"])
     if cached:
         return cached
-    with own_session(st.db) as s:
-        credential, account = _read(s, st, key, purpose)
-        token = _usable(st, credential, account, leeway)
-    if token:
-        return token
-    lock = _process_lock(st, key, purpose)
-    if not lock.acquire(timeout=config["MAILOAUTH_LOCK_TIMEOUT"]):
-        raise _still_refreshing(key, purpose)
+    current: str | None = None  # the stored token while it is valid, though due
     try:
-        cached = _cached(st, key, purpose, leeway, config["MAILOAUTH_CACHE_TTL"])
-        if cached:
-            return cached
-        # Mail must go on: while the IdP is down, a still-valid token beats an error.
-        return _refresh(st, key, purpose, force=False, keep_valid_token=True)[0]
-    finally:
-        lock.release()
+        with own_session(st.db) as s:
+            credential, account = _read(s, st, key, purpose, serving=True)
+            if credential.status in _PERMANENT:  # refused for good, but not expired yet
+                return st.reveal(credential, "access_token")
+            token = _usable(st, credential, account, leeway)
+            if token:
+                return token
+            current = _current(st, credential)
+        lock = _process_lock(st, key, purpose)
+        if current is not None:
+            if not lock.acquire(blocking=False):
+                return current  # another thread of this process is refreshing it
+        elif not lock.acquire(timeout=config["MAILOAUTH_LOCK_TIMEOUT"]):
+            raise _still_refreshing(key, purpose)
+        try:
+            cached = _cached(st, key, purpose, leeway, config["MAILOAUTH_CACHE_TTL"])
+            if cached:
+                return cached
+            # Mail must go on: while the IdP is down, a still-valid token beats an error.
+            return _refresh(st, key, purpose, force=False, keep_valid_token=True)[0]
+        finally:
+            lock.release()
+    except SQLAlchemyError as exc:
+        if current is not None:
+            return current
+        raise _database_unavailable(key, purpose, exc) from None
 
 
 def _still_refreshing(key: str, purpose: str) -> TemporarilyUnavailable:
@@ -114,15 +143,32 @@ def _still_refreshing(key: str, purpose: str) -> TemporarilyUnavailable:
     )
 
 
+def _database_unavailable(key: str, purpose: str, exc: Exception) -> TemporarilyUnavailable:
+    """The typed error for a database that failed (stopped, locked); no SQL or data in it."""
+    cause = type(getattr(exc, "orig", None) or exc).__name__
+    return TemporarilyUnavailable(
+        f"{key} ({purpose}): the database is unavailable or locked ({cause}); try again "
+        "shortly, and check the database if it lasts."
+    )
+
+
+@contextmanager
+def _typed_database_errors(key: str, purpose: str) -> Iterator[None]:
+    """Turn a raw SQLAlchemy error into :class:`TemporarilyUnavailable`."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise _database_unavailable(key, purpose, exc) from None
+
+
 def _cached(
     st: MailOAuthState, key: str, purpose: str, leeway: timedelta, ttl: float
 ) -> str | None:
     entry: CachedToken | None = st.cache.get((key, purpose))
     if entry is None:
         return None
-    if time.monotonic() - entry.cached_at > ttl or _due(
-        entry.expires_at, entry.obtained_at, leeway
-    ):
+    stale = not entry.unstored and time.monotonic() - entry.cached_at > ttl
+    if stale or _due(entry.expires_at, entry.obtained_at, leeway):
         st.cache.pop((key, purpose), None)
         return None
     return entry.access_token
@@ -141,8 +187,20 @@ def _select(session: Session, st: MailOAuthState, key: str, purpose: str, *, loc
     return session.execute(query).one_or_none()
 
 
-def _read(session: Session, st: MailOAuthState, key: str, purpose: str, *, lock: bool = False):
-    """The account's credential and account, in one statement; typed errors when unusable."""
+def _read(
+    session: Session,
+    st: MailOAuthState,
+    key: str,
+    purpose: str,
+    *,
+    lock: bool = False,
+    serving: bool = False,
+):
+    """The account's credential and account, in one statement; typed errors when unusable.
+
+    ``serving``: a credential refused for good still passes while its token may be served
+    (see ``_still_served``); the caller serves it and does not refresh.
+    """
     row = _select(session, st, key, purpose, lock=lock)
     if row is None:
         raise NotConfigured(
@@ -152,21 +210,26 @@ def _read(session: Session, st: MailOAuthState, key: str, purpose: str, *, lock:
     credential, account = row
     if not account.enabled:
         raise AccountDisabled(f"The OAuth2 account {account.name!r} is disabled.")
-    if credential.status == REAUTHORIZE:
-        raise ReauthorizationRequired(
-            f"{account.name}: the grant is no longer valid, an admin must authorize again. "
-            f"{credential.last_error or ''}".strip()
-        )
-    if credential.status == MISCONFIGURED:
-        raise ConfigurationError(
-            f"{account.name}: the identity provider refuses the application's configuration. "
-            f"{credential.last_error or ''}".strip()
-        )
+    if credential.status in _PERMANENT and not (serving and _still_served(credential)):
+        raise _refused(account.name, credential)
     if credential.config_signature != account.config_signature:
         raise ReauthorizationRequired(
             f"{account.name}: the IdP Config changed since the token was issued; authorize again."
         )
     return credential, account
+
+
+def _refused(name: str, credential: Any) -> ReauthorizationRequired | ConfigurationError:
+    """The typed error for a credential the IdP refused for good."""
+    if credential.status == REAUTHORIZE:
+        return ReauthorizationRequired(
+            f"{name}: the grant is no longer valid, an admin must authorize again. "
+            f"{credential.last_error or ''}".strip()
+        )
+    return ConfigurationError(
+        f"{name}: the identity provider refuses the application's configuration. "
+        f"{credential.last_error or ''}".strip()
+    )
 
 
 def _due(expires_at: datetime, obtained_at: datetime | None, leeway: timedelta) -> bool:
@@ -182,8 +245,36 @@ def _due(expires_at: datetime, obtained_at: datetime | None, leeway: timedelta) 
     return expires_at - utcnow() <= leeway
 
 
+def _expired(expires_at: datetime, obtained_at: datetime | None) -> bool:
+    """Whether a token is too close to its end to hand out, even while a refresh runs."""
+    return _due(expires_at, obtained_at, _LAST_SECONDS)
+
+
 def _obtained_at(credential: Any) -> datetime | None:
-    return credential.refreshed_at or credential.issued_at
+    """When the token was obtained, on the IdP's clock when the answer told the skew (its
+    ``expires_at`` is on that clock: the lifetime is their difference)."""
+    obtained = credential.refreshed_at or credential.issued_at
+    if obtained is None or not credential.clock_skew:
+        return obtained
+    return obtained - timedelta(seconds=credential.clock_skew)
+
+
+def _current(st: MailOAuthState, credential: Any) -> str | None:
+    """The stored token while it is not expired (due or not), else ``None``."""
+    if _expired(credential.expires_at, _obtained_at(credential)):
+        return None
+    return st.reveal(credential, "access_token")
+
+
+def _still_served(credential: Any) -> bool:
+    """After a refresh of a due token failed for good: its token serves until it expires.
+
+    The IdP refused a new token, not the current one. A refusal of a token that was not yet
+    due (Refresh now after a revocation) sets no ``serve_until``: the grant's tokens may have
+    died with it.
+    """
+    until = credential.serve_until
+    return until is not None and not _expired(until, _obtained_at(credential))
 
 
 def _usable(st: MailOAuthState, credential: Any, account: Any, leeway: timedelta) -> str | None:
@@ -204,35 +295,57 @@ def refresh(st: MailOAuthState, key: str, purpose: str, *, force: bool = True) -
     ``force`` also ignores the backoff after transient failures ("Refresh now" in the Token
     tab). Unlike :func:`access_token`, a failure always raises, even a transient one while the
     current token is still valid: whoever asked for a refresh learns that it did not happen.
+    A forced call that waited for another worker's refresh returns only a token that worker
+    obtained; if it obtained none, this call asks the IdP itself.
     """
-    return _refresh(st, key, purpose, force=force)[0]
+    with _typed_database_errors(key, purpose):
+        return _refresh(st, key, purpose, force=force)[0]
 
 
 def refresh_if_due(st: MailOAuthState, key: str, purpose: str) -> bool:
     """Refresh a due token unless another worker did meanwhile; True when this call did it."""
-    return _refresh(st, key, purpose, force=False)[1]
+    with _typed_database_errors(key, purpose):
+        return _refresh(st, key, purpose, force=False)[1]
+
+
+#: what tells one obtained token from the next: the credential's uid and last refresh time
+Marker = tuple[str, datetime | None]
 
 
 @dataclass(frozen=True)
 class _Claim:
     """What the worker that holds an account's refresh lease needs for its call to the IdP.
 
-    ``uid`` and ``version`` identify the credential as it was when claimed: the answer is
-    stored only if nobody replaced or updated it meanwhile.
+    ``uid``, ``version``, ``failure_count`` and ``refreshed_at`` describe the credential as it
+    was when claimed: they decide whether the answer may still be stored (``_may_store``).
     """
 
     uid: str
     version: int
+    failure_count: int
+    refreshed_at: datetime | None
     provider: Provider
     config: dict[str, str]
     client_secret: str
     refresh_token: str
 
+    @property
+    def marker(self) -> Marker:
+        return (self.uid, self.refreshed_at)
+
     def __repr__(self) -> str:
         return f"<_Claim {self.uid} v{self.version} {self.provider.id}>"
 
 
-_BUSY = object()  # another worker holds the lease
+@dataclass(frozen=True)
+class _Busy:
+    """Another worker holds the lease; the credential as seen, and its token while valid."""
+
+    marker: Marker
+    current: str | None
+
+    def __repr__(self) -> str:
+        return f"<_Busy {self.marker[0]}>"
 
 
 def _refresh(
@@ -243,64 +356,190 @@ def _refresh(
     Three short transactions instead of one long one: claim a lease on the row, call the IdP
     with no transaction open, store the answer. Holding SQLite's write lock (or a PostgreSQL
     row lock) through an HTTP call would stall every other writer for as long as the IdP takes.
-    Workers that find the lease taken wait for its holder's answer and use it. With
-    ``keep_valid_token``, a transient failure returns the current token while it is valid.
+    Callers that find the lease taken use the current token while it is valid (unless
+    ``force``), else wait for the holder's answer: a forced caller accepts only a token
+    obtained after it started waiting (``since``). With ``keep_valid_token``, a failure that
+    leaves the current token valid returns it.
     """
     config = current_app.config
     deadline = time.monotonic() + config["MAILOAUTH_LOCK_TIMEOUT"]
     pause = 0.02
+    since: Marker | None = None
     while True:
-        claimed = _claim(st, key, purpose, force=force, keep_valid_token=keep_valid_token)
+        claimed = _claim(
+            st, key, purpose, force=force, since=since, keep_valid_token=keep_valid_token
+        )
         if isinstance(claimed, _Claim):
-            answer, failure = _ask_idp(claimed, config)
-            credential = _store(st, key, purpose, claimed, answer, failure)
-            if credential is not None:
+            outcome = _settle(st, key, purpose, claimed, config)
+            if outcome is not None:
                 break
-            # Replaced or updated meanwhile (an admin authorized again, or a slow call lost its
-            # lease to another worker): the stored state decides, so read it again.
-        elif claimed is not _BUSY:
-            return claimed, False
-        else:
+            # Replaced or updated meanwhile (an admin authorized again, or another worker's
+            # answer is newer): the stored state decides, so read it again.
+            since = since or claimed.marker
+        elif isinstance(claimed, _Busy):
+            if not force and claimed.current is not None:
+                return claimed.current, False
+            since = since or claimed.marker
             time.sleep(pause)
             pause = min(pause * 2, 0.25)
+        else:
+            return claimed, False
         if time.monotonic() > deadline:
             raise _still_refreshing(key, purpose)
-        force = False  # what the other worker obtained serves this caller too
-    # Committed: signals and errors come after the state is stored.
+    answer, failure, credential = outcome
     if answer is not None:
-        signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
         return answer.access_token, True
     return _after_failure(st, key, purpose, failure, credential, keep_valid_token), True
 
 
 def _claim(
-    st: MailOAuthState, key: str, purpose: str, *, force: bool, keep_valid_token: bool
-) -> Any:
-    """In one short locked transaction: the usable token, ``_BUSY``, or a new lease."""
+    st: MailOAuthState,
+    key: str,
+    purpose: str,
+    *,
+    force: bool,
+    since: Marker | None,
+    keep_valid_token: bool,
+) -> str | _Busy | _Claim:
+    """In one short locked transaction: a token to use, ``_Busy``, or a new lease.
+
+    A token is used when it is valid beyond the leeway (unless ``force``), or when it was
+    obtained after ``since`` (by the lease holder a caller waited for, or a new consent).
+    """
     config = current_app.config
     leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
     with own_session(st.db) as s, row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
         credential, account = _read(s, st, key, purpose, lock=True)
         now = utcnow()
+        marker = (credential.uid, credential.refreshed_at)
+        if since is not None and marker != since:
+            token = _current(st, credential)
+            if token:
+                return token
         if not force:
             token = _usable(st, credential, account, leeway)
             if token:
                 return token
         if credential.refresh_lease_until and credential.refresh_lease_until > now:
-            return _BUSY
+            return _Busy(marker, _current(st, credential))
         if not force and credential.next_retry_at and credential.next_retry_at > now:
             return _unavailable(st, credential, keep_valid_token)
-        # Long enough for the IdP's connect and read timeouts; a dead holder's lease runs out.
-        lease = timedelta(seconds=2 * config["MAILOAUTH_HTTP_TIMEOUT"] + 5)
-        credential.refresh_lease_until = now + lease
+        credential.refresh_lease_until = now + _lease(config)
         return _Claim(
             uid=credential.uid,
             version=credential.version,
+            failure_count=credential.failure_count,
+            refreshed_at=credential.refreshed_at,
             provider=registry.get(account.provider),
             config=dict(account.config),
             client_secret=st.reveal(account, "client_secret") if account.client_secret else "",
             refresh_token=st.reveal(credential, "refresh_token"),
         )
+
+
+def _idp_deadline(config: Any) -> float:
+    """Seconds the whole refresh call may take (connect, send, a trickling answer)."""
+    return 2 * config["MAILOAUTH_HTTP_TIMEOUT"]
+
+
+def _lease(config: Any) -> timedelta:
+    """How long a lease holds: the IdP's deadline plus time to store its answer. A dead
+    holder's lease runs out; a live holder's call has ended before it does."""
+    return timedelta(seconds=_idp_deadline(config) + config["MAILOAUTH_HTTP_TIMEOUT"] + 5)
+
+
+def _settle(st: MailOAuthState, key: str, purpose: str, claim: _Claim, config: Any) -> Any:
+    """Ask the IdP and store its answer: ``(answer, failure, credential)``, or ``None`` when
+    the credential changed meanwhile. The lease is released on every path.
+
+    A success the database refuses (stopped, locked) is kept: served from memory and stored
+    by a background retry (``_keep_storing``). Any other exception releases the lease in its
+    own short transaction, then propagates.
+    """
+    try:
+        answer, failure = _ask_idp(claim, config)
+        credential = _store(st, key, purpose, claim, answer, failure)
+    except SQLAlchemyError:
+        if answer is None:
+            _release(st, key, purpose, claim)
+            raise
+        _keep_storing(st, key, purpose, claim, answer, config["MAILOAUTH_STORE_RETRY"])
+        return answer, None, None
+    except BaseException:
+        _release(st, key, purpose, claim)
+        raise
+    if credential is None:
+        return None
+    # Committed: signals and errors come after the state is stored.
+    if answer is not None:
+        signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
+    return answer, failure, credential
+
+
+def _release(st: MailOAuthState, key: str, purpose: str, claim: _Claim) -> None:
+    """Clear this worker's lease unless the credential changed since the claim; a database
+    that refuses even this leaves the lease to run out."""
+    m = st.models
+    try:
+        with own_session(st.db) as s:
+            s.execute(
+                sa.update(m.Credential)
+                .where(m.Credential.uid == claim.uid, m.Credential.version == claim.version)
+                .values(refresh_lease_until=None)
+            )
+    except SQLAlchemyError as exc:
+        logger.warning(
+            "Could not release the refresh lease of %s (%s) (%s); it runs out by itself.",
+            key,
+            purpose,
+            type(exc).__name__,
+        )
+
+
+def _keep_storing(
+    st: MailOAuthState, key: str, purpose: str, claim: _Claim, answer: Any, seconds: float
+) -> None:
+    """Serve ``answer`` from memory and store it from a background thread, retrying for up to
+    ``seconds``: the IdP may have rotated the refresh token, so dropping it loses the grant."""
+    st.cache[(key, purpose)] = CachedToken(
+        answer.access_token, answer.expires_at, time.monotonic(), utcnow(), unstored=True
+    )
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    logger.warning(
+        "The database refused the refreshed token of %s (%s); retrying for %s s.",
+        key,
+        purpose,
+        seconds,
+    )
+
+    def retry() -> None:
+        until, pause = time.monotonic() + seconds, 0.2
+        with app.app_context():
+            while True:
+                time.sleep(pause)
+                try:
+                    stored = _store(st, key, purpose, claim, answer, None)
+                except SQLAlchemyError:
+                    if time.monotonic() < until:
+                        pause = min(pause * 2, 5.0)
+                        continue
+                    logger.error(
+                        "Gave up storing the refreshed token of %s (%s) after %s s.",
+                        key,
+                        purpose,
+                        seconds,
+                    )
+                    st.cache.pop((key, purpose), None)
+                    return
+                if stored is None:
+                    st.cache.pop((key, purpose), None)
+                    return
+                signals.refreshed.send(
+                    st.extension, key=key, purpose=purpose, expires_at=answer.expires_at
+                )
+                return
+
+    threading.Thread(target=retry, name=f"mailoauth-store-{key}", daemon=True).start()
 
 
 def _ask_idp(claim: _Claim, config: Any) -> tuple[Any, ProviderFailure | None]:
@@ -314,6 +553,7 @@ def _ask_idp(claim: _Claim, config: Any) -> tuple[Any, ProviderFailure | None]:
             claim.client_secret,
             grant,
             timeout=config["MAILOAUTH_HTTP_TIMEOUT"],
+            deadline=_idp_deadline(config),
             requested_scopes=claim.provider.scopes(claim.config),
         )
     except TokenRequestFailed as exc:
@@ -322,15 +562,11 @@ def _ask_idp(claim: _Claim, config: Any) -> tuple[Any, ProviderFailure | None]:
 
 
 def _store(st, key: str, purpose: str, claim: _Claim, answer: Any, failure: Any) -> Any:
-    """Record the IdP's answer if the credential is still the one claimed; ``None`` if not.
-
-    It is not when an admin re-authorized or deleted the token meanwhile, or when another
-    worker stored a refresh after this one's lease ran out: a newer state already stands.
-    """
+    """Record the IdP's answer if it may still be stored (``_may_store``); ``None`` if not."""
     config = current_app.config
     with own_session(st.db) as s, row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
         row = _select(s, st, key, purpose, lock=True)
-        if row is None or (row[0].uid, row[0].version) != (claim.uid, claim.version):
+        if row is None or not _may_store(row[0], claim, success=answer is not None):
             logger.warning(
                 "Refresh of %s (%s) finished after its credential changed; result dropped.",
                 key,
@@ -346,6 +582,23 @@ def _store(st, key: str, purpose: str, claim: _Claim, answer: Any, failure: Any)
         return credential
 
 
+def _may_store(credential: Any, claim: _Claim, *, success: bool) -> bool:
+    """Whether an answer to ``claim`` may still be stored on ``credential``.
+
+    Yes when nothing changed since the claim. A success also wins over failures stored
+    meanwhile by workers that claimed after this one's lease ran out: they sent a refresh
+    token the IdP had already rotated, and this answer holds the new one. Anything else (a new
+    credential, a newer success, an admin's change) is newer than this answer.
+    """
+    if credential.uid != claim.uid:
+        return False
+    if credential.version == claim.version:
+        return True
+    changes = credential.version - claim.version
+    failures = credential.failure_count - claim.failure_count
+    return success and credential.refreshed_at == claim.refreshed_at and changes == failures > 0
+
+
 def _record_success(st, session: Session, credential: Any, account: Any, answer: Any) -> None:
     now = utcnow()
     st.seal(credential, "access_token", answer.access_token)
@@ -355,12 +608,13 @@ def _record_success(st, session: Session, credential: Any, account: Any, answer:
         credential.refresh_token_issued_at = now
     credential.expires_at = answer.expires_at
     credential.refreshed_at = now
+    credential.clock_skew = answer.clock_skew
     if answer.raw.get("scope"):
         credential.scope = answer.scope
     credential.status = ACTIVE
     credential.failure_count = 0
     credential.last_error = credential.last_error_code = None
-    credential.next_retry_at = None
+    credential.next_retry_at = credential.serve_until = None
     credential.version += 1
     session.add(
         st.models.Event(
@@ -371,12 +625,14 @@ def _record_success(st, session: Session, credential: Any, account: Any, answer:
         )
     )
     st.cache[(account.key, account.purpose)] = CachedToken(
-        answer.access_token, answer.expires_at, time.monotonic(), now
+        answer.access_token, answer.expires_at, time.monotonic(), _obtained_at(credential)
     )
 
 
 def _record_failure(st, session, credential, account, failure: ProviderFailure, config) -> None:
     """Store the failure on the credential (never deleting anything) and log the event."""
+    leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
+    was_due = _due(credential.expires_at, _obtained_at(credential), leeway)
     credential.failure_count += 1
     credential.status = _STATUS_BY_KIND[failure.kind]
     credential.last_error_code = (failure.code or "")[:64] or None
@@ -385,6 +641,9 @@ def _record_failure(st, session, credential, account, failure: ProviderFailure, 
         utcnow() + timedelta(seconds=backoff(credential.failure_count, failure.retry_after, config))
         if failure.kind == "transient"
         else None
+    )
+    credential.serve_until = (
+        credential.expires_at if failure.kind != "transient" and was_due else None
     )
     credential.version += 1
     session.add(
@@ -415,9 +674,10 @@ def backoff(failures: int, retry_after: float | None, config: Any) -> float:
 
 
 def _unavailable(st, credential: Any, keep_valid_token: bool) -> str:
-    """After a transient failure: the still-valid token if wanted, else the typed error."""
-    if keep_valid_token and credential.expires_at > utcnow():
-        return st.reveal(credential, "access_token")
+    """After a failure: the still-valid token if wanted, else the typed error."""
+    token = _current(st, credential) if keep_valid_token else None
+    if token:
+        return token
     retry = (
         f"; next try at {credential.next_retry_at:%H:%M:%S} UTC" if credential.next_retry_at else ""
     )
@@ -430,14 +690,16 @@ def _unavailable(st, credential: Any, keep_valid_token: bool) -> str:
 def _after_failure(
     st, key: str, purpose: str, failure: ProviderFailure, credential: Any, keep_valid_token: bool
 ) -> str:
-    """Signal the stored failure, then raise the typed error (or, if wanted and still valid
-    after a transient failure, return the current token)."""
+    """Signal the stored failure, then raise the typed error, or (if wanted) return the
+    current token while it may still serve: after a transient failure, or after a permanent
+    one of a token that was due (``_still_served``)."""
     signals.refresh_failed.send(st.extension, key=key, purpose=purpose, failure=failure)
     if failure.kind == "reauthorize":
         signals.reauthorization_required.send(
             st.extension, key=key, purpose=purpose, failure=failure
         )
-        raise ReauthorizationRequired(f"{key} ({purpose}): {failure.summary()}")
-    if failure.kind == "configuration":
+    if failure.kind != "transient" and not (keep_valid_token and _still_served(credential)):
+        if failure.kind == "reauthorize":
+            raise ReauthorizationRequired(f"{key} ({purpose}): {failure.summary()}")
         raise ConfigurationError(f"{key} ({purpose}): {failure.summary()}")
     return _unavailable(st, credential, keep_valid_token)

@@ -13,6 +13,7 @@ import os
 import re
 import selectors
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import psycopg
 import pytest
 import requests
 import sqlalchemy as sa
@@ -110,13 +112,15 @@ def revoke(idp, done, token):
 class TcpProxy:
     """A tiny TCP forwarder on 127.0.0.1 (one thread per connection) that can be stopped (the
     port then refuses connections) and started again on the same port. ``connections`` counts
-    accepted connections; ``received`` keeps the bytes clients sent (HTTP requests)."""
+    accepted connections; ``received`` keeps the bytes clients sent (HTTP requests).
+    ``trickle``: seconds to pause after each line of the answer (a slow server)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream = (HOST, upstream_port)
         self.port = free_port()
         self.connections = 0
         self.received = bytearray()
+        self.trickle = 0.0
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
@@ -187,9 +191,33 @@ class TcpProxy:
                         if src is client:
                             with self._lock:
                                 self.received += data
-                        peers[src].setblocking(True)
-                        peers[src].sendall(data)
-                        peers[src].setblocking(False)
+                        self._send(peers[src], data, slow=src is upstream)
+
+    def _send(self, dst: socket.socket, data: bytes, *, slow: bool) -> None:
+        dst.setblocking(True)
+        pieces = data.splitlines(keepends=True) if slow and self.trickle else [data]
+        for piece in pieces:
+            dst.sendall(piece)
+            if slow and self.trickle:
+                time.sleep(self.trickle)
+        dst.setblocking(False)
+
+
+@contextlib.contextmanager
+def row_locked(db_url):
+    """Another connection holds the write lock: SQLite BEGIN IMMEDIATE, a PostgreSQL row lock
+    on every credential. Reads still work; claiming a lease or storing does not."""
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        conn = psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql"))
+        conn.execute("SELECT id FROM mailoauth_credential FOR UPDATE")
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.close()
 
 
 @pytest.fixture
@@ -653,3 +681,76 @@ def test_refresh_due_from_two_processes_refreshes_each_of_200_accounts_once(
     assert not old & set(fresh.values())
     assert len(set(fresh.values())) == ACCOUNTS
     assert generic_idp.introspect(fresh["bulk-042"])["active"] is True
+
+
+# ---------------------------------------------------------------------- 8. faults, strict rotation
+def token_of(host, key="support"):
+    with host.app.app_context():
+        return host.ext.access_token(key)
+
+
+def test_a_slow_rotated_answer_the_database_refuses_is_kept_and_the_grant_survives(
+    make_host, generic_idp, proxy, db_url
+):
+    """The strict rotating IdP (a used refresh token revokes the grant) answers a refresh one
+    line every 0.25 s, longer than the per-read timeout; meanwhile callers of the due but valid
+    token get it at once, and the database is locked when the answer arrives. The new tokens
+    are served from memory, stored once the lock is gone, and the grant refreshes again."""
+    host = make_host(db_url=db_url, MAILOAUTH_HTTP_TIMEOUT=2, MAILOAUTH_LOCK_TIMEOUT=0.5)
+    authorize(
+        host,
+        generic_idp,
+        "support@example.test",
+        rotate=True,
+        idp_token_endpoint=f"http://{HOST}:{proxy.port}/token",
+    )
+    _, current, first_refresh = credential(host)
+    update_credential(
+        host,
+        issued_at=utcnow() - timedelta(seconds=3540),
+        expires_at=utcnow() + timedelta(seconds=60),
+    )
+    generic_idp.reset()
+    proxy.trickle = 0.25
+    slow: list = []
+
+    def holder():
+        with host.app.app_context():
+            started = time.monotonic()
+            slow.append(host.ext.access_token("support"))
+            slow.append(time.monotonic() - started)
+
+    holding = threading.Thread(target=holder)
+    holding.start()
+    deadline = time.monotonic() + 5
+    while credential(host)[0].refresh_lease_until is None:
+        assert time.monotonic() < deadline, "no lease taken"
+        time.sleep(0.02)
+    with row_locked(db_url):
+        with ThreadPoolExecutor(8) as pool:
+            started = time.monotonic()
+            others = list(pool.map(lambda _: token_of(host), range(8)))
+            assert time.monotonic() - started < 1.0  # nobody waited for the slow answer
+        assert others == [current] * 8
+        holding.join(timeout=30)
+        fresh, seconds = slow
+        assert fresh != current
+        assert seconds > 2  # longer than the per-read timeout, within the total deadline
+        assert credential(host)[2] == first_refresh  # the database refused it so far
+        with host.app.app_context():
+            assert host.ext.access_token("support") == fresh  # from memory
+    deadline = time.monotonic() + 10
+    while credential(host)[1] != fresh:
+        assert time.monotonic() < deadline, "the kept answer was never stored"
+        time.sleep(0.1)
+    cred, _, rotated = credential(host)
+    assert rotated != first_refresh
+    assert (cred.status, cred.refresh_lease_until) == ("active", None)
+    assert generic_idp.refresh_count() == 1
+    proxy.trickle = 0.0
+    with host.app.app_context():
+        again = host.ext.refresh("support")  # the stored rotated refresh token still works
+    assert again != fresh
+    assert generic_idp.refresh_count() == 2
+    assert credential(host)[0].status == "active"
+    assert generic_idp.introspect(again)["active"] is True
