@@ -65,6 +65,7 @@ def test_fields_and_defaults(provider):
         ("resource_endpoint", "Resource Details Endpoint"),
         ("scopes", "Scopes"),
         ("email_attribute", "Email Address Attribute"),
+        ("iss_parameter", "Issuer in Response"),
         ("prompt", "Prompt"),
     ]
     defaults = provider.defaults()
@@ -74,6 +75,7 @@ def test_fields_and_defaults(provider):
     assert provider.field("issuer").help == "Fills the endpoints by discovery."
     assert provider.field("email_attribute").signed
     assert not provider.field("prompt").signed
+    assert not provider.field("iss_parameter").signed
 
 
 def test_manual_endpoints_are_valid(provider):
@@ -254,17 +256,22 @@ def test_identity_from_id_token_claims(provider, http, idp):
     assert len(idp.calls) == 0
 
 
-def test_identity_from_preferred_username(provider, http):
+def test_preferred_username_is_an_address_only_when_the_admin_names_it(provider, http):
     claims = {"sub": "u1", "preferred_username": "help@example.com"}
-    assert provider.identity(manual(), claims=claims, token=TOKEN, http=http).email == (
-        "help@example.com"
-    )
+    found = provider.identity(manual(), claims=claims, token=TOKEN, http=http)
+    assert (found.email, found.addresses) == (None, ())
+    assert found.unverified == ("help@example.com",)
+    assert "Email Address Attribute" in found.advice
+    config = manual(email_attribute="preferred_username")
+    found = provider.identity(config, claims=claims, token=TOKEN, http=http)
+    assert found.email == "help@example.com"
+    assert found.matches("HELP@example.com")
 
 
 def test_identity_falls_back_to_userinfo(provider, http, idp):
     idp.get(
         USERINFO,
-        json={"sub": "u1", "email": "help@example.com", "name": "Help"},
+        json={"sub": "u1", "email": "help@example.com", "email_verified": True, "name": "Help"},
         match=[responses.matchers.header_matcher({"Authorization": "Bearer at-123"})],
     )
     claims = {"sub": "u1", "email": "help@example.com", "email_verified": False}

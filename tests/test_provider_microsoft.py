@@ -296,10 +296,11 @@ def test_identity_from_the_id_token_claims(provider):
     assert found.matches("HELP@contoso.com")
 
 
-def test_identity_falls_back_to_sub_and_unique_name(provider):
+def test_identity_falls_back_to_sub_and_never_to_unique_name(provider):
     found = identity(provider, {"unique_name": "live.com#a@b.example", "sub": "s"})
     assert found.email is None
-    assert found.addresses == ("live.com#a@b.example",)
+    assert found.addresses == ()
+    assert not found.matches("live.com#a@b.example")
     assert found.subject == "s"
 
 
