@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 #: id_token signature algorithms accepted (never "none", never a shared-secret HMAC)
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
 _AADSTS = re.compile(r"\bAADSTS(\d+)")
+#: characters of a failure's message, and of its guidance, that a banner shows at most
+BANNER_CHARACTERS = 1000
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,8 @@ def finish(
     outcome = CallbackOutcome(account["key"], account["purpose"], pending_data["return_url"])
     try:
         who = _complete(st, account, pending_data, args, session_id=session_id, timeout=timeout)
-    except AuthorizationFailed as failure:
+    except AuthorizationFailed as raw:
+        failure = _banner_safe(raw)
         _log_event(
             st,
             account["id"],
@@ -152,6 +155,16 @@ def finish(
         )
         return replace(outcome, error=failure)
     return replace(outcome, authorized_by=who)
+
+
+def _banner_safe(failure: AuthorizationFailed) -> AuthorizationFailed:
+    """``failure`` with its text cleaned and bounded: it may quote the IdP, and it travels in
+    the session cookie to a banner on the host's page."""
+    return AuthorizationFailed(
+        clean_text(str(failure), BANNER_CHARACTERS) or "",
+        clean_text(failure.guidance, BANNER_CHARACTERS) or "",
+        clean_text(failure.code, 64),
+    )
 
 
 def _take_pending(st: MailOAuthState, state: str) -> tuple[dict, dict] | None:
