@@ -8,6 +8,7 @@ import responses
 
 from flask_mailoauth.errors import AuthorizationFailed
 from flask_mailoauth.providers import registry
+from flask_mailoauth.providers.base import check_endpoint_url
 from flask_mailoauth.providers.generic import GenericProvider
 
 ISSUER = "https://idp.example.com/realms/helpdesk"
@@ -358,3 +359,26 @@ def test_unreachable_has_a_description(provider):
     assert (
         provider.classify_error(502, {}).description == "The identity provider answered HTTP 502."
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://idp.example.test/a b", "https://idp.example.test/\ttoken", "https://x\r\n.test"],
+)
+def test_endpoints_with_spaces_or_controls_are_refused(url):
+    assert check_endpoint_url(url, allow_insecure_http=False) is not None
+
+
+def test_discovery_records_an_advertised_iss_parameter(provider, http, idp):
+    document = {
+        "issuer": ISSUER,
+        "authorization_endpoint": f"{ISSUER}/auth",
+        "token_endpoint": f"{ISSUER}/token",
+        "authorization_response_iss_parameter_supported": True,
+    }
+    idp.get(f"{ISSUER}/.well-known/openid-configuration", json=document)
+    config = {"issuer": ISSUER, "client_id": "c", "scopes": "openid"}
+    completed = provider.complete(config, http)
+    assert completed["iss_parameter"] == "required"
+    assert provider.endpoints(completed).authorization_response_iss
+    assert not provider.endpoints(manual()).authorization_response_iss
