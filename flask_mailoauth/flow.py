@@ -27,8 +27,8 @@ from flask import current_app
 
 from . import signals
 from .crypto import DecryptionError
-from .errors import AuthorizationFailed
-from .models import own_session, row_lock, utcnow
+from .errors import AuthorizationFailed, MailOAuthError
+from .models import clean_text, own_session, row_lock, utcnow
 from .oauth import TokenRequestFailed, TokenResponse, request_token
 from .outbound import OutboundError, OutboundHTTP, OutboundPolicy
 from .providers import registry
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 #: id_token signature algorithms accepted (never "none", never a shared-secret HMAC)
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
 _AADSTS = re.compile(r"\bAADSTS(\d+)")
+#: characters of a failure's message, and of its guidance, that a banner shows at most
+BANNER_CHARACTERS = 1000
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,8 @@ def finish(
     outcome = CallbackOutcome(account["key"], account["purpose"], pending_data["return_url"])
     try:
         who = _complete(st, account, pending_data, args, session_id=session_id, timeout=timeout)
-    except AuthorizationFailed as failure:
+    except AuthorizationFailed as raw:
+        failure = _banner_safe(raw)
         _log_event(
             st,
             account["id"],
@@ -153,6 +156,16 @@ def finish(
         )
         return replace(outcome, error=failure)
     return replace(outcome, authorized_by=who)
+
+
+def _banner_safe(failure: AuthorizationFailed) -> AuthorizationFailed:
+    """``failure`` with its text cleaned and bounded: it may quote the IdP, and it travels in
+    the session cookie to a banner on the host's page."""
+    return AuthorizationFailed(
+        clean_text(str(failure), BANNER_CHARACTERS) or "",
+        clean_text(failure.guidance, BANNER_CHARACTERS) or "",
+        clean_text(failure.code, 64),
+    )
 
 
 def _take_pending(st: MailOAuthState, state: str) -> tuple[dict, dict] | None:
@@ -210,10 +223,16 @@ def _complete(
     account, client_secret = _load_account(st, account_ref["id"])
     provider = registry.get(account["provider"])
     config = account["config"]
-    if args.get("error"):
-        raise _idp_error(provider, args)
     endpoints = provider.endpoints(config)
     issuer = args.get("iss")
+    if issuer is None and endpoints.authorization_response_iss:
+        raise AuthorizationFailed(
+            "The sign-in response carries no iss although the identity provider advertises it "
+            "(RFC 9207), so it cannot be told from a response of another identity provider.",
+            "Start again from the Config button. If the provider no longer sends iss, set Issuer "
+            "in Response to Not required on the IdP Config tab.",
+            code="iss_missing",
+        )
     if issuer is not None:
         expected = endpoints.issuer
         origin = _origin(endpoints.token)
@@ -223,6 +242,8 @@ def _complete(
                 "Someone may be mixing up identity providers; start again from the Config button.",
                 code="iss_mismatch",
             )
+    if args.get("error"):
+        raise _idp_error(provider, args)
     code = args.get("code")
     if not code:
         raise AuthorizationFailed(
@@ -255,19 +276,8 @@ def _complete(
     claims = _validate_id_token(provider, config, token, pending["nonce"], timeout, issuer)
     identity = _identity(provider, config, claims, token, timeout)
     if account["strict_matching"] and not identity.matches(account["address"]):
-        who = identity.email or "an account whose address could not be read"
-        raise AuthorizationFailed(
-            f"Strict Matching: expected authorization for {account['address']}, not {who}.",
-            f"Sign in as {account['address']}, or turn Strict Matching off on the Info tab to let "
-            "a delegate authorize a shared mailbox or alias.",
-            code="identity_mismatch",
-        )
-    if not token.refresh_token:
-        raise AuthorizationFailed(
-            "Unable to obtain a refresh token: is offline_access granted?",
-            "Request the offline_access scope (Google: access_type=offline) and consent again.",
-            code="no_refresh_token",
-        )
+        raise _identity_mismatch(account["address"], identity)
+    _check_grant(st, provider, config, account, token)
     _store(st, account, provider, config, token, identity)
     signals.authorized.send(
         st.extension,
@@ -276,6 +286,63 @@ def _complete(
         resource_owner=identity.email,
     )
     return identity.email
+
+
+def _identity_mismatch(address: str, identity: Identity) -> AuthorizationFailed:
+    """Strict Matching's refusal; it says how to fix an address the IdP named unverified."""
+    who = identity.email or "an account whose address could not be read"
+    message = f"Strict Matching: expected authorization for {address}, not {who}."
+    guidance = (
+        f"Sign in as {address}, or turn Strict Matching off on the Info tab to let a delegate "
+        "authorize a shared mailbox or alias."
+    )
+    if identity.names_unverified(address):
+        message += f" The token names {address} only in a claim the provider does not vouch for."
+        guidance = identity.advice
+    return AuthorizationFailed(message, guidance, code="identity_mismatch")
+
+
+def _check_grant(
+    st: MailOAuthState,
+    provider: Provider,
+    config: Mapping[str, str],
+    account: dict,
+    token: TokenResponse,
+) -> None:
+    """Refuse a grant that cannot serve the account: a mail scope or offline access missing.
+
+    A refresh token is what proves offline access (Microsoft leaves ``offline_access`` out of
+    the granted scopes and still sends one).
+    """
+    protocols = _protocols(st, account["key"], account["purpose"])
+    missing = provider.missing_scopes(config, token.scope.split(), protocols)
+    if missing:
+        if not token.refresh_token:
+            missing.append("offline_access")
+        raise AuthorizationFailed(
+            f"Consent was only partly given: the grant lacks {', '.join(missing)} "
+            f"(granted: {token.scope or 'nothing'}), so the mail server would refuse the token.",
+            "Authorize again and accept every permission on the consent screen; if it did not "
+            "offer them, add them to the Scopes and to the application's API permissions (with "
+            "admin consent where the tenant requires it).",
+            code="partial_consent",
+        )
+    if not token.refresh_token:
+        raise AuthorizationFailed(
+            "Unable to obtain a refresh token: is offline_access granted?",
+            "Request the offline_access scope (Google: access_type=offline) and consent again.",
+            code="no_refresh_token",
+        )
+
+
+def _protocols(st: MailOAuthState, key: str, purpose: str) -> tuple[str, ...]:
+    """The mail protocols the account's token is for; none when the host no longer knows it."""
+    if purpose == "smtp":
+        return ("smtp",)
+    try:
+        return (st.extension.mailbox(key).protocol,)
+    except MailOAuthError:
+        return ()
 
 
 def _load_account(st: MailOAuthState, account_id: int) -> tuple[dict, str]:
@@ -301,8 +368,8 @@ def _load_account(st: MailOAuthState, account_id: int) -> tuple[dict, str]:
 
 def _idp_error(provider: Provider, args: Mapping[str, str]) -> AuthorizationFailed:
     """The IdP's ``error``/``error_description`` turned into a banner with guidance."""
-    error = args.get("error", "")[:100]
-    description = args.get("error_description", "")[:500]
+    error = clean_text(args.get("error", ""), 100) or ""
+    description = clean_text(args.get("error_description", ""), 500) or ""
     match = _AADSTS.search(description)
     code = f"AADSTS{match.group(1)}" if match else error
     guidance = provider.guidance(code) or provider.guidance(error) or "Authorize again."
@@ -365,6 +432,14 @@ def _validate_id_token(
         ) from None
     if not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
         raise AuthorizationFailed(f"{invalid}: the nonce does not match.", code="invalid_nonce")
+    audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+    if (len(audiences) > 1 or "azp" in claims) and claims.get("azp") != config["client_id"]:
+        raise AuthorizationFailed(
+            f"{invalid}: it was issued to several audiences (or another party) and its "
+            "authorized party (azp) is not this Client ID.",
+            "Check the Client ID; a token issued to another application is never accepted.",
+            code="invalid_azp",
+        )
     if callback_issuer is not None and callback_issuer != claims["iss"]:
         raise AuthorizationFailed(
             "The sign-in response and the id_token name different issuers.", code="iss_mismatch"
@@ -468,6 +543,7 @@ def _store(
             config_signature=config_signature(provider, config),
             issued_at=now,
             refresh_token_issued_at=now,
+            clock_skew=token.clock_skew,
             status="active",
         )
         st.seal(credential, "access_token", token.access_token)

@@ -7,6 +7,7 @@ once per ``db`` instance. Every datetime is timezone-aware UTC. Secret columns h
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -24,6 +25,39 @@ SECRET_FIELDS = {
     "mailoauth_credential": ("access_token", "refresh_token"),
     "mailoauth_pending": ("code_verifier",),
 }
+
+
+#: ``Column.info`` key of the columns that hold text from outside (the IdP, its tokens, errors);
+#: the value caps a ``Text`` column, a ``String(n)`` column is capped at ``n``
+OUTSIDE_TEXT = "mailoauth_outside_text"
+#: the characters a ``Text`` column from outside keeps when it names no cap of its own
+TEXT_CAP = 4000
+#: control characters that separate words: they become a space, the others are dropped
+_SPACING = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029")
+
+
+def clean_text(value: Any, length: int) -> str | None:
+    """``value`` as storable text: no NUL, control, format or surrogate characters, at most
+    ``length`` characters, one line.
+
+    PostgreSQL refuses NUL and over-long values with ``DataError``; an unpaired surrogate (a
+    ``\\ud800`` escape in the IdP's JSON) cannot be encoded at all. ``None`` stays ``None``.
+    """
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    text = text[: length * 4]  # bounds the work on a huge value; controls may shrink it
+    kept = [
+        " " if c in _SPACING else c
+        for c in text
+        if c in _SPACING or unicodedata.category(c) not in ("Cc", "Cf", "Cs")
+    ]
+    return "".join(kept).strip()[:length].rstrip()
+
+
+def outside_text(cap: int | None = None) -> dict[str, int | None]:
+    """The ``info`` of a column holding outside text (see :func:`clean_text`)."""
+    return {OUTSIDE_TEXT: cap}
 
 
 def utcnow() -> datetime:
@@ -111,22 +145,30 @@ class CredentialMixin(_Secretive):
 
     access_token: Mapped[bytes] = mapped_column(sa.LargeBinary)
     refresh_token: Mapped[bytes] = mapped_column(sa.LargeBinary)
-    token_type: Mapped[str] = mapped_column(sa.String(32), default="Bearer")
+    token_type: Mapped[str] = mapped_column(sa.String(32), default="Bearer", info=outside_text())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    scope: Mapped[str] = mapped_column(sa.Text, default="")
-    audience: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
-    resource_owner: Mapped[str | None] = mapped_column(sa.String(320), nullable=True)
-    authorized_by: Mapped[str | None] = mapped_column(sa.String(320), nullable=True)
-    subject: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
-    tenant: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    scope: Mapped[str] = mapped_column(sa.Text, default="", info=outside_text(TEXT_CAP))
+    audience: Mapped[str | None] = mapped_column(sa.String(255), nullable=True, info=outside_text())
+    resource_owner: Mapped[str | None] = mapped_column(
+        sa.String(320), nullable=True, info=outside_text()
+    )
+    authorized_by: Mapped[str | None] = mapped_column(
+        sa.String(320), nullable=True, info=outside_text()
+    )
+    subject: Mapped[str | None] = mapped_column(sa.String(255), nullable=True, info=outside_text())
+    tenant: Mapped[str | None] = mapped_column(sa.String(255), nullable=True, info=outside_text())
     config_signature: Mapped[str] = mapped_column(sa.String(64))
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     refresh_token_issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     status: Mapped[str] = mapped_column(sa.String(32), default="active")
     failure_count: Mapped[int] = mapped_column(sa.Integer, default=0)
-    last_error_code: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
-    last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    last_error_code: Mapped[str | None] = mapped_column(
+        sa.String(64), nullable=True, info=outside_text()
+    )
+    last_error: Mapped[str | None] = mapped_column(
+        sa.Text, nullable=True, info=outside_text(TEXT_CAP)
+    )
     next_retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: while set and in the future, a worker is calling the IdP to refresh this credential
     refresh_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -172,9 +214,9 @@ class EventMixin:
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(sa.String(40))
     level: Mapped[str] = mapped_column(sa.String(10), default="info")
-    code: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
-    message: Mapped[str] = mapped_column(sa.Text, default="")
-    actor: Mapped[str | None] = mapped_column(sa.String(320), nullable=True)
+    code: Mapped[str | None] = mapped_column(sa.String(64), nullable=True, info=outside_text())
+    message: Mapped[str] = mapped_column(sa.Text, default="", info=outside_text(TEXT_CAP))
+    actor: Mapped[str | None] = mapped_column(sa.String(320), nullable=True, info=outside_text())
 
     def __repr__(self) -> str:
         return f"<Event {self.kind} {self.code or ''} at {self.at}>"
@@ -224,8 +266,26 @@ def models_for(db: Any) -> Models:
     models = Models(
         MailOAuthAccount, MailOAuthCredential, MailOAuthPendingAuthorization, MailOAuthEvent
     )
+    for model in (MailOAuthCredential, MailOAuthEvent):
+        _clean_outside_text(model)
     _models_by_db[db] = models
     return models
+
+
+def _clean_outside_text(model: type) -> None:
+    """Pass every value set on ``model``'s outside-text columns through :func:`clean_text`.
+
+    An attribute event, so no writer (the callback, a refresh, a failure record) can forget it.
+    """
+    for column in model.__table__.columns:
+        if OUTSIDE_TEXT not in column.info:
+            continue
+        length = column.info[OUTSIDE_TEXT] or column.type.length
+
+        def clean(target: Any, value: Any, old: Any, initiator: Any, length: int = length) -> Any:
+            return clean_text(value, length)
+
+        sa.event.listen(getattr(model, column.key), "set", clean, retval=True)
 
 
 @contextmanager

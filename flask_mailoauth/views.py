@@ -52,6 +52,27 @@ SESSION_KEY = "mailoauth_sid"
 SCRIPTED = "mailoauth"
 
 
+#: headers on every page of the blueprint: no framing by another site (the host's own pages may,
+#: as the modal is fetched into the host's <dialog>), and nothing kept by caches or history
+PAGE_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'self'",
+    "X-Frame-Options": "SAMEORIGIN",
+    "Cache-Control": "no-store",
+}
+
+
+@blueprint.after_request
+def page_headers(response: Response) -> Response:
+    """Anti-framing and ``no-store`` on every view; the callback also sends no Referer on."""
+    if request.endpoint == "mailoauth.static":
+        return response
+    response.headers.update(PAGE_HEADERS)
+    if request.endpoint == "mailoauth.callback":
+        # The callback URL carries the code and state: the next page must not see it.
+        response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
 @blueprint.before_request
 def require_access() -> None:
     """Every view but the static files is behind the host's ``access_check`` (403 without)."""

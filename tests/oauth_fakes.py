@@ -49,6 +49,8 @@ class FakeIdP:
     counter: int = 0
     token_url: str = TOKEN_URL
     jwks_url: str = JWKS_URL
+    #: fields of the token answer to override (``None`` leaves the field out)
+    answer: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
@@ -86,4 +88,6 @@ class FakeIdP:
         }
         if self.refresh_token:
             answer["refresh_token"] = self.refresh_token
+        answer.update(self.answer)
+        answer = {k: v for k, v in answer.items() if v is not None}
         return 200, {"Content-Type": "application/json"}, json.dumps(answer)

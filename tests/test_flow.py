@@ -222,6 +222,8 @@ def test_microsoft_walkthrough_reads_identity_from_the_id_token(client, host):
                 "oid": "oid-1",
                 "email": None,
             },
+            # Microsoft lists the resource scopes it granted: no offline_access, no OIDC scopes
+            answer={"scope": "https://outlook.office.com/IMAP.AccessAsUser.All"},
         )
         response = save(
             client,

@@ -9,6 +9,7 @@ import responses
 from flask_mailoauth.errors import AuthorizationFailed
 from flask_mailoauth.outbound import OutboundHTTP
 from flask_mailoauth.providers import registry
+from flask_mailoauth.providers.base import check_endpoint_url
 from flask_mailoauth.providers.generic import GenericProvider
 
 ISSUER = "https://idp.example.com/realms/helpdesk"
@@ -66,6 +67,7 @@ def test_fields_and_defaults(provider):
         ("resource_endpoint", "Resource Details Endpoint"),
         ("scopes", "Scopes"),
         ("email_attribute", "Email Address Attribute"),
+        ("iss_parameter", "Issuer in Response"),
         ("prompt", "Prompt"),
     ]
     defaults = provider.defaults()
@@ -75,6 +77,7 @@ def test_fields_and_defaults(provider):
     assert provider.field("issuer").help == "Fills the endpoints by discovery."
     assert provider.field("email_attribute").signed
     assert not provider.field("prompt").signed
+    assert not provider.field("iss_parameter").signed
 
 
 def test_manual_endpoints_are_valid(provider):
@@ -258,17 +261,22 @@ def test_identity_from_id_token_claims(provider, http, idp):
     assert len(idp.calls) == 0
 
 
-def test_identity_from_preferred_username(provider, http):
+def test_preferred_username_is_an_address_only_when_the_admin_names_it(provider, http):
     claims = {"sub": "u1", "preferred_username": "help@example.com"}
-    assert provider.identity(manual(), claims=claims, token=TOKEN, http=http).email == (
-        "help@example.com"
-    )
+    found = provider.identity(manual(), claims=claims, token=TOKEN, http=http)
+    assert (found.email, found.addresses) == (None, ())
+    assert found.unverified == ("help@example.com",)
+    assert "Email Address Attribute" in found.advice
+    config = manual(email_attribute="preferred_username")
+    found = provider.identity(config, claims=claims, token=TOKEN, http=http)
+    assert found.email == "help@example.com"
+    assert found.matches("HELP@example.com")
 
 
 def test_identity_falls_back_to_userinfo(provider, http, idp):
     idp.get(
         USERINFO,
-        json={"sub": "u1", "email": "help@example.com", "name": "Help"},
+        json={"sub": "u1", "email": "help@example.com", "email_verified": True, "name": "Help"},
         match=[responses.matchers.header_matcher({"Authorization": "Bearer at-123"})],
     )
     claims = {"sub": "u1", "email": "help@example.com", "email_verified": False}
@@ -355,3 +363,26 @@ def test_unreachable_has_a_description(provider):
     assert (
         provider.classify_error(502, {}).description == "The identity provider answered HTTP 502."
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://idp.example.test/a b", "https://idp.example.test/\ttoken", "https://x\r\n.test"],
+)
+def test_endpoints_with_spaces_or_controls_are_refused(url):
+    assert check_endpoint_url(url, allow_insecure_http=False) is not None
+
+
+def test_discovery_records_an_advertised_iss_parameter(provider, http, idp):
+    document = {
+        "issuer": ISSUER,
+        "authorization_endpoint": f"{ISSUER}/auth",
+        "token_endpoint": f"{ISSUER}/token",
+        "authorization_response_iss_parameter_supported": True,
+    }
+    idp.get(f"{ISSUER}/.well-known/openid-configuration", json=document)
+    config = {"issuer": ISSUER, "client_id": "c", "scopes": "openid"}
+    completed = provider.complete(config, http)
+    assert completed["iss_parameter"] == "required"
+    assert provider.endpoints(completed).authorization_response_iss
+    assert not provider.endpoints(manual()).authorization_response_iss

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from flask_mailoauth.errors import AuthorizationFailed
 from flask_mailoauth.providers import registry
 from flask_mailoauth.providers.microsoft import CLOUDS, ERRORS, MicrosoftProvider
 
@@ -296,10 +297,11 @@ def test_identity_from_the_id_token_claims(provider):
     assert found.matches("HELP@contoso.com")
 
 
-def test_identity_falls_back_to_sub_and_unique_name(provider):
+def test_identity_falls_back_to_sub_and_never_to_unique_name(provider):
     found = identity(provider, {"unique_name": "live.com#a@b.example", "sub": "s"})
     assert found.email is None
-    assert found.addresses == ("live.com#a@b.example",)
+    assert found.addresses == ()
+    assert not found.matches("live.com#a@b.example")
     assert found.subject == "s"
 
 
@@ -466,3 +468,55 @@ def test_the_cloud_and_tenant_pick_the_prefilled_endpoints_and_scopes():
     assert "https://outlook.office365.us/IMAP.AccessAsUser.All" in done["scopes"]
     typed = {**config, "token_endpoint": "http://127.0.0.1:9/common/oauth2/v2.0/token"}
     assert provider.complete(typed, http=None)["token_endpoint"] == typed["token_endpoint"]
+
+
+class NoHTTP:
+    """An ``http`` that must not be used: a GUID or multi-tenant Tenant needs no look-up."""
+
+    def get(self, url, **kwargs):
+        raise AssertionError(f"unexpected GET {url}")
+
+
+@pytest.mark.parametrize("tenant", ["common", "organizations", "consumers"])
+def test_email_is_unverified_without_xms_edov_on_a_multi_tenant_account(provider, tenant):
+    base = f"https://login.microsoftonline.com/{tenant}/oauth2/v2.0"
+    config = {"tenant": tenant, "token_endpoint": f"{base}/token"}
+    claims = {"preferred_username": "me@a.test", "email": "box@b.test", "tid": OTHER_TID}
+    found = provider.identity(config, claims=claims, token={}, http=NoHTTP())
+    assert found.addresses == ("me@a.test",)
+    assert found.unverified == ("box@b.test",)
+    assert "xms_edov" in found.advice
+    found = provider.identity(config, claims={**claims, "xms_edov": True}, token={}, http=NoHTTP())
+    assert found.addresses == ("me@a.test", "box@b.test")
+
+
+def test_a_guid_tenant_vouches_for_email_and_refuses_other_tenants(provider):
+    base = f"https://login.microsoftonline.com/{TID}/oauth2/v2.0"
+    config = {"tenant": TID, "token_endpoint": f"{base}/token"}
+    claims = {"preferred_username": "me@a.test", "email": "box@b.test", "tid": TID}
+    found = provider.identity(config, claims=claims, token={}, http=NoHTTP())
+    assert found.matches("BOX@b.test")
+    with pytest.raises(AuthorizationFailed) as refused:
+        provider.identity(config, claims={**claims, "tid": OTHER_TID}, token={}, http=NoHTTP())
+    assert refused.value.code == "tenant_mismatch"
+
+
+@pytest.mark.parametrize(
+    ("protocols", "required"),
+    [
+        (("imap",), [f"{OUTLOOK}IMAP.AccessAsUser.All"]),
+        (("pop3",), [f"{OUTLOOK}POP.AccessAsUser.All"]),
+        (("smtp",), [f"{OUTLOOK}SMTP.Send"]),
+        ((), []),
+    ],
+)
+def test_required_scopes_follow_the_protocol(provider, config, protocols, required):
+    assert provider.required_scopes(config, protocols) == required
+    granted = [s.upper() for s in required]  # Microsoft may spell them otherwise
+    assert provider.missing_scopes(config, granted, protocols) == []
+    assert provider.missing_scopes(config, ["offline_access"], protocols) == required
+
+
+def test_required_scopes_use_the_cloud_when_the_scope_was_not_requested(provider):
+    config = {"cloud": "gcc_high", "scopes": "offline_access openid"}
+    assert provider.required_scopes(config, ["smtp"]) == ["https://outlook.office365.us/SMTP.Send"]

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+import unicodedata
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, NamedTuple
 from urllib.parse import urlsplit
 
+from ..addresses import canonical_address, same_address
 from ..errors import FailureKind, ProviderFailure
 
 FieldKind = Literal["text", "url", "select", "scopes", "date"]
@@ -69,38 +71,75 @@ class Endpoints:
     userinfo: str | None = None
     resource: str | None = None
     revocation: str | None = None
+    #: the IdP advertises ``authorization_response_iss_parameter_supported`` (RFC 9207): the
+    #: callback then refuses a response without ``iss``
+    authorization_response_iss: bool = False
+
+
+def claim_text(claims: Mapping[str, Any] | None, name: str) -> str | None:
+    """The claim ``name`` when it is a non-empty string; anything else counts as absent."""
+    value = (claims or {}).get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def usable_address(value: Any) -> str | None:
+    """``value`` when it is a usable mail address (see :mod:`..addresses`), else ``None``."""
+    return value if isinstance(value, str) and canonical_address(value) else None
+
+
+def claim_address(claims: Mapping[str, Any] | None, name: str) -> str | None:
+    """The claim ``name`` when it is a usable mail address."""
+    return usable_address((claims or {}).get(name))
+
+
+#: what to do when Google or another OIDC provider names an e-mail it has not verified
+UNVERIFIED_EMAIL_ADVICE = (
+    "The identity provider does not mark this e-mail verified (email_verified is not true), so "
+    "it cannot prove who signed in: verify the address at the identity provider."
+)
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who authorized: the resource owner as the IdP vouches for it."""
+    """Who authorized: the resource owner as the IdP vouches for it.
+
+    ``addresses`` are the verified ones, the only ones that match a mailbox. ``unverified`` are
+    addresses the token named without vouching for them, and ``advice`` says how to make the
+    IdP vouch; both only explain a refusal.
+    """
 
     email: str | None
     addresses: tuple[str, ...] = ()
     subject: str | None = None
     tenant: str | None = None
     name: str | None = None
+    unverified: tuple[str, ...] = ()
+    advice: str = ""
 
     @classmethod
     def from_verified_email(
         cls, claims: Mapping[str, Any] | None, *, tenant: str | None = None
     ) -> Identity:
-        """The id_token's ``email``, counted only when ``email_verified`` is true."""
-        claims = claims or {}
-        verified = claims.get("email_verified") in (True, "true")
-        email = str(claims.get("email") or "") if verified else ""
+        """The id_token's ``email``, counted only when ``email_verified`` is JSON ``true``."""
+        email = claim_address(claims, "email")
+        verified = (claims or {}).get("email_verified") is True
         return cls(
-            email=email or None,
-            addresses=(email,) if email else (),
-            subject=claims.get("sub"),
+            email=email if verified else None,
+            addresses=(email,) if email and verified else (),
+            subject=claim_text(claims, "sub"),
             tenant=tenant,
-            name=claims.get("name"),
+            name=claim_text(claims, "name"),
+            unverified=(email,) if email and not verified else (),
+            advice=UNVERIFIED_EMAIL_ADVICE if email and not verified else "",
         )
 
     def matches(self, address: str) -> bool:
-        """True when ``address`` is one of the verified addresses (case-insensitive)."""
-        wanted = address.strip().casefold()
-        return any(a.strip().casefold() == wanted for a in self.addresses)
+        """True when ``address`` is one of the verified addresses (see :mod:`..addresses`)."""
+        return any(same_address(a, address) for a in self.addresses)
+
+    def names_unverified(self, address: str) -> bool:
+        """True when ``address`` appears only among the unverified addresses."""
+        return any(same_address(a, address) for a in self.unverified)
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -115,12 +154,32 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+def control_character_problem(value: str) -> str | None:
+    """Why ``value`` cannot be used because of a control character or line break, or ``None``.
+
+    Checked before anything trims or splits the value: ``urlsplit`` silently drops tabs and
+    newlines, and a CR/LF in a header or a scope list changes what the IdP receives.
+    """
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+        return (
+            "This contains a control character (a line break, tab or similar): type it again on "
+            "one line, without pasting invisible characters."
+        )
+    return None
+
+
 def check_endpoint_url(url: str, *, allow_insecure_http: bool) -> str | None:
     """Return why ``url`` is not an acceptable endpoint, or ``None`` when it is.
 
     Endpoints must be ``https``; plain ``http`` is accepted only for loopback hosts and only when
-    the host application set ``MAILOAUTH_ALLOW_INSECURE_HTTP`` (tests, local sandboxes).
+    the host application set ``MAILOAUTH_ALLOW_INSECURE_HTTP`` (tests, local sandboxes). Control
+    characters and spaces are refused.
     """
+    problem = control_character_problem(url.strip())
+    if problem:
+        return problem
+    if any(c.isspace() for c in url.strip()):
+        return "An endpoint URL contains no spaces: copy it again."
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "Enter a full URL, starting with https://."
@@ -296,7 +355,10 @@ class Provider:
         errors: dict[str, str] = {}
         for f in self.fields:
             value = (config.get(f.name) or "").strip()
-            if f.required and not value:
+            problem = control_character_problem(value)
+            if problem:
+                errors[f.name] = problem
+            elif f.required and not value:
                 errors[f.name] = f"{f.label} is required."
             elif value and f.kind == "url":
                 problem = check_endpoint_url(value, allow_insecure_http=allow_insecure_http)
@@ -321,6 +383,21 @@ class Provider:
     def endpoints(self, config: Mapping[str, str]) -> Endpoints:
         """The endpoints this account uses."""
         raise NotImplementedError
+
+    def required_scopes(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
+        """The scopes a grant must contain to serve ``protocols`` (``imap``, ``pop3``, ``smtp``).
+
+        The callback refuses a grant that lacks one (partial consent). ``offline_access`` is not
+        listed: a refresh token proves it. The default requires nothing.
+        """
+        return []
+
+    def missing_scopes(
+        self, config: Mapping[str, str], granted: Collection[str], protocols: Collection[str]
+    ) -> list[str]:
+        """The :meth:`required_scopes` that are not among the ``granted`` ones."""
+        have = set(granted)
+        return [s for s in self.required_scopes(config, protocols) if s not in have]
 
     def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
         """Extra query parameters for the authorization request (``prompt``, ``access_type``...)."""

@@ -9,7 +9,16 @@ from urllib.parse import urlsplit
 import requests
 
 from ..errors import AuthorizationFailed, MailOAuthError
-from .base import ConfigField, Endpoints, Identity, Provider, check_endpoint_url
+from .base import (
+    ConfigField,
+    Endpoints,
+    Identity,
+    Provider,
+    check_endpoint_url,
+    claim_address,
+    claim_text,
+    usable_address,
+)
 
 #: discovery document key -> the config field it fills
 _DISCOVERED = {
@@ -18,6 +27,19 @@ _DISCOVERED = {
     "jwks_uri": "jwks_uri",
     "userinfo_endpoint": "userinfo_endpoint",
 }
+
+
+#: the standard claim that is an address only with ``email_verified: true``
+EMAIL_CLAIM = "email"
+#: the Issuer in Response field's value when the callback must carry RFC 9207 ``iss``
+ISS_REQUIRED = "required"
+#: how to make the generic provider accept who signed in
+UNVERIFIED_ADVICE = (
+    "The identity provider does not mark the e-mail verified (email_verified is not true), and "
+    "preferred_username is not an address unless you say so: have the identity provider verify "
+    "the address, or enter the claim that holds the verified sign-in address (for example "
+    "preferred_username) as the Email Address Attribute."
+)
 
 
 def _lookup(data: Any, path: str) -> Any:
@@ -116,6 +138,16 @@ class GenericProvider(Provider):
             help="The attribute that holds the address; dotted for nested ones (data.email).",
         ),
         ConfigField(
+            "iss_parameter",
+            "Issuer in Response",
+            kind="select",
+            choices=(("", "Not required"), (ISS_REQUIRED, "Required (RFC 9207)")),
+            help="Discovery sets it when the provider advertises "
+            "authorization_response_iss_parameter_supported; the callback then refuses a "
+            "response without iss.",
+            signed=False,
+        ),
+        ConfigField(
             "prompt",
             "Prompt",
             help="Optional prompt parameter for the authorization request, e.g. consent.",
@@ -162,6 +194,8 @@ class GenericProvider(Provider):
         for key, name in _DISCOVERED.items():
             if name in blank and isinstance(document.get(key), str):
                 completed[name] = document[key]
+        if document.get("authorization_response_iss_parameter_supported") is True:
+            completed["iss_parameter"] = ISS_REQUIRED
         missing = [
             self.field(n).label
             for n in ("authorization_endpoint", "token_endpoint")
@@ -183,6 +217,7 @@ class GenericProvider(Provider):
             jwks_uri=self._value(config, "jwks_uri") or None,
             userinfo=self._value(config, "userinfo_endpoint") or None,
             resource=self._value(config, "resource_endpoint") or None,
+            authorization_response_iss=self._value(config, "iss_parameter") == ISS_REQUIRED,
         )
 
     def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
@@ -198,13 +233,18 @@ class GenericProvider(Provider):
         token: Mapping[str, Any],
         http: Any,
     ) -> Identity:
-        """From the id_token claims, else the userinfo endpoint, else the resource endpoint."""
-        attribute = self._value(config, "email_attribute") or "email"
+        """From the id_token claims, else the userinfo endpoint, else the resource endpoint.
+
+        An OpenID Connect source (id_token, userinfo) gives an address only through the Email
+        Address Attribute: ``email`` counts with ``email_verified: true`` (the JSON boolean),
+        another attribute counts because the admin named it. The resource endpoint is the
+        admin's own JSON, taken as it is.
+        """
+        attribute = self._value(config, "email_attribute") or EMAIL_CLAIM
         endpoints = self.endpoints(config)
-        claims = claims or {}
-        subject = claims.get("sub")
+        subject = claim_text(claims, "sub")
         details: Mapping[str, Any] = {}
-        email = _email(claims, attribute, oidc=True)
+        email, unverified = _oidc_email(claims or {}, attribute)
         if not email and endpoints.userinfo:
             details = _get_json(http, endpoints.userinfo, token)
             if subject and details.get("sub") != subject:
@@ -212,15 +252,19 @@ class GenericProvider(Provider):
                     "The userinfo endpoint describes another user than the id_token.",
                     guidance="Check the Userinfo Endpoint: it must belong to the same issuer.",
                 )
-            email = _email(details, attribute, oidc=True)
+            email, more = _oidc_email(details, attribute)
+            unverified += more
         if not email and endpoints.resource:
             details = _get_json(http, endpoints.resource, token)
-            email = _email(details, attribute, oidc=False)
+            email = usable_address(_lookup(details, attribute))
+        unverified = () if email else tuple(dict.fromkeys(unverified))
         return Identity(
             email=email,
             addresses=(email,) if email else (),
-            subject=subject or details.get("sub"),
-            name=claims.get("name") or details.get("name"),
+            subject=subject or claim_text(details, "sub"),
+            name=claim_text(claims, "name") or claim_text(details, "name"),
+            unverified=unverified,
+            advice=UNVERIFIED_ADVICE if unverified else "",
         )
 
     @staticmethod
@@ -228,15 +272,18 @@ class GenericProvider(Provider):
         return (config.get(name) or "").strip()
 
 
-def _email(data: Mapping[str, Any], attribute: str, *, oidc: bool) -> str | None:
-    """The address at ``attribute``; OIDC sources fall back to ``preferred_username`` and must not
-    mark the email unverified."""
-    candidates = [_lookup(data, attribute)]
-    if oidc:
-        if data.get("email_verified") in (False, "false"):
-            return None
-        candidates.append(data.get("preferred_username"))
-    return next((v.strip() for v in candidates if isinstance(v, str) and "@" in v), None)
+def _oidc_email(data: Mapping[str, Any], attribute: str) -> tuple[str | None, tuple[str, ...]]:
+    """The verified address of an OpenID Connect source, and the addresses it named unverified.
+
+    ``email`` needs ``email_verified`` to be JSON ``true`` (not ``"true"``); any other
+    attribute is the admin's choice and counts as it is. ``preferred_username`` is never an
+    address unless it is the attribute.
+    """
+    found = usable_address(_lookup(data, attribute))
+    if found and (attribute != EMAIL_CLAIM or data.get("email_verified") is True):
+        return found, ()
+    named = (found, claim_address(data, EMAIL_CLAIM), claim_address(data, "preferred_username"))
+    return None, tuple(a for a in named if a)
 
 
 def _get_json(http: Any, url: str, token: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -125,6 +125,10 @@ class GoogleProvider(Provider):
             userinfo="https://openidconnect.googleapis.com/v1/userinfo",
             revocation="https://oauth2.googleapis.com/revoke",
         )
+
+    def required_scopes(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
+        """Gmail's one mail scope serves IMAP, POP and SMTP alike."""
+        return [MAIL_SCOPE] if protocols else []
 
     def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
         """Ask for a refresh token, and for consent so that Google issues one every time."""

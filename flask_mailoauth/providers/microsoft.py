@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from ..errors import ProviderFailure
+import requests
+
+from ..errors import AuthorizationFailed, MailOAuthError, ProviderFailure
 from .base import (
     OAUTH_ERRORS,
     ConfigField,
@@ -19,6 +21,8 @@ from .base import (
     MailServer,
     MailServers,
     Provider,
+    claim_address,
+    claim_text,
     classify_oauth_error,
 )
 
@@ -71,6 +75,10 @@ CLOUDS: Mapping[str, Cloud] = MappingProxyType(
 #: scopes that name no resource and do not make the token a Graph token
 OIDC_SCOPES = ("offline_access", "openid", "profile", "email")
 MAIL_PERMISSIONS = ("IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "SMTP.Send")
+#: mail protocol -> the Outlook permission a token needs for it
+PROTOCOL_PERMISSIONS = MappingProxyType(
+    dict(zip(("imap", "pop3", "smtp"), MAIL_PERMISSIONS, strict=True))
+)
 
 _OUTLOOK_RESOURCES = (
     "https://outlook.office.com/",
@@ -91,6 +99,17 @@ _ISSUER_HOSTS = MappingProxyType({"login.chinacloudapi.cn": "login.partner.micro
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 _V2_PATH = "/oauth2/v2.0/"
+#: tenant names that accept accounts of any (work, school or personal) tenant: nothing pinned
+MULTI_TENANT = frozenset({"common", "organizations", "consumers"})
+#: the id_token claims that hold the sign-in name; ``unique_name`` is never one of them
+SIGN_IN_CLAIMS = ("preferred_username", "upn")
+#: how to make Microsoft vouch for the ``email`` claim
+UNVERIFIED_EMAIL_ADVICE = (
+    "Microsoft does not vouch for the id_token's email claim here (no xms_edov, and the Tenant "
+    "is not pinned): sign in with the mailbox's own account, set the Tenant to your Directory "
+    "(tenant) ID or verified domain (a single-tenant app), or add the xms_edov optional claim "
+    "to the app registration's token configuration."
+)
 
 
 #: AADSTS code (and OAuth error) -> what it means and the fix; also feeds the docs' troubleshooting
@@ -385,20 +404,86 @@ class MicrosoftProvider(Provider):
         token: Mapping[str, Any],
         http: Any,
     ) -> Identity:
-        """Read the identity from the validated id_token only; never Outlook REST or Graph."""
-        claims = claims or {}
-        candidates = [str(claims.get(k) or "") for k in ("preferred_username", "email", "upn")]
-        addresses: dict[str, str] = {}
-        for value in (*candidates, str(claims.get("unique_name") or "")):
-            if "@" in value:
-                addresses.setdefault(value.casefold(), value)
+        """Read the identity from the validated id_token only; never Outlook REST or Graph.
+
+        The sign-in name (``preferred_username``, ``upn``) always counts. ``email`` counts only
+        when Microsoft vouches for it: ``xms_edov`` is true, or the token comes from the tenant
+        the account is pinned to. ``unique_name`` never counts. A pinned account refuses a
+        token from any other tenant.
+        """
+        tid = claim_text(claims, "tid")
+        pinned = self._pinned_tenant_id(config, http)
+        if pinned is not None and (tid or "").casefold() != pinned.casefold():
+            raise AuthorizationFailed(
+                f"The id_token comes from tenant {tid or '(none)'}, not from {pinned}, the "
+                "tenant this account is pinned to.",
+                "Sign in with an account of your own tenant; if the Tenant is wrong, correct it "
+                "on the IdP Config tab.",
+                code="tenant_mismatch",
+            )
+        sign_in = [a for k in SIGN_IN_CLAIMS if (a := claim_address(claims, k))]
+        email = claim_address(claims, "email")
+        vouched = (claims or {}).get("xms_edov") is True or pinned is not None
+        verified = [*sign_in, *([email] if email and vouched else [])]
+        unverified = (email,) if email and not vouched else ()
         return Identity(
-            email=next((v for v in candidates if "@" in v), None),
-            addresses=tuple(addresses.values()),
-            subject=claims.get("oid") or claims.get("sub"),
-            tenant=claims.get("tid"),
-            name=claims.get("name"),
+            email=verified[0] if verified else None,
+            addresses=tuple(verified),
+            subject=claim_text(claims, "oid") or claim_text(claims, "sub"),
+            tenant=tid,
+            name=claim_text(claims, "name"),
+            unverified=unverified,
+            advice=UNVERIFIED_EMAIL_ADVICE if unverified else "",
         )
+
+    def _pinned_tenant_id(self, config: Mapping[str, str], http: Any) -> str | None:
+        """The tenant id a single-tenant account is pinned to; ``None`` for common & co.
+
+        The endpoints' tenant wins over the Tenant field (it is where the sign-in happens). A
+        domain is resolved through the tenant's discovery document, whose issuer names the id.
+        """
+        base, in_endpoint = _authority(config.get("token_endpoint") or "")
+        field = (config.get("tenant") or "").strip()
+        tenant = next(
+            (t for t in (in_endpoint, field) if t and t.casefold() not in MULTI_TENANT), None
+        )
+        if tenant is None or _GUID.fullmatch(tenant):
+            return tenant
+        url = f"{base}/{tenant}/v2.0/.well-known/openid-configuration"
+        unresolved = AuthorizationFailed(
+            f"The tenant {tenant} could not be resolved to its tenant id through {url}.",
+            "Set the Tenant (and the endpoints) to the Directory (tenant) ID shown on the app "
+            "registration's Overview page, or try again when the identity provider answers.",
+            code="tenant_unresolved",
+        )
+        try:
+            response = http.get(url, headers={"Accept": "application/json"})
+            document = response.json() if response.status_code == 200 else None
+        except (requests.RequestException, MailOAuthError, ValueError, RecursionError):
+            raise unresolved from None
+        issuer = document.get("issuer") if isinstance(document, Mapping) else None
+        path = urlsplit(issuer).path.strip("/").split("/") if isinstance(issuer, str) else []
+        if len(path) != 2 or path[1] != "v2.0" or not _GUID.fullmatch(path[0]):
+            raise unresolved
+        return path[0]
+
+    def required_scopes(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
+        """The Outlook permission of each protocol, on the resource the account requests."""
+        cloud = CLOUDS.get((config.get("cloud") or "").strip(), CLOUDS["global"])
+        requested = {s.casefold(): s for s in self.scopes(config)}
+        required = []
+        for protocol in protocols:
+            permission = PROTOCOL_PERMISSIONS[protocol]
+            found = [s for f, s in requested.items() if f.endswith("/" + permission.casefold())]
+            required.append(found[0] if found else cloud.outlook_resource + permission)
+        return required
+
+    def missing_scopes(
+        self, config: Mapping[str, str], granted: Collection[str], protocols: Collection[str]
+    ) -> list[str]:
+        """Compared case-insensitively: Microsoft does not keep the requested spelling."""
+        have = {s.casefold() for s in granted}
+        return [s for s in self.required_scopes(config, protocols) if s.casefold() not in have]
 
     def mail_servers(self, config: Mapping[str, str]) -> MailServers:
         """Exchange Online's IMAP, POP3 and SMTP submission hosts in the configured cloud."""
