@@ -16,7 +16,7 @@ from flask_mailoauth.crypto import generate_key
 from .peers.guard import GUARD
 from .peers.hostile import FIGURES
 
-pytest_plugins = ["tests.peers.plugin"]
+pytest_plugins = ["tests.peers.plugin", "tests.hostile_driver"]
 
 TEST_KEY = generate_key()
 

@@ -130,7 +130,7 @@ class HostileIdP:
         self.key = rsa.generate_private_key(65537, 2048)
         #: a key whose public half the JWKS never lists
         self.unpublished_key = rsa.generate_private_key(65537, 2048)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
