@@ -152,7 +152,7 @@ class HostileIdP:
             self.nonce: str | None = None
             self.scope = "openid email offline_access"
             self.lifetime = 3600
-            self.client_secret = f"hostile-secret-{secrets.token_hex(8)}"
+            self.client_secret = f"hostile-secret-{secrets.token_hex(16)}"
             self.issued: list[str] = []  # every access and refresh token handed out
             self.valid_refresh: str | None = None
             self.delivered_refresh: str | None = None
