@@ -13,9 +13,27 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_mailoauth import MailboxSettings, MailOAuth
 from flask_mailoauth.crypto import generate_key
 
-pytest_plugins = ["tests.peers.plugin"]
+from .peers.guard import GUARD
+from .peers.hostile import FIGURES
+
+pytest_plugins = ["tests.peers.plugin", "tests.hostile_driver"]
 
 TEST_KEY = generate_key()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def socket_guard():
+    """No connection from this process leaves loopback (``tests.peers.guard``)."""
+    GUARD.install()
+    yield GUARD
+    GUARD.uninstall()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The hostile IdP figures, when the hostile tests ran."""
+    if FIGURES.inputs:
+        terminalreporter.write_line(FIGURES.line(left_loopback=len(GUARD.blocked)), bold=True)
+        terminalreporter.write_line(FIGURES.checks())
 
 
 @dataclass

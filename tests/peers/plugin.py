@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from .availability import missing_reports, require_peer
+from .guard import GUARD
+from .hostile import HostileIdP
 from .idp import IdP, browser_login_and_consent, login_and_consent
 from .live import LiveServer
 from .process import ARTIFACTS_DIR, REPO_ROOT, tail
@@ -301,3 +304,48 @@ def login_and_consent_fixture() -> Callable[..., str]:
 def browser_login_and_consent_fixture() -> Callable[..., None]:
     """``browser_login_and_consent(page, email)``: fill the IdP's login form, consent."""
     return browser_login_and_consent
+
+
+# ---------------------------------------------------------------------- hostile IdP
+@pytest.fixture(scope="session")
+def hostile_server() -> Iterator[HostileIdP]:
+    """The session's hostile OpenID Connect provider on 127.0.0.1 (``tests.peers.hostile``)."""
+    idp = HostileIdP()
+    yield idp
+    idp.stop()
+
+
+@pytest.fixture
+def hostile(hostile_server: HostileIdP) -> Iterator[HostileIdP]:
+    """The hostile IdP, reset to a provider that behaves; the test fails if any connection
+    tried to leave loopback meanwhile."""
+    hostile_server.reset()
+    blocked = len(GUARD.blocked)
+    yield hostile_server
+    hostile_server.reset()
+    left = GUARD.blocked[blocked:]
+    assert not left, f"connections tried to leave loopback: {left}"
+
+
+@pytest.fixture
+def resolve(monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, str]], None]:
+    """``resolve({"name.test": "10.0.0.1"})``: those names resolve to those addresses (no DNS);
+    every other name resolves as before."""
+    original = socket.getaddrinfo
+
+    def install(names: dict[str, str]) -> None:
+        def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+            name = host.decode() if isinstance(host, bytes) else host
+            if name not in names:
+                return original(host, port, family, type, proto, flags)
+            address = names[name]
+            v6 = ":" in address
+            kind = socket.AF_INET6 if v6 else socket.AF_INET
+            port = {"http": 80, "https": 443}.get(str(port), port)
+            port = int(port or 0)
+            sockaddr = (address, port, 0, 0) if v6 else (address, port)
+            return [(kind, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    return install
