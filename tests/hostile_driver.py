@@ -7,6 +7,7 @@ the test every page, banner and log line is scanned for the test's secrets.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -228,6 +229,15 @@ class Driver:
         with self.host.app.app_context(), self.host.db.engine.connect() as conn:
             result = conn.execute(sa.text("select * from mailoauth_credential order by id"))
             return [dict(r) for r in result.mappings()]
+
+    def account_config(self) -> dict[str, Any]:
+        """The stored IdP Config of the mailbox account."""
+        with self.host.app.app_context(), self.host.db.engine.connect() as conn:
+            result = conn.execute(
+                sa.text("select config from mailoauth_account where key = 'support'")
+            )
+            config = result.scalar_one()
+        return json.loads(config) if isinstance(config, str) else dict(config)
 
     def grant(self) -> list[dict[str, Any]]:
         """The grant columns of every credential row."""

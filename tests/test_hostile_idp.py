@@ -25,6 +25,11 @@ from .peers.hostile import CLIENT_ID, DROP
 
 TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
 OTHER_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+#: what Microsoft grants for the default scopes: the Outlook permissions, no offline_access
+MICROSOFT_GRANTED = (
+    "https://outlook.office.com/IMAP.AccessAsUser.All https://outlook.office.com/POP.AccessAsUser.All"
+    " https://outlook.office.com/SMTP.Send openid profile email"
+)
 MIB = 1 << 20
 
 
@@ -306,6 +311,7 @@ def microsoft(driver: Driver, tenant: str = "common") -> None:
     """Authorize a Microsoft account once (a good sign-in), tenant as given."""
     driver.idp.issuer = f"{driver.idp.url}/{TENANT}/v2.0"
     driver.idp.claims.update(preferred_username="support@example.test", tid=TENANT, email=DROP)
+    driver.idp.scope = MICROSOFT_GRANTED
     driver.authorize("microsoft", **driver.microsoft_fields(tenant))
 
 
@@ -355,7 +361,7 @@ def test_microsoft_pinned_tenant_by_id_refuses_another_tenant(driver):
 
 
 def test_microsoft_pinned_tenant_by_domain_refuses_another_tenant(driver):
-    driver.idp.issuer = f"{driver.idp.url}/{TENANT}/v2.0"  # what the domain's discovery names
+    driver.idp.tenant_domains["example.test"] = TENANT  # what the domain's discovery names
     microsoft(driver, "example.test")
     refused_microsoft_sign_in(driver, OTHER_TENANT, preferred_username="support@example.test")
 
@@ -479,7 +485,7 @@ def test_a_missing_iss_is_refused_when_discovery_advertises_rfc9207(driver):
     ("field", "value"),
     [
         ("idp_token_endpoint", "/token\r\nX-Injected: 1"),
-        ("idp_authorization_endpoint", "/authorize\n"),
+        ("idp_authorization_endpoint", "/author\nize"),
         ("idp_jwks_uri", "/jw\tks"),
         ("idp_scopes", "openid email offline_access\r\nX-Injected: 1"),
         ("idp_scopes", "openid\x00email offline_access"),
@@ -490,6 +496,15 @@ def test_control_characters_in_endpoints_and_scopes_are_refused_at_save(driver, 
         value = driver.idp.url + value
     response = driver.save(**driver.generic_fields(**{field: value}))
     assert response.status_code == 422
+
+
+def test_a_pasted_endpoint_is_trimmed_of_its_line_break_not_stored_with_it(driver):
+    """Around a value, a line break is what copy and paste adds: trimmed; inside, refused."""
+    response = driver.save(
+        **driver.generic_fields(idp_authorization_endpoint=f"{driver.idp.url}/authorize\n")
+    )
+    assert response.status_code != 422
+    assert driver.account_config()["authorization_endpoint"] == f"{driver.idp.url}/authorize"
 
 
 # -- point 8: partial consent --------------------------------------------------------------------

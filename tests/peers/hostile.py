@@ -148,6 +148,8 @@ class HostileIdP:
             self.requests: list[Seen] = []
             self.claims: dict[str, Any] = {}
             self.discovery: dict[str, Any] = {}
+            #: Microsoft-style tenant domains -> the tenant id their discovery document names
+            self.tenant_domains: dict[str, str] = {}
             self.issuer = self.url
             self.nonce: str | None = None
             self.scope = "openid email offline_access"
@@ -281,7 +283,7 @@ class HostileIdP:
     def _default(self, seen: Seen, tweak: dict[str, Any]) -> _Reply:
         path = seen.path
         if seen.method == "GET" and path.endswith("/.well-known/openid-configuration"):
-            return _json_reply(200, self._discovery_document(), tweak)
+            return _json_reply(200, self._discovery_document(path), tweak)
         if seen.method == "POST" and path.endswith("/token"):
             return self._token(seen.form, tweak)
         if seen.method == "GET" and (path.endswith("/jwks") or path.endswith("/keys")):
@@ -293,9 +295,13 @@ class HostileIdP:
             return _Reply(200, {"Content-Type": "text/plain"}, b"sign in (unused by tests)")
         return _json_reply(404, {"error": "not_found"}, {})
 
-    def _discovery_document(self) -> dict[str, Any]:
+    def _discovery_document(self, path: str) -> dict[str, Any]:
+        """The document; a known tenant domain's (``/{domain}/v2.0/...``) names its tenant id,
+        whatever issuer the test currently signs id_tokens with."""
+        domain = path.strip("/").split("/")[0]
+        tenant = self.tenant_domains.get(domain)
         return {
-            "issuer": self.issuer,
+            "issuer": f"{self.url}/{tenant}/v2.0" if tenant else self.issuer,
             "authorization_endpoint": f"{self.url}/authorize",
             "token_endpoint": f"{self.url}/token",
             "jwks_uri": f"{self.url}/jwks",
