@@ -36,6 +36,8 @@ class FetchResult:
     messages: list[Message] = field(default_factory=list)
     total: int = 0
     error: str | None = None
+    #: what to do about ``error`` (the extension's errors carry it)
+    guidance: str = ""
 
 
 def fetch_newest(email: SystemEmail) -> FetchResult:
@@ -56,7 +58,9 @@ def fetch_newest(email: SystemEmail) -> FetchResult:
                 conn.logout()
     except MAIL_ERRORS as exc:
         # The extension's errors never contain a secret; they say what to do.
-        return FetchResult(error=str(exc) or type(exc).__name__)
+        return FetchResult(
+            error=str(exc) or type(exc).__name__, guidance=getattr(exc, "guidance", "")
+        )
 
 
 def _connect(

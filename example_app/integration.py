@@ -1,10 +1,11 @@
-"""The three callbacks that connect flask-mailoauth to this helpdesk (the part to copy)."""
+"""The callbacks and signal handler connecting flask-mailoauth to this helpdesk (to copy)."""
 
 from __future__ import annotations
 
 from flask import url_for
 
 from flask_mailoauth import MailboxSettings
+from flask_mailoauth.signals import authorized
 
 from .auth import current_admin
 from .extensions import db, mailoauth
@@ -29,7 +30,27 @@ def load_mailbox(key: str) -> MailboxSettings | None:
         smtp_host=email.smtp_host or None,
         smtp_port=email.smtp_port or None,
         smtp_security=email.smtp_security or None,  # type: ignore[arg-type]
+        # "Same as Remote Mailbox" sends with the mailbox's grant: Test connection tries SMTP too.
+        smtp_purpose=email.smtp_oauth_purpose,  # type: ignore[arg-type]
     )
+
+
+@authorized.connect_via(mailoauth)
+def use_oauth_after_consent(
+    sender: object, *, key: str, purpose: str, provider: str, **_: object
+) -> None:
+    """A successful authorization leaves the email on OAuth2, even when the admin pressed Config
+    without Save Changes and the saved Authentication still says Basic (legacy password)."""
+    email = db.session.get(SystemEmail, int(key)) if key.isdigit() else None
+    if email is None:
+        return
+    prefix = "smtp_" if purpose == "smtp" else "remote_"
+    if getattr(email, f"{prefix}auth") != provider:
+        setattr(email, f"{prefix}auth", provider)
+        # The legacy password is no longer used: forget it, as Save Changes would.
+        setattr(email, f"{prefix}username", "")
+        setattr(email, f"{prefix}password", "")
+        db.session.commit()
 
 
 @mailoauth.access_check

@@ -25,7 +25,7 @@ def _attention() -> list:
     try:
         return [item for item in mailoauth.health() if item.needs_attention]
     except MailOAuthError as exc:
-        flash(f"Could not check the OAuth2 accounts: {exc}", "error")
+        flash(f"Could not check the OAuth2 accounts: {exc} {exc.guidance}".strip(), "error")
         return []
 
 

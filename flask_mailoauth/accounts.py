@@ -12,18 +12,34 @@ import sqlalchemy as sa
 from flask import current_app
 
 from . import signals
+from .crypto import DecryptionError
 from .flow import config_signature
 from .health import account_health
 from .models import own_session, utcnow
 from .outbound import OutboundHTTP, OutboundPolicy
 from .providers import registry
-from .tokens import ACTIVE, MISCONFIGURED
+from .tokens import ACTIVE, MISCONFIGURED, REAUTHORIZE
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
 
 #: characters of a token the Token tab shows; the rest is shrouded
 SHOWN_CHARACTERS = 2
+
+#: why a stored grant cannot be used, and what to press: the Token tab says it, Submit acts on it
+UNUSABLE_REAUTHORIZE = (
+    "The grant is no longer valid (revoked, expired or the password changed): press Authorize "
+    "again and sign in as the mailbox."
+)
+UNUSABLE_CONFIGURATION = (
+    "The identity provider refuses the application's configuration: fix the IdP Config (often: "
+    "paste a new client secret's Value) and Submit, or press Authorize again."
+)
+UNUSABLE_SIGNATURE = "The IdP Config changed since the token was issued: press Authorize again."
+UNUSABLE_KEY_GONE = (
+    "The stored token cannot be decrypted: its encryption key is no longer in "
+    "MAILOAUTH_ENCRYPTION_KEYS. Press Authorize again (or put the old key back)."
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,8 @@ class TokenDetails:
     failure_count: int
     last_error: str | None
     next_retry_at: datetime | None
+    #: why the grant cannot be used and what to press; ``None`` while it works
+    unusable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,12 +176,35 @@ def find(session: Any, m: Any, key: str, purpose: str) -> Any:
     ).one_or_none()
 
 
+def _readable(st: MailOAuthState, credential: Any) -> tuple[str, str] | None:
+    """The credential's access and refresh tokens, or ``None`` when no key decrypts them."""
+    try:
+        return st.reveal(credential, "access_token"), st.reveal(credential, "refresh_token")
+    except DecryptionError:
+        return None
+
+
+def unusable_reason(st: MailOAuthState, account: Any) -> str | None:
+    """Why the account's stored grant cannot be used (and what to press), or ``None``."""
+    cred = account.credential
+    if cred is None:
+        return None
+    if cred.status == REAUTHORIZE:
+        return UNUSABLE_REAUTHORIZE
+    if cred.status == MISCONFIGURED:
+        return UNUSABLE_CONFIGURATION
+    if cred.config_signature != account.config_signature:
+        return UNUSABLE_SIGNATURE
+    if _readable(st, cred) is None:
+        return UNUSABLE_KEY_GONE
+    return None
+
+
 def _token_details(st: MailOAuthState, account: Any) -> TokenDetails | None:
     cred = account.credential
     if cred is None:
         return None
-    access = st.reveal(cred, "access_token")
-    refresh = st.reveal(cred, "refresh_token")
+    access, refresh = _readable(st, cred) or ("", "")
     return TokenDetails(
         status=cred.status,
         resource_owner=cred.resource_owner,
@@ -184,6 +225,7 @@ def _token_details(st: MailOAuthState, account: Any) -> TokenDetails | None:
         failure_count=cred.failure_count,
         last_error=cred.last_error,
         next_retry_at=cred.next_retry_at,
+        unusable=unusable_reason(st, account),
     )
 
 
@@ -246,10 +288,11 @@ def save(
             st.seal(account, "client_secret", data.client_secret)
         s.flush()
         credential = None if dropped else account.credential
-        needs = credential is None or credential.config_signature != account.config_signature
         if data.client_secret and credential is not None and credential.status == MISCONFIGURED:
             # A new secret is the usual fix for a configuration error: let the next use retry.
             credential.status, credential.next_retry_at = ACTIVE, None
+        # Submit authorizes whenever the stored grant cannot be used, changed or not.
+        needs = credential is None or unusable_reason(st, account) is not None
         s.add(
             m.Event(
                 account_id=account.id,

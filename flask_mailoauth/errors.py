@@ -38,7 +38,7 @@ class AccountDisabled(MailOAuthError):
 class ReauthorizationRequired(MailOAuthError):
     """The grant is gone (revoked, expired, password changed): an admin must authorize again."""
 
-    guidance = "Open Config and Submit to authorize again, signing in as the mailbox."
+    guidance = "Open Config and press Authorize again (Token tab), signing in as the mailbox."
 
 
 class ConfigurationError(MailOAuthError):

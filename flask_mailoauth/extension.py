@@ -279,34 +279,42 @@ class MailOAuth:
                 raise
 
     def test_connection(self, key: str, purpose: Purpose = "mailbox") -> list[mail.CheckResult]:
-        """Sign in for real and report each step: IMAP or POP3 for ``mailbox``, SMTP for ``smtp``.
+        """Sign in for real and report each step of every protocol the account serves: IMAP or
+        POP3 for ``mailbox`` (and SMTP too when the mailbox's ``smtp_purpose`` is ``"mailbox"``,
+        a host's "Same as Remote Mailbox"), SMTP for ``smtp``.
 
         Never raises for a refused token or an unreachable server: the results say what failed.
         """
         purpose = _purpose(purpose)
-        timeout = current_app.config["MAILOAUTH_MAIL_TIMEOUT"]
         settings = self.mailbox(key)
+        if purpose == "smtp":
+            return [self._check(key, "smtp", purpose)]
+        checks = [self._check(key, settings.protocol, purpose)]
+        if settings.smtp_purpose == purpose:
+            checks.append(self._check(key, "smtp", purpose))
+        return checks
+
+    def _check(self, key: str, protocol: str, purpose: Purpose) -> mail.CheckResult:
+        """One protocol's connection check, signing in with the ``purpose`` account's token."""
+        timeout = current_app.config["MAILOAUTH_MAIL_TIMEOUT"]
 
         def token() -> str:
             return self.access_token(key, purpose)
 
-        protocol = "smtp" if purpose == "smtp" else settings.protocol
         try:
-            _, server = self._server(key, protocol, purpose)
+            settings, server = self._server(key, protocol, purpose)
         except MailOAuthError as exc:
             step = mail.CheckStep("settings", False, 0.0, str(exc))
-            return [mail.CheckResult(protocol.upper(), False, [step])]
-        if purpose == "smtp":
+            return mail.CheckResult(protocol.upper(), False, [step])
+        if protocol == "smtp":
             # Sign in as the SMTP address, then try the mailbox's own address as sender: when
             # they differ (a delegate for a shared mailbox, an alias), a missing Send As right
             # shows as the "sender" step instead of passing unnoticed.
-            return [
-                mail.check_smtp(
-                    server, settings.sender, token, mail_from=settings.address, timeout=timeout
-                )
-            ]
+            return mail.check_smtp(
+                server, settings.sender, token, mail_from=settings.address, timeout=timeout
+            )
         check = mail.check_imap if protocol == "imap" else mail.check_pop3
-        return [check(server, settings.address, token, timeout=timeout)]
+        return check(server, settings.address, token, timeout=timeout)
 
     def _server(
         self, key: str, protocol: str, purpose: Purpose

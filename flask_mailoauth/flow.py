@@ -283,6 +283,7 @@ def _complete(
         st.extension,
         key=account["key"],
         purpose=account["purpose"],
+        provider=provider.id,
         resource_owner=identity.email,
     )
     return identity.email

@@ -150,9 +150,16 @@ class MailCommandRefused(MailOAuthError):
 
 
 def _auth_guidance(
-    protocol: str, reply: str, challenge: ErrorChallenge | None = None, *, refreshed: bool = False
+    protocol: str,
+    reply: str,
+    challenge: ErrorChallenge | None = None,
+    *,
+    refreshed: bool = False,
+    signed_in: bool = False,
 ) -> str:
-    """One line telling the admin what a refused sign-in usually means."""
+    """One line telling the admin what a refusal usually means: of the token at sign-in, or
+    (``signed_in``) of a command after the sign-in worked (Exchange's "authenticated but not
+    connected")."""
     if protocol == "SMTP" and ("5.7.3" in reply or "5.7.139" in reply):
         return SMTP_AUTH_DISABLED
     name = "POP" if protocol == "POP3" else protocol
@@ -172,9 +179,15 @@ def _auth_guidance(
         return (
             "The mail server refused the token: check the SMTP send scope was consented." + revoked
         )
+    if signed_in:
+        return (
+            "The sign-in worked but the mail server refused the token: check the "
+            f"{name} scopes were consented and {name} is enabled on the mailbox.{revoked}"
+        )
     return (
-        "The sign-in worked but the mail server refused the token: check the "
-        f"{name} scopes were consented and {name} is enabled on the mailbox.{revoked}"
+        "The mail server refused the token at sign-in: check the "
+        f"{name} scopes were consented, {name} is enabled on the mailbox, and the account that "
+        f"signed in may use it.{revoked}"
     )
 
 
@@ -775,7 +788,9 @@ def _imap_inbox(conn: imaplib.IMAP4) -> str:
     typ, data = conn.select("INBOX", readonly=True)
     reply = (data[-1] or b"").decode("utf-8", "replace")
     if typ != "OK":
-        raise MailCommandRefused(f"INBOX refused: {typ} {reply}", _auth_guidance("IMAP", reply))
+        raise MailCommandRefused(
+            f"INBOX refused: {typ} {reply}", _auth_guidance("IMAP", reply, signed_in=True)
+        )
     return f"INBOX has {reply or 'an unknown number of'} messages."
 
 
@@ -808,7 +823,9 @@ def _pop3_stat(conn: poplib.POP3) -> str:
         count, size = conn.stat()
     except poplib.error_proto as exc:
         reply = str(exc)
-        raise MailCommandRefused(f"STAT refused: {reply}", _auth_guidance("POP3", reply)) from exc
+        raise MailCommandRefused(
+            f"STAT refused: {reply}", _auth_guidance("POP3", reply, signed_in=True)
+        ) from exc
     return f"{count} messages, {size} bytes."
 
 
@@ -902,4 +919,6 @@ def select_folder(conn: imaplib.IMAP4, folder: str) -> None:
     typ, data = conn.select(folder)
     if typ != "OK":
         reply = (data[-1] or b"").decode("utf-8", "replace") if data else ""
-        raise MailCommandRefused(f"SELECT {folder} refused: {reply}", _auth_guidance("IMAP", reply))
+        raise MailCommandRefused(
+            f"SELECT {folder} refused: {reply}", _auth_guidance("IMAP", reply, signed_in=True)
+        )

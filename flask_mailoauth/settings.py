@@ -18,7 +18,10 @@ class MailboxSettings:
     Only ``address`` is required; servers left out fall back to the provider's defaults
     (e.g. outlook.office365.com for Microsoft). ``smtp_address`` is the account SMTP signs in
     as (a delegate with Send As on a shared mailbox, say); it defaults to ``address``, which
-    stays the sender the connection test tries.
+    stays the sender the connection test tries. ``smtp_purpose`` names the OAuth2 account SMTP
+    signs in with: ``"smtp"`` (its own, the default), ``"mailbox"`` (the mailbox's grant, a
+    host's "Same as Remote Mailbox") or ``None`` (SMTP does not use OAuth2); Test connection
+    tests SMTP with the account named here.
     """
 
     address: str
@@ -31,6 +34,7 @@ class MailboxSettings:
     smtp_port: int | None = None
     smtp_security: Security | None = None
     smtp_address: str | None = None
+    smtp_purpose: Purpose | None = "smtp"
 
     def __post_init__(self) -> None:
         if not self.address or "@" not in self.address:
@@ -42,6 +46,8 @@ class MailboxSettings:
         for value in (self.security, self.smtp_security):
             if value not in (None, "ssl", "starttls", "none"):
                 raise ValueError("security must be 'ssl', 'starttls' or 'none'.")
+        if self.smtp_purpose not in (*PURPOSES, None):
+            raise ValueError("MailboxSettings.smtp_purpose must be 'smtp', 'mailbox' or None.")
 
     @property
     def sender(self) -> str:

@@ -209,14 +209,20 @@ def _read(
         )
     credential, account = row
     if not account.enabled:
-        raise AccountDisabled(f"The OAuth2 account {account.name!r} is disabled.")
+        raise AccountDisabled(f"The OAuth2 account {account_label(account)} is disabled.")
     if credential.status in _PERMANENT and not (serving and _still_served(credential)):
-        raise _refused(account.name, credential)
+        raise _refused(account_label(account), credential)
     if credential.config_signature != account.config_signature:
         raise ReauthorizationRequired(
-            f"{account.name}: the IdP Config changed since the token was issued; authorize again."
+            f"{account_label(account)}: the IdP Config changed since the token was issued; "
+            "authorize again."
         )
     return credential, account
+
+
+def account_label(account: Any) -> str:
+    """How errors name an account: its address and purpose, as the admin knows it."""
+    return f"{account.address} ({account.purpose})"
 
 
 def _refused(name: str, credential: Any) -> ReauthorizationRequired | ConfigurationError:
@@ -328,6 +334,8 @@ class _Claim:
     config: dict[str, str]
     client_secret: str
     refresh_token: str
+    #: the account as errors name it (``account_label``)
+    label: str
 
     @property
     def marker(self) -> Marker:
@@ -389,7 +397,8 @@ def _refresh(
     answer, failure, credential = outcome
     if answer is not None:
         return answer.access_token, True
-    return _after_failure(st, key, purpose, failure, credential, keep_valid_token), True
+    failed = _Failed(failure, credential, claimed.label)
+    return _after_failure(st, key, purpose, failed, keep_valid_token), True
 
 
 def _claim(
@@ -434,6 +443,7 @@ def _claim(
             config=dict(account.config),
             client_secret=st.reveal(account, "client_secret") if account.client_secret else "",
             refresh_token=st.reveal(credential, "refresh_token"),
+            label=account_label(account),
         )
 
 
@@ -687,12 +697,20 @@ def _unavailable(st, credential: Any, keep_valid_token: bool) -> str:
     )
 
 
-def _after_failure(
-    st, key: str, purpose: str, failure: ProviderFailure, credential: Any, keep_valid_token: bool
-) -> str:
+@dataclass(frozen=True)
+class _Failed:
+    """A refresh the IdP refused: its failure, the credential as stored, the account's label."""
+
+    failure: ProviderFailure
+    credential: Any
+    label: str
+
+
+def _after_failure(st, key: str, purpose: str, failed: _Failed, keep_valid_token: bool) -> str:
     """Signal the stored failure, then raise the typed error, or (if wanted) return the
     current token while it may still serve: after a transient failure, or after a permanent
     one of a token that was due (``_still_served``)."""
+    failure, credential = failed.failure, failed.credential
     signals.refresh_failed.send(st.extension, key=key, purpose=purpose, failure=failure)
     if failure.kind == "reauthorize":
         signals.reauthorization_required.send(
@@ -700,6 +718,6 @@ def _after_failure(
         )
     if failure.kind != "transient" and not (keep_valid_token and _still_served(credential)):
         if failure.kind == "reauthorize":
-            raise ReauthorizationRequired(f"{key} ({purpose}): {failure.summary()}")
-        raise ConfigurationError(f"{key} ({purpose}): {failure.summary()}")
+            raise ReauthorizationRequired(f"{failed.label}: {failure.summary()}")
+        raise ConfigurationError(f"{failed.label}: {failure.summary()}")
     return _unavailable(st, credential, keep_valid_token)

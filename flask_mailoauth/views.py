@@ -122,6 +122,14 @@ def _address(mailbox, purpose: str) -> str:
     return mailbox.sender if purpose == "smtp" else mailbox.address
 
 
+class NotAnOAuthChoice(UnknownProvider):
+    """The host page asked for a provider that is not registered ("basic", a typo)."""
+
+    def __init__(self, wanted: str) -> None:
+        super().__init__(f"{wanted!r} is not an OAuth2 provider.")
+        self.wanted = wanted
+
+
 def _requested_provider() -> str | None:
     """The provider the host page (GET) or the modal (POST) asks for, checked to exist."""
     wanted = request.args.get("provider") or request.form.get("provider")
@@ -129,8 +137,20 @@ def _requested_provider() -> str | None:
         try:
             registry.get(wanted)
         except UnknownProvider:
-            abort(400, description=f"Unknown provider {wanted!r}.")
+            raise NotAnOAuthChoice(wanted) from None
     return wanted
+
+
+@blueprint.errorhandler(NotAnOAuthChoice)
+def not_an_oauth_choice(exc: NotAnOAuthChoice) -> Response:
+    """Config pressed on a non-OAuth choice (the host's "Basic"): a readable dialog to close."""
+    html = render_template(
+        "mailoauth/not_oauth.html",
+        wanted=exc.wanted,
+        providers=registry.all(),
+        standalone=not _scripted(),
+    )
+    return Response(html, status=400)
 
 
 def callback_url() -> str:
@@ -299,7 +319,11 @@ def delete(key: str, purpose: str) -> Response:
     _mailbox(key, purpose)
     _check_csrf()
     if accounts.delete_token(state(), key, purpose):
-        flash("Token deleted. Authorize again to fetch or send mail with OAuth2.", "success")
+        flash(
+            "Token deleted. Open Config and press Submit to authorize again; until then mail "
+            "is neither fetched nor sent with OAuth2.",
+            "success",
+        )
     else:
         flash("There was no token to delete.", "error")
     return _go(_return_url(key, purpose))
@@ -321,7 +345,7 @@ def refresh(key: str, purpose: str) -> Response:
     try:
         tokens.refresh(state(), key, purpose)
     except MailOAuthError as exc:
-        notice = ("error", f"Refresh failed: {exc}")
+        notice = ("error", f"Refresh failed: {exc} {exc.guidance}".strip())
     else:
         notice = ("success", "The access token was refreshed.")
     return _token_tab(key, purpose, notice=notice)

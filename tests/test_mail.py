@@ -56,6 +56,12 @@ IMAP_GUIDANCE = (
     "consented and IMAP is enabled on the mailbox."
 )
 POP_GUIDANCE = IMAP_GUIDANCE.replace("IMAP", "POP")
+#: a refusal at the sign-in step: no claim that the sign-in worked
+IMAP_SIGNIN_GUIDANCE = (
+    "The mail server refused the token at sign-in: check the IMAP scopes were consented, IMAP "
+    "is enabled on the mailbox, and the account that signed in may use it."
+)
+POP_SIGNIN_GUIDANCE = IMAP_SIGNIN_GUIDANCE.replace("IMAP", "POP")
 REVOKED_HINT = " If the grant was revoked, use Refresh now, or authorize again."
 EHLO = re.compile(rb"ehlo helpdesk\.test")
 
@@ -197,7 +203,7 @@ def test_imap_error_challenge_is_answered_empty_never_with_the_token(sasl_ir: bo
         "401",
         "https://outlook.office.com/IMAP",
     )
-    assert error.guidance == IMAP_GUIDANCE + REVOKED_HINT
+    assert error.guidance == IMAP_SIGNIN_GUIDANCE + REVOKED_HINT
     assert str(error) == (
         "IMAP XOAUTH2 sign-in refused: AUTHENTICATE failed. The server refused the token "
         "(status 401, required scope: https://outlook.office.com/IMAP, schemes: bearer)."
@@ -349,7 +355,7 @@ def test_pop3_error_challenge_gets_an_empty_line_then_err() -> None:
     assert (error.protocol, error.reply) == ("POP3", "-ERR Authentication failed.")
     assert error.challenge is not None
     assert error.challenge.status == "401"
-    assert error.guidance == POP_GUIDANCE + REVOKED_HINT
+    assert error.guidance == POP_SIGNIN_GUIDANCE + REVOKED_HINT
     assert sent_token(srv) == 1
     assert_secret_free(error)
 
@@ -681,7 +687,9 @@ def test_check_imap_authenticate_failed() -> None:
         result = check_imap(at(srv), USER, TOKEN, timeout=5)
     assert steps(result) == [("connect", True), ("sign in", False)]
     assert result.steps[-1].detail == "IMAP XOAUTH2 sign-in refused: AUTHENTICATE failed."
-    assert result.steps[-1].guidance == IMAP_GUIDANCE
+    # found under "✘ sign in": the guidance must not say the sign-in worked
+    assert result.steps[-1].guidance == IMAP_SIGNIN_GUIDANCE
+    assert "sign-in worked" not in result.steps[-1].guidance
     assert_result_secret_free(result)
 
 
@@ -728,7 +736,7 @@ def test_check_pop3_authentication_failed() -> None:
     ) as srv:
         result = check_pop3(at(srv), USER, TOKEN, timeout=5)
     assert steps(result) == [("connect", True), ("sign in", False)]
-    assert result.steps[-1].guidance == POP_GUIDANCE
+    assert result.steps[-1].guidance == POP_SIGNIN_GUIDANCE
     assert_result_secret_free(result)
 
 

@@ -497,6 +497,9 @@ def test_token_tab_test_connection_in_chromium(
         assert support.address == SUPPORT
         support.host, support.port, support.security = dovecot.host, dovecot.imap_port, "none"
         support.remote_auth = "generic"
+        # This test is about the IMAP check: SMTP not on the mailbox's grant, so Test
+        # connection checks IMAP only (with "Same as Remote Mailbox" it would check SMTP too).
+        support.smtp_auth = "none"
         db.session.commit()
     srv = serve_app(app)
     client = generic_idp.register_client(

@@ -3,7 +3,8 @@
 // One file, two shapes (IDP_SHAPE):
 //   generic    issuer http://127.0.0.1:PORT, standard oidc-provider routes.
 //   microsoft  issuer http://127.0.0.1:PORT/{tid}/v2.0, routes /{tenant}/oauth2/v2.0/authorize|token,
-//              /{tenant}/discovery/v2.0/keys, Microsoft-like token responses and AADSTS errors.
+//              /{tenant}/discovery/v2.0/keys, Microsoft-like token responses (no email claim in
+//              the id_token, scope without offline_access, rotated refresh tokens) and AADSTS errors.
 // Both: devInteractions login/consent pages, refresh tokens always issued, open dynamic client
 // registration (client metadata `rotate_refresh_token` picks rotation per client), introspection
 // with the `email` claim (for Dovecot), revocation, short-lived access tokens for accounts whose id
@@ -69,7 +70,7 @@ const provider = new Provider(issuer, {
   routes: microsoft ? msRoutes : {},
   scopes: ['openid', 'offline_access', 'email', 'profile', 'mail', ...outlookScopes],
   claims: microsoft
-    ? { openid: ['sub', 'oid', 'tid'], email: ['email'], profile: ['preferred_username', 'name'] }
+    ? { openid: ['sub', 'oid', 'tid'], email: [], profile: ['preferred_username', 'name'] }
     : { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'preferred_username'] },
   conformIdTokenClaims: false, // profile/email claims go into the id_token, like Microsoft and Google
   features: {
@@ -102,10 +103,11 @@ const provider = new Provider(issuer, {
   },
   findAccount: async (ctx, sub) => ({
     accountId: sub,
+    // Microsoft's id_token carries no email claim (an optional claim most tenants never add):
+    // the sign-in name is preferred_username.
     claims: async () => ({
       sub,
-      email: sub,
-      email_verified: true,
+      ...(microsoft ? {} : { email: sub, email_verified: true }),
       preferred_username: sub,
       name: `Test ${sub.split('@')[0]}`,
       ...(microsoft ? { oid: `00000000-0000-0000-0000-${Buffer.from(sub).toString('hex').slice(-12).padStart(12, '0')}`, tid } : {}),
