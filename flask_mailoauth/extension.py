@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, current_app
+from flask import Flask, appcontext_pushed, current_app
 
-from . import crypto, mail
+from . import crypto, mail, migrations
 from .errors import MailboxNotFound, MailOAuthError, SetupError
 from .models import Models, models_for, own_session
 from .providers.base import MailServer
@@ -134,6 +134,9 @@ class MailOAuth:
         app.register_blueprint(views.blueprint, url_prefix=app.config["MAILOAUTH_URL_PREFIX"])
         app.add_template_global(views.config_button, "mailoauth_config_button")
         app.cli.add_command(cli.mailoauth_cli)
+        # Flask-Migrate may be set up before or after us: wire now and on each app context.
+        migrations.install(app)
+        appcontext_pushed.connect(migrations.install, app)
 
     # -- host callbacks -------------------------------------------------------------------
 
