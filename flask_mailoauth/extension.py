@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from flask import Flask, appcontext_pushed, current_app
 
 from . import crypto, mail, migrations
-from .errors import MailboxNotFound, MailOAuthError, SetupError
+from .errors import MailboxNotFound, MailOAuthError, NotConfigured, SetupError
 from .models import Models, models_for, own_session
 from .providers.base import MailServer
 from .settings import PURPOSES, MailboxSettings, Purpose
@@ -324,8 +324,9 @@ class MailOAuth:
         defaults = None
         with own_session(st.db) as s:
             account = accounts.find(s, st.models, key, purpose)
-            if account is not None:
-                defaults = registry.get(account.provider).mail_servers(account.config)
+            if account is None:
+                raise NotConfigured(_no_account(key, purpose))
+            defaults = registry.get(account.provider).mail_servers(account.config)
         return settings, mail.resolve_server(settings, protocol, defaults)
 
     def may_manage(self) -> bool:
@@ -365,6 +366,20 @@ def _purpose(purpose: str) -> Purpose:
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be 'mailbox' or 'smtp', not {purpose!r}.")
     return purpose  # type: ignore[return-value]
+
+
+def _no_account(key: str, purpose: Purpose) -> str:
+    """What to do when ``key`` has no OAuth2 account for ``purpose``."""
+    if purpose == "smtp":
+        return (
+            f"No SMTP account is configured for mailbox {key!r}: open Config next to its SMTP "
+            "authentication and authorize one, or sign in to SMTP with the mailbox's own account "
+            "(SMTP 'Same as Remote Mailbox'): connect_smtp(key, purpose=\"mailbox\")."
+        )
+    return (
+        f"No OAuth2 account is configured for mailbox {key!r}: open Config next to its "
+        "mailbox authentication, fill the IdP Config and Submit to authorize it."
+    )
 
 
 def _mail_timeout() -> float:
