@@ -295,7 +295,7 @@ class MailOAuth:
 
         protocol = "smtp" if purpose == "smtp" else settings.protocol
         try:
-            _, server = self._server(key, protocol, purpose)
+            _, server = self._server(key, protocol, purpose, require_account=False)
         except MailOAuthError as exc:
             step = mail.CheckStep("settings", False, 0.0, str(exc))
             return [mail.CheckResult(protocol.upper(), False, [step])]
@@ -312,10 +312,14 @@ class MailOAuth:
         return [check(server, settings.address, token, timeout=timeout)]
 
     def _server(
-        self, key: str, protocol: str, purpose: Purpose
+        self, key: str, protocol: str, purpose: Purpose, *, require_account: bool = True
     ) -> tuple[MailboxSettings, MailServer]:
         """The mailbox's settings and its ``protocol`` server, with the defaults of the provider
-        of the account that signs in (``purpose``) filled in."""
+        of the account that signs in (``purpose``) filled in.
+
+        Without that account: ``NotConfigured`` saying so, unless ``require_account`` is off
+        and the host's settings name the server themselves.
+        """
         from . import accounts
         from .providers import registry
 
@@ -324,10 +328,16 @@ class MailOAuth:
         defaults = None
         with own_session(st.db) as s:
             account = accounts.find(s, st.models, key, purpose)
+            if account is not None:
+                defaults = registry.get(account.provider).mail_servers(account.config)
+        if account is None and require_account:
+            raise NotConfigured(_no_account(key, purpose))
+        try:
+            return settings, mail.resolve_server(settings, protocol, defaults)
+        except SetupError:
             if account is None:
-                raise NotConfigured(_no_account(key, purpose))
-            defaults = registry.get(account.provider).mail_servers(account.config)
-        return settings, mail.resolve_server(settings, protocol, defaults)
+                raise NotConfigured(_no_account(key, purpose)) from None
+            raise
 
     def may_manage(self) -> bool:
         """Whether the current request may use the extension's views."""
