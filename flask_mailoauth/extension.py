@@ -9,6 +9,7 @@ import poplib
 import smtplib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -65,7 +66,17 @@ DEFAULTS: dict[str, object] = {
     "MAILOAUTH_SECRET_WARNING_DAYS": (30, 7),
     # accounts refreshed at once by `flask mailoauth refresh --due`
     "MAILOAUTH_REFRESH_CONCURRENCY": 8,
+    # the host's flash categories for our messages, e.g. {"error": "danger"} for Bootstrap
+    "MAILOAUTH_FLASH_CATEGORIES": {},
 }
+
+
+class FlashKind(StrEnum):
+    """What a flashed message of the extension says; the category is the host's choice."""
+
+    SUCCESS = "success"
+    ERROR = "error"
+
 
 MailboxLoader = Callable[[str], MailboxSettings | None]
 AccessCheck = Callable[[], bool]
@@ -125,6 +136,7 @@ class MailOAuth:
             )
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
+        _check_flash_categories(app.config["MAILOAUTH_FLASH_CATEGORIES"])
 
         from . import cli, views
 
@@ -370,6 +382,23 @@ def state() -> MailOAuthState:
             "flask-mailoauth is not registered on this app. Did you forget to call "
             "mailoauth.init_app(app, db=db)?"
         ) from None
+
+
+def flash_category(kind: FlashKind) -> str:
+    """The host's flash category for ``kind`` (``MAILOAUTH_FLASH_CATEGORIES``, else the kind)."""
+    return current_app.config["MAILOAUTH_FLASH_CATEGORIES"].get(kind.value, kind.value)
+
+
+def _check_flash_categories(categories: object) -> None:
+    """Refuse a ``MAILOAUTH_FLASH_CATEGORIES`` that would silently be ignored."""
+    kinds = {k.value for k in FlashKind}
+    if not isinstance(categories, dict) or not all(
+        key in kinds and isinstance(value, str) and value for key, value in categories.items()
+    ):
+        raise SetupError(
+            "MAILOAUTH_FLASH_CATEGORIES must map 'success' and/or 'error' to your flash "
+            f"categories, e.g. {{'error': 'danger'}} for Bootstrap; got {categories!r}."
+        )
 
 
 def _purpose(purpose: str) -> Purpose:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from flask_mailoauth import MailboxSettings
-from flask_mailoauth.errors import NotConfigured
+from flask_mailoauth.errors import NotConfigured, SetupError
 from flask_mailoauth.mail import MailConnectionError, resolve_server
 from tests.test_mail import USER, ScriptedSessions, pop3_login_script
 from tests.test_tokens import store_account
@@ -86,3 +86,33 @@ def test_connect_smtp_without_an_smtp_account_says_how_to_use_the_mailboxs(make_
     with host.app.app_context():
         results = host.ext.test_connection("support", "smtp")
     assert "No SMTP account is configured" in results[0].steps[0].detail
+
+
+def flashes(client: Any) -> list[tuple[str, str]]:
+    with client.session_transaction() as session:
+        return session.pop("_flashes", [])
+
+
+def test_flash_categories_are_the_hosts(make_host, db_url):
+    """Point 13: a Bootstrap host maps ``error`` to ``danger``; ``success`` stays."""
+    host = make_host(
+        db_url=db_url, WTF_CSRF_ENABLED=False, MAILOAUTH_FLASH_CATEGORIES={"error": "danger"}
+    )
+    client = host.app.test_client()
+    assert client.post("/mailoauth/support/mailbox/delete").status_code == 303
+    assert flashes(client) == [("danger", "There was no token to delete.")]
+    store_account(host)
+    client.post("/mailoauth/support/mailbox/delete")
+    assert [category for category, _ in flashes(client)] == ["success"]
+
+
+def test_the_default_flash_categories_are_success_and_error(make_host, db_url):
+    client = make_host(db_url=db_url, WTF_CSRF_ENABLED=False).app.test_client()
+    client.post("/mailoauth/support/mailbox/delete")
+    assert flashes(client) == [("error", "There was no token to delete.")]
+
+
+@pytest.mark.parametrize("bad", [{"failure": "danger"}, {"error": ""}, ["danger"]])
+def test_flash_categories_that_would_be_ignored_are_refused(make_host, bad):
+    with pytest.raises(SetupError, match="MAILOAUTH_FLASH_CATEGORIES must map"):
+        make_host(MAILOAUTH_FLASH_CATEGORIES=bad)
