@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
-import logging
 import poplib
 import smtplib
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, appcontext_pushed, current_app
 
-from . import crypto, mail, migrations
+from . import crypto, logs, mail, migrations
 from .errors import MailboxNotFound, MailOAuthError, NotConfigured, SetupError
 from .models import Models, models_for, own_session
 from .providers.base import MailServer
@@ -24,7 +23,7 @@ from .settings import PURPOSES, MailboxSettings, Purpose
 if TYPE_CHECKING:
     from .health import AccountHealth
 
-logger = logging.getLogger("flask_mailoauth")
+logger = logs.logger
 
 
 #: every configuration key with its default; documented in docs/configuration.rst
@@ -134,6 +133,7 @@ class MailOAuth:
                 "MailOAuth needs the app's Flask-SQLAlchemy instance: "
                 "MailOAuth(app, db=db) or mailoauth.init_app(app, db=db)."
             )
+        logs.bridge_to_app_logger()
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         _check_flash_categories(app.config["MAILOAUTH_FLASH_CATEGORIES"])
