@@ -68,11 +68,11 @@ def loader_host(database: Path) -> dict:
         smtp_host: Mapped[str] = mapped_column(default="")
         smtp_address: Mapped[str] = mapped_column(default="")
 
+    mailoauth = MailOAuth(app, db=db)
     with app.app_context():
         db.create_all()
         db.session.add(SystemEmail(id=1, address="help@example.org", port=993))
         db.session.commit()
-    mailoauth = MailOAuth(app, db=db)
     return {
         "app": app,
         "db": db,
@@ -121,3 +121,21 @@ def test_every_dependency_is_listed_with_its_supported_range():
     required = [re.match(r"([a-z0-9\[\]-]+)(.*)", r).groups() for r in install_requires()]
     assert listed == required
     assert ("wtforms", ">=3.0") in required  # hosts pinning WTForms 3.0/3.1 can install
+
+
+def python_block_with(path: Path, marker: str) -> str:
+    """The ``code-block:: python`` of ``path`` that contains ``marker``."""
+    blocks = re.findall(r".. code-block:: python\n\n((?:   .*\n|\n)+)", path.read_text("utf-8"))
+    [block] = [b for b in blocks if marker in b]
+    return "\n".join(line[3:] for line in block.splitlines())
+
+
+def test_the_testing_helpers_example_passes_as_written(tmp_path):
+    """Issue 12 point 18: the host-test example in docs/integration.rst runs green."""
+    integration = DOCS / "integration.rst"
+    source = python_block_with(integration, "seed_account")
+    for name in ("test_fetch_uses_oauth", "test_refresh"):
+        namespace = loader_host(tmp_path / f"{name}.db")
+        exec(compile(first_python_block(integration), "loader", "exec"), namespace)  # noqa: S102
+        exec(compile(source, "integration.rst", "exec"), namespace)  # noqa: S102
+        namespace[name](namespace["app"])
