@@ -140,8 +140,10 @@ class MailOAuth:
 
         from . import cli, views
 
+        with app.app_context():  # so a warning about the keys reaches app.logger's handlers
+            keyring = _keyring(app)
         app.extensions["mailoauth"] = MailOAuthState(
-            extension=self, db=db, models=models_for(db), keyring=_keyring(app)
+            extension=self, db=db, models=models_for(db), keyring=keyring
         )
         app.register_blueprint(views.blueprint, url_prefix=app.config["MAILOAUTH_URL_PREFIX"])
         app.add_template_global(views.config_button, "mailoauth_config_button")

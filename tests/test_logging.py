@@ -10,7 +10,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 import responses
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
 
+from flask_mailoauth import MailOAuth
 from flask_mailoauth.errors import TemporarilyUnavailable
 from tests.test_tokens import IdP, store_account
 
@@ -84,3 +87,15 @@ def test_an_app_logger_level_above_warning_keeps_it_out(make_host, db_url, idp, 
     host.app.logger.setLevel(logging.ERROR)
     unreachable_refresh(host, idp)
     assert lines(stream) == []
+
+
+def test_the_missing_key_warning_of_init_app_reaches_app_logger(sink):
+    """The warning of ``init_app`` itself, before any request, reaches app.logger too."""
+    app = Flask("keyless")
+    app.config.update(SECRET_KEY="x", SQLALCHEMY_DATABASE_URI="sqlite://")
+    handler, stream = sink
+    app.logger.addHandler(handler)
+    MailOAuth(app, db=SQLAlchemy(app))
+    warned = [line for line in stream.getvalue().splitlines() if "ENCRYPTION_KEYS" in line]
+    assert len(warned) == 1
+    assert warned[0].startswith("WARNING flask_mailoauth: MAILOAUTH_ENCRYPTION_KEYS is not set")
