@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -30,8 +31,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_HTTPONLY=True,
     )
-    if os.environ.get("MAILOAUTH_ENCRYPTION_KEYS"):
-        app.config["MAILOAUTH_ENCRYPTION_KEYS"] = os.environ["MAILOAUTH_ENCRYPTION_KEYS"]
+    # Configuration from the environment, as Flask apps do: FLASK_* (prefix stripped) and every
+    # MAILOAUTH_* key as it is named, values read as JSON when they parse (1, true, 5, [..]).
+    app.config.from_prefixed_env()
+    app.config.from_mapping(_env_config("MAILOAUTH_"))
     app.config.from_mapping(config or {})
     os.makedirs(app.instance_path, exist_ok=True)
 
@@ -50,6 +53,19 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         db.create_all()
         seed()
     return app
+
+
+def _env_config(prefix: str) -> dict[str, Any]:
+    """The environment variables named ``prefix...``, JSON values decoded like Flask's
+    ``from_prefixed_env`` does (a value that is not JSON stays a string)."""
+    found: dict[str, Any] = {}
+    for name, value in os.environ.items():
+        if name.startswith(prefix):
+            try:
+                found[name] = json.loads(value)
+            except ValueError:
+                found[name] = value
+    return found
 
 
 def _database_url() -> str:

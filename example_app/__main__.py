@@ -2,8 +2,10 @@
 
 With the local peers installed (``scripts/install-peers`` as root) it runs in sandbox mode:
 a local IdP, Dovecot and Postfix, so the whole walkthrough works offline. ``--plain`` skips it.
+``--help`` lists the environment variables it reads.
 """
 
+import argparse
 import os
 import signal
 import sys
@@ -12,14 +14,42 @@ from example_app import create_app, sandbox
 
 HOST = "127.0.0.1"
 
+ENVIRONMENT = """\
+environment:
+  PORT                      port on 127.0.0.1 (default 5000)
+  DATABASE_URL              SQLAlchemy URL (default sqlite:///helpdesk.sqlite3 in instance/)
+  SECRET_KEY                Flask's secret key (default: a development-only key)
+  MAILOAUTH_*               any flask-mailoauth setting, e.g. MAILOAUTH_ALLOW_INSECURE_HTTP=1
+                            to try your own IdP on http://127.0.0.1 with --plain; values are
+                            read as JSON when they parse (1, true, 10, ["a", "b"])
+  FLASK_*                   any other Flask setting, prefix removed (FLASK_DEBUG=true)
+"""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The demo's command line; ``--help`` prints it and exits without serving."""
+    parser = argparse.ArgumentParser(
+        prog="python -m example_app",
+        description="The flask-mailoauth demo helpdesk (admin@example.test / admin).",
+        epilog=ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="no sandbox: the plain helpdesk, for a real identity provider and mail server",
+    )
+    return parser.parse_args(argv)
+
 
 def main() -> None:
+    args = parse_args(sys.argv[1:])
     # SIGTERM ends the demo like Ctrl-C does, so the sandbox's peers are stopped (atexit).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     port = int(os.environ.get("PORT", "5000"))
     url = f"http://{HOST}:{port}/"
-    missing = [] if "--plain" in sys.argv else sandbox.missing_peers()
-    if "--plain" in sys.argv or missing:
+    missing = [] if args.plain else sandbox.missing_peers()
+    if args.plain or missing:
         app = create_app()
         print(f"\n  flask-mailoauth demo helpdesk: {url}  (admin@example.test / admin)")
         if missing:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
-import logging
 import poplib
 import smtplib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, current_app
+from flask import Flask, appcontext_pushed, current_app
 
-from . import crypto, mail
-from .errors import MailboxNotFound, MailOAuthError, SetupError
+from . import crypto, logs, mail, migrations
+from .errors import MailboxNotFound, MailOAuthError, NotConfigured, SetupError
 from .models import Models, models_for, own_session
 from .providers.base import MailServer
 from .settings import PURPOSES, MailboxSettings, Purpose
@@ -23,7 +23,7 @@ from .settings import PURPOSES, MailboxSettings, Purpose
 if TYPE_CHECKING:
     from .health import AccountHealth
 
-logger = logging.getLogger("flask_mailoauth")
+logger = logs.logger
 
 
 #: every configuration key with its default; documented in docs/configuration.rst
@@ -65,7 +65,17 @@ DEFAULTS: dict[str, object] = {
     "MAILOAUTH_SECRET_WARNING_DAYS": (30, 7),
     # accounts refreshed at once by `flask mailoauth refresh --due`
     "MAILOAUTH_REFRESH_CONCURRENCY": 8,
+    # the host's flash categories for our messages, e.g. {"error": "danger"} for Bootstrap
+    "MAILOAUTH_FLASH_CATEGORIES": {},
 }
+
+
+class FlashKind(StrEnum):
+    """What a flashed message of the extension says; the category is the host's choice."""
+
+    SUCCESS = "success"
+    ERROR = "error"
+
 
 MailboxLoader = Callable[[str], MailboxSettings | None]
 AccessCheck = Callable[[], bool]
@@ -123,17 +133,24 @@ class MailOAuth:
                 "MailOAuth needs the app's Flask-SQLAlchemy instance: "
                 "MailOAuth(app, db=db) or mailoauth.init_app(app, db=db)."
             )
+        logs.bridge_to_app_logger()
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
+        _check_flash_categories(app.config["MAILOAUTH_FLASH_CATEGORIES"])
 
         from . import cli, views
 
+        with app.app_context():  # so a warning about the keys reaches app.logger's handlers
+            keyring = _keyring(app)
         app.extensions["mailoauth"] = MailOAuthState(
-            extension=self, db=db, models=models_for(db), keyring=_keyring(app)
+            extension=self, db=db, models=models_for(db), keyring=keyring
         )
         app.register_blueprint(views.blueprint, url_prefix=app.config["MAILOAUTH_URL_PREFIX"])
         app.add_template_global(views.config_button, "mailoauth_config_button")
         app.cli.add_command(cli.mailoauth_cli)
+        # Flask-Migrate may be set up before or after us: wire now and on each app context.
+        migrations.install(app)
+        appcontext_pushed.connect(migrations.install, app)
 
     # -- host callbacks -------------------------------------------------------------------
 
@@ -302,7 +319,7 @@ class MailOAuth:
             return self.access_token(key, purpose)
 
         try:
-            settings, server = self._server(key, protocol, purpose)
+            settings, server = self._server(key, protocol, purpose, require_account=False)
         except MailOAuthError as exc:
             step = mail.CheckStep("settings", False, 0.0, str(exc))
             return mail.CheckResult(protocol.upper(), False, [step])
@@ -317,10 +334,14 @@ class MailOAuth:
         return check(server, settings.address, token, timeout=timeout)
 
     def _server(
-        self, key: str, protocol: str, purpose: Purpose
+        self, key: str, protocol: str, purpose: Purpose, *, require_account: bool = True
     ) -> tuple[MailboxSettings, MailServer]:
         """The mailbox's settings and its ``protocol`` server, with the defaults of the provider
-        of the account that signs in (``purpose``) filled in."""
+        of the account that signs in (``purpose``) filled in.
+
+        Without that account: ``NotConfigured`` saying so, unless ``require_account`` is off
+        and the host's settings name the server themselves.
+        """
         from . import accounts
         from .providers import registry
 
@@ -331,7 +352,14 @@ class MailOAuth:
             account = accounts.find(s, st.models, key, purpose)
             if account is not None:
                 defaults = registry.get(account.provider).mail_servers(account.config)
-        return settings, mail.resolve_server(settings, protocol, defaults)
+        if account is None and require_account:
+            raise NotConfigured(_no_account(key, purpose))
+        try:
+            return settings, mail.resolve_server(settings, protocol, defaults)
+        except SetupError:
+            if account is None:
+                raise NotConfigured(_no_account(key, purpose)) from None
+            raise
 
     def may_manage(self) -> bool:
         """Whether the current request may use the extension's views."""
@@ -366,10 +394,41 @@ def state() -> MailOAuthState:
         ) from None
 
 
+def flash_category(kind: FlashKind) -> str:
+    """The host's flash category for ``kind`` (``MAILOAUTH_FLASH_CATEGORIES``, else the kind)."""
+    return current_app.config["MAILOAUTH_FLASH_CATEGORIES"].get(kind.value, kind.value)
+
+
+def _check_flash_categories(categories: object) -> None:
+    """Refuse a ``MAILOAUTH_FLASH_CATEGORIES`` that would silently be ignored."""
+    kinds = {k.value for k in FlashKind}
+    if not isinstance(categories, dict) or not all(
+        key in kinds and isinstance(value, str) and value for key, value in categories.items()
+    ):
+        raise SetupError(
+            "MAILOAUTH_FLASH_CATEGORIES must map 'success' and/or 'error' to your flash "
+            f"categories, e.g. {{'error': 'danger'}} for Bootstrap; got {categories!r}."
+        )
+
+
 def _purpose(purpose: str) -> Purpose:
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be 'mailbox' or 'smtp', not {purpose!r}.")
     return purpose  # type: ignore[return-value]
+
+
+def _no_account(key: str, purpose: Purpose) -> str:
+    """What to do when ``key`` has no OAuth2 account for ``purpose``."""
+    if purpose == "smtp":
+        return (
+            f"No SMTP account is configured for mailbox {key!r}: open Config next to its SMTP "
+            "authentication and authorize one, or sign in to SMTP with the mailbox's own account "
+            "(SMTP 'Same as Remote Mailbox'): connect_smtp(key, purpose=\"mailbox\")."
+        )
+    return (
+        f"No OAuth2 account is configured for mailbox {key!r}: open Config next to its "
+        "mailbox authentication, fill the IdP Config and Submit to authorize it."
+    )
 
 
 def _mail_timeout() -> float:

@@ -11,12 +11,20 @@ from wtforms import (
     Field,
     PasswordField,
     RadioField,
-    SelectChoice,
     SelectField,
     StringField,
     TextAreaField,
 )
 from wtforms.validators import DataRequired, Length, Optional
+
+try:
+    from wtforms import SelectChoice
+except ImportError:  # WTForms < 3.3 takes (value, label) pairs, which 3.3 deprecates
+
+    def SelectChoice(value: str, label: str) -> tuple[str, str]:
+        """A choice as WTForms 3.0-3.2 take it."""
+        return (value, label)
+
 
 from .accounts import AccountInput, AccountView
 from .providers.base import ConfigField, Provider

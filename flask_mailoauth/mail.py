@@ -891,6 +891,7 @@ def resolve_server(
     """The server for ``protocol`` (imap, pop3, smtp): the host's settings over the provider's.
 
     Each of host, port and security falls back on its own, so a host may set only the host.
+    ``MailboxSettings.port`` is the port of the mailbox's own protocol only.
     """
     prefix = "smtp_" if protocol == "smtp" else ""
     fallback: MailServer | None = getattr(defaults, protocol, None) if defaults else None
@@ -901,7 +902,7 @@ def resolve_server(
             f"so the mailbox loader must set MailboxSettings.{prefix}host."
         )
     security = getattr(settings, f"{prefix}security") or (fallback.security if fallback else "ssl")
-    port = getattr(settings, f"{prefix}port") or (
+    port = (settings.smtp_port if protocol == "smtp" else settings.port_for(protocol)) or (
         fallback.port if fallback and fallback.host == host else _DEFAULT_PORTS[protocol][security]
     )
     return MailServer(host, port, security)

@@ -28,7 +28,7 @@ from markupsafe import Markup
 
 from . import accounts, flow, tokens
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError
-from .extension import MailOAuthState, state
+from .extension import FlashKind, MailOAuthState, flash_category, state
 from .forms import account_form
 from .providers import registry
 from .providers.registry import UnknownProvider
@@ -208,7 +208,7 @@ def save(key: str, purpose: str) -> Response:
         if not result.errors:
             if result.needs_authorization:
                 return _go(_authorization_url(st, key, purpose))
-            flash("Successfully updated.", "success")
+            flash("Successfully updated.", flash_category(FlashKind.SUCCESS))
             return _go(_return_url(key, purpose))
         form.add_errors(result.errors)
     elif not (form.csrf_token.errors if form.meta.csrf else []):
@@ -307,9 +307,12 @@ def callback() -> Response:
             render_template("mailoauth/callback_error.html", failure=failure), status=400
         )
     if outcome.error is None:
-        flash("OAuth2 Authorization Successful.", "success")
+        flash("OAuth2 Authorization Successful.", flash_category(FlashKind.SUCCESS))
     else:
-        flash(f"OAuth2 authorization failed: {outcome.error} {outcome.error.guidance}", "error")
+        flash(
+            f"OAuth2 authorization failed: {outcome.error} {outcome.error.guidance}",
+            flash_category(FlashKind.ERROR),
+        )
     return redirect(same_origin_path(outcome.return_url) or "/", code=303)
 
 
@@ -322,10 +325,10 @@ def delete(key: str, purpose: str) -> Response:
         flash(
             "Token deleted. Open Config and press Submit to authorize again; until then mail "
             "is neither fetched nor sent with OAuth2.",
-            "success",
+            flash_category(FlashKind.SUCCESS),
         )
     else:
-        flash("There was no token to delete.", "error")
+        flash("There was no token to delete.", flash_category(FlashKind.ERROR))
     return _go(_return_url(key, purpose))
 
 

@@ -945,7 +945,8 @@ def point(host: Any, srv: ScriptedServer, **settings: Any) -> None:
     host.mailboxes["support"] = MailboxSettings(
         address=USER,
         host=srv.host,
-        port=srv.port,
+        imap_port=srv.port,
+        pop3_port=srv.port,
         security="none",
         smtp_host=srv.host,
         smtp_port=srv.port,

@@ -25,9 +25,8 @@ from flask_mailoauth.errors import (
     ReauthorizationRequired,
     TemporarilyUnavailable,
 )
-from flask_mailoauth.flow import config_signature
 from flask_mailoauth.models import own_session, utcnow
-from flask_mailoauth.providers import registry
+from flask_mailoauth.testing import seed_account, token_answer
 from flask_mailoauth.tokens import backoff
 
 TOKEN_URL = "https://idp.example.test/token"
@@ -55,39 +54,29 @@ def store_account(
     purpose="mailbox",
     **credential_fields,
 ):
-    """An authorized account, as the callback would have stored it.
+    """An authorized account, as the callback would have stored it (the public helper).
 
     The token was issued an hour ago (``issued_at``), so ``expires_in`` is what is left of a
     long-lived token; pass ``issued_at`` for a token that has just been issued.
     """
     credential_fields.setdefault("issued_at", utcnow() - timedelta(hours=1))
-    st_ = host.app.extensions["mailoauth"]
-    chosen = registry.get(provider)
-    config = dict(config or (GENERIC if provider == "generic" else chosen.defaults()))
+    config = dict(config or (GENERIC if provider == "generic" else {}))
     if provider == "microsoft":
         config["client_id"] = "app"
-    with host.app.app_context(), own_session(st_.db) as s:
-        account = st_.models.Account(
-            key=key,
-            purpose=purpose,
-            name=f"{key} ({purpose})",
+    with host.app.app_context():
+        seed_account(
+            key,
+            purpose,
             address=f"{key}@example.test",
+            name=f"{key} ({purpose})",
             provider=provider,
             config=config,
-            config_signature=config_signature(chosen, config),
-        )
-        st_.seal(account, "client_secret", "client-secret")
-        s.add(account)
-        s.flush()
-        cred = st_.models.Credential(
-            account_id=account.id,
-            expires_at=utcnow() + timedelta(seconds=expires_in),
-            config_signature=account.config_signature,
+            client_secret="client-secret",
+            access_token=access,
+            refresh_token=refresh,
+            expires_in=expires_in,
             **credential_fields,
         )
-        st_.seal(cred, "access_token", access)
-        st_.seal(cred, "refresh_token", refresh)
-        s.add(cred)
 
 
 def credential(host, key="support"):
@@ -129,14 +118,12 @@ class IdP:
         if kind == "raise":
             raise value
         self.issued += 1
-        body = {
-            "access_token": f"at-{self.issued}",
-            "token_type": "Bearer",
-            "expires_in": value,
-            "scope": "openid email",
-        }
-        if kind == "rotate":
-            body["refresh_token"] = f"rt-{self.issued}"
+        body = token_answer(
+            f"at-{self.issued}",
+            refresh_token=f"rt-{self.issued}" if kind == "rotate" else None,
+            expires_in=value,
+            scope="openid email",
+        )
         return 200, {"Content-Type": "application/json"}, json.dumps(body)
 
 

@@ -1,0 +1,53 @@
+"""Issue 12 point 19: the sdist ships the package, its docs and change log and no tests
+(which need the repository's harness), and builds without setuptools' warnings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sdist_and_wheel_are_complete_and_build_without_warnings(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "would be ignored" not in log
+    assert "SetuptoolsDeprecationWarning" not in log
+
+    [sdist] = tmp_path.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    tracked = subprocess.run(
+        ["git", "ls-files", "flask_mailoauth", "docs", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in tracked:
+        if name.startswith("tests/"):
+            assert name not in names, f"{name}: tests are left out of the sdist"
+        else:
+            assert name in names, f"{name} is missing from the sdist"
+    for name in ("CHANGES.rst", "LICENSE", "README.md", "MANIFEST.in", "setup.cfg"):
+        assert name in names
+    assert not [n for n in names if n.endswith((".pyc", ".pyo")) or "/_build/" in n]
+
+    [wheel] = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as whl:
+        files = set(whl.namelist())
+    for name in tracked:
+        if name.startswith("flask_mailoauth/"):
+            assert name in files, f"{name} is missing from the wheel"
+    assert not [n for n in files if n.startswith(("tests/", "docs/", "example_app/"))]
