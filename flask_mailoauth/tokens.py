@@ -45,7 +45,7 @@ from .errors import (
     TemporarilyUnavailable,
 )
 from .models import own_session, row_lock, utcnow
-from .oauth import TokenRequestFailed, request_token
+from .oauth import TokenRequestFailed, request_token, unexpected_failure
 from .providers import registry
 from .providers.base import Provider
 
@@ -543,10 +543,11 @@ def _keep_storing(
 
 
 def _ask_idp(claim: _Claim, config: Any) -> tuple[Any, ProviderFailure | None]:
-    """The refresh_token grant: ``(answer, None)`` or ``(None, failure)``."""
-    grant = {"grant_type": "refresh_token", "refresh_token": claim.refresh_token}
-    grant.update(claim.provider.refresh_params(claim.config))
+    """The refresh_token grant: ``(answer, None)`` or ``(None, failure)``; any exception in
+    the provider's hooks or the call is a failure, recorded like any other."""
     try:
+        grant = {"grant_type": "refresh_token", "refresh_token": claim.refresh_token}
+        grant.update(claim.provider.refresh_params(claim.config))
         answer = request_token(
             claim.provider,
             claim.config,
@@ -558,6 +559,8 @@ def _ask_idp(claim: _Claim, config: Any) -> tuple[Any, ProviderFailure | None]:
         )
     except TokenRequestFailed as exc:
         return None, exc.failure
+    except Exception as exc:  # the safety net: recorded, never raised
+        return None, unexpected_failure(exc)
     return answer, None
 
 
@@ -666,11 +669,13 @@ def _record_failure(st, session, credential, account, failure: ProviderFailure, 
 
 
 def backoff(failures: int, retry_after: float | None, config: Any) -> float:
-    """Seconds to wait after ``failures`` transient failures: exponential, jittered, capped."""
+    """Seconds to wait after ``failures`` transient failures: exponential, jittered, never
+    earlier than ``retry_after``, and never beyond ``MAILOAUTH_RETRY_MAX`` (whatever the IdP's
+    ``Retry-After`` says)."""
     base, ceiling = config["MAILOAUTH_RETRY_BASE"], config["MAILOAUTH_RETRY_MAX"]
-    delay = min(ceiling, base * 2 ** (failures - 1))
+    delay = min(ceiling, base * 2 ** min(failures - 1, 64))
     delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not a secret
-    return max(delay, retry_after or 0)
+    return min(max(delay, retry_after or 0), ceiling)
 
 
 def _unavailable(st, credential: Any, keep_valid_token: bool) -> str:

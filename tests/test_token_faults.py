@@ -14,6 +14,7 @@ import time
 from datetime import timedelta
 from urllib.parse import parse_qs
 
+import jwt
 import pytest
 import responses
 import sqlalchemy as sa
@@ -21,14 +22,16 @@ import time_machine
 
 from flask_mailoauth import signals, tokens
 from flask_mailoauth.errors import (
+    MailOAuthError,
     ReauthorizationRequired,
     TemporarilyUnavailable,
 )
 from flask_mailoauth.health import health
 from flask_mailoauth.models import own_session, utcnow
+from flask_mailoauth.providers import registry
 
 from .e2e.test_token_lifecycle import TcpProxy, row_locked
-from .test_tokens import TOKEN_URL, IdP, credential, events, store_account, token
+from .test_tokens import GENERIC, TOKEN_URL, IdP, credential, events, store_account, token
 
 
 def set_credential(host, **values):
@@ -61,15 +64,86 @@ def idp():
 # -- the lease is released on every path ---------------------------------------------------------
 
 
-def test_an_exception_in_the_idp_call_releases_the_lease(make_host, db_url, idp):
+def test_an_exception_in_the_idp_call_releases_the_lease(make_host, db_url, idp, caplog):
     host = make_host(db_url=db_url)
     store_account(host, expires_in=3600)
-    idp.answers.append(("raise", RuntimeError("a bug in the transport")))
-    with pytest.raises(RuntimeError):
+    idp.answers.append(("raise", RuntimeError("a bug in the transport, quoting rt-0")))
+    with pytest.raises(TemporarilyUnavailable, match="RuntimeError") as excinfo:
         refresh_now(host)
-    assert credential(host)[0].refresh_lease_until is None
+    assert "rt-0" not in str(excinfo.value) + caplog.text
+    cred = credential(host)[0]
+    assert cred.refresh_lease_until is None
+    # a typed, classified failure, recorded with backoff like any other
+    assert (cred.status, cred.failure_count, cred.last_error_code) == (
+        "retrying",
+        1,
+        "unexpected_error",
+    )
+    assert cred.next_retry_at > utcnow()
     assert refresh_now(host) == "at-1"  # really refreshed: the IdP was asked
     assert len(idp.calls) == 2
+
+
+def test_an_exception_in_a_provider_hook_is_a_recorded_failure(make_host, db_url, idp, monkeypatch):
+    host = make_host(db_url=db_url)
+    store_account(host, expires_in=-5)
+
+    def broken(config):
+        raise ValueError("a bug in a provider plugin")
+
+    monkeypatch.setattr(registry.get("generic"), "refresh_params", broken)
+    with pytest.raises(TemporarilyUnavailable, match="ValueError"):
+        token(host)
+    cred = credential(host)[0]
+    assert (cred.refresh_lease_until, cred.failure_count) == (None, 1)
+    assert idp.calls == []
+
+
+# Each answer once cost an OverflowError, a TypeError or a UnicodeError out of access_token().
+HOSTILE_REFRESHES = {
+    "huge exp": ("token", {"access_token": jwt.encode({"exp": 10**400}, "k" * 32)}),
+    "huge iat": ("token", {"access_token": jwt.encode({"iat": -(10**400)}, "k" * 32)}),
+    "Retry-After 1e300": ("error", (503, {}, {"Retry-After": "1e300"})),
+    "Retry-After 99999999999": ("error", (503, {}, {"Retry-After": "99999999999"})),
+    "Retry-After in 9999": ("error", (503, {}, {"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"})),
+    "expires_in 2**64": ("token", {"expires_in": 2**64}),
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"), HOSTILE_REFRESHES.values(), ids=HOSTILE_REFRESHES.keys()
+)
+def test_hostile_refresh_answers_are_typed_and_recorded(make_host, db_url, kind, value):
+    host = make_host(db_url=db_url, MAILOAUTH_RETRY_MAX=600)
+    store_account(host, expires_in=-5)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        if kind == "error":
+            IdP(mock).answers.append(("error", value))
+        else:
+            body = {"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, **value}
+            mock.post(TOKEN_URL, json=body)
+        try:
+            got = token(host)
+        except MailOAuthError:
+            got = None
+    cred, access, _ = credential(host)
+    assert cred.refresh_lease_until is None
+    if got is None:  # a failure: recorded, with a backoff no longer than MAILOAUTH_RETRY_MAX
+        assert (cred.status, cred.failure_count, access) == ("retrying", 1, "at-0")
+        assert utcnow() < cred.next_retry_at <= utcnow() + timedelta(seconds=600)
+    else:
+        assert got == access != "at-0"
+        assert cred.expires_at <= utcnow() + timedelta(hours=1)
+
+
+def test_an_endpoint_host_the_resolver_cannot_encode_is_a_typed_failure(make_host, db_url):
+    host = make_host(db_url=db_url)
+    config = {**GENERIC, "token_endpoint": f"https://{'a' * 64}.example.test/token"}
+    store_account(host, expires_in=-5, config=config)  # stored before save refused such names
+    with pytest.raises(MailOAuthError, match="not a valid DNS name"):
+        token(host)
+    cred = credential(host)[0]
+    assert (cred.refresh_lease_until, cred.failure_count) == (None, 1)
 
 
 def test_an_exception_while_storing_releases_the_lease(make_host, db_url, idp, monkeypatch):
