@@ -8,10 +8,12 @@ where it matters: ``RotatingIdP`` refuses a refresh token it already rotated.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import threading
 import time
 from datetime import timedelta
+from email.utils import format_datetime
 from urllib.parse import parse_qs
 
 import jwt
@@ -524,3 +526,79 @@ def test_the_refresh_token_is_never_in_a_fault_message(make_host, db_url):
         token(host)
     assert "secret-value" not in str(info.value)
     assert TOKEN_URL not in str(info.value)
+
+
+def test_a_cached_token_is_served_while_the_database_is_down(make_host, outage, idp):
+    host = outage_host(make_host, outage)
+    host.app.config["MAILOAUTH_CACHE_TTL"] = 0  # every call past the TTL asks the database
+    store_account(host, expires_in=3600)
+    assert token(host) == "at-0"  # read, and cached
+    outage.down()
+    assert token(host) == "at-0"  # past the TTL the database refuses: the cached token serves
+    assert token(host) == "at-0"
+    expired = time_machine.travel(utcnow() + timedelta(hours=1))  # really expired now
+    with expired, pytest.raises(TemporarilyUnavailable, match="database is unavailable"):
+        token(host)
+    outage.up()
+    assert idp.calls == []
+
+
+class SkewedIdP:
+    """A token endpoint whose clock is ``fast`` seconds behind the host's (its ``Date``)."""
+
+    def __init__(self, mock, fast, lifetime, delay=0.0):
+        self.fast, self.lifetime, self.delay, self.calls = fast, lifetime, delay, 0
+        mock.add_callback(responses.POST, TOKEN_URL, callback=self.answer)
+
+    def answer(self, request):
+        time.sleep(self.delay)
+        self.calls += 1
+        body = {
+            "access_token": f"at-{self.calls}",
+            "refresh_token": f"rt-{self.calls}",
+            "token_type": "Bearer",
+            "expires_in": self.lifetime,
+        }
+        idp_clock = utcnow() - timedelta(seconds=self.fast)
+        headers = {"Date": format_datetime(idp_clock, usegmt=True)}
+        return 200, {"Content-Type": "application/json", **headers}, json.dumps(body)
+
+
+@pytest.mark.parametrize(("lifetime", "fast"), [(300, 160), (3600, 7200)])
+def test_a_fast_host_clock_never_causes_a_refresh_storm(make_host, db_url, lifetime, fast):
+    host = make_host(db_url=db_url, MAILOAUTH_CACHE_TTL=0)  # every call reads the row
+    store_account(host, expires_in=-5)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = SkewedIdP(mock, fast, lifetime)
+        assert [token(host) for _ in range(10)] == ["at-1"] * 10
+        assert idp.calls == 1
+        refreshed = utcnow()
+        # The host clock is corrected: it now reads the IdP's time. Still valid: served.
+        idp.fast = 0
+        with time_machine.travel(refreshed - timedelta(seconds=fast - lifetime // 4)):
+            assert token(host) == "at-1"
+        assert idp.calls == 1
+        # Corrected, after the token really expired: never served, refreshed.
+        with time_machine.travel(refreshed - timedelta(seconds=fast - lifetime - 10)):
+            assert token(host) == "at-2"
+        assert idp.calls == 2
+
+
+def test_waiters_of_a_fast_host_take_the_holders_token(make_host, db_url):
+    one, two = make_host(db_url=db_url), make_host(db_url=db_url)  # two processes
+    store_account(one, expires_in=-5)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = SkewedIdP(mock, 7200, 3600, delay=0.5)
+        barrier, results = threading.Barrier(8), []
+
+        def call(host):
+            barrier.wait()
+            results.append(token(host))
+
+        threads = [threading.Thread(target=call, args=(h,)) for h in [one, two] * 4]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == ["at-1"] * 8
+    assert idp.calls == 1
