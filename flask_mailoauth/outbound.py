@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -63,13 +63,24 @@ class OutboundError(MailOAuthError, requests.RequestException):
     "could not be reached" keeps doing so. Messages never quote what the target sent.
     """
 
+    #: decided before any connection: the message tells nothing about the target's ports
+    before_connecting: ClassVar[bool] = False
+
 
 class AddressRefused(OutboundError):
     """The host resolves to an address outbound calls may not reach (SSRF protection)."""
 
+    before_connecting = True
+
 
 class RedirectRefused(OutboundError):
     """A redirect that must not be followed: from a POST, to a non-https URL, or too many."""
+
+
+class UrlRefused(RedirectRefused):
+    """The URL called breaks the endpoint rules (scheme, host name); nothing was sent."""
+
+    before_connecting = True
 
 
 class ResponseTooLarge(OutboundError):
@@ -395,7 +406,7 @@ class OutboundAdapter(HTTPAdapter):
         url = request.url or ""
         problem = check_endpoint_url(url, allow_insecure_http=self.policy.allow_insecure_http)
         if problem:
-            raise RedirectRefused(f"Refused to call {_origin(url)}: {problem}", request=request)
+            raise UrlRefused(f"Refused to call {_origin(url)}: {problem}", request=request)
         if select_proxy(url, proxies):
             raise AddressRefused(
                 "Identity provider calls do not go through proxies: the address policy must "
