@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,6 +31,10 @@ _DISCOVERED = {
     "userinfo_endpoint": "userinfo_endpoint",
 }
 
+
+#: OpenID Connect's identity scopes (and offline access, which a refresh token proves): a grant
+#: may leave them out; every other configured scope is what the mail server needs
+IDENTITY_SCOPES = frozenset({"openid", "email", "profile", "address", "phone", "offline_access"})
 
 #: the standard claim that is an address only with ``email_verified: true``
 EMAIL_CLAIM = "email"
@@ -232,6 +236,12 @@ class GenericProvider(Provider):
             resource=self._value(config, "resource_endpoint") or None,
             authorization_response_iss=self._value(config, "iss_parameter") == ISS_REQUIRED,
         )
+
+    def required_scopes(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
+        """Every configured scope that is not an identity scope: this provider knows no mail
+        scope, but the admin typed the ones the mail server needs. An IdP that leaves the
+        granted scope out of its answer is taken to have granted what was asked."""
+        return [s for s in self.scopes(config) if s not in IDENTITY_SCOPES]
 
     def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
         """The configured ``prompt``, if any."""
