@@ -195,9 +195,11 @@ def _request_token(
         time.monotonic() - started,
     )
     data = _json(response)
-    if response.status_code != 200:
+    refused = data is not None and "access_token" not in data and "error" in data
+    if response.status_code != 200 or refused:
+        # A refusal sent with 200 (Zoho does) reaches the provider as 502: its code decides.
         failure = provider.classify_error(
-            response.status_code,
+            response.status_code if response.status_code != 200 else 502,
             data,
             retry_after=_retry_after(response.headers.get("Retry-After")),
         )
@@ -210,7 +212,7 @@ def _request_token(
         )
     if "access_token" not in data:
         raise TokenRequestFailed(
-            _malformed("The token endpoint answered HTTP 200 without an access_token.")
+            _malformed("The token endpoint answered HTTP 200 with neither access_token nor error.")
         )
     try:
         return _parse(data, requested_scopes, response.headers.get("Date"))
