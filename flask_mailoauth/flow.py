@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 from collections.abc import Mapping
@@ -42,6 +43,13 @@ ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES
 _AADSTS = re.compile(r"\bAADSTS(\d+)")
 #: characters of a failure's message, and of its guidance, that a banner shows at most
 BANNER_CHARACTERS = 1000
+#: what a failed code exchange asks of the admin: nothing retries it
+_EXCHANGE_GUIDANCE = (
+    "Start again from the Config button; if it persists, check the Token Endpoint and the "
+    "identity provider's logs."
+)
+
+logger = logging.getLogger("flask_mailoauth")
 
 
 @dataclass(frozen=True)
@@ -144,8 +152,8 @@ def finish(
     outcome = CallbackOutcome(account["key"], account["purpose"], pending_data["return_url"])
     try:
         who = _complete(st, account, pending_data, args, session_id=session_id, timeout=timeout)
-    except AuthorizationFailed as raw:
-        failure = _banner_safe(raw)
+    except Exception as exc:  # the safety net: a banner, never a 500
+        failure = _banner_safe(exc if isinstance(exc, AuthorizationFailed) else _unexpected(exc))
         _log_event(
             st,
             account["id"],
@@ -156,6 +164,18 @@ def finish(
         )
         return replace(outcome, error=failure)
     return replace(outcome, authorized_by=who)
+
+
+def _unexpected(exc: Exception) -> AuthorizationFailed:
+    """The banner for an exception no rule foresaw, logged by its type only: its message may
+    quote what the IdP sent, or a secret."""
+    name = type(exc).__name__
+    logger.error("Unexpected %s while completing an authorization; shown as a banner.", name)
+    return AuthorizationFailed(
+        f"The authorization could not be completed: an unexpected error occurred ({name}).",
+        "Start again from the Config button; if it persists, report it with the application log.",
+        code="unexpected_error",
+    )
 
 
 def _banner_safe(failure: AuthorizationFailed) -> AuthorizationFailed:
@@ -263,14 +283,17 @@ def _complete(
                 "code_verifier": pending["verifier"],
             },
             timeout=timeout,
+            deadline=2 * timeout,
             requested_scopes=scopes,
         )
     except TokenRequestFailed as exc:
         failure = exc.failure
+        # A transient failure's guidance promises a retry: true of a refresh, not of this.
+        guidance = _EXCHANGE_GUIDANCE if failure.kind == "transient" else failure.guidance
         raise AuthorizationFailed(
             f"The identity provider refused the code exchange ({failure.code or 'no code'}): "
             f"{failure.description}",
-            failure.guidance,
+            guidance,
             code=failure.code,
         ) from None
     claims = _validate_id_token(provider, config, token, pending["nonce"], timeout, issuer)
@@ -458,7 +481,10 @@ def _signing_key(jwks_uri: str, header: Mapping[str, Any], timeout: float) -> An
         with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
             response = http.get(jwks_uri)
         response.raise_for_status()
-        jwks = jwt.PyJWKSet.from_dict(response.json())
+        document = response.json()
+        if not isinstance(document, dict):  # PyJWKSet.from_dict needs a JSON object
+            raise ValueError("the JWKS is not a JSON object")
+        jwks = jwt.PyJWKSet.from_dict(document)
     except OutboundError as exc:
         raise AuthorizationFailed(
             f"The identity provider's signing keys (JWKS) could not be fetched: {exc}",
@@ -507,7 +533,9 @@ def _audience(token: TokenResponse) -> str | None:
         aud = jwt.decode(token.access_token, options={"verify_signature": False}).get("aud")
     except jwt.PyJWTError:
         return None
-    return " ".join(aud) if isinstance(aud, list) else (str(aud) if aud else None)
+    if isinstance(aud, list):  # only its strings: the IdP may put anything in the list
+        return " ".join(a for a in aud if isinstance(a, str)) or None
+    return str(aud) if aud else None
 
 
 def _store(

@@ -41,6 +41,12 @@ logger = logging.getLogger("flask_mailoauth")
 DEFAULT_EXPIRES_IN = 3600
 #: longer lifetimes are cut to this (seconds): refreshing early is harmless, overflowing is not
 MAX_EXPIRES_IN = 24 * 3600
+#: an ``expires_in`` beyond this (seconds, ten years) is not a lifetime but a broken answer
+ABSURD_EXPIRES_IN = 10 * 365 * 24 * 3600
+#: a ``Retry-After`` longer than this (seconds) is cut to it; the backoff caps it further
+MAX_RETRY_AFTER = 24 * 3600
+#: the code of a failure no rule foresaw (a bug, in this extension or a library it calls)
+UNEXPECTED_ERROR = "unexpected_error"
 #: the code of every malformed token answer
 INVALID_TOKEN_RESPONSE = "invalid_token_response"  # noqa: S105 - an error code
 #: the only token type mail servers accept
@@ -108,8 +114,51 @@ def request_token(
     """POST ``grant`` (``grant_type`` and its parameters) to the account's token endpoint.
 
     ``timeout`` caps each socket operation, ``deadline`` (seconds) the whole call. ``policy``
-    defaults to the current app's outbound policy. Raises only :class:`TokenRequestFailed`.
+    defaults to the current app's outbound policy. Raises only :class:`TokenRequestFailed`:
+    an exception no rule foresaw becomes a transient failure too (:func:`unexpected_failure`).
     """
+    try:
+        return _request_token(
+            provider,
+            config,
+            client_secret,
+            grant,
+            timeout=timeout,
+            requested_scopes=requested_scopes,
+            deadline=deadline,
+            policy=policy,
+        )
+    except TokenRequestFailed:
+        raise
+    except Exception as exc:  # the safety net: never an untyped exception
+        raise TokenRequestFailed(unexpected_failure(exc)) from None
+
+
+def unexpected_failure(exc: BaseException) -> ProviderFailure:
+    """A transient failure for an exception no rule foresaw, logged by its type only: its
+    message may quote what the IdP sent, or a secret."""
+    name = type(exc).__name__
+    logger.error("Unexpected %s while calling the token endpoint; treated as transient.", name)
+    return ProviderFailure(
+        "transient",
+        UNEXPECTED_ERROR,
+        f"The call to the token endpoint failed unexpectedly ({name}).",
+        "It is retried with backoff; if it persists, report it with the application log.",
+    )
+
+
+def _request_token(
+    provider: Provider,
+    config: Mapping[str, str],
+    client_secret: str,
+    grant: Mapping[str, str],
+    *,
+    timeout: float,
+    requested_scopes: list[str],
+    deadline: float | None,
+    policy: OutboundPolicy | None,
+) -> TokenResponse:
+    """:func:`request_token` without its safety net."""
     policy = policy or OutboundPolicy.current()
     body = dict(grant)
     body.update(client_id=config["client_id"], client_secret=client_secret)
@@ -146,10 +195,13 @@ def request_token(
         time.monotonic() - started,
     )
     data = _json(response)
-    if response.status_code != 200 or (data is not None and "access_token" not in data):
-        status = response.status_code if response.status_code != 200 else 502
+    refused = data is not None and "access_token" not in data and "error" in data
+    if response.status_code != 200 or refused:
+        # A refusal sent with 200 (Zoho does) reaches the provider as 502: its code decides.
         failure = provider.classify_error(
-            status, data, retry_after=_retry_after(response.headers.get("Retry-After"))
+            response.status_code if response.status_code != 200 else 502,
+            data,
+            retry_after=_retry_after(response.headers.get("Retry-After")),
         )
         raise TokenRequestFailed(failure)
     if data is None:
@@ -157,6 +209,10 @@ def request_token(
             _malformed(
                 "The token endpoint answered HTTP 200 with something else than a JSON object."
             )
+        )
+    if "access_token" not in data:
+        raise TokenRequestFailed(
+            _malformed("The token endpoint answered HTTP 200 with neither access_token nor error.")
         )
     try:
         return _parse(data, requested_scopes, response.headers.get("Date"))
@@ -226,15 +282,21 @@ def _expires_in(value: Any) -> float | None:
     """``expires_in`` in seconds, clamped to :data:`MAX_EXPIRES_IN`; ``None`` when absent.
 
     RFC 6749 makes it an integer: JSON integers and strings of ASCII digits are accepted,
-    anything else (floats such as ``3600.0`` or ``"3600.0"``, booleans, NaN, lists) is refused.
+    anything else (floats such as ``3600.0`` or ``"3600.0"``, booleans, NaN, lists) is refused,
+    and so is an absurd one (beyond :data:`ABSURD_EXPIRES_IN`, such as ``2**64``).
     """
     if value is None:
         return None
-    if isinstance(value, str) and _DIGITS.fullmatch(value):
-        value = int(value) if len(value) <= 18 else MAX_EXPIRES_IN
+    if isinstance(value, str) and _DIGITS.fullmatch(value) and len(value) <= 18:
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise _Malformed(
             "The token endpoint's expires_in is not a positive whole number of seconds (RFC 6749)."
+        )
+    if value > ABSURD_EXPIRES_IN:
+        raise _Malformed(
+            "The token endpoint's expires_in is absurd (more than ten years); no token lives "
+            "that long."
         )
     return float(min(value, MAX_EXPIRES_IN))
 
@@ -250,9 +312,12 @@ def _jwt_claims(token: str) -> Mapping[str, Any]:
 
 def _instant(value: Any, now: datetime) -> datetime | None:
     """A NumericDate claim as a datetime, when it is a sane number; ``None`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    if abs(value - now.timestamp()) > _SANE_CLOCK_SECONDS:
+    # Compared, not converted: an int of 400 digits compares exactly but overflows a float
+    # (NaN compares false, infinities fall outside).
+    here = now.timestamp()
+    if not here - _SANE_CLOCK_SECONDS <= value <= here + _SANE_CLOCK_SECONDS:
         return None
     return datetime.fromtimestamp(value, UTC)
 
@@ -287,17 +352,20 @@ def _number(value: Any) -> float | None:
 
 
 def _retry_after(header: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), at most
+    :data:`MAX_RETRY_AFTER`: an IdP cannot park an account for centuries."""
     if not header:
         return None
     seconds = _number(header)
-    if seconds is not None:
-        return seconds
-    try:
-        when = parsedate_to_datetime(header)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return max(0.0, (when - utcnow()).total_seconds()) if when.tzinfo else None
+    if seconds is None:
+        try:
+            when = parsedate_to_datetime(header)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = max(0.0, (when - utcnow()).total_seconds())
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def _scope_text(scope: Any, requested: list[str]) -> str:

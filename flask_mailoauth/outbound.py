@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -63,13 +63,24 @@ class OutboundError(MailOAuthError, requests.RequestException):
     "could not be reached" keeps doing so. Messages never quote what the target sent.
     """
 
+    #: decided before any connection: the message tells nothing about the target's ports
+    before_connecting: ClassVar[bool] = False
+
 
 class AddressRefused(OutboundError):
     """The host resolves to an address outbound calls may not reach (SSRF protection)."""
 
+    before_connecting = True
+
 
 class RedirectRefused(OutboundError):
     """A redirect that must not be followed: from a POST, to a non-https URL, or too many."""
+
+
+class UrlRefused(RedirectRefused):
+    """The URL called breaks the endpoint rules (scheme, host name); nothing was sent."""
+
+    before_connecting = True
 
 
 class ResponseTooLarge(OutboundError):
@@ -121,12 +132,16 @@ class OutboundPolicy:
         return cls.from_config(current_app.config) if has_app_context() else cls()
 
     def permits(self, host: str, address: Address) -> bool:
-        """True when a connection to ``host`` may go to ``address``."""
+        """True when a connection to ``host`` may go to ``address``.
+
+        An IPv6 address that embeds an IPv4 one (6to4, Teredo, NAT64) is public only when the
+        embedded address is: ``2002:7f00:1::`` reaches 127.0.0.1 through a 6to4 relay.
+        """
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         if address.is_loopback:
             return self.allow_insecure_http
-        if address.is_global and not (address.is_multicast or address.is_reserved):
+        if _public(address):
             return True
         return _host_key(host) in self.allowed_private_hosts or any(
             address in network for network in self.allowed_private_networks
@@ -144,6 +159,28 @@ class OutboundPolicy:
             f"provider calls may not reach. If this identity provider runs on your own network, "
             f"add {host} (or its network) to MAILOAUTH_ALLOWED_PRIVATE_HOSTS."
         )
+
+
+#: NAT64 prefixes (RFC 6052 well-known, RFC 8215 local-use): the last 32 bits are IPv4
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _public(address: Address) -> bool:
+    """Whether ``address`` is a public unicast address, including every IPv4 it embeds.
+
+    A NAT64 address (what DNS64 gives an IPv6-only host) is as public as its IPv4 address.
+    """
+    if any(address in network for network in _NAT64):
+        return _public(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if not address.is_global or address.is_multicast or address.is_reserved:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return True
+    if address.is_site_local:  # fec0::/10, deprecated but still routed on some networks
+        return False
+    embedded = [address.sixtofour] if address.sixtofour else []
+    embedded.extend(address.teredo or ())
+    return all(_public(inner) for inner in embedded)
 
 
 def _host_key(host: str) -> str:
@@ -256,7 +293,7 @@ class _VettedConnection(HTTPConnection):
         host = self._dns_host
         try:
             infos = socket.getaddrinfo(host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
-        except socket.gaierror as exc:
+        except (socket.gaierror, UnicodeError) as exc:  # a name IDNA cannot encode
             raise NameResolutionError(self.host, self, exc) from exc
         vetted = [info for info in infos if self.policy.permits(host, _address(info[4]))]
         if not vetted:
@@ -369,7 +406,7 @@ class OutboundAdapter(HTTPAdapter):
         url = request.url or ""
         problem = check_endpoint_url(url, allow_insecure_http=self.policy.allow_insecure_http)
         if problem:
-            raise RedirectRefused(f"Refused to call {_origin(url)}: {problem}", request=request)
+            raise UrlRefused(f"Refused to call {_origin(url)}: {problem}", request=request)
         if select_proxy(url, proxies):
             raise AddressRefused(
                 "Identity provider calls do not go through proxies: the address policy must "

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,7 @@ from .errors import (
     TemporarilyUnavailable,
 )
 from .models import own_session, row_lock, utcnow
-from .oauth import TokenRequestFailed, request_token
+from .oauth import TokenRequestFailed, request_token, unexpected_failure
 from .providers import registry
 from .providers.base import Provider
 
@@ -59,6 +59,8 @@ REAUTHORIZE, MISCONFIGURED = "reauthorization_required", "configuration_error"
 _PERMANENT = (REAUTHORIZE, MISCONFIGURED)
 #: a token with less left (capped at half its lifetime) is expired: no caller gets it
 _LAST_SECONDS = timedelta(seconds=5)
+#: a change of the wall clock against the monotonic one beyond this (seconds) is a clock step
+_CLOCK_STEP = 2.0
 _STATUS_BY_KIND = {
     "transient": RETRYING,
     "reauthorize": REAUTHORIZE,
@@ -66,9 +68,15 @@ _STATUS_BY_KIND = {
 }
 
 
+def _wall_offset() -> float:
+    """The wall clock minus the monotonic one: it changes only when the wall clock steps."""
+    return time.time() - time.monotonic()
+
+
 @dataclass(frozen=True)
 class CachedToken:
-    """A token this process may hand out without asking the database."""
+    """A token this process may hand out; past ``MAILOAUTH_CACHE_TTL`` the database is asked
+    again, and the entry stays as a fallback while the database fails, until it expires."""
 
     access_token: str
     expires_at: datetime
@@ -77,6 +85,23 @@ class CachedToken:
     obtained_at: datetime | None = None
     #: the database refused it so far: served beyond the TTL while a retry stores it
     unstored: bool = False
+    #: host minus IdP clock (seconds) measured when this process obtained the token
+    clock_skew: float | None = None
+    #: :func:`_wall_offset` when the entry was made: tells whether the wall clock stepped since
+    wall_offset: float = field(default_factory=_wall_offset)
+
+    def now(self) -> datetime:
+        """Now on the clock ``expires_at`` is on: the IdP's, while the host clock that was
+        measured fast has not stepped since (a later correction makes the host clock right)."""
+        now = utcnow()
+        skew = self.clock_skew or 0.0
+        if skew > 0 and abs(_wall_offset() - self.wall_offset) < _CLOCK_STEP:
+            return now - timedelta(seconds=skew)
+        return now
+
+    def due(self, leeway: timedelta) -> bool:
+        """Whether it must be refreshed before use (see ``_due``), on :meth:`now`'s clock."""
+        return _due(self.expires_at, self.obtained_at, leeway, self.now())
 
     def __repr__(self) -> str:
         return f"<CachedToken expires_at={self.expires_at.isoformat()}>"
@@ -106,6 +131,7 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
     cached = _cached(st, key, purpose, leeway, config["MAILOAUTH_CACHE_TTL"])
     if cached:
         return cached
+    entry: CachedToken | None = st.cache.get((key, purpose))  # past its TTL, or due
     current: str | None = None  # the stored token while it is valid, though due
     try:
         with own_session(st.db) as s:
@@ -116,6 +142,13 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
             if token:
                 return token
             current = _current(st, credential)
+            if entry is not None and entry.access_token == st.reveal(credential, "access_token"):
+                # This process obtained the stored token and knows the IdP's clock: a host
+                # clock running fast makes the row look due, the entry judges it rightly.
+                if not entry.due(leeway):
+                    st.cache[(key, purpose)] = replace(entry, cached_at=time.monotonic())
+                    return entry.access_token
+                current = current or (None if entry.due(_LAST_SECONDS) else entry.access_token)
         lock = _process_lock(st, key, purpose)
         if current is not None:
             if not lock.acquire(blocking=False):
@@ -133,6 +166,8 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
     except SQLAlchemyError as exc:
         if current is not None:
             return current
+        if entry is not None and not entry.due(_LAST_SECONDS):
+            return entry.access_token  # the database is down: a valid token beats an error
         raise _database_unavailable(key, purpose, exc) from None
 
 
@@ -164,14 +199,16 @@ def _typed_database_errors(key: str, purpose: str) -> Iterator[None]:
 def _cached(
     st: MailOAuthState, key: str, purpose: str, leeway: timedelta, ttl: float
 ) -> str | None:
+    """The cached token while it is within the TTL and not due; an expired entry is dropped,
+    a stale or due one kept (a fallback while the database fails)."""
     entry: CachedToken | None = st.cache.get((key, purpose))
     if entry is None:
         return None
-    stale = not entry.unstored and time.monotonic() - entry.cached_at > ttl
-    if stale or _due(entry.expires_at, entry.obtained_at, leeway):
+    if entry.due(_LAST_SECONDS):
         st.cache.pop((key, purpose), None)
         return None
-    return entry.access_token
+    stale = not entry.unstored and time.monotonic() - entry.cached_at > ttl
+    return None if stale or entry.due(leeway) else entry.access_token
 
 
 def _select(session: Session, st: MailOAuthState, key: str, purpose: str, *, lock: bool):
@@ -238,22 +275,30 @@ def _refused(name: str, credential: Any) -> ReauthorizationRequired | Configurat
     )
 
 
-def _due(expires_at: datetime, obtained_at: datetime | None, leeway: timedelta) -> bool:
+def _due(
+    expires_at: datetime,
+    obtained_at: datetime | None,
+    leeway: timedelta,
+    now: datetime | None = None,
+) -> bool:
     """Whether a token must be refreshed before use: valid for no more than the leeway.
 
     The leeway is capped at half the token's lifetime: a token that lives less than the leeway
     (Keycloak's default 300 s at the default leeway, the test IdP's 2 s) is used for the first
     half of its life. Otherwise it would be due the moment it is issued, every call would
-    refresh, and each of N callers queued behind a refresh would refresh again.
+    refresh, and each of N callers queued behind a refresh would refresh again. ``now``
+    defaults to the host's clock.
     """
     if obtained_at is not None:
         leeway = min(leeway, max(expires_at - obtained_at, timedelta(0)) / 2)
-    return expires_at - utcnow() <= leeway
+    return expires_at - (now or utcnow()) <= leeway
 
 
-def _expired(expires_at: datetime, obtained_at: datetime | None) -> bool:
+def _expired(
+    expires_at: datetime, obtained_at: datetime | None, now: datetime | None = None
+) -> bool:
     """Whether a token is too close to its end to hand out, even while a refresh runs."""
-    return _due(expires_at, obtained_at, _LAST_SECONDS)
+    return _due(expires_at, obtained_at, _LAST_SECONDS, now)
 
 
 def _obtained_at(credential: Any) -> datetime | None:
@@ -265,9 +310,16 @@ def _obtained_at(credential: Any) -> datetime | None:
     return obtained - timedelta(seconds=credential.clock_skew)
 
 
-def _current(st: MailOAuthState, credential: Any) -> str | None:
-    """The stored token while it is not expired (due or not), else ``None``."""
-    if _expired(credential.expires_at, _obtained_at(credential)):
+def _current(st: MailOAuthState, credential: Any, *, just_obtained: bool = False) -> str | None:
+    """The stored token while it is not expired (due or not), else ``None``.
+
+    ``just_obtained``: the token was obtained while the caller waited (seconds ago), so the
+    skew measured with it still holds: it is judged on the IdP's clock, and a host clock that
+    runs fast does not make every waiter refresh again.
+    """
+    skew = credential.clock_skew or 0.0
+    now = utcnow() - timedelta(seconds=skew) if just_obtained and skew > 0 else None
+    if _expired(credential.expires_at, _obtained_at(credential), now):
         return None
     return st.reveal(credential, "access_token")
 
@@ -285,14 +337,21 @@ def _still_served(credential: Any) -> bool:
 
 def _usable(st: MailOAuthState, credential: Any, account: Any, leeway: timedelta) -> str | None:
     """The stored token when valid beyond the leeway (and cache it), else ``None``."""
-    obtained_at = _obtained_at(credential)
-    if _due(credential.expires_at, obtained_at, leeway):
+    if _due(credential.expires_at, _obtained_at(credential), leeway):
         return None
     token = st.reveal(credential, "access_token")
-    st.cache[(account.key, account.purpose)] = CachedToken(
-        token, credential.expires_at, time.monotonic(), obtained_at
-    )
+    _remember(st, credential, account, token)
     return token
+
+
+def _remember(
+    st: MailOAuthState, credential: Any, account: Any, token: str, skew: float | None = None
+) -> None:
+    """Cache the stored ``token``; ``skew`` only when it was measured just now (see
+    :meth:`CachedToken.now`)."""
+    st.cache[(account.key, account.purpose)] = CachedToken(
+        token, credential.expires_at, time.monotonic(), _obtained_at(credential), clock_skew=skew
+    )
 
 
 def refresh(st: MailOAuthState, key: str, purpose: str, *, force: bool = True) -> str:
@@ -422,8 +481,10 @@ def _claim(
         now = utcnow()
         marker = (credential.uid, credential.refreshed_at)
         if since is not None and marker != since:
-            token = _current(st, credential)
+            token = _current(st, credential, just_obtained=True)
             if token:
+                # Its skew was measured seconds ago: this process may judge it by it too.
+                _remember(st, credential, account, token, credential.clock_skew)
                 return token
         if not force:
             token = _usable(st, credential, account, leeway)
@@ -511,8 +572,14 @@ def _keep_storing(
 ) -> None:
     """Serve ``answer`` from memory and store it from a background thread, retrying for up to
     ``seconds``: the IdP may have rotated the refresh token, so dropping it loses the grant."""
+    skew = timedelta(seconds=answer.clock_skew or 0)
     st.cache[(key, purpose)] = CachedToken(
-        answer.access_token, answer.expires_at, time.monotonic(), utcnow(), unstored=True
+        answer.access_token,
+        answer.expires_at,
+        time.monotonic(),
+        utcnow() - skew,
+        unstored=True,
+        clock_skew=answer.clock_skew,
     )
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     logger.warning(
@@ -553,10 +620,11 @@ def _keep_storing(
 
 
 def _ask_idp(claim: _Claim, config: Any) -> tuple[Any, ProviderFailure | None]:
-    """The refresh_token grant: ``(answer, None)`` or ``(None, failure)``."""
-    grant = {"grant_type": "refresh_token", "refresh_token": claim.refresh_token}
-    grant.update(claim.provider.refresh_params(claim.config))
+    """The refresh_token grant: ``(answer, None)`` or ``(None, failure)``; any exception in
+    the provider's hooks or the call is a failure, recorded like any other."""
     try:
+        grant = {"grant_type": "refresh_token", "refresh_token": claim.refresh_token}
+        grant.update(claim.provider.refresh_params(claim.config))
         answer = request_token(
             claim.provider,
             claim.config,
@@ -568,6 +636,8 @@ def _ask_idp(claim: _Claim, config: Any) -> tuple[Any, ProviderFailure | None]:
         )
     except TokenRequestFailed as exc:
         return None, exc.failure
+    except Exception as exc:  # the safety net: recorded, never raised
+        return None, unexpected_failure(exc)
     return answer, None
 
 
@@ -635,7 +705,11 @@ def _record_success(st, session: Session, credential: Any, account: Any, answer:
         )
     )
     st.cache[(account.key, account.purpose)] = CachedToken(
-        answer.access_token, answer.expires_at, time.monotonic(), _obtained_at(credential)
+        answer.access_token,
+        answer.expires_at,
+        time.monotonic(),
+        _obtained_at(credential),
+        clock_skew=answer.clock_skew,
     )
 
 
@@ -676,11 +750,13 @@ def _record_failure(st, session, credential, account, failure: ProviderFailure, 
 
 
 def backoff(failures: int, retry_after: float | None, config: Any) -> float:
-    """Seconds to wait after ``failures`` transient failures: exponential, jittered, capped."""
+    """Seconds to wait after ``failures`` transient failures: exponential, jittered, never
+    earlier than ``retry_after``, and never beyond ``MAILOAUTH_RETRY_MAX`` (whatever the IdP's
+    ``Retry-After`` says)."""
     base, ceiling = config["MAILOAUTH_RETRY_BASE"], config["MAILOAUTH_RETRY_MAX"]
-    delay = min(ceiling, base * 2 ** (failures - 1))
+    delay = min(ceiling, base * 2 ** min(failures - 1, 64))
     delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not a secret
-    return max(delay, retry_after or 0)
+    return min(max(delay, retry_after or 0), ceiling)
 
 
 def _unavailable(st, credential: Any, keep_valid_token: bool) -> str:

@@ -8,13 +8,15 @@ import re
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import jwt
 import pytest
 import requests
 import responses
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from flask_mailoauth import signals
+from flask_mailoauth import flow, signals
+from flask_mailoauth.providers import registry
 
 from .oauth_fakes import AUTHORIZE_URL, CLIENT_ID, GENERIC_CONFIG, TOKEN_URL, FakeIdP
 
@@ -632,3 +634,109 @@ def test_a_pending_authorization_under_a_removed_key_asks_to_start_again(make_ho
     )
     assert response.status_code == 400
     assert "Start again from the Config button." in response.get_data(as_text=True)
+
+
+# -- hostile answers on the callback: a banner, never a 500, on SQLite and PostgreSQL ----------
+
+
+def _jwt(**claims):
+    """An access token that is a JWT with these claims (its signature is never checked)."""
+    return jwt.encode(claims, "k" * 32, algorithm="HS256")
+
+
+HOSTILE_CALLBACKS = {
+    "huge exp": lambda idp: idp.answer.update(access_token=_jwt(exp=10**400, iat=10**400)),
+    "huge negative iat": lambda idp: idp.answer.update(access_token=_jwt(iat=-(10**400))),
+    "aud of numbers": lambda idp: idp.answer.update(access_token=_jwt(aud=[1, 2])),
+    "aud of lists": lambda idp: idp.answer.update(access_token=_jwt(aud=[["x"]])),
+}
+
+
+@pytest.mark.parametrize("setup", HOSTILE_CALLBACKS.values(), ids=HOSTILE_CALLBACKS.keys())
+def test_hostile_access_token_claims_never_cost_a_500(make_host, db_url, setup):
+    host = make_host(db_url=db_url)
+    client = host.app.test_client()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = FakeIdP(mock)
+        setup(idp)
+        response = callback(client, idp, start(client))
+    assert response.status_code == 303
+    assert [c for c, _ in banners(client)] == ["success"]
+    with host.app.app_context():
+        assert host.ext.access_token("support").startswith("ey")
+
+
+@pytest.mark.parametrize("body", [[1], "keys", 3, None, {"keys": "x"}], ids=repr)
+def test_a_jwks_that_is_not_a_json_object_is_a_banner(make_host, db_url, body):
+    host = make_host(db_url=db_url)
+    client = host.app.test_client()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = FakeIdP(mock)
+        mock.replace(responses.GET, idp.jwks_url, json=body)
+        response = callback(client, idp, start(client))
+    assert response.status_code == 303
+    assert credentials(host) == []
+    ((category, message),) = banners(client)
+    assert category == "error"
+    assert "signing keys (JWKS) could not be fetched" in message
+
+
+def test_an_unexpected_exception_is_a_banner_logged_by_its_type_only(
+    make_host, db_url, monkeypatch, caplog
+):
+    host = make_host(db_url=db_url)
+    client = host.app.test_client()
+
+    def broken(*args, **kwargs):
+        raise KeyError("quoted-secret-value")
+
+    monkeypatch.setattr(registry.get("generic"), "identity", broken)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = FakeIdP(mock)
+        response = callback(client, idp, start(client))
+    assert response.status_code == 303
+    assert credentials(host) == []
+    ((category, message),) = banners(client)
+    assert category == "error"
+    assert "unexpected error occurred (KeyError)" in message
+    assert "quoted-secret-value" not in message + caplog.text
+    assert "Unexpected KeyError" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(200, {}), (200, {"access_token": "at", "expires_in": "abc"}), (503, {"error": "x"})],
+    ids=["no access_token", "malformed", "server error"],
+)
+def test_a_failed_code_exchange_never_promises_a_retry(make_host, db_url, status, body):
+    host = make_host(db_url=db_url)
+    client = host.app.test_client()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = FakeIdP(mock)
+        query = start(client)
+        mock.replace(responses.POST, TOKEN_URL, json=body, status=status)
+        response = callback(client, idp, query)
+    assert response.status_code == 303
+    ((category, message),) = banners(client)
+    assert category == "error"
+    assert "HTTP 502" not in message
+    assert "retried" not in message
+    assert "retries" not in message
+    assert "Start again from the Config button" in message
+
+
+def test_the_code_exchange_has_a_total_deadline(make_host, db_url, monkeypatch):
+    host = make_host(db_url=db_url, MAILOAUTH_HTTP_TIMEOUT=4)
+    client = host.app.test_client()
+    seen = {}
+    real = flow.request_token
+
+    def watching(*args, **kwargs):
+        seen["deadline"] = kwargs.get("deadline")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flow, "request_token", watching)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = FakeIdP(mock)
+        assert callback(client, idp, start(client)).status_code == 303
+    assert seen["deadline"] == 8

@@ -578,3 +578,27 @@ def test_the_model_cleans_every_outside_column(host):
 )
 def test_clean_text(value, length, cleaned):
     assert clean_text(value, length) == cleaned
+
+
+@pytest.mark.parametrize(
+    ("granted", "missing"),
+    [("openid", "mail.read, mail.send"), ("openid mail.read email", "mail.send")],
+)
+def test_a_generic_grant_needs_every_configured_non_identity_scope(
+    client, host, idp, granted, missing
+):
+    scopes = "openid email profile offline_access mail.read mail.send"
+    idp.answer["scope"] = scopes
+    query, before = authorize_first(client, host, idp, idp_scopes=scopes)
+    idp.answer["scope"] = granted
+    response = callback(client, idp, query)
+    assert_refused(client, host, before, response, "partial_consent", f"lacks {missing}")
+
+
+@pytest.mark.parametrize("granted", [None, "mail.read openid"])
+def test_a_generic_grant_may_leave_out_identity_scopes_or_the_scope(client, host, idp, granted):
+    scopes = "openid email offline_access mail.read"
+    idp.answer["scope"] = scopes
+    query, _ = authorize_first(client, host, idp, idp_scopes=scopes)
+    idp.answer["scope"] = granted  # None: the IdP names no scope, so it granted what was asked
+    assert_success(client, callback(client, idp, query))

@@ -4,6 +4,7 @@ fake DNS answers are never connected to (a socket guard fails the test first).""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import socket
@@ -24,11 +25,17 @@ import sqlalchemy as sa
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from urllib3.exceptions import NameResolutionError
 
 from flask_mailoauth.errors import AuthorizationFailed, MailOAuthError
 from flask_mailoauth.flow import _signing_key
 from flask_mailoauth.models import utcnow
-from flask_mailoauth.oauth import MAX_EXPIRES_IN, TokenRequestFailed, request_token
+from flask_mailoauth.oauth import (
+    MAX_EXPIRES_IN,
+    MAX_RETRY_AFTER,
+    TokenRequestFailed,
+    request_token,
+)
 from flask_mailoauth.outbound import (
     AddressRefused,
     DeadlineExceeded,
@@ -36,6 +43,7 @@ from flask_mailoauth.outbound import (
     OutboundPolicy,
     RedirectRefused,
     ResponseTooLarge,
+    _VettedConnection,
     call_timeout,
     session,
 )
@@ -275,6 +283,12 @@ def test_a_redirect_to_a_private_address_is_refused_before_connecting(server, ne
         "224.0.0.1",
         "0.0.0.0",  # noqa: S104 - an address refused, never bound
         "::ffff:10.0.0.1",
+        "fec0::1",  # site-local
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2002:a00:1::",  # 6to4 of 10.0.0.1
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b:1::a00:1",  # local-use NAT64 of 10.0.0.1
     ],
 )
 def test_non_global_addresses_are_refused_before_connecting(net, address):
@@ -285,6 +299,32 @@ def test_non_global_addresses_are_refused_before_connecting(net, address):
     assert "add idp.example.test" in message
     assert "MAILOAUTH_ALLOWED_PRIVATE_HOSTS" in message
     assert address not in message
+    assert net.connects == []
+
+
+@pytest.mark.parametrize("address", ["2002:808:808::1", "64:ff9b::808:808", "2606:4700::1"])
+def test_ipv6_addresses_embedding_a_public_ipv4_are_permitted(address):
+    assert OutboundPolicy().permits("idp.example.test", ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["2002:7f00:1::", "64:ff9b::7f00:1"])
+def test_loopback_embedded_in_ipv6_is_not_loopback(address):
+    assert not LOOPBACK.permits("idp.example.test", ipaddress.ip_address(address))
+
+
+def test_a_dns_label_over_63_characters_is_a_typed_failure(net):
+    url = f"https://{'a' * 64}.example.test/token"
+    with pytest.raises(TokenRequestFailed) as excinfo:
+        ask(url)
+    assert excinfo.value.failure.kind == "configuration"
+    assert "not a valid DNS name" in excinfo.value.failure.description
+    assert net.connects == []
+
+
+def test_a_name_idna_cannot_encode_is_a_name_resolution_error(net):
+    connection = _VettedConnection(f"{'a' * 64}.example.test", 443, policy=LOOPBACK)
+    with pytest.raises(NameResolutionError):
+        connection._new_conn()
     assert net.connects == []
 
 
@@ -472,10 +512,53 @@ def test_accepted_variants(server, net):
     assert timedelta(seconds=7190) < answer_.expires_at - utcnow() <= timedelta(seconds=7200)
 
 
-@pytest.mark.parametrize("expires_in", [2**64, str(2**64), "9" * 5000])
-def test_absurd_lifetimes_are_clamped(server, net, expires_in):
+@pytest.mark.parametrize("expires_in", [30 * 24 * 3600, str(10 * 365 * 24 * 3600)])
+def test_long_lifetimes_are_clamped(server, net, expires_in):
     server.routes["/token"] = answer(body={**GOOD, "expires_in": expires_in})
     assert ask(f"{server.url}/token").expires_at <= utcnow() + timedelta(seconds=MAX_EXPIRES_IN)
+
+
+@pytest.mark.parametrize(
+    "expires_in", [2**64, str(2**64), "9" * 5000, 10**400, 10 * 365 * 24 * 3600 + 1]
+)
+def test_absurd_lifetimes_are_typed_failures(server, net, expires_in):
+    server.routes["/token"] = answer(body={**GOOD, "expires_in": expires_in})
+    with pytest.raises(TokenRequestFailed) as excinfo:
+        ask(f"{server.url}/token")
+    failure = excinfo.value.failure
+    assert (failure.kind, failure.code) == ("transient", "invalid_token_response")
+    assert "expires_in" in failure.description
+
+
+@pytest.mark.parametrize("body", [{}, {"token_type": "Bearer"}, {"refresh_token": "rt"}])
+def test_a_200_without_an_access_token_is_a_malformed_answer(server, net, body):
+    server.routes["/token"] = answer(body=body)
+    with pytest.raises(TokenRequestFailed) as excinfo:
+        ask(f"{server.url}/token")
+    failure = excinfo.value.failure
+    assert failure.code == "invalid_token_response"
+    assert "access_token" in failure.description
+    assert "502" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize("claims", [{"exp": 10**400, "iat": 10**400}, {"iat": -(10**400)},
+                                    {"exp": 1e308}, {"iat": "soon"}])  # fmt: skip
+def test_insane_jwt_clock_claims_are_ignored(server, net, claims):
+    access = jwt.encode(claims, "k" * 32, algorithm="HS256")
+    server.routes["/token"] = answer(body={**GOOD, "access_token": access})
+    answer_ = ask(f"{server.url}/token")
+    assert answer_.clock_skew is None
+    assert answer_.expires_at - utcnow() <= timedelta(seconds=3600)
+
+
+@pytest.mark.parametrize(
+    "retry_after", ["1e300", "99999999999", "Fri, 31 Dec 9999 23:59:59 GMT", "inf"]
+)
+def test_retry_after_is_capped(server, net, retry_after):
+    server.routes["/token"] = answer(503, {"error": "x"}, headers={"Retry-After": retry_after})
+    with pytest.raises(TokenRequestFailed) as excinfo:
+        ask(f"{server.url}/token")
+    assert (excinfo.value.failure.retry_after or 0) <= MAX_RETRY_AFTER
 
 
 # -- clock skew ------------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import requests
 import responses
 
 from flask_mailoauth.errors import AuthorizationFailed
-from flask_mailoauth.outbound import OutboundHTTP
+from flask_mailoauth.outbound import DeadlineExceeded, OutboundHTTP, ResponseTooLarge
 from flask_mailoauth.providers import registry
 from flask_mailoauth.providers.base import check_endpoint_url
 from flask_mailoauth.providers.generic import GenericProvider
@@ -176,28 +178,34 @@ def test_discovery_requires_an_exact_issuer(provider, http, idp):
         provider.complete({"issuer": f"{ISSUER}/"}, http)
 
 
-def test_discovery_reports_an_unreachable_issuer(provider, http, idp):
-    idp.get(OIDC_URL, body=requests.ConnectionError("refused"))
-    with pytest.raises(
-        ValueError, match=r"idp.example.com could not be reached \(ConnectionError\)"
+DISCOVERY_FAILED = (
+    f"Discovery failed: no metadata document could be read at {OIDC_URL} or {RFC8414_URL}. "
+    "Check the Issuer (the provider's exact issuer URL), or enter the endpoints by hand."
+)
+#: what a target may do; telling them apart would tell open ports from closed ones
+UNUSABLE = {
+    "connection refused": {"body": requests.ConnectionError("refused")},
+    "read timeout": {"body": requests.ReadTimeout("slow")},
+    "deadline": {"body": DeadlineExceeded("past the deadline")},
+    "too large": {"body": ResponseTooLarge("big")},
+    "HTTP 404": {"status": 404},
+    "HTTP 500": {"status": 500, "json": {"issuer": ISSUER}},
+    "not JSON": {"body": "not json"},
+    "not an object": {"json": [1, 2]},
+}
+
+
+@pytest.mark.parametrize("answer", UNUSABLE.values(), ids=UNUSABLE.keys())
+def test_every_discovery_failure_gives_one_message(provider, http, idp, answer, caplog):
+    idp.get(OIDC_URL, **answer)
+    idp.get(RFC8414_URL, **answer)
+    with (
+        caplog.at_level(logging.DEBUG),
+        pytest.raises(ValueError, match="Discovery failed") as excinfo,
     ):
         provider.complete({"issuer": ISSUER}, http)
-
-
-def test_discovery_reports_every_failed_url(provider, http, idp):
-    idp.get(OIDC_URL, status=500)
-    idp.get(RFC8414_URL, body="not json")
-    with pytest.raises(ValueError, match="Discovery failed") as excinfo:
-        provider.complete({"issuer": ISSUER}, http)
-    assert f"{OIDC_URL} answered HTTP 500" in str(excinfo.value)
-    assert f"{RFC8414_URL} did not return JSON" in str(excinfo.value)
-
-
-def test_discovery_refuses_a_non_object_document(provider, http, idp):
-    idp.get(OIDC_URL, json=[1, 2])
-    idp.get(RFC8414_URL, status=404)
-    with pytest.raises(ValueError, match="did not return a JSON object"):
-        provider.complete({"issuer": ISSUER}, http)
+    assert str(excinfo.value) == DISCOVERY_FAILED
+    assert "not json" not in caplog.text  # the debug line quotes no content
 
 
 def test_discovery_requires_the_endpoints(provider, http, idp):
@@ -225,7 +233,7 @@ def test_discovery_uses_the_configured_timeout_and_a_deadline(provider):
             raise requests.Timeout("slow")
 
     session = RecordingSession()
-    with pytest.raises(ValueError, match=r"\(Timeout\)"):
+    with pytest.raises(ValueError, match="Discovery failed: no metadata document"):
         provider.complete({"issuer": ISSUER}, OutboundHTTP(session, 7, deadline=12))
     timeout = session.kwargs["timeout"]
     assert (timeout.connect_timeout, timeout.read_timeout) == (7, 7)
@@ -297,11 +305,19 @@ def test_userinfo_for_another_subject_is_refused(provider, http, idp):
 def test_userinfo_errors_are_admin_readable(provider, http, idp):
     idp.get(USERINFO, status=401, json={"error": "invalid_token"})
     with pytest.raises(
-        AuthorizationFailed, match=r"did not return the mailbox details as JSON \(HTTP 401\)"
+        AuthorizationFailed, match=r"did not return the mailbox details as a JSON object\.$"
     ) as excinfo:
         provider.identity(manual(userinfo_endpoint=USERINFO), claims=None, token=TOKEN, http=http)
     assert "at-123" not in str(excinfo.value)
     assert excinfo.value.guidance
+
+
+@pytest.mark.parametrize("answer", UNUSABLE.values(), ids=UNUSABLE.keys())
+def test_every_userinfo_failure_gives_one_message(provider, http, idp, answer):
+    idp.get(USERINFO, **answer)
+    with pytest.raises(AuthorizationFailed) as excinfo:
+        provider.identity(manual(userinfo_endpoint=USERINFO), claims=None, token=TOKEN, http=http)
+    assert str(excinfo.value) == f"{USERINFO} did not return the mailbox details as a JSON object."
 
 
 def test_identity_from_the_resource_endpoint_with_a_dotted_attribute(provider, http, idp):

@@ -8,12 +8,15 @@ where it matters: ``RotatingIdP`` refuses a refresh token it already rotated.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import threading
 import time
 from datetime import timedelta
+from email.utils import format_datetime
 from urllib.parse import parse_qs
 
+import jwt
 import pytest
 import responses
 import sqlalchemy as sa
@@ -21,14 +24,16 @@ import time_machine
 
 from flask_mailoauth import signals, tokens
 from flask_mailoauth.errors import (
+    MailOAuthError,
     ReauthorizationRequired,
     TemporarilyUnavailable,
 )
 from flask_mailoauth.health import health
 from flask_mailoauth.models import own_session, utcnow
+from flask_mailoauth.providers import registry
 
 from .e2e.test_token_lifecycle import TcpProxy, row_locked
-from .test_tokens import TOKEN_URL, IdP, credential, events, store_account, token
+from .test_tokens import GENERIC, TOKEN_URL, IdP, credential, events, store_account, token
 
 
 def set_credential(host, **values):
@@ -61,15 +66,86 @@ def idp():
 # -- the lease is released on every path ---------------------------------------------------------
 
 
-def test_an_exception_in_the_idp_call_releases_the_lease(make_host, db_url, idp):
+def test_an_exception_in_the_idp_call_releases_the_lease(make_host, db_url, idp, caplog):
     host = make_host(db_url=db_url)
     store_account(host, expires_in=3600)
-    idp.answers.append(("raise", RuntimeError("a bug in the transport")))
-    with pytest.raises(RuntimeError):
+    idp.answers.append(("raise", RuntimeError("a bug in the transport, quoting rt-0")))
+    with pytest.raises(TemporarilyUnavailable, match="RuntimeError") as excinfo:
         refresh_now(host)
-    assert credential(host)[0].refresh_lease_until is None
+    assert "rt-0" not in str(excinfo.value) + caplog.text
+    cred = credential(host)[0]
+    assert cred.refresh_lease_until is None
+    # a typed, classified failure, recorded with backoff like any other
+    assert (cred.status, cred.failure_count, cred.last_error_code) == (
+        "retrying",
+        1,
+        "unexpected_error",
+    )
+    assert cred.next_retry_at > utcnow()
     assert refresh_now(host) == "at-1"  # really refreshed: the IdP was asked
     assert len(idp.calls) == 2
+
+
+def test_an_exception_in_a_provider_hook_is_a_recorded_failure(make_host, db_url, idp, monkeypatch):
+    host = make_host(db_url=db_url)
+    store_account(host, expires_in=-5)
+
+    def broken(config):
+        raise ValueError("a bug in a provider plugin")
+
+    monkeypatch.setattr(registry.get("generic"), "refresh_params", broken)
+    with pytest.raises(TemporarilyUnavailable, match="ValueError"):
+        token(host)
+    cred = credential(host)[0]
+    assert (cred.refresh_lease_until, cred.failure_count) == (None, 1)
+    assert idp.calls == []
+
+
+# Each answer once cost an OverflowError, a TypeError or a UnicodeError out of access_token().
+HOSTILE_REFRESHES = {
+    "huge exp": ("token", {"access_token": jwt.encode({"exp": 10**400}, "k" * 32)}),
+    "huge iat": ("token", {"access_token": jwt.encode({"iat": -(10**400)}, "k" * 32)}),
+    "Retry-After 1e300": ("error", (503, {}, {"Retry-After": "1e300"})),
+    "Retry-After 99999999999": ("error", (503, {}, {"Retry-After": "99999999999"})),
+    "Retry-After in 9999": ("error", (503, {}, {"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"})),
+    "expires_in 2**64": ("token", {"expires_in": 2**64}),
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"), HOSTILE_REFRESHES.values(), ids=HOSTILE_REFRESHES.keys()
+)
+def test_hostile_refresh_answers_are_typed_and_recorded(make_host, db_url, kind, value):
+    host = make_host(db_url=db_url, MAILOAUTH_RETRY_MAX=600)
+    store_account(host, expires_in=-5)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        if kind == "error":
+            IdP(mock).answers.append(("error", value))
+        else:
+            body = {"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, **value}
+            mock.post(TOKEN_URL, json=body)
+        try:
+            got = token(host)
+        except MailOAuthError:
+            got = None
+    cred, access, _ = credential(host)
+    assert cred.refresh_lease_until is None
+    if got is None:  # a failure: recorded, with a backoff no longer than MAILOAUTH_RETRY_MAX
+        assert (cred.status, cred.failure_count, access) == ("retrying", 1, "at-0")
+        assert utcnow() < cred.next_retry_at <= utcnow() + timedelta(seconds=600)
+    else:
+        assert got == access != "at-0"
+        assert cred.expires_at <= utcnow() + timedelta(hours=1)
+
+
+def test_an_endpoint_host_the_resolver_cannot_encode_is_a_typed_failure(make_host, db_url):
+    host = make_host(db_url=db_url)
+    config = {**GENERIC, "token_endpoint": f"https://{'a' * 64}.example.test/token"}
+    store_account(host, expires_in=-5, config=config)  # stored before save refused such names
+    with pytest.raises(MailOAuthError, match="not a valid DNS name"):
+        token(host)
+    cred = credential(host)[0]
+    assert (cred.refresh_lease_until, cred.failure_count) == (None, 1)
 
 
 def test_an_exception_while_storing_releases_the_lease(make_host, db_url, idp, monkeypatch):
@@ -450,3 +526,79 @@ def test_the_refresh_token_is_never_in_a_fault_message(make_host, db_url):
         token(host)
     assert "secret-value" not in str(info.value)
     assert TOKEN_URL not in str(info.value)
+
+
+def test_a_cached_token_is_served_while_the_database_is_down(make_host, outage, idp):
+    host = outage_host(make_host, outage)
+    host.app.config["MAILOAUTH_CACHE_TTL"] = 0  # every call past the TTL asks the database
+    store_account(host, expires_in=3600)
+    assert token(host) == "at-0"  # read, and cached
+    outage.down()
+    assert token(host) == "at-0"  # past the TTL the database refuses: the cached token serves
+    assert token(host) == "at-0"
+    expired = time_machine.travel(utcnow() + timedelta(hours=1))  # really expired now
+    with expired, pytest.raises(TemporarilyUnavailable, match="database is unavailable"):
+        token(host)
+    outage.up()
+    assert idp.calls == []
+
+
+class SkewedIdP:
+    """A token endpoint whose clock is ``fast`` seconds behind the host's (its ``Date``)."""
+
+    def __init__(self, mock, fast, lifetime, delay=0.0):
+        self.fast, self.lifetime, self.delay, self.calls = fast, lifetime, delay, 0
+        mock.add_callback(responses.POST, TOKEN_URL, callback=self.answer)
+
+    def answer(self, request):
+        time.sleep(self.delay)
+        self.calls += 1
+        body = {
+            "access_token": f"at-{self.calls}",
+            "refresh_token": f"rt-{self.calls}",
+            "token_type": "Bearer",
+            "expires_in": self.lifetime,
+        }
+        idp_clock = utcnow() - timedelta(seconds=self.fast)
+        headers = {"Date": format_datetime(idp_clock, usegmt=True)}
+        return 200, {"Content-Type": "application/json", **headers}, json.dumps(body)
+
+
+@pytest.mark.parametrize(("lifetime", "fast"), [(300, 160), (3600, 7200)])
+def test_a_fast_host_clock_never_causes_a_refresh_storm(make_host, db_url, lifetime, fast):
+    host = make_host(db_url=db_url, MAILOAUTH_CACHE_TTL=0)  # every call reads the row
+    store_account(host, expires_in=-5)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = SkewedIdP(mock, fast, lifetime)
+        assert [token(host) for _ in range(10)] == ["at-1"] * 10
+        assert idp.calls == 1
+        refreshed = utcnow()
+        # The host clock is corrected: it now reads the IdP's time. Still valid: served.
+        idp.fast = 0
+        with time_machine.travel(refreshed - timedelta(seconds=fast - lifetime // 4)):
+            assert token(host) == "at-1"
+        assert idp.calls == 1
+        # Corrected, after the token really expired: never served, refreshed.
+        with time_machine.travel(refreshed - timedelta(seconds=fast - lifetime - 10)):
+            assert token(host) == "at-2"
+        assert idp.calls == 2
+
+
+def test_waiters_of_a_fast_host_take_the_holders_token(make_host, db_url):
+    one, two = make_host(db_url=db_url), make_host(db_url=db_url)  # two processes
+    store_account(one, expires_in=-5)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = SkewedIdP(mock, 7200, 3600, delay=0.5)
+        barrier, results = threading.Barrier(8), []
+
+        def call(host):
+            barrier.wait()
+            results.append(token(host))
+
+        threads = [threading.Thread(target=call, args=(h,)) for h in [one, two] * 4]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == ["at-1"] * 8
+    assert idp.calls == 1

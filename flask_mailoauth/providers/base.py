@@ -183,12 +183,33 @@ def check_endpoint_url(url: str, *, allow_insecure_http: bool) -> str | None:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "Enter a full URL, starting with https://."
+    if not _resolvable_name(parts.hostname):
+        return (
+            "The host name is not a valid DNS name (each dot-separated part must be 1 to 63 "
+            "characters): copy the URL again."
+        )
     if parts.scheme == "http":
         if not is_loopback_host(parts.hostname):
             return "The endpoint must use https://."
         if not allow_insecure_http:
             return "http:// is refused; set MAILOAUTH_ALLOW_INSECURE_HTTP for a loopback test IdP."
     return None
+
+
+def _resolvable_name(host: str) -> bool:
+    """Whether ``host`` can be looked up: it encodes to IDNA the way the resolver encodes it
+    (labels of 1 to 63 characters); IP literals pass."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def split_scopes(value: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +21,8 @@ from .base import (
     usable_address,
 )
 
+logger = logging.getLogger("flask_mailoauth")
+
 #: discovery document key -> the config field it fills
 _DISCOVERED = {
     "authorization_endpoint": "authorization_endpoint",
@@ -28,6 +31,10 @@ _DISCOVERED = {
     "userinfo_endpoint": "userinfo_endpoint",
 }
 
+
+#: OpenID Connect's identity scopes (and offline access, which a refresh token proves): a grant
+#: may leave them out; every other configured scope is what the mail server needs
+IDENTITY_SCOPES = frozenset({"openid", "email", "profile", "address", "phone", "offline_access"})
 
 #: the standard claim that is an address only with ``email_verified: true``
 EMAIL_CLAIM = "email"
@@ -61,33 +68,32 @@ def _discovery_urls(issuer: str) -> tuple[str, str]:
     )
 
 
+def _refused_before_connecting(exc: requests.RequestException) -> bool:
+    """An outbound rule refused the call before any connection (``OutboundError``'s
+    ``before_connecting``): its message, what to set, tells nothing about the target."""
+    return isinstance(exc, MailOAuthError) and getattr(exc, "before_connecting", False)
+
+
 def _fetch_metadata(http: Any, issuer: str) -> Mapping[str, Any]:
     """The issuer's metadata document, checked to be issued for exactly this issuer.
 
-    ``http`` applies the outbound policy and the configured timeout. Errors name the URLs the
-    admin's Issuer gives and what to fix; they never quote what the target sent.
+    ``http`` applies the outbound policy and the configured timeout. Every failure to get a
+    document gives one message, whatever happened (refused, timed out, HTTP 404, not JSON): a
+    different one for each would tell open ports from closed ones. The details go to a debug
+    log line, without content fetched from the target.
     """
-    failures = []
-    for url in _discovery_urls(issuer):
+    urls = _discovery_urls(issuer)
+    for url in urls:
         try:
             response = http.get(url, headers={"Accept": "application/json"})
-        except MailOAuthError as exc:  # an outbound rule refused the call; it says what to fix
-            raise ValueError(f"Discovery failed: {exc}") from None
         except requests.RequestException as exc:
-            raise ValueError(
-                f"Discovery failed: {urlsplit(url).netloc} could not be reached "
-                f"({type(exc).__name__}). Check the Issuer, or enter the endpoints by hand."
-            ) from exc
-        if response.status_code != 200:
-            failures.append(f"{url} answered HTTP {response.status_code}")
+            if _refused_before_connecting(exc):
+                raise ValueError(f"Discovery failed: {exc}") from None
+            logger.debug("Discovery at %s failed: %s", url, type(exc).__name__)
             continue
-        try:
-            document = response.json()
-        except (ValueError, RecursionError):
-            failures.append(f"{url} did not return JSON")
-            continue
-        if not isinstance(document, Mapping):
-            failures.append(f"{url} did not return a JSON object")
+        document = _json_object(response)
+        if document is None:
+            logger.debug("Discovery at %s: HTTP %s, no JSON object", url, response.status_code)
             continue
         if document.get("issuer") != issuer:
             raise ValueError(
@@ -96,9 +102,20 @@ def _fetch_metadata(http: Any, issuer: str) -> Mapping[str, Any]:
             )
         return document
     raise ValueError(
-        f"Discovery failed: {'; '.join(failures)}. Check the Issuer, or enter the endpoints by "
-        "hand."
+        f"Discovery failed: no metadata document could be read at {' or '.join(urls)}. Check "
+        "the Issuer (the provider's exact issuer URL), or enter the endpoints by hand."
     )
+
+
+def _json_object(response: requests.Response) -> Mapping[str, Any] | None:
+    """The body of a 200 answer when it is a JSON object, else ``None``."""
+    if response.status_code != 200:
+        return None
+    try:
+        data = response.json()
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, Mapping) else None
 
 
 class GenericProvider(Provider):
@@ -220,6 +237,12 @@ class GenericProvider(Provider):
             authorization_response_iss=self._value(config, "iss_parameter") == ISS_REQUIRED,
         )
 
+    def required_scopes(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
+        """Every configured scope that is not an identity scope: this provider knows no mail
+        scope, but the admin typed the ones the mail server needs. An IdP that leaves the
+        granted scope out of its answer is taken to have granted what was asked."""
+        return [s for s in self.scopes(config) if s not in IDENTITY_SCOPES]
+
     def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
         """The configured ``prompt``, if any."""
         prompt = self._value(config, "prompt")
@@ -287,8 +310,8 @@ def _oidc_email(data: Mapping[str, Any], attribute: str) -> tuple[str | None, tu
 
 
 def _get_json(http: Any, url: str, token: Mapping[str, Any]) -> Mapping[str, Any]:
-    """GET ``url`` with the access token as bearer; a JSON object, or an admin-readable error."""
-    host = urlsplit(url).netloc
+    """GET ``url`` with the access token as bearer; a JSON object, or an admin-readable error
+    that is the same whatever failed (see :func:`_fetch_metadata`)."""
     try:
         response = http.get(
             url,
@@ -298,17 +321,18 @@ def _get_json(http: Any, url: str, token: Mapping[str, Any]) -> Mapping[str, Any
             },
         )
     except requests.RequestException as exc:
-        raise AuthorizationFailed(
-            f"{host} could not be reached to read the mailbox address ({type(exc).__name__}).",
-            guidance="Try again; check the Userinfo and Resource Details Endpoints.",
-        ) from exc
-    try:
-        data = response.json() if response.status_code == 200 else None
-    except (ValueError, RecursionError):
+        if _refused_before_connecting(exc):
+            raise AuthorizationFailed(str(exc), guidance="Fix the endpoint.") from None
+        logger.debug("Reading %s failed: %s", url, type(exc).__name__)
         data = None
-    if not isinstance(data, Mapping):
+    else:
+        data = _json_object(response)
+        if data is None:
+            logger.debug("Reading %s: HTTP %s, no JSON object", url, response.status_code)
+    if data is None:
         raise AuthorizationFailed(
-            f"{url} did not return the mailbox details as JSON (HTTP {response.status_code}).",
-            guidance="Check the endpoint and that the Scopes grant access to it.",
+            f"{url} did not return the mailbox details as a JSON object.",
+            guidance="Try again; check the Userinfo and Resource Details Endpoints and that the "
+            "Scopes grant access to them.",
         )
     return data
