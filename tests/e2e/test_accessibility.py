@@ -1,0 +1,194 @@
+"""Accessibility of the Config modal in Chromium (issue 12, points 12 and 21-24).
+
+axe-core (pinned in tests/peers/idp/package.json, installed by scripts/install-peers) runs on
+every state of the modal; the keyboard-only path, the no-JS page, ids that never clash with the
+host page, errors tied to their fields, and the modal's looks inside a Bootstrap-like host and an
+unstyled one. Screenshots land in test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from example_app import create_app
+from example_app.extensions import db
+
+from ..conftest import TEST_KEY
+from ..peers import browser_login_and_consent, require_peer
+from ..peers.availability import AXE_JS
+
+SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+SUPPORT = "support@example.test"
+
+
+@pytest.fixture
+def helpdesk(db_url, serve_app):
+    app = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": db_url,
+            "MAILOAUTH_ENCRYPTION_KEYS": [TEST_KEY],
+            "MAILOAUTH_ALLOW_INSECURE_HTTP": True,
+        }
+    )
+    yield app, serve_app(app)
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"a11y-{name}.png"), full_page=True)
+
+
+def axe_violations(page, state: str) -> list[str]:
+    """axe-core's violations on the page as it is now, one readable line each."""
+    require_peer("axe")
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE_JS))
+    result = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [
+        f"{state}: {v['id']} ({v['impact']}): {v['help']} at "
+        + ", ".join(" ".join(node["target"]) for node in v["nodes"])
+        for v in result["violations"]
+    ]
+
+
+def open_remote_mailbox(page, server) -> None:
+    page.goto(server.url_for("/"))
+    page.get_by_label("Email address").fill("admin@example.test")
+    page.get_by_label("Password").fill("admin")
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("link", name="Admin Panel").first.click()
+    page.locator("main").get_by_role("link", name="Emails", exact=True).click()
+    page.locator("main").get_by_role("link", name=SUPPORT).click()
+    page.get_by_role("tab", name="Remote Mailbox").click()
+
+
+def open_config(page):
+    page.locator("#panel-remote .mailoauth-config-button").click()
+    dialog = page.locator("dialog.mailoauth-dialog")
+    dialog.get_by_role("heading", name="OAuth2 Authorization").wait_for()
+    return dialog
+
+
+def test_modal_label_focuses_its_own_field_not_the_hosts(helpdesk, page):
+    """Point 21: the demo page has its own ``#name``; the modal's ids are all namespaced."""
+    _, server = helpdesk
+    open_remote_mailbox(page, server)
+    assert page.locator("main #name").count() == 1  # the host's own field, as found
+    page.locator("#remote-auth").select_option(label="OAuth2 - Microsoft")
+    dialog = open_config(page)
+    dialog.locator("label", has_text="Name").first.click()
+    assert page.evaluate("document.activeElement.id") == "mailoauth-name"
+    assert dialog.get_by_role("textbox", name="Name", exact=True).get_attribute("id") == (
+        "mailoauth-name"
+    )
+    ids = dialog.evaluate("d => [...d.querySelectorAll('[id]')].map(e => e.id)")
+    assert ids
+    assert [i for i in ids if not i.startswith("mailoauth-")] == []
+    assert dialog.locator("input[name=csrf_token]").get_attribute("id") == "mailoauth-csrf_token"
+    # labels point at the modal's own fields
+    for target in dialog.evaluate("d => [...d.querySelectorAll('label[for]')].map(l => l.htmlFor)"):
+        assert dialog.locator(f"[id='{target}']").count() == 1, target
+    assert not axe_violations(page, "host page with the modal open")
+
+
+def test_axe_clean_on_every_state_and_errors_tied_to_fields(helpdesk, generic_idp, page):
+    """Points 23, 24: Info, IdP Config, Submit with errors, success, Token tab: 0 violations."""
+    _, server = helpdesk
+    violations: list[str] = []
+    open_remote_mailbox(page, server)
+    page.locator("#remote-auth").select_option(label="OAuth2 - Other Provider")
+    dialog = open_config(page)
+    assert dialog.locator("[role=banner], header").count() == 0
+    violations += axe_violations(page, "Info")
+    strict = dialog.get_by_role("checkbox", name="Strict Matching")
+    assert "mailoauth-strict-help" in strict.get_attribute("aria-describedby").split()
+    dialog.get_by_role("tab", name="IdP Config").click()
+    violations += axe_violations(page, "IdP Config")
+
+    # the Copy confirmation goes through a live region
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    callback = dialog.locator("#mailoauth-callback").input_value()
+    dialog.get_by_role("button", name="Copy").click()
+    status = dialog.locator("#mailoauth-copy-status")
+    assert status.get_attribute("role") == "status"
+    status.filter(has_text="Copied").wait_for(state="attached")
+
+    # Submit without the Client Secret: the error tied to it, focus on it, the tab says so
+    client = generic_idp.register_client(callback, auth_method="client_secret_post")
+    dialog.locator("#mailoauth-idp_issuer").fill(generic_idp.issuer)
+    dialog.locator("#mailoauth-idp_client_id").fill(client.client_id)
+    dialog.get_by_role("button", name="Submit").click()
+    dialog.locator(".mailoauth-banner-error").wait_for()
+    tab = dialog.get_by_role("tab", name="IdP Config")
+    assert tab.get_attribute("aria-selected") == "true"
+    assert tab.inner_text() == "IdP Config (1 error)"
+    secret = dialog.locator("#mailoauth-client_secret")
+    assert secret.get_attribute("aria-invalid") == "true"
+    assert page.evaluate("document.activeElement.id") == "mailoauth-client_secret"
+    for field in dialog.locator("[aria-invalid=true]").all():
+        error_id = f"{field.get_attribute('id')}-error"
+        assert error_id in field.get_attribute("aria-describedby").split()
+        assert dialog.locator(f"#{error_id}").inner_text().strip()
+        border = field.evaluate("e => getComputedStyle(e).borderTopColor")
+        assert border == "rgb(165, 29, 45)", border
+    shot(page, "errors")
+    violations += axe_violations(page, "Submit with errors")
+
+    secret.fill(client.client_secret)
+    dialog.get_by_role("button", name="Submit").click()
+    browser_login_and_consent(page, SUPPORT)
+    page.locator(".flash-success, .mailoauth-banner-success").wait_for()
+    violations += axe_violations(page, "success banner")
+
+    page.get_by_role("tab", name="Remote Mailbox").click()
+    dialog = open_config(page)
+    dialog.get_by_role("tab", name="Token").click()
+    dialog.locator("#mailoauth-panel-token").wait_for()
+    violations += axe_violations(page, "Token tab")
+    assert dialog.get_by_role("button", name="Submit").is_hidden()
+
+    # Recent events wrap at 320 px: nothing scrolls sideways
+    page.set_viewport_size({"width": 320, "height": 700})
+    wide = dialog.evaluate(
+        "d => [...d.querySelectorAll('.mailoauth-events li, dd')]"
+        ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"
+    )
+    assert not wide
+    assert dialog.evaluate("d => d.scrollWidth <= d.clientWidth + 1")
+    shot(page, "token-320px")
+    assert not violations, "\n".join(violations)
+
+
+def test_no_js_page_tabs_links_back_to_host_and_axe_clean(helpdesk, generic_idp, page):
+    """Points 22 and 23 ([hidden]): the page without script, its tabs links read by the server."""
+    _, server = helpdesk
+    open_remote_mailbox(page, server)
+    host_page = page.url
+    page.context.route("**/mailoauth.js", lambda route: route.abort())
+    page.reload()
+    page.get_by_role("tab", name="Remote Mailbox").click()
+    page.locator("#panel-remote .mailoauth-config-button").click()
+    page.get_by_role("heading", name="OAuth2 Authorization").wait_for()
+    assert page.locator("dialog").count() == 0  # a page of its own
+    assert page.get_by_role("button", name="Refresh now").count() == 0  # no token yet
+    violations = axe_violations(page, "no-JS page, Info")
+    page.get_by_role("tab", name="IdP Config").click()
+    page.wait_for_url("**tab=idp**")
+    assert page.locator("#mailoauth-panel-idp").is_visible()
+    assert page.locator("#mailoauth-panel-info").is_hidden()
+    assert page.get_by_role("tab", name="IdP Config").get_attribute("aria-selected") == "true"
+    violations += axe_violations(page, "no-JS page, IdP Config")
+    shot(page, "no-js-idp-config")
+    page.get_by_role("link", name="Cancel").click()
+    page.wait_for_load_state()
+    assert page.url.split("#")[0] == host_page.split("#")[0]
+    page.go_back()
+    page.get_by_role("link", name="Close").click()
+    page.wait_for_load_state()
+    assert page.url.split("#")[0] == host_page.split("#")[0]
+    assert not violations, "\n".join(violations)
