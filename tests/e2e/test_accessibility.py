@@ -192,3 +192,75 @@ def test_no_js_page_tabs_links_back_to_host_and_axe_clean(helpdesk, generic_idp,
     page.wait_for_load_state()
     assert page.url.split("#")[0] == host_page.split("#")[0]
     assert not violations, "\n".join(violations)
+
+
+def focused(page) -> str:
+    """The focused element, as ``tag#id`` (or its text when it has no id)."""
+    return page.evaluate(
+        "(() => { const e = document.activeElement;"
+        " return e.tagName.toLowerCase() + '#' + (e.id || e.textContent.trim()); })()"
+    )
+
+
+def contrast(rgb_a: str, rgb_b: str) -> float:
+    """WCAG contrast ratio of two ``rgb(r, g, b)`` colours."""
+
+    def luminance(rgb: str) -> float:
+        channels = [int(c) / 255 for c in rgb[rgb.index("(") + 1 : -1].split(",")[:3]]
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    high, low = sorted((luminance(rgb_a), luminance(rgb_b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_keyboard_only_open_tabs_copy_submit_escape(helpdesk, page):
+    """Point 24 (keyboard) and 23 (a real Config button, Space opens it, a 3:1 focus ring)."""
+    _, server = helpdesk
+    open_remote_mailbox(page, server)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    select = page.locator("#remote-auth")
+    select.select_option(label="OAuth2 - Microsoft")
+    select.focus()
+    page.keyboard.press("Tab")
+    button = page.locator("#panel-remote .mailoauth-config-button")
+    assert button.evaluate("e => e.tagName") == "BUTTON"
+    assert button.evaluate("e => e === document.activeElement")
+    ring = button.evaluate(
+        "e => { const s = getComputedStyle(e);"
+        " return [s.outlineStyle, parseFloat(s.outlineWidth), s.outlineColor]; }"
+    )
+    assert ring[0] == "solid"
+    assert ring[1] >= 2
+    page_background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    background = "rgb(255, 255, 255)" if "0)" in page_background else page_background
+    assert contrast(ring[2], background) >= 3
+    page.keyboard.press("Space")
+    dialog = page.locator("dialog.mailoauth-dialog")
+    dialog.get_by_role("heading", name="OAuth2 Authorization").wait_for()
+    assert focused(page) == "a#mailoauth-tab-info"
+    page.keyboard.press("ArrowRight")
+    assert focused(page) == "a#mailoauth-tab-idp"
+    assert dialog.locator("#mailoauth-panel-idp").is_visible()
+    page.keyboard.press("ArrowLeft")
+    assert dialog.locator("#mailoauth-panel-info").is_visible()
+    page.keyboard.press("End")
+    assert focused(page) == "a#mailoauth-tab-idp"
+    page.keyboard.press("Tab")
+    assert focused(page) == "section#mailoauth-panel-idp"
+    page.keyboard.press("Tab")
+    assert focused(page) == "input#mailoauth-callback"
+    page.keyboard.press("Tab")
+    page.keyboard.press("Space")
+    dialog.locator("#mailoauth-copy-status").filter(has_text="Copied").wait_for(state="attached")
+    callback = dialog.locator("#mailoauth-callback").input_value()
+    assert page.evaluate("navigator.clipboard.readText()") == callback
+    while focused(page) != "input#mailoauth-idp_tenant":
+        page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # submits: no Client ID, no secret
+    dialog.locator(".mailoauth-banner-error").wait_for()
+    assert focused(page) == "input#mailoauth-idp_client_id"
+    assert "error" in dialog.get_by_role("tab", name="IdP Config").inner_text()
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
+    assert button.evaluate("e => e === document.activeElement")
