@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flask import render_template_string
 
 from example_app import create_app
 from example_app.extensions import db
@@ -18,6 +19,7 @@ from example_app.extensions import db
 from ..conftest import TEST_KEY
 from ..peers import browser_login_and_consent, require_peer
 from ..peers.availability import AXE_JS
+from .flows import authorize
 
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 SUPPORT = "support@example.test"
@@ -264,3 +266,96 @@ def test_keyboard_only_open_tabs_copy_submit_escape(helpdesk, page):
     page.keyboard.press("Escape")
     dialog.wait_for(state="hidden")
     assert button.evaluate("e => e === document.activeElement")
+
+
+#: what Bootstrap 5's reboot and components do to a page, without a CDN: huge headings, pink
+#: code, upper-case buttons, floating legends, its own focus ring
+BOOTSTRAP_LIKE = """
+*, ::before, ::after { box-sizing: border-box; }
+body { font-family: Georgia, serif; line-height: 1.5; color: #212529; margin: 0; }
+h1, h2, h3, h4, h5, h6 { margin-top: 0; margin-bottom: .5rem; font-weight: 500; line-height: 1.2;
+  color: #0b3d91; }
+h2 { font-size: calc(1.325rem + .9vw); } h3 { font-size: calc(1.3rem + .6vw); }
+p { margin-top: 0; margin-bottom: 1rem; }
+code { font-size: .875em; color: #d63384; word-wrap: break-word; }
+label { display: inline-block; margin-bottom: .5rem; font-size: 1.2rem; }
+legend { float: left; width: 100%; padding: 0; margin-bottom: .5rem;
+  font-size: calc(1.275rem + .3vw); line-height: inherit; }
+button { border-radius: 0; text-transform: uppercase; letter-spacing: .2em; }
+input, button, select, textarea { margin: 0; font-family: inherit; font-size: 1.3rem;
+  line-height: inherit; }
+input { width: 50%; }
+a { color: #0d6efd; }
+.btn { display: inline-block; padding: .375rem .75rem; font-size: 1rem; border: 1px solid
+  transparent; border-radius: .375rem; text-transform: none; letter-spacing: normal; }
+.btn-primary { color: #fff; background-color: #0d6efd; border-color: #0d6efd; }
+.btn:focus-visible { outline: 0; box-shadow: 0 0 0 .25rem rgba(49, 132, 253, .5); }
+"""
+
+HOST_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Mailboxes</title>{% if css %}<style>{{ css }}</style>{% endif %}</head>
+<body><main><h1>Mailboxes</h1><h2>support@example.test</h2>
+<p>Authentication: OAuth2 <code>generic</code>
+{{ mailoauth_config_button("support", "mailbox", class_=button_class, title="OAuth2 settings",
+   data_host="1") }}</p></main></body></html>"""
+
+#: what the modal's look is made of, read from computed styles
+MODAL_STYLES = """d => {
+  const s = (sel, prop) => getComputedStyle(d.querySelector(sel))[prop];
+  return {
+    h2: s("h2", "fontSize"), h2color: s("h2", "color"), code: s("code", "color"),
+    codeSize: s("code", "fontSize"), legend: s("legend", "fontSize"),
+    legendFloat: s("legend", "float"), tab: s("[role=tab]", "textTransform"),
+    submit: s("button[type=submit]", "textTransform"),
+    spacing: s("button[type=submit]", "letterSpacing"), label: s("label", "fontSize"),
+    h3: s("h3", "fontSize"), width: d.getBoundingClientRect().width,
+  };
+}"""
+
+
+def test_modal_holds_its_styles_in_a_bootstrap_host_and_an_unstyled_one(
+    make_host, db_url, generic_idp, serve_app, page
+):
+    """Point 12: the macro takes the host's classes and attributes; host rules do not leak in."""
+    host = make_host(db_url=db_url)
+
+    @host.app.get("/<look>")
+    def host_page(look: str) -> str:
+        bootstrap = look == "bootstrap"
+        return render_template_string(
+            HOST_PAGE,
+            css=BOOTSTRAP_LIKE if bootstrap else "",
+            button_class="btn btn-primary" if bootstrap else "",
+        )
+
+    authorize(host, generic_idp, SUPPORT)
+    server = serve_app(host.app)
+    looks = {}
+    for look in ("bootstrap", "plain"):
+        page.goto(server.url_for(f"/{look}"))
+        button = page.get_by_role("button", name="Config")
+        assert button.get_attribute("title") == "OAuth2 settings"
+        assert button.get_attribute("data-host") == "1"
+        if look == "bootstrap":
+            assert "btn btn-primary" in button.get_attribute("class")
+            assert button.evaluate("e => getComputedStyle(e).backgroundColor") == (
+                "rgb(13, 110, 253)"
+            )
+        button.click()
+        dialog = page.locator("dialog.mailoauth-dialog")
+        dialog.get_by_role("tab", name="Token").click()
+        dialog.locator("#mailoauth-panel-token code").first.wait_for()
+        page.mouse.move(0, 0)
+        shot(page, f"host-{look}-token")
+        looks[look] = dialog.evaluate(MODAL_STYLES)
+        dialog.get_by_role("tab", name="Info").click()
+        shot(page, f"host-{look}-info")
+        assert not axe_violations(page, f"{look} host")
+    bootstrap, plain = looks["bootstrap"], looks["plain"]
+    assert bootstrap == plain
+    assert plain["h2"] == "20px"
+    assert plain["code"] == "rgb(26, 26, 26)"  # the modal's text colour, not Bootstrap's pink
+    assert plain["h2color"] == "rgb(26, 26, 26)"
+    assert plain["legendFloat"] == "none"
+    assert plain["tab"] == plain["submit"] == "none"
+    assert plain["spacing"] == "normal"
