@@ -156,6 +156,11 @@ def test_axe_clean_on_every_state_and_errors_tied_to_fields(helpdesk, generic_id
 
     # Recent events wrap at 320 px: nothing scrolls sideways
     page.set_viewport_size({"width": 320, "height": 700})
+    # a Microsoft grant's scopes: long URLs without a space to break at
+    long_scopes = "https://outlook.office.com/IMAP.AccessAsUser.All" * 3
+    dialog.locator(".mailoauth-events li").first.evaluate(
+        "(li, text) => { li.textContent = text; }", f"authorized: scopes: {long_scopes}"
+    )
     wide = dialog.evaluate(
         "d => [...d.querySelectorAll('.mailoauth-events li, dd')]"
         ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)"
