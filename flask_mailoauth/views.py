@@ -159,6 +159,7 @@ def not_an_oauth_choice(exc: NotAnOAuthChoice) -> Response:
         wanted=exc.wanted,
         providers=registry.all(),
         standalone=not _scripted(),
+        return_url=_host_page(**request.view_args) if request.view_args else "/",
     )
     return Response(html, status=400)
 

@@ -198,6 +198,13 @@ def test_no_js_page_tabs_links_back_to_host_and_axe_clean(helpdesk, generic_idp,
     page.get_by_role("link", name="Close").click()
     page.wait_for_load_state()
     assert page.url.split("#")[0] == host_page.split("#")[0]
+    # Config on "Basic" without script: a page whose Close leads back too
+    page.goto(server.url_for("/mailoauth/1/mailbox?provider=basic"), referer=host_page)
+    page.locator("#mailoauth-not-oauth").wait_for()
+    violations += axe_violations(page, "no-JS page, not an OAuth2 choice")
+    page.get_by_role("link", name="Close").last.click()
+    page.wait_for_load_state()
+    assert page.url.split("#")[0] == host_page.split("#")[0]
     assert not violations, "\n".join(violations)
 
 
