@@ -31,6 +31,10 @@ from .providers.base import ConfigField, Provider
 
 #: form field names of provider fields carry this prefix, so they never clash with Info fields
 IDP_PREFIX = "idp_"
+#: every id the modal renders starts with this, so none clashes with the host page's own ids
+ID_PREFIX = "mailoauth-"
+#: the fields on the Info tab; every other field (the provider's, the secret's) is on IdP Config
+INFO_FIELDS = frozenset({"enabled", "name", "strict_matching", "notes"})
 
 
 class AccountForm(FlaskForm):
@@ -48,6 +52,20 @@ class AccountForm(FlaskForm):
     def idp_fields(self) -> list[tuple[ConfigField, Field]]:
         """The provider's fields with their form fields, in display order."""
         return [(f, self[IDP_PREFIX + f.name]) for f in self.provider.fields]
+
+    def tab_errors(self) -> dict[str, int]:
+        """How many fields of each tab (``info``, ``idp``) have errors, for the tab's label."""
+        counts: dict[str, int] = {}
+        for form_field in self:
+            if form_field.errors and form_field.name != self.meta.csrf_field_name:
+                tab = "info" if form_field.name in INFO_FIELDS else "idp"
+                counts[tab] = counts.get(tab, 0) + 1
+        return counts
+
+    def first_error_tab(self) -> str | None:
+        """The first tab holding a field with an error: where the page opens after Submit."""
+        counts = self.tab_errors()
+        return next((tab for tab in ("info", "idp") if counts.get(tab)), None)
 
     def to_input(self) -> AccountInput:
         """The submitted values, as the accounts module takes them."""
@@ -112,4 +130,12 @@ def account_form(provider: Provider, account: AccountView, **kwargs: Any) -> Acc
     }
     form = form_class(data=data, **kwargs)
     form.provider = provider
+    _namespace_ids(form)
     return form
+
+
+def _namespace_ids(form: AccountForm) -> None:
+    """Give every field (the CSRF field too) an id under ``ID_PREFIX``; posted names stay."""
+    for form_field in form:
+        form_field.id = ID_PREFIX + form_field.name
+        form_field.label.field_id = form_field.id

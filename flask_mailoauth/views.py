@@ -85,11 +85,19 @@ def require_access() -> None:
         abort(403, description="You are not allowed to manage mail OAuth settings.")
 
 
-def config_button(key: str, purpose: str = "mailbox", provider_select: str | None = None) -> Markup:
+def config_button(
+    key: str,
+    purpose: str = "mailbox",
+    provider_select: str | None = None,
+    class_: str = "",
+    **attrs: str,
+) -> Markup:
     """The Config button next to a host's Authentication select (a Jinja global).
 
     ``provider_select`` is a CSS selector of the host's select whose value names the provider;
-    the modal opens for that provider. The script and style sheet are included once per page.
+    the modal opens for that provider. ``class_`` and ``attrs`` style it the host's way
+    (``class_="btn btn-primary"``, ``title=...``; ``data_x`` renders as ``data-x``). The
+    script and style sheet are included once per page.
     """
     first = not g.get("_mailoauth_assets")
     g._mailoauth_assets = True
@@ -100,6 +108,8 @@ def config_button(key: str, purpose: str = "mailbox", provider_select: str | Non
             key=key,
             purpose=purpose,
             provider_select=provider_select,
+            class_=class_,
+            attrs={name.replace("_", "-"): value for name, value in attrs.items()},
             include_assets=first,
         )
     )
@@ -149,6 +159,7 @@ def not_an_oauth_choice(exc: NotAnOAuthChoice) -> Response:
         wanted=exc.wanted,
         providers=registry.all(),
         standalone=not _scripted(),
+        return_url=_host_page(**request.view_args) if request.view_args else "/",
     )
     return Response(html, status=400)
 
@@ -160,8 +171,15 @@ def callback_url() -> str:
     )
 
 
+def _host_page(key: str, purpose: str) -> str:
+    """Where Close and Cancel lead without script: the account's host page, never the modal."""
+    url = _return_url(key, purpose)
+    return "/" if url.startswith(url_for("mailoauth.modal", key=key, purpose=purpose)) else url
+
+
 def _render_modal(view: accounts.AccountView, form, status: int = 200, **extra: object) -> Response:
     context = {
+        "return_url": _host_page(view.key, view.purpose),
         "warnings": view.warnings,
         "account": view,
         "form": form,
@@ -183,7 +201,8 @@ def modal(key: str, purpose: str) -> Response:
     wanted = _requested_provider()
     view = accounts.view(st, key, purpose, _address(mailbox, purpose), wanted)
     provider = registry.get(wanted or view.provider)
-    return _render_modal(view, account_form(provider, view, formdata=None))
+    form = account_form(provider, view, formdata=None)
+    return _render_modal(view, form, initial_tab=request.args.get("tab"))
 
 
 @blueprint.post("/<key>/<purpose>")
@@ -220,7 +239,7 @@ def save(key: str, purpose: str) -> Response:
             )
         )
     view = accounts.view(st, key, purpose, address, form.provider.id)
-    return _render_modal(view, form, status=422)
+    return _render_modal(view, form, status=422, initial_tab=form.first_error_tab())
 
 
 @blueprint.post("/<key>/<purpose>/authorize")

@@ -528,7 +528,10 @@ def test_modal_has_the_walkthrough_fields(client):
     assert positions == sorted(positions)
     assert 'type="password"' in page
     assert "https://login.microsoftonline.com/common/oauth2/v2.0/authorize" in page
-    assert '<input checked id="strict_matching" name="strict_matching" type="checkbox"' in page
+    assert (
+        '<input aria-describedby="mailoauth-strict-help" checked id="mailoauth-strict_matching" '
+        'name="strict_matching" type="checkbox"'
+    ) in page
     assert "support@example.test (mailbox)" in page
     assert "Delete Token" not in page
     for label in re.findall(r'<label for="([^"]+)"', page):

@@ -147,7 +147,7 @@ def test_refresh_now_button_shows_the_outcome_on_the_token_tab(host):
         response = client.post("/mailoauth/support/mailbox/refresh", data={"csrf_token": csrf})
     page = response.get_data(as_text=True)
     assert "The access token was refreshed." in page
-    token_tab = re.search(r'<button[^>]*id="mailoauth-tab-token"[^>]*>', page).group(0)
+    token_tab = re.search(r'<a [^>]*id="mailoauth-tab-token"[^>]*>', page).group(0)
     assert 'aria-selected="true"' in token_tab
 
 

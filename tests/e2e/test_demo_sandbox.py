@@ -79,10 +79,10 @@ def test_the_sandbox_demo_walkthrough_from_admin_panel_to_fetch_now(demo, page):
     assert dialog.locator("#mailoauth-callback").input_value() == server.url_for(
         "/mailoauth/callback"
     )
-    dialog.locator("#client_secret").fill(values["Client Secret"])
-    dialog.locator("#idp_client_id").fill(values["Client ID"])
-    dialog.locator("#idp_authorization_endpoint").fill(values["Authorization Endpoint"])
-    dialog.locator("#idp_token_endpoint").fill(values["Token Endpoint"])
+    dialog.locator("#mailoauth-client_secret").fill(values["Client Secret"])
+    dialog.locator("#mailoauth-idp_client_id").fill(values["Client ID"])
+    dialog.locator("#mailoauth-idp_authorization_endpoint").fill(values["Authorization Endpoint"])
+    dialog.locator("#mailoauth-idp_token_endpoint").fill(values["Token Endpoint"])
     dialog.locator("button", has_text="Submit").click()
     browser_login_and_consent(page, values["Mailbox login"])
     page.locator("text=OAuth2 Authorization Successful").wait_for()

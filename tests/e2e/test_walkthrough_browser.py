@@ -78,7 +78,7 @@ def walkthrough(page, server, idp, *, provider_label: str, fill, prefix: str) ->
     dialog.locator("button", has_text="Copy").click()
     assert page.evaluate("navigator.clipboard.readText()") == callback
     client = idp.register_client(callback, auth_method="client_secret_post")
-    dialog.locator("#client_secret").fill(client.client_secret)
+    dialog.locator("#mailoauth-client_secret").fill(client.client_secret)
     fill(dialog, client)
     shot(page, f"{prefix}-2-idp-config-tab")
     dialog.locator("button", has_text="Submit").click()
@@ -102,9 +102,11 @@ def test_microsoft_walkthrough_in_chromium(helpdesk, ms_idp, ms_dovecot, page):
 
     def fill(dialog, client):
         # "the rest prefilled": tenant, cloud and the Outlook scopes stay as they are.
-        dialog.locator("#idp_client_id").fill(client.client_id)
-        dialog.locator("#idp_authorization_endpoint").fill(ms_idp.authorize_url_for("common"))
-        dialog.locator("#idp_token_endpoint").fill(ms_idp.token_url_for("common"))
+        dialog.locator("#mailoauth-idp_client_id").fill(client.client_id)
+        dialog.locator("#mailoauth-idp_authorization_endpoint").fill(
+            ms_idp.authorize_url_for("common")
+        )
+        dialog.locator("#mailoauth-idp_token_endpoint").fill(ms_idp.token_url_for("common"))
 
     walkthrough(page, server, ms_idp, provider_label="OAuth2 - Microsoft", fill=fill, prefix="ms")
     details = page.locator("#mailoauth-panel-token").inner_text()
@@ -120,8 +122,8 @@ def test_generic_walkthrough_in_chromium_then_fetch_now(helpdesk, generic_idp, d
     use_dovecot(app, dovecot, "generic")
 
     def fill(dialog, client):
-        dialog.locator("#idp_issuer").fill(generic_idp.issuer)
-        dialog.locator("#idp_client_id").fill(client.client_id)
+        dialog.locator("#mailoauth-idp_issuer").fill(generic_idp.issuer)
+        dialog.locator("#mailoauth-idp_client_id").fill(client.client_id)
 
     walkthrough(
         page,

@@ -14,7 +14,9 @@ from .process import NODE_DIR
 
 INSTALL_HINT = "run `scripts/install-peers` as root on Debian (apt + npm), then re-run the tests"
 
-PEERS = ("idp", "dovecot", "postfix", "postgresql", "chromium")
+PEERS = ("idp", "dovecot", "postfix", "postgresql", "chromium", "axe")
+#: axe-core, injected into pages by the accessibility tests
+AXE_JS = NODE_DIR / "node_modules" / "axe-core" / "axe.min.js"
 
 _announced: set[str] = set()
 missing_reports: list[str] = []  # shown again in the terminal summary
@@ -65,6 +67,9 @@ def _missing(name: str) -> list[str]:
             need.append("/usr/bin/chromium (Debian package chromium)")
         if importlib.util.find_spec("playwright") is None:
             need.append("Python playwright (pip install -e '.[e2e]'; never `playwright install`)")
+    elif name == "axe":
+        if not AXE_JS.exists():
+            need.append(f"npm axe-core in {NODE_DIR}")
     else:
         raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
     return need

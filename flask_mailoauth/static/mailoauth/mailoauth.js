@@ -4,12 +4,15 @@
   "use strict";
   var SCRIPTED = { "X-Requested-With": "mailoauth" };
   var dialog;
+  var opener;
 
   function getDialog() {
     if (!dialog) {
       dialog = document.createElement("dialog");
       dialog.className = "mailoauth-dialog";
       dialog.setAttribute("aria-labelledby", "mailoauth-title");
+      // Escape, ×, Cancel: back to the Config button that opened the dialog.
+      dialog.addEventListener("close", function () { if (opener && opener.isConnected) { opener.focus(); } });
       document.body.appendChild(dialog);
     }
     return dialog;
@@ -21,12 +24,13 @@
     d.scrollTop = 0;
     wire(d);
     if (!d.open) { d.showModal(); }
-    var first = d.querySelector("[role=tab][aria-selected=true]");
+    var first = d.querySelector("[aria-invalid=true]") || d.querySelector("[role=tab][aria-selected=true]");
     if (first) { first.focus(); }
   }
 
   function open(link) {
-    var url = new URL(link.href, window.location.href);
+    opener = link;
+    var url = new URL(link.getAttribute("data-mailoauth-href") || link.href, window.location.href);
     var selector = link.getAttribute("data-mailoauth-provider-select");
     var select = selector && document.querySelector(selector);
     if (select && select.value) { url.searchParams.set("provider", select.value); }
@@ -71,7 +75,12 @@
 
   function copy(button) {
     var input = document.querySelector(button.getAttribute("data-mailoauth-copy"));
-    var done = function () { button.textContent = "Copied"; setTimeout(function () { button.textContent = "Copy"; }, 2000); };
+    var status = document.querySelector(button.getAttribute("data-mailoauth-copied"));
+    var done = function () {
+      button.textContent = "Copied";
+      if (status) { status.textContent = "Copied to the clipboard."; }
+      setTimeout(function () { button.textContent = "Copy"; if (status) { status.textContent = ""; } }, 2000);
+    };
     if (navigator.clipboard && window.isSecureContext) {
       navigator.clipboard.writeText(input.value).then(done, function () { input.select(); });
     } else {
@@ -83,8 +92,9 @@
   function wire(root) {
     var tabs = Array.prototype.slice.call(root.querySelectorAll("[role=tab]"));
     tabs.forEach(function (tab, i) {
-      tab.addEventListener("click", function () { selectTab(root, tab); });
+      tab.addEventListener("click", function (e) { e.preventDefault(); selectTab(root, tab); });
       tab.addEventListener("keydown", function (e) {
+        if (e.key === " ") { e.preventDefault(); selectTab(root, tab); return; }
         var next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
         if (next === undefined) { return; }
         e.preventDefault();
@@ -97,12 +107,14 @@
     var invalid = root.querySelector("[aria-invalid=true]");
     var panel = invalid && invalid.closest("[role=tabpanel]");
     if (panel) { selectTab(root, root.querySelector("#" + panel.getAttribute("aria-labelledby"))); }
+    if (invalid && !root.close) { invalid.focus(); }
     root.querySelectorAll("[data-mailoauth-copy]").forEach(function (b) {
       b.addEventListener("click", function () { copy(b); });
     });
     root.querySelectorAll("[data-mailoauth-close]").forEach(function (b) {
-      b.addEventListener("click", function () {
-        if (root.close) { root.close(); } else { window.history.back(); }
+      b.addEventListener("click", function (e) {
+        // In the dialog: close it. On the page: a link goes to the host page by itself.
+        if (root.close) { e.preventDefault(); root.close(); } else if (!b.href) { window.history.back(); }
       });
     });
     root.querySelectorAll("form").forEach(function (form) {
@@ -114,7 +126,21 @@
     var link = e.target.closest && e.target.closest("[data-mailoauth-open]");
     if (link) { e.preventDefault(); open(link); }
   });
+  // The Config link (what works without script) becomes a real button: Space opens it too.
+  function upgrade(link) {
+    var button = document.createElement("button");
+    Array.prototype.forEach.call(link.attributes, function (a) {
+      if (a.name !== "href") { button.setAttribute(a.name, a.value); }
+    });
+    button.type = "button";
+    button.setAttribute("data-mailoauth-href", link.href);
+    button.setAttribute("aria-haspopup", "dialog");
+    button.textContent = link.textContent;
+    link.replaceWith(button);
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("a[data-mailoauth-open]").forEach(upgrade);
     document.querySelectorAll(".mailoauth-page [data-mailoauth-modal]").forEach(wire);
   });
 })();
