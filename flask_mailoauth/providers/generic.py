@@ -32,8 +32,8 @@ _DISCOVERED = {
 }
 
 
-#: OpenID Connect's identity scopes: a grant may leave them out; every other configured scope
-#: (offline_access too) is what the account needs
+#: OpenID Connect's identity scopes: a grant
+#: may leave them out; every other configured scope is what the mail server needs
 IDENTITY_SCOPES = frozenset({"openid", "email", "profile", "address", "phone"})
 
 #: the standard claim that is an address only with ``email_verified: true``
