@@ -582,11 +582,7 @@ def test_clean_text(value, length, cleaned):
 
 @pytest.mark.parametrize(
     ("granted", "missing"),
-    [
-        ("openid", "offline_access, mail.read, mail.send"),
-        ("openid mail.read email", "offline_access, mail.send"),
-        ("openid mail.read mail.send", "offline_access"),
-    ],
+    [("openid", "mail.read, mail.send"), ("openid mail.read email", "mail.send")],
 )
 def test_a_generic_grant_needs_every_configured_non_identity_scope(
     client, host, idp, granted, missing
@@ -599,7 +595,7 @@ def test_a_generic_grant_needs_every_configured_non_identity_scope(
     assert_refused(client, host, before, response, "partial_consent", f"lacks {missing}")
 
 
-@pytest.mark.parametrize("granted", [None, "mail.read offline_access openid"])
+@pytest.mark.parametrize("granted", [None, "mail.read openid"])
 def test_a_generic_grant_may_leave_out_identity_scopes_or_the_scope(client, host, idp, granted):
     scopes = "openid email offline_access mail.read"
     idp.answer["scope"] = scopes

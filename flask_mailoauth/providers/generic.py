@@ -32,9 +32,9 @@ _DISCOVERED = {
 }
 
 
-#: OpenID Connect's identity scopes: a grant
+#: OpenID Connect's identity scopes (and offline access, which a refresh token proves): a grant
 #: may leave them out; every other configured scope is what the mail server needs
-IDENTITY_SCOPES = frozenset({"openid", "email", "profile", "address", "phone"})
+IDENTITY_SCOPES = frozenset({"openid", "email", "profile", "address", "phone", "offline_access"})
 
 #: the standard claim that is an address only with ``email_verified: true``
 EMAIL_CLAIM = "email"
@@ -239,10 +239,8 @@ class GenericProvider(Provider):
 
     def required_scopes(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
         """Every configured scope that is not an identity scope: this provider knows no mail
-        scope, but the admin typed the ones the mail server needs. ``offline_access`` counts
-        too: an OIDC IdP that leaves it out of the grant (Keycloak, say) still sends a refresh
-        token, but one that dies with the sign-in session. An IdP that leaves the granted scope
-        out of its answer is taken to have granted what was asked."""
+        scope, but the admin typed the ones the mail server needs. An IdP that leaves the
+        granted scope out of its answer is taken to have granted what was asked."""
         return [s for s in self.scopes(config) if s not in IDENTITY_SCOPES]
 
     def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
