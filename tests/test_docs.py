@@ -67,6 +67,10 @@ def loader_host(database: Path) -> dict:
         folder: Mapped[str] = mapped_column(default="")
         smtp_host: Mapped[str] = mapped_column(default="")
         smtp_address: Mapped[str] = mapped_column(default="")
+        smtp_auth: Mapped[str] = mapped_column(
+            default="same"
+        )  # "same": SMTP on the mailbox's grant
+        smtp_password: Mapped[str] = mapped_column(default="")
 
     mailoauth = MailOAuth(app, db=db)
     with app.app_context():
