@@ -147,6 +147,7 @@ class MailOAuth:
         )
         app.register_blueprint(views.blueprint, url_prefix=app.config["MAILOAUTH_URL_PREFIX"])
         app.add_template_global(views.config_button, "mailoauth_config_button")
+        app.add_template_global(banner_kind, "mailoauth_banner_kind")
         app.cli.add_command(cli.mailoauth_cli)
         # Flask-Migrate may be set up before or after us: wire now and on each app context.
         migrations.install(app)
@@ -397,6 +398,15 @@ def state() -> MailOAuthState:
 def flash_category(kind: FlashKind) -> str:
     """The host's flash category for ``kind`` (``MAILOAUTH_FLASH_CATEGORIES``, else the kind)."""
     return current_app.config["MAILOAUTH_FLASH_CATEGORIES"].get(kind.value, kind.value)
+
+
+def banner_kind(category: str) -> str:
+    """The kind (``success``/``error``) a flashed ``category`` stands for: our own pages style
+    their banners by kind, whatever category the host maps it to."""
+    for kind, mapped in current_app.config["MAILOAUTH_FLASH_CATEGORIES"].items():
+        if mapped == category:
+            return kind
+    return category
 
 
 def _check_flash_categories(categories: object) -> None:

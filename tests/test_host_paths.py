@@ -106,6 +106,18 @@ def test_flash_categories_are_the_hosts(make_host, db_url):
     assert [category for category, _ in flashes(client)] == ["success"]
 
 
+def test_our_own_page_styles_a_remapped_category_by_its_kind(make_host, db_url):
+    """A host's ``danger`` still shows as our red banner on the page without script."""
+    host = make_host(
+        db_url=db_url, WTF_CSRF_ENABLED=False, MAILOAUTH_FLASH_CATEGORIES={"error": "danger"}
+    )
+    client = host.app.test_client()
+    client.post("/mailoauth/support/mailbox/delete")
+    page = client.get("/mailoauth/support/mailbox").get_data(as_text=True)
+    assert "mailoauth-banner mailoauth-banner-error" in page
+    assert "mailoauth-banner-danger" not in page
+
+
 def test_the_default_flash_categories_are_success_and_error(make_host, db_url):
     client = make_host(db_url=db_url, WTF_CSRF_ENABLED=False).app.test_client()
     client.post("/mailoauth/support/mailbox/delete")
