@@ -26,7 +26,7 @@ from flask import (
 )
 from markupsafe import Markup
 
-from . import accounts, flow, tokens
+from . import accounts, flow, i18n, tokens
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError
 from .extension import FlashKind, MailOAuthState, flash_category, state
 from .forms import account_form
@@ -85,6 +85,11 @@ def require_access() -> None:
         abort(403, description="You are not allowed to manage mail OAuth settings.")
 
 
+def _render(template: str, **context: object) -> str:
+    """A template of this extension, with its own ``_`` and ``ngettext`` (never the host's)."""
+    return render_template(template, **i18n.TEMPLATE_FUNCTIONS, **context)
+
+
 def config_button(
     key: str,
     purpose: str = "mailbox",
@@ -103,7 +108,7 @@ def config_button(
     g._mailoauth_assets = True
     # render_template autoescapes; Markup only stops the host template escaping it twice.
     return Markup(  # noqa: S704
-        render_template(
+        _render(
             "mailoauth/config_button.html",
             key=key,
             purpose=purpose,
@@ -154,7 +159,7 @@ def _requested_provider() -> str | None:
 @blueprint.errorhandler(NotAnOAuthChoice)
 def not_an_oauth_choice(exc: NotAnOAuthChoice) -> Response:
     """Config pressed on a non-OAuth choice (the host's "Basic"): a readable dialog to close."""
-    html = render_template(
+    html = _render(
         "mailoauth/not_oauth.html",
         wanted=exc.wanted,
         providers=registry.all(),
@@ -190,7 +195,7 @@ def _render_modal(view: accounts.AccountView, form, status: int = 200, **extra: 
         **extra,
     }
     template = "mailoauth/modal.html" if _scripted() else "mailoauth/page.html"
-    return Response(render_template(template, **context), status=status)
+    return Response(_render(template, **context), status=status)
 
 
 @blueprint.get("/<key>/<purpose>")
@@ -322,9 +327,7 @@ def callback() -> Response:
             timeout=current_app.config["MAILOAUTH_HTTP_TIMEOUT"],
         )
     except AuthorizationFailed as failure:
-        return Response(
-            render_template("mailoauth/callback_error.html", failure=failure), status=400
-        )
+        return Response(_render("mailoauth/callback_error.html", failure=failure), status=400)
     if outcome.error is None:
         flash("OAuth2 Authorization Successful.", flash_category(FlashKind.SUCCESS))
     else:
