@@ -16,7 +16,7 @@ __all__ = ["create_app", "db", "mailoauth"]
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """The app factory: SQLite in the instance folder unless ``DATABASE_URL`` says otherwise."""
-    from . import auth, integration, views  # noqa: F401  (integration registers the callbacks)
+    from . import auth, integration, language, views  # noqa: F401  (integration registers the callbacks)
     from .seed import seed
 
     app = Flask(__name__, instance_relative_config=True)
@@ -41,6 +41,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     mailoauth.init_app(app, db=db)
     auth.init_app(app)
+    language.init_app(app)
     views.init_app(app)
 
     @app.cli.command("seed")

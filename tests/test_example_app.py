@@ -423,3 +423,31 @@ def test_fetch_now_over_pop3_reads_the_last_ten_headers(admin, helpdesk, monkeyp
     ).get_data(as_text=True)
     assert "3 of 3 messages, newest first." in page
     assert page.index("Message 3") < page.index("Message 2") < page.index("Message 1")
+
+
+def test_language_switch_speaks_german_in_the_extension(admin, helpdesk):
+    key = support(helpdesk).key
+    token = csrf(admin, "/admin/emails")
+    answer = admin.post(
+        "/language", data={"csrf_token": token, "language": "de", "next": "/admin/emails"}
+    )
+    assert answer.status_code == 302
+    assert answer.headers["Location"] == "/admin/emails"
+    page = admin.get("/admin/emails").get_data(as_text=True)
+    assert '<html lang="de">' in page
+    assert '<option value="de" lang="de" selected>Deutsch</option>' in page
+    modal = admin.get(f"/mailoauth/{key}/mailbox").get_data(as_text=True)
+    assert "OAuth2-Autorisierung" in modal
+
+
+def test_language_follows_the_browser_until_switched(client):
+    page = client.get("/login", headers={"Accept-Language": "de-DE,de;q=0.9"})
+    assert '<html lang="de">' in page.get_data(as_text=True)
+    assert '<html lang="en">' in client.get("/login").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("target", ["https://evil.test/", "//evil.test/x", "javascript:x"])
+def test_language_switch_returns_only_to_this_site(admin, target):
+    token = csrf(admin, "/admin/emails")
+    answer = admin.post("/language", data={"csrf_token": token, "language": "de", "next": target})
+    assert answer.headers["Location"] == "/"
