@@ -16,6 +16,7 @@ from flask import Flask, appcontext_pushed, current_app
 
 from . import crypto, logs, mail, migrations
 from .errors import MailboxNotFound, MailOAuthError, NotConfigured, SetupError
+from .i18n import gettext
 from .models import Models, models_for, own_session
 from .providers.base import MailServer
 from .settings import PURPOSES, MailboxSettings, Purpose
@@ -430,14 +431,16 @@ def _purpose(purpose: str) -> Purpose:
 def _no_account(key: str, purpose: Purpose) -> str:
     """What to do when ``key`` has no OAuth2 account for ``purpose``."""
     if purpose == "smtp":
-        return (
-            f"No SMTP account is configured for mailbox {key!r}: open Config next to its SMTP "
+        return gettext(
+            "No SMTP account is configured for mailbox %(key)r: open Config next to its SMTP "
             "authentication and authorize one, or sign in to SMTP with the mailbox's own account "
-            "(SMTP 'Same as Remote Mailbox'): connect_smtp(key, purpose=\"mailbox\")."
+            "(SMTP 'Same as Remote Mailbox'): connect_smtp(key, purpose=\"mailbox\").",
+            key=key,
         )
-    return (
-        f"No OAuth2 account is configured for mailbox {key!r}: open Config next to its "
-        "mailbox authentication, fill the IdP Config and Submit to authorize it."
+    return gettext(
+        "No OAuth2 account is configured for mailbox %(key)r: open Config next to its "
+        "mailbox authentication, fill the IdP Config and Submit to authorize it.",
+        key=key,
     )
 
 

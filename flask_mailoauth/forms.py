@@ -15,7 +15,7 @@ from wtforms import (
     StringField,
     TextAreaField,
 )
-from wtforms.validators import DataRequired, Length, Optional
+from wtforms.validators import DataRequired, Length, Optional, ValidationError
 
 try:
     from wtforms import SelectChoice
@@ -27,6 +27,7 @@ except ImportError:  # WTForms < 3.3 takes (value, label) pairs, which 3.3 depre
 
 
 from .accounts import AccountInput, AccountView
+from .i18n import gettext, lazy_gettext, ngettext
 from .providers.base import ConfigField, Provider
 
 #: form field names of provider fields carry this prefix, so they never clash with Info fields
@@ -37,17 +38,57 @@ ID_PREFIX = "mailoauth-"
 INFO_FIELDS = frozenset({"enabled", "name", "strict_matching", "notes"})
 
 
+class MaxLength(Length):
+    """``Length(max=n)`` (with its ``maxlength`` attribute) saying so in the admin's language."""
+
+    def __init__(self, max: int) -> None:
+        super().__init__(max=max)
+
+    def __call__(self, form: Any, field: Field) -> None:
+        if field.data and len(field.data) > self.max:
+            raise ValidationError(
+                ngettext(
+                    "Field cannot be longer than %(num)d character.",
+                    "Field cannot be longer than %(num)d characters.",
+                    self.max,
+                )
+            )
+
+
+class LocalDateField(DateField):
+    """A date field whose parse error is in the admin's language (not WTForms' catalogue)."""
+
+    def process_formdata(self, valuelist: list[Any]) -> None:
+        try:
+            super().process_formdata(valuelist)
+        except ValueError:
+            raise ValueError(gettext("Not a valid date value.")) from None
+
+
+#: "required" in the admin's language, for the fields every provider shares
+REQUIRED = lazy_gettext("This field is required.")
+
+
 class AccountForm(FlaskForm):
     """The fields every provider shares: the Info tab and the client secret."""
 
     enabled = RadioField(
-        "Status", choices=[SelectChoice("1", "Enabled"), SelectChoice("0", "Disabled")], default="1"
+        lazy_gettext("Status"),
+        choices=[
+            SelectChoice("1", lazy_gettext("Enabled")),
+            SelectChoice("0", lazy_gettext("Disabled")),
+        ],
+        default="1",
     )
-    name = StringField("Name", validators=[DataRequired(), Length(max=255)])
-    strict_matching = BooleanField("Strict Matching", default=True)
-    notes = TextAreaField("Internal Notes", validators=[Length(max=5000)])
-    client_secret = PasswordField("Client Secret", validators=[Length(max=2000)])
-    secret_expires_on = DateField("Client secret expires on", validators=[Optional()])
+    name = StringField(
+        lazy_gettext("Name"), validators=[DataRequired(message=REQUIRED), MaxLength(255)]
+    )
+    strict_matching = BooleanField(lazy_gettext("Strict Matching"), default=True)
+    notes = TextAreaField(lazy_gettext("Internal Notes"), validators=[MaxLength(5000)])
+    client_secret = PasswordField(lazy_gettext("Client Secret"), validators=[MaxLength(2000)])
+    secret_expires_on = LocalDateField(
+        lazy_gettext("Client secret expires on"), validators=[Optional()]
+    )
 
     def idp_fields(self) -> list[tuple[ConfigField, Field]]:
         """The provider's fields with their form fields, in display order."""
@@ -94,9 +135,11 @@ class AccountForm(FlaskForm):
 
 
 def _form_field(spec: ConfigField) -> Field:
-    validators: list[Any] = [Length(max=2000)]
+    validators: list[Any] = [MaxLength(2000)]
     if spec.required:
-        validators.insert(0, DataRequired(message=f"{spec.label} is required."))
+        validators.insert(
+            0, DataRequired(message=lazy_gettext("%(label)s is required.", label=spec.label))
+        )
     else:
         validators.insert(0, Optional())
     if spec.kind == "select":

@@ -15,12 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from .i18n import lazy_gettext
 from .models import own_session, utcnow
 from .providers import registry
 from .providers.registry import UnknownProvider
 
 #: seconds of difference between the host's and the IdP's clocks that raise a warning
 CLOCK_SKEW_WARNING = 60
+#: the warning for a grant issued under another IdP Config (the Token tab leaves it out when
+#: its unusable-token notice already says so)
+CONFIG_CHANGED = lazy_gettext("The IdP Config changed since the token was issued: authorize again.")
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
@@ -128,7 +132,7 @@ def _credential_warnings(account, credential, provider, config, now: datetime) -
             f"{credential.last_error or 'see the Token tab'}"
         )
     if credential.config_signature != account.config_signature:
-        warnings.append("The IdP Config changed since the token was issued: authorize again.")
+        warnings.append(str(CONFIG_CHANGED))
     skew = credential.clock_skew
     if skew is not None and abs(skew) > CLOCK_SKEW_WARNING:
         way = "ahead of" if skew > 0 else "behind"

@@ -8,6 +8,7 @@ the same view without script answers with a page or a redirect, so everything wo
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from flask import (
@@ -30,6 +31,8 @@ from . import accounts, flow, i18n, tokens
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError
 from .extension import FlashKind, MailOAuthState, flash_category, state
 from .forms import account_form
+from .health import CONFIG_CHANGED
+from .i18n import gettext, lazy_gettext
 from .providers import registry
 from .providers.registry import UnknownProvider
 from .settings import PURPOSES
@@ -47,6 +50,21 @@ NO_ACCESS_CHECK = (
     "@mailoauth.access_check on a function that returns True for users allowed to manage "
     "mail OAuth settings."
 )
+#: the Token tab's words for a credential's status and an event's kind (the codes stay classes)
+STATUS_LABELS = {
+    tokens.ACTIVE: lazy_gettext("active"),
+    tokens.RETRYING: lazy_gettext("retrying"),
+    tokens.REAUTHORIZE: lazy_gettext("reauthorization required"),
+    tokens.MISCONFIGURED: lazy_gettext("configuration error"),
+}
+EVENT_LABELS = {
+    "authorized": lazy_gettext("authorized"),
+    "authorization_failed": lazy_gettext("authorization failed"),
+    "config_saved": lazy_gettext("config saved"),
+    "refreshed": lazy_gettext("refreshed"),
+    "refresh_failed": lazy_gettext("refresh failed"),
+    "token_deleted": lazy_gettext("token deleted"),
+}
 #: the Flask session key binding pending authorizations to the admin's browser session
 SESSION_KEY = "mailoauth_sid"
 SCRIPTED = "mailoauth"
@@ -82,12 +100,23 @@ def require_access() -> None:
     if extension._access_check is None:
         abort(403, description=NO_ACCESS_CHECK)
     if not extension.may_manage():
-        abort(403, description="You are not allowed to manage mail OAuth settings.")
+        abort(403, description=gettext("You are not allowed to manage mail OAuth settings."))
+
+
+def current_language() -> str:
+    """The ``lang`` of our pages: the request's locale when we ship its catalogue, else ``en``."""
+    if i18n.get_locale is None or "babel" not in current_app.extensions:
+        return "en"
+    locale = i18n.get_locale()
+    if locale is None or locale.language not in i18n.available_locales():
+        return "en"
+    return str(locale).replace("_", "-")
 
 
 def _render(template: str, **context: object) -> str:
-    """A template of this extension, with its own ``_`` and ``ngettext`` (never the host's)."""
-    return render_template(template, **i18n.TEMPLATE_FUNCTIONS, **context)
+    """A template of this extension, with its own ``_`` and ``ngettext`` (never the host's)
+    and ``lang``, the language its text is in."""
+    return render_template(template, **i18n.TEMPLATE_FUNCTIONS, lang=current_language(), **context)
 
 
 def config_button(
@@ -130,7 +159,7 @@ def _mailbox(key: str, purpose: str):
     try:
         return state().extension.mailbox(key)
     except MailboxNotFound:
-        abort(404, description=f"No mailbox {key!r}.")
+        abort(404, description=gettext("No mailbox %(key)r.", key=key))
 
 
 def _address(mailbox, purpose: str) -> str:
@@ -182,10 +211,52 @@ def _host_page(key: str, purpose: str) -> str:
     return "/" if url.startswith(url_for("mailoauth.modal", key=key, purpose=purpose)) else url
 
 
-def _render_modal(view: accounts.AccountView, form, status: int = 200, **extra: object) -> Response:
+@dataclass(frozen=True)
+class Notice:
+    """The banner above the Token tab after Refresh now: ``kind`` (``success``/``error``), text."""
+
+    kind: str
+    text: str
+
+
+def _token_warnings(view: accounts.AccountView, notice: Notice | None) -> list[str]:
+    """The account's warnings the Token tab shows as notices: each once, so none that its rows
+    or the notice above already say (the last error, a changed IdP Config when unusable)."""
+    t = view.token
+    if t is None:
+        return view.warnings
+    said = notice.text if notice else ""
+    hide_config_changed = bool(t.unusable) and not t.signature_current
+    return [
+        warning
+        for warning in view.warnings
+        if warning != t.last_error
+        and warning not in said
+        and not (hide_config_changed and warning == CONFIG_CHANGED)
+    ]
+
+
+def _last_error_shown(view: accounts.AccountView, notice: Notice | None) -> bool:
+    """Whether the notice above already says the stored last error (a refusal quotes it as
+    stored, so this holds in any language)."""
+    last = view.token.last_error if view.token else None
+    return bool(last and notice and last in notice.text)
+
+
+def _render_modal(
+    view: accounts.AccountView,
+    form,
+    status: int = 200,
+    notice: Notice | None = None,
+    **extra: object,
+) -> Response:
     context = {
         "return_url": _host_page(view.key, view.purpose),
-        "warnings": view.warnings,
+        "notice": notice,
+        "warnings": _token_warnings(view, notice),
+        "last_error_shown": _last_error_shown(view, notice),
+        "status_labels": STATUS_LABELS,
+        "event_labels": EVENT_LABELS,
         "account": view,
         "form": form,
         "provider": form.provider,
@@ -232,7 +303,7 @@ def save(key: str, purpose: str) -> Response:
         if not result.errors:
             if result.needs_authorization:
                 return _go(_authorization_url(st, key, purpose))
-            flash("Successfully updated.", flash_category(FlashKind.SUCCESS))
+            flash(gettext("Successfully updated."), flash_category(FlashKind.SUCCESS))
             return _go(_return_url(key, purpose))
         form.add_errors(result.errors)
     elif not (form.csrf_token.errors if form.meta.csrf else []):
@@ -266,13 +337,18 @@ def _check_csrf() -> None:
     try:
         validate_csrf(request.form.get("csrf_token"))
     except ValidationError as exc:
-        abort(400, description=f"The form expired or was forged ({exc}); reload the page.")
+        abort(
+            400,
+            description=gettext(
+                "The form expired or was forged (%(reason)s); reload the page.", reason=exc
+            ),
+        )
 
 
 def _authorization_url(st: MailOAuthState, key: str, purpose: str) -> str:
     account = accounts.account_for_authorization(st, key, purpose)
     if account is None:
-        abort(404, description="Save the IdP Config first.")
+        abort(404, description=gettext("Save the IdP Config first."))
     if SESSION_KEY not in session:
         session[SESSION_KEY] = secrets.token_urlsafe(32)
     return flow.begin(
@@ -329,10 +405,14 @@ def callback() -> Response:
     except AuthorizationFailed as failure:
         return Response(_render("mailoauth/callback_error.html", failure=failure), status=400)
     if outcome.error is None:
-        flash("OAuth2 Authorization Successful.", flash_category(FlashKind.SUCCESS))
+        flash(gettext("OAuth2 Authorization Successful."), flash_category(FlashKind.SUCCESS))
     else:
         flash(
-            f"OAuth2 authorization failed: {outcome.error} {outcome.error.guidance}",
+            gettext(
+                "OAuth2 authorization failed: %(error)s %(guidance)s",
+                error=outcome.error,
+                guidance=outcome.error.guidance,
+            ),
             flash_category(FlashKind.ERROR),
         )
     return redirect(same_origin_path(outcome.return_url) or "/", code=303)
@@ -345,12 +425,14 @@ def delete(key: str, purpose: str) -> Response:
     _check_csrf()
     if accounts.delete_token(state(), key, purpose):
         flash(
-            "Token deleted. Open Config and press Submit to authorize again; until then mail "
-            "is neither fetched nor sent with OAuth2.",
+            gettext(
+                "Token deleted. Open Config and press Submit to authorize again; until then "
+                "mail is neither fetched nor sent with OAuth2."
+            ),
             flash_category(FlashKind.SUCCESS),
         )
     else:
-        flash("There was no token to delete.", flash_category(FlashKind.ERROR))
+        flash(gettext("There was no token to delete."), flash_category(FlashKind.ERROR))
     return _go(_return_url(key, purpose))
 
 
@@ -370,9 +452,10 @@ def refresh(key: str, purpose: str) -> Response:
     try:
         tokens.refresh(state(), key, purpose)
     except MailOAuthError as exc:
-        notice = ("error", f"Refresh failed: {exc} {exc.guidance}".strip())
+        text = gettext("Refresh failed: %(error)s %(guidance)s", error=exc, guidance=exc.guidance)
+        notice = Notice("error", text.strip())
     else:
-        notice = ("success", "The access token was refreshed.")
+        notice = Notice("success", gettext("The access token was refreshed."))
     return _token_tab(key, purpose, notice=notice)
 
 

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
 import pytest
+from babel.messages.catalog import Catalog
+from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
+from babel.messages.frontend import parse_mapping_cfg
+from babel.messages.pofile import write_po
 from flask import render_template_string
 from flask_babel import Babel
 
-from flask_mailoauth import i18n
+from flask_mailoauth import i18n, mail
+from flask_mailoauth.accounts import shroud
+from flask_mailoauth.models import own_session, utcnow
+from flask_mailoauth.providers import registry
+from flask_mailoauth.tokens import RETRYING
+from tests.test_tokens import credential, store_account
 
 
 @pytest.fixture
@@ -59,3 +73,259 @@ def test_a_regional_locale_falls_back_to_its_language(make_host):
     Babel(host.app, locale_selector=lambda: "de_AT")
     with host.app.test_request_context():
         assert i18n.gettext("OAuth2 Authorization") == "OAuth2-Autorisierung"
+
+
+# --- every string an admin sees is marked: a pseudo translation must cover the whole page ---
+
+ROOT = Path(__file__).resolve().parent.parent
+PSEUDO = "eo"  # a locale the extension does not ship
+OPEN, CLOSE = "⟦", "⟧"
+SCRIPTED = {"X-Requested-With": "mailoauth"}
+STORED_ERROR = "invalid_grant: AADSTS700082: expired."
+#: attributes whose values people read (or hear)
+READ_ATTRIBUTES = {
+    "aria-label",
+    "title",
+    "placeholder",
+    "data-mailoauth-confirm",
+    "data-mailoauth-copied-label",
+    "data-mailoauth-copied-status",
+}
+#: data in a page, never translated: dates and times, and what separates or decorates them
+DATA_PATTERNS = [
+    r"\d{4}-\d{2}-\d{2}( \d{2}:\d{2}(:\d{2})?)?( UTC)?",
+    r"[\u00d7\u00b7\u2714\u2718()\[\]:\u2014,.\s]",  # the close cross, separators, ticks
+]
+
+
+def unmarked_provider_texts(provider_id: str) -> list[str]:
+    """The provider's field texts not yet marked for translation (the providers' own branch
+    marks them): data until then; once lazy, the pseudo catalogue must cover them too."""
+    provider = registry.get(provider_id)
+    texts = [t for f in provider.fields for t in (f.label, f.help) if t]
+    texts += [label for f in provider.fields for _, label in f.choices]
+    return [text for text in texts if not isinstance(text, i18n.LazyText)]
+
+
+def account_data(provider: str = "generic") -> list[str]:
+    """What the modal shows of the account and its provider (with the provider's fields)."""
+    return [
+        "support@example.test",
+        "mailbox",
+        registry.get(provider).display_name,
+        *unmarked_provider_texts(provider),
+    ]
+
+
+def extracted_messages() -> list[str | tuple[str, str]]:
+    """Every msgid ``pybabel extract -F babel.cfg -k lazy_gettext`` finds in the package."""
+    with (ROOT / "babel.cfg").open() as cfg:
+        method_map, options_map = parse_mapping_cfg(cfg)
+    keywords = {**DEFAULT_KEYWORDS, "lazy_gettext": None}
+    return [
+        message
+        for _, _, message, _, _ in extract_from_dir(
+            str(ROOT), method_map, options_map, keywords=keywords
+        )
+    ]
+
+
+@pytest.fixture
+def pseudo_host(make_host, tmp_path, monkeypatch):
+    """A host in a locale whose catalogue wraps every extracted msgid in ⟦…⟧."""
+    catalog = Catalog(locale=PSEUDO, domain=i18n.DOMAIN)
+    for message in extracted_messages():
+        if isinstance(message, tuple):
+            catalog.add(message, tuple(f"{OPEN}{text}{CLOSE}" for text in message))
+        else:
+            catalog.add(message, f"{OPEN}{message}{CLOSE}")
+    folder = tmp_path / "catalogues" / PSEUDO / "LC_MESSAGES"
+    folder.mkdir(parents=True)
+    with (folder / f"{i18n.DOMAIN}.po").open("wb") as po:
+        write_po(po, catalog)
+    monkeypatch.setattr(i18n, "_CATALOGUES", tmp_path / "catalogues")
+    monkeypatch.setattr(i18n, "_loaded", {})
+    host = make_host(WTF_CSRF_ENABLED=False)
+    Babel(host.app, locale_selector=lambda: PSEUDO)
+    return host
+
+
+class _Reader(HTMLParser):
+    """The text people read in a page: its text nodes and its read-out attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self.attributes: list[str] = []
+        self.lang: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self._skip += 1
+        for name, value in attrs:
+            if name in READ_ATTRIBUTES and value:
+                self.attributes.append(value)
+            if tag == "html" and name == "lang":
+                self.lang.append(value)
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style"):
+            self._skip -= 1
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.text.append(data)
+
+
+def untranslated(text: str, data: list[str]) -> list[str]:
+    """What is left of ``text`` once every ⟦translation⟧ (nested too) and the data is gone."""
+    while True:
+        shorter = re.sub(f"{OPEN}[^{OPEN}{CLOSE}]*{CLOSE}", "", text)
+        if shorter == text:
+            break
+        text = shorter
+    for value in sorted(data, key=len, reverse=True):
+        text = text.replace(value, "")
+    for pattern in DATA_PATTERNS:
+        text = re.sub(pattern, "\n", text)
+    return [piece for piece in text.split("\n") if piece.strip()]
+
+
+def assert_all_translated(html: str, data: list[str]) -> _Reader:
+    reader = _Reader()
+    reader.feed(html)
+    left = untranslated("\n".join(reader.text), data)
+    assert left == [], "\n".join(left)
+    for value in reader.attributes:
+        assert untranslated(value, data) == [], value
+    return reader
+
+
+def _events(host, *rows: tuple[str, str, str | None, str]) -> None:
+    st = host.app.extensions["mailoauth"]
+    with host.app.app_context(), own_session(st.db) as s:
+        account = s.query(st.models.Account).one()
+        for kind, level, code, message in rows:
+            s.add(
+                st.models.Event(
+                    account_id=account.id, kind=kind, level=level, code=code, message=message
+                )
+            )
+        s.commit()
+
+
+def test_every_string_of_the_modal_is_marked(pseudo_host, monkeypatch):
+    """Info, IdP Config and a troubled Token tab (error, retry, events, a failed connection
+    check), as fragment and as page: nothing but ⟦translations⟧ and data."""
+    h = pseudo_host
+    store_account(
+        h,
+        status=RETRYING,
+        failure_count=2,
+        last_error=STORED_ERROR,
+        resource_owner="support@example.test",
+        next_retry_at=utcnow() + timedelta(minutes=5),
+        expires_in=-60,
+    )
+    _events(
+        h,
+        ("refresh_failed", "warning", "invalid_grant", STORED_ERROR),
+        ("config_saved", "info", None, "stored text"),
+    )
+    step = mail.CheckStep(f"{OPEN}sign in{CLOSE}", False, 0.25, f"{OPEN}refused{CLOSE}", "")
+    failed = [mail.CheckResult("IMAP", False, [step])]
+    monkeypatch.setattr(h.ext, "test_connection", lambda key, purpose="mailbox": failed)
+    data = [
+        *account_data(),
+        "IMAP",
+        STORED_ERROR,
+        "stored text",
+        "invalid_grant",
+        "openid email offline_access",
+        shroud("at-0"),
+        shroud("rt-0"),
+        credential(h)[0].config_signature[:16],
+    ]
+    client = h.app.test_client()
+    for headers in (SCRIPTED, {}):
+        page = client.post("/mailoauth/support/mailbox/test", headers=headers)
+        html = page.get_data(as_text=True)
+        assert 'id="mailoauth-panel-token"' in html
+        assert "mailoauth-checks" in html
+        assert_all_translated(html, data)
+
+
+def test_a_form_with_errors_is_marked(pseudo_host):
+    """Validation errors, their banner and the tabs' error counts are in the admin's language."""
+    client = pseudo_host.app.test_client()
+    notes = "x" * 5001
+    form = {
+        "provider": "microsoft",
+        "enabled": "1",
+        "name": "",
+        "idp_client_id": "",
+        "notes": notes,
+        "secret_expires_on": "someday",
+    }
+    page = client.post("/mailoauth/support/mailbox", data=form)
+    assert page.status_code == 422
+    html = page.get_data(as_text=True)
+    for said in (
+        "This field is required.",
+        "Field cannot be longer than 5000 characters.",
+        "Not a valid date value.",
+        "(2 errors)",
+        "Please correct the fields marked below.",
+    ):
+        assert f"{OPEN}{said}{CLOSE}" in html, said
+    assert f"{OPEN}{OPEN}Client ID{CLOSE} is required.{CLOSE}" in html or (
+        f"{OPEN}Client ID is required.{CLOSE}" in html
+    )
+    assert_all_translated(html, [*account_data("microsoft"), notes, "common"])
+
+
+@pytest.mark.parametrize("headers", [SCRIPTED, {}])
+def test_the_not_oauth_dialog_is_marked(pseudo_host, headers):
+    client = pseudo_host.app.test_client()
+    page = client.get("/mailoauth/support/mailbox?provider=basic", headers=headers)
+    names = [p.display_name for p in registry.all()]
+    reader = assert_all_translated(page.get_data(as_text=True), ["basic", *names])
+    assert reader.lang == ([] if headers else [PSEUDO])
+
+
+def test_the_callback_error_page_and_flashes_are_marked(pseudo_host):
+    client = pseudo_host.app.test_client()
+    page = client.get("/mailoauth/callback?state=unknown&code=x")
+    assert page.status_code == 400
+    reader = _Reader()
+    reader.feed(page.get_data(as_text=True))
+    assert reader.lang == [PSEUDO]
+    assert reader.text[reader.text.index("\n", 1) :]  # the page has a body
+    title = [t for t in reader.text if t.strip()][:2]
+    assert all(t.startswith(OPEN) for t in title), title
+    store_account(pseudo_host)
+    client.post("/mailoauth/support/mailbox/delete")
+    client.post("/mailoauth/support/mailbox/delete")
+    html = client.get("/mailoauth/support/mailbox").get_data(as_text=True)
+    assert html.count(f'mailoauth-banner-success" role="status">{OPEN}Token deleted.') == 1
+    assert f'mailoauth-banner-error" role="status">{OPEN}There was no token' in html
+    assert_all_translated(html, account_data())
+
+
+def test_the_config_button_is_marked(pseudo_host):
+    with pseudo_host.app.test_request_context():
+        html = render_template_string("{{ mailoauth_config_button('support') }}")
+    assert f">{OPEN}Config{CLOSE}</a>" in html
+
+
+def test_the_page_says_its_language(german_host):
+    client = german_host.app.test_client()
+    page = client.get("/mailoauth/support/mailbox?provider=microsoft").get_data(as_text=True)
+    assert '<html lang="de">' in page
+    assert 'id="mailoauth-title">OAuth2-Autorisierung<' in page
+
+
+def test_english_pages_say_english(host):
+    page = host.app.test_client().get("/mailoauth/support/mailbox").get_data(as_text=True)
+    assert '<html lang="en">' in page

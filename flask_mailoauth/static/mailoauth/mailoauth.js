@@ -76,10 +76,12 @@
   function copy(button) {
     var input = document.querySelector(button.getAttribute("data-mailoauth-copy"));
     var status = document.querySelector(button.getAttribute("data-mailoauth-copied"));
+    // the words come from the page, in the admin's language
+    var label = button.textContent;
     var done = function () {
-      button.textContent = "Copied";
-      if (status) { status.textContent = "Copied to the clipboard."; }
-      setTimeout(function () { button.textContent = "Copy"; if (status) { status.textContent = ""; } }, 2000);
+      button.textContent = button.getAttribute("data-mailoauth-copied-label");
+      if (status) { status.textContent = button.getAttribute("data-mailoauth-copied-status"); }
+      setTimeout(function () { button.textContent = label; if (status) { status.textContent = ""; } }, 2000);
     };
     if (navigator.clipboard && window.isSecureContext) {
       navigator.clipboard.writeText(input.value).then(done, function () { input.select(); });
