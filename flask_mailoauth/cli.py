@@ -225,7 +225,8 @@ def test(key: str, purpose: str | None) -> None:
             continue
         for result in state().extension.test_connection(key, wanted):
             ok &= result.ok
-            click.echo(f"{result.protocol}: {gettext('OK') if result.ok else gettext('FAILED')}")
+            outcome = gettext("OK") if result.ok else gettext("FAILED")
+            click.echo(f"{result.protocol}: {outcome}")
             for step in result.steps:
                 mark = "ok" if step.ok else "!!"
                 click.echo(f"  [{mark}] {step.name} ({step.seconds * 1000:.0f} ms): {step.detail}")
