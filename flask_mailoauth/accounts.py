@@ -15,6 +15,7 @@ from . import signals
 from .crypto import DecryptionError
 from .flow import config_signature
 from .health import account_health
+from .i18n import gettext, lazy_gettext
 from .models import own_session, utcnow
 from .outbound import OutboundHTTP, OutboundPolicy
 from .providers import registry
@@ -26,20 +27,23 @@ if TYPE_CHECKING:
 #: characters of a token the Token tab shows; the rest is shrouded
 SHOWN_CHARACTERS = 2
 
-#: why a stored grant cannot be used, and what to press: the Token tab says it, Submit acts on it
-UNUSABLE_REAUTHORIZE = (
+#: why a stored grant cannot be used, and what to press: the Token tab says it, Submit acts on
+#: it. The English texts (the msgids): :func:`unusable_reason` says them in the admin's language.
+UNUSABLE_REAUTHORIZE = lazy_gettext(
     "The grant is no longer valid (revoked, expired or the password changed): press Authorize "
     "again and sign in as the mailbox."
-)
-UNUSABLE_CONFIGURATION = (
+).message
+UNUSABLE_CONFIGURATION = lazy_gettext(
     "The identity provider refuses the application's configuration: fix the IdP Config (often: "
     "paste a new client secret's Value) and Submit, or press Authorize again."
-)
-UNUSABLE_SIGNATURE = "The IdP Config changed since the token was issued: press Authorize again."
-UNUSABLE_KEY_GONE = (
+).message
+UNUSABLE_SIGNATURE = lazy_gettext(
+    "The IdP Config changed since the token was issued: press Authorize again."
+).message
+UNUSABLE_KEY_GONE = lazy_gettext(
     "The stored token cannot be decrypted: its encryption key is no longer in "
     "MAILOAUTH_ENCRYPTION_KEYS. Press Authorize again (or put the old key back)."
-)
+).message
 
 
 @dataclass(frozen=True)
@@ -190,13 +194,13 @@ def unusable_reason(st: MailOAuthState, account: Any) -> str | None:
     if cred is None:
         return None
     if cred.status == REAUTHORIZE:
-        return UNUSABLE_REAUTHORIZE
+        return gettext(UNUSABLE_REAUTHORIZE)
     if cred.status == MISCONFIGURED:
-        return UNUSABLE_CONFIGURATION
+        return gettext(UNUSABLE_CONFIGURATION)
     if cred.config_signature != account.config_signature:
-        return UNUSABLE_SIGNATURE
+        return gettext(UNUSABLE_SIGNATURE)
     if _readable(st, cred) is None:
-        return UNUSABLE_KEY_GONE
+        return gettext(UNUSABLE_KEY_GONE)
     return None
 
 
@@ -263,9 +267,13 @@ def save(
         account = find(s, m, key, purpose)
         taken = s.scalars(sa.select(m.Account.id).where(m.Account.name == name)).first()
         if taken is not None and (account is None or taken != account.id):
-            errors["name"] = f"The name {name!r} is already used by another account."
+            errors["name"] = gettext(
+                "The name %(name)s is already used by another account.", name=repr(name)
+            )
         if not data.client_secret and (account is None or account.client_secret is None):
-            errors["client_secret"] = "Client Secret is required (paste the secret's Value)."  # noqa: S105
+            errors["client_secret"] = gettext(
+                "Client Secret is required (paste the secret's Value)."
+            )
         if errors:
             return SaveResult(errors=errors)
         created = account is None
@@ -297,13 +305,23 @@ def save(
             m.Event(
                 account_id=account.id,
                 kind="config_saved",
-                message="IdP Config saved"
-                + ("; the provider changed, old credentials removed" if dropped else "")
-                + ("; authorization required" if needs else "; the current token stays valid"),
+                message=_saved_message(dropped=dropped, needs_authorization=needs),
             )
         )
     st.cache.pop((key, purpose), None)
     return SaveResult(needs_authorization=needs and data.enabled)
+
+
+def _saved_message(*, dropped: bool, needs_authorization: bool) -> str:
+    """The event log's line for a saved IdP Config: what became of the stored grant."""
+    if dropped:  # no credential left: it always needs an authorization
+        return gettext(
+            "IdP Config saved; the provider changed, old credentials removed; authorization "
+            "required"
+        )
+    if needs_authorization:
+        return gettext("IdP Config saved; authorization required")
+    return gettext("IdP Config saved; the current token stays valid")
 
 
 def account_for_authorization(st: MailOAuthState, key: str, purpose: str) -> Any:
@@ -327,7 +345,7 @@ def delete_token(st: MailOAuthState, key: str, purpose: str) -> bool:
             m.Event(
                 account_id=account.id,
                 kind="token_deleted",
-                message="Token deleted by an admin",
+                message=gettext("Token deleted by an admin"),
             )
         )
     st.cache.pop((key, purpose), None)

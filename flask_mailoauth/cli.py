@@ -17,6 +17,8 @@ from flask.cli import AppGroup
 from . import accounts, tokens
 from .errors import MailOAuthError
 from .extension import state
+from .health import status_words
+from .i18n import gettext, ngettext
 from .models import SECRET_FIELDS, own_session, utcnow
 
 logger = logging.getLogger("flask_mailoauth")
@@ -52,16 +54,16 @@ def status(as_json: bool) -> None:
         click.echo(json.dumps([h.as_dict() for h in accounts], indent=2))
     else:
         for h in accounts:
-            words = h.status.replace("_", " ")
+            words = status_words(h.status)
             if not h.enabled:
-                mark, words = "off", f"disabled (token status: {words})"
+                mark, words = "off", gettext("disabled (token status: %(status)s)", status=words)
             else:
                 mark = "!!" if h.needs_attention else "ok"
             click.echo(f"[{mark}] {h.name} — {words}")
             for warning in h.warnings:
                 click.echo(f"       {warning}")
         if not accounts:
-            click.echo("No OAuth2 accounts.")
+            click.echo(gettext("No OAuth2 accounts."))
     if any(h.needs_attention for h in accounts):
         sys.exit(1)
 
@@ -77,7 +79,9 @@ def refresh(key: str | None, purpose: str | None, due: bool) -> None:
     a token another host refreshed meanwhile is not refreshed again.
     """
     if key is None and not due:
-        raise click.UsageError("Give a KEY, or --due to refresh every account about to expire.")
+        raise click.UsageError(
+            gettext("Give a KEY, or --due to refresh every account about to expire.")
+        )
     st = state()
     targets = _targets(st, key, purpose, due)
     app = current_app._get_current_object()
@@ -101,17 +105,36 @@ def refresh(key: str | None, purpose: str | None, due: bool) -> None:
     failed = [r for r in results if r.error]
     for r in failed:
         click.echo(f"{r.target.label}: {r.error}", err=True)
-    done = sum(1 for r in results if r.refreshed and not r.error)
-    skipped = sum(1 for r in results if not r.refreshed)
-    line = f"Refreshed {done} of {len(results)} account(s)."
-    if skipped:
-        line += f" {skipped} no longer due (refreshed meanwhile by another worker, or used for"
-        line += " half their lifetime when it is shorter than the leeway)."
-    if failed:
-        line += f" {len(failed)} failed."
-    click.echo(line)
+    click.echo(_summary(results, failed))
     if failed:
         sys.exit(1)
+
+
+def _summary(results: list[Outcome], failed: list[Outcome]) -> str:
+    """The last line of ``refresh``: how many were refreshed, skipped, failed."""
+    done = sum(1 for r in results if r.refreshed and not r.error)
+    skipped = sum(1 for r in results if not r.refreshed)
+    sentences = [
+        ngettext(
+            "Refreshed %(done)d of %(num)d account(s).",
+            "Refreshed %(done)d of %(num)d account(s).",
+            len(results),
+            done=done,
+        )
+    ]
+    if skipped:
+        sentences.append(
+            ngettext(
+                "%(num)d no longer due (refreshed meanwhile by another worker, or used for half "
+                "their lifetime when it is shorter than the leeway).",
+                "%(num)d no longer due (refreshed meanwhile by another worker, or used for half "
+                "their lifetime when it is shorter than the leeway).",
+                skipped,
+            )
+        )
+    if failed:
+        sentences.append(ngettext("%(num)d failed.", "%(num)d failed.", len(failed)))
+    return " ".join(sentences)
 
 
 @dataclass(frozen=True)
@@ -157,9 +180,11 @@ def _unexpected(target: Target, exc: Exception) -> str:
         target.purpose,
         kind,
     )
-    return (
-        f"unexpected {kind} (message withheld: it may quote stored data). Try it again with "
-        f"`flask mailoauth refresh {target.key} --purpose {target.purpose}`."
+    return gettext(
+        "unexpected %(error)s (message withheld: it may quote stored data). Try it again with "
+        "`%(command)s`.",
+        error=kind,
+        command=f"flask mailoauth refresh {target.key} --purpose {target.purpose}",
     )
 
 
@@ -183,7 +208,9 @@ def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[Target
     with own_session(st.db) as s:
         targets = [Target(*row) for row in s.execute(query.order_by(m.Account.key))]
     if key is not None and not targets:
-        raise click.ClickException(f"No authorized account with key {key!r}.")
+        raise click.ClickException(
+            gettext("No authorized account with key %(key)s.", key=repr(key))
+        )
     return targets
 
 
@@ -198,7 +225,8 @@ def test(key: str, purpose: str | None) -> None:
             continue
         for result in state().extension.test_connection(key, wanted):
             ok &= result.ok
-            click.echo(f"{result.protocol}: {'OK' if result.ok else 'FAILED'}")
+            outcome = gettext("OK") if result.ok else gettext("FAILED")
+            click.echo(f"{result.protocol}: {outcome}")
             for step in result.steps:
                 mark = "ok" if step.ok else "!!"
                 click.echo(f"  [{mark}] {step.name} ({step.seconds * 1000:.0f} ms): {step.detail}")
@@ -232,4 +260,10 @@ def rotate_key() -> None:
                     if blob is not None and not st.keyring.is_primary(blob):
                         st.seal(row, name, st.reveal(row, name))
                         changed += 1
-    click.echo(f"Re-encrypted {changed} secret(s) with the primary key.")
+    click.echo(
+        ngettext(
+            "Re-encrypted %(num)d secret(s) with the primary key.",
+            "Re-encrypted %(num)d secret(s) with the primary key.",
+            changed,
+        )
+    )

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import MailOAuthError
+from .i18n import gettext
 
 VERSION = b"\x01"
 _KEY_ID_LEN = 4
@@ -84,7 +85,7 @@ class KeyRing:
         """Decrypt a value made by :meth:`encrypt` with any key of the ring."""
         blob = bytes(blob)
         if len(blob) <= _HEADER_LEN or blob[:1] != VERSION:
-            raise DecryptionError("Stored secret has an unknown format.")
+            raise DecryptionError(gettext("Stored secret has an unknown format."))
         key_id, nonce = blob[1 : 1 + _KEY_ID_LEN], blob[1 + _KEY_ID_LEN : _HEADER_LEN]
         for candidate_id, aead in self._keys:
             if candidate_id == key_id:
@@ -93,8 +94,11 @@ class KeyRing:
                 except InvalidTag:
                     break
         raise DecryptionError(
-            f"Stored secret for {aad!r} cannot be decrypted: its key is not in "
-            "MAILOAUTH_ENCRYPTION_KEYS, or the value was altered or moved."
+            gettext(
+                "Stored secret for %(field)s cannot be decrypted: its key is not in "
+                "MAILOAUTH_ENCRYPTION_KEYS, or the value was altered or moved.",
+                field=repr(aad),
+            )
         )
 
     def is_primary(self, blob: bytes) -> bool:

@@ -9,14 +9,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from .i18n import LazyText, gettext, lazy_gettext
+
 FailureKind = Literal["transient", "reauthorize", "configuration"]
 
 
 class MailOAuthError(Exception):
     """Base class of every error this extension raises on purpose."""
 
-    #: one line telling the admin what to do; empty when the message says it all
-    guidance: str = ""
+    #: one line telling the admin what to do (in the admin's language); empty when the message
+    #: says it all
+    guidance: str | LazyText = ""
 
 
 class SetupError(MailOAuthError, RuntimeError):
@@ -38,13 +41,17 @@ class AccountDisabled(MailOAuthError):
 class ReauthorizationRequired(MailOAuthError):
     """The grant is gone (revoked, expired, password changed): an admin must authorize again."""
 
-    guidance = "Open Config and press Authorize again (Token tab), signing in as the mailbox."
+    guidance = lazy_gettext(
+        "Open Config and press Authorize again (Token tab), signing in as the mailbox."
+    )
 
 
 class ConfigurationError(MailOAuthError):
     """The IdP refuses the application's configuration (bad client id, expired secret, ...)."""
 
-    guidance = "Fix the IdP Config (often: paste a new client secret's Value) and Submit."
+    guidance = lazy_gettext(
+        "Fix the IdP Config (often: paste a new client secret's Value) and Submit."
+    )
 
 
 class TemporarilyUnavailable(MailOAuthError):
@@ -79,7 +86,10 @@ class ProviderFailure:
     retry_after: float | None = None
 
     def summary(self) -> str:
-        """One line for the event log and the Token tab: code, the IdP's words, the fix."""
+        """One line for the event log and the Token tab: code, the IdP's words, the fix.
+
+        Plain text (it is stored), in the language of whoever caused the failure.
+        """
         head = f"{self.code}: " if self.code else ""
-        text = f"{head}{self.description}".strip() or "Unknown error"
+        text = f"{head}{self.description}".strip() or gettext("Unknown error")
         return f"{text} — {self.guidance}" if self.guidance else text

@@ -29,6 +29,7 @@ from flask import current_app
 from . import signals
 from .crypto import DecryptionError
 from .errors import AuthorizationFailed, MailOAuthError
+from .i18n import gettext, lazy_gettext
 from .models import clean_text, own_session, row_lock, utcnow
 from .oauth import TokenRequestFailed, TokenResponse, request_token
 from .outbound import OutboundError, OutboundHTTP, OutboundPolicy
@@ -44,7 +45,7 @@ _AADSTS = re.compile(r"\bAADSTS(\d+)")
 #: characters of a failure's message, and of its guidance, that a banner shows at most
 BANNER_CHARACTERS = 1000
 #: what a failed code exchange asks of the admin: nothing retries it
-_EXCHANGE_GUIDANCE = (
+_EXCHANGE_GUIDANCE = lazy_gettext(
     "Start again from the Config button; if it persists, check the Token Endpoint and the "
     "identity provider's logs."
 )
@@ -139,14 +140,17 @@ def finish(
     state = args.get("state") or ""
     if not state:
         raise AuthorizationFailed(
-            "The sign-in response carries no state, so it cannot be matched to an authorization.",
-            "Start again from the Config button.",
+            gettext(
+                "The sign-in response carries no state, so it cannot be matched to an "
+                "authorization."
+            ),
+            gettext("Start again from the Config button."),
         )
     pending = _take_pending(st, state)
     if pending is None:
         raise AuthorizationFailed(
-            "This sign-in response is unknown or was already used.",
-            "Start again from the Config button; each authorization link works once.",
+            gettext("This sign-in response is unknown or was already used."),
+            gettext("Start again from the Config button; each authorization link works once."),
         )
     pending_data, account = pending
     outcome = CallbackOutcome(account["key"], account["purpose"], pending_data["return_url"])
@@ -172,8 +176,14 @@ def _unexpected(exc: Exception) -> AuthorizationFailed:
     name = type(exc).__name__
     logger.error("Unexpected %s while completing an authorization; shown as a banner.", name)
     return AuthorizationFailed(
-        f"The authorization could not be completed: an unexpected error occurred ({name}).",
-        "Start again from the Config button; if it persists, report it with the application log.",
+        gettext(
+            "The authorization could not be completed: an unexpected error occurred (%(error)s).",
+            error=name,
+        ),
+        gettext(
+            "Start again from the Config button; if it persists, report it with the application "
+            "log."
+        ),
         code="unexpected_error",
     )
 
@@ -212,8 +222,8 @@ def _take_pending(st: MailOAuthState, state: str) -> tuple[dict, dict] | None:
         except DecryptionError:
             # Encrypted under a key no longer in MAILOAUTH_ENCRYPTION_KEYS; it expires unused.
             raise AuthorizationFailed(
-                "This authorization was started under an encryption key that is gone.",
-                "Start again from the Config button.",
+                gettext("This authorization was started under an encryption key that is gone."),
+                gettext("Start again from the Config button."),
             ) from None
         account_data = {"id": account.id, "key": account.key, "purpose": account.purpose}
         s.delete(pending)
@@ -232,13 +242,13 @@ def _complete(
     """Validate the callback and store the credentials; returns who signed in."""
     if pending["expires_at"] < utcnow():
         raise AuthorizationFailed(
-            "The authorization took longer than allowed and expired.",
-            "Start again from the Config button and finish within ten minutes.",
+            gettext("The authorization took longer than allowed and expired."),
+            gettext("Start again from the Config button and finish within ten minutes."),
         )
     if not hmac.compare_digest(pending["session_id"], session_id):
         raise AuthorizationFailed(
-            "This sign-in was started in another browser session.",
-            "Start again from the Config button in this browser.",
+            gettext("This sign-in was started in another browser session."),
+            gettext("Start again from the Config button in this browser."),
         )
     account, client_secret = _load_account(st, account_ref["id"])
     provider = registry.get(account["provider"])
@@ -247,10 +257,15 @@ def _complete(
     issuer = args.get("iss")
     if issuer is None and endpoints.authorization_response_iss:
         raise AuthorizationFailed(
-            "The sign-in response carries no iss although the identity provider advertises it "
-            "(RFC 9207), so it cannot be told from a response of another identity provider.",
-            "Start again from the Config button. If the provider no longer sends iss, set Issuer "
-            "in Response to Not required on the IdP Config tab.",
+            gettext(
+                "The sign-in response carries no iss although the identity provider advertises "
+                "it (RFC 9207), so it cannot be told from a response of another identity "
+                "provider."
+            ),
+            gettext(
+                "Start again from the Config button. If the provider no longer sends iss, set "
+                "Issuer in Response to Not required on the IdP Config tab."
+            ),
             code="iss_missing",
         )
     if issuer is not None:
@@ -258,8 +273,13 @@ def _complete(
         origin = _origin(endpoints.token)
         if (expected and issuer != expected) or (not expected and not issuer.startswith(origin)):
             raise AuthorizationFailed(
-                "The sign-in response names another identity provider (RFC 9207 iss mismatch).",
-                "Someone may be mixing up identity providers; start again from the Config button.",
+                gettext(
+                    "The sign-in response names another identity provider (RFC 9207 iss mismatch)."
+                ),
+                gettext(
+                    "Someone may be mixing up identity providers; start again from the Config "
+                    "button."
+                ),
                 code="iss_mismatch",
             )
     if args.get("error"):
@@ -267,8 +287,8 @@ def _complete(
     code = args.get("code")
     if not code:
         raise AuthorizationFailed(
-            "The identity provider sent no authorization code.",
-            "Start again from the Config button.",
+            gettext("The identity provider sent no authorization code."),
+            gettext("Start again from the Config button."),
         )
     scopes = provider.scopes(config)
     try:
@@ -289,10 +309,15 @@ def _complete(
     except TokenRequestFailed as exc:
         failure = exc.failure
         # A transient failure's guidance promises a retry: true of a refresh, not of this.
-        guidance = _EXCHANGE_GUIDANCE if failure.kind == "transient" else failure.guidance
+        guidance = failure.guidance
+        if failure.kind == "transient":
+            guidance = str(_EXCHANGE_GUIDANCE)
         raise AuthorizationFailed(
-            f"The identity provider refused the code exchange ({failure.code or 'no code'}): "
-            f"{failure.description}",
+            gettext(
+                "The identity provider refused the code exchange (%(code)s): %(description)s",
+                code=failure.code or gettext("no code"),
+                description=failure.description,
+            ),
             guidance,
             code=failure.code,
         ) from None
@@ -314,15 +339,31 @@ def _complete(
 
 def _identity_mismatch(address: str, identity: Identity) -> AuthorizationFailed:
     """Strict Matching's refusal; it says how to fix an address the IdP named unverified."""
-    who = identity.email or "an account whose address could not be read"
-    message = f"Strict Matching: expected authorization for {address}, not {who}."
-    guidance = (
-        f"Sign in as {address}, or turn Strict Matching off on the Info tab to let a delegate "
-        "authorize a shared mailbox or alias."
-    )
+    if identity.email:
+        message = gettext(
+            "Strict Matching: expected authorization for %(address)s, not %(actor)s.",
+            address=address,
+            actor=identity.email,
+        )
+    else:
+        message = gettext(
+            "Strict Matching: expected authorization for %(address)s, not an account whose "
+            "address could not be read.",
+            address=address,
+        )
     if identity.names_unverified(address):
-        message += f" The token names {address} only in a claim the provider does not vouch for."
-        guidance = identity.advice
+        message = gettext(
+            "%(mismatch)s The token names %(address)s only in a claim the provider does not "
+            "vouch for.",
+            mismatch=message,
+            address=address,
+        )
+        return AuthorizationFailed(message, identity.advice, code="identity_mismatch")
+    guidance = gettext(
+        "Sign in as %(address)s, or turn Strict Matching off on the Info tab to let a delegate "
+        "authorize a shared mailbox or alias.",
+        address=address,
+    )
     return AuthorizationFailed(message, guidance, code="identity_mismatch")
 
 
@@ -344,17 +385,25 @@ def _check_grant(
         if not token.refresh_token:
             missing.append("offline_access")
         raise AuthorizationFailed(
-            f"Consent was only partly given: the grant lacks {', '.join(missing)} "
-            f"(granted: {token.scope or 'nothing'}), so the mail server would refuse the token.",
-            "Authorize again and accept every permission on the consent screen; if it did not "
-            "offer them, add them to the Scopes and to the application's API permissions (with "
-            "admin consent where the tenant requires it).",
+            gettext(
+                "Consent was only partly given: the grant lacks %(missing)s (granted: "
+                "%(granted)s), so the mail server would refuse the token.",
+                missing=", ".join(missing),
+                granted=token.scope or gettext("nothing"),
+            ),
+            gettext(
+                "Authorize again and accept every permission on the consent screen; if it did "
+                "not offer them, add them to the Scopes and to the application's API permissions "
+                "(with admin consent where the tenant requires it)."
+            ),
             code="partial_consent",
         )
     if not token.refresh_token:
         raise AuthorizationFailed(
-            "Unable to obtain a refresh token: is offline_access granted?",
-            "Request the offline_access scope (Google: access_type=offline) and consent again.",
+            gettext("Unable to obtain a refresh token: is offline_access granted?"),
+            gettext(
+                "Request the offline_access scope (Google: access_type=offline) and consent again."
+            ),
             code="no_refresh_token",
         )
 
@@ -373,7 +422,7 @@ def _load_account(st: MailOAuthState, account_id: int) -> tuple[dict, str]:
     with own_session(st.db) as s:
         account = s.get(st.models.Account, account_id)
         if account is None:
-            raise AuthorizationFailed("The account was deleted during the authorization.")
+            raise AuthorizationFailed(gettext("The account was deleted during the authorization."))
         secret = ""
         if account.client_secret is not None:
             secret = st.reveal(account, "client_secret")
@@ -396,9 +445,16 @@ def _idp_error(provider: Provider, args: Mapping[str, str]) -> AuthorizationFail
     description = clean_text(args.get("error_description", ""), 500) or ""
     match = _AADSTS.search(description)
     code = f"AADSTS{match.group(1)}" if match else error
-    guidance = provider.guidance(code) or provider.guidance(error) or "Authorize again."
-    text = f"The identity provider answered {error}"
-    return AuthorizationFailed(f"{text}: {description}" if description else text, guidance, code)
+    guidance = provider.guidance(code) or provider.guidance(error) or gettext("Authorize again.")
+    if description:
+        text = gettext(
+            "The identity provider answered %(error)s: %(description)s",
+            error=error,
+            description=description,
+        )
+    else:
+        text = gettext("The identity provider answered %(error)s", error=error)
+    return AuthorizationFailed(text, guidance, code)
 
 
 def _origin(url: str) -> str:
@@ -418,23 +474,27 @@ def _validate_id_token(
     if not token.id_token:
         if "openid" in provider.scopes(config):
             raise AuthorizationFailed(
-                "The identity provider returned no id_token although openid was requested.",
-                "Check that the application may use OpenID Connect.",
+                gettext(
+                    "The identity provider returned no id_token although openid was requested."
+                ),
+                gettext("Check that the application may use OpenID Connect."),
                 code="no_id_token",
             )
         return None
-    invalid = "The id_token could not be verified"
     try:
         unverified = jwt.decode(token.id_token, options={"verify_signature": False})
         header = jwt.get_unverified_header(token.id_token)
     except jwt.PyJWTError:
-        raise AuthorizationFailed(f"{invalid}: it is malformed.", code="invalid_id_token") from None
+        raise AuthorizationFailed(
+            gettext("The id_token could not be verified: it is malformed."),
+            code="invalid_id_token",
+        ) from None
     expected_issuer = provider.expected_issuer(config, unverified)
     jwks_uri = provider.endpoints(config).jwks_uri
     if not jwks_uri:
         raise AuthorizationFailed(
-            f"{invalid}: no JWKS URI is configured.",
-            "Fill the JWKS URI or the issuer.",
+            gettext("The id_token could not be verified: no JWKS URI is configured."),
+            gettext("Fill the JWKS URI or the issuer."),
             code="invalid_id_token",
         )
     key = _signing_key(jwks_uri, header, timeout)
@@ -450,23 +510,34 @@ def _validate_id_token(
         )
     except jwt.PyJWTError as exc:
         raise AuthorizationFailed(
-            f"{invalid}: {exc}.",
-            "Check the Client ID and the issuer; the clocks of this server and the IdP must agree.",
+            gettext("The id_token could not be verified: %(reason)s.", reason=exc),
+            gettext(
+                "Check the Client ID and the issuer; the clocks of this server and the IdP must "
+                "agree."
+            ),
             code="invalid_id_token",
         ) from None
     if not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
-        raise AuthorizationFailed(f"{invalid}: the nonce does not match.", code="invalid_nonce")
+        raise AuthorizationFailed(
+            gettext("The id_token could not be verified: the nonce does not match."),
+            code="invalid_nonce",
+        )
     audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
     if (len(audiences) > 1 or "azp" in claims) and claims.get("azp") != config["client_id"]:
         raise AuthorizationFailed(
-            f"{invalid}: it was issued to several audiences (or another party) and its "
-            "authorized party (azp) is not this Client ID.",
-            "Check the Client ID; a token issued to another application is never accepted.",
+            gettext(
+                "The id_token could not be verified: it was issued to several audiences (or "
+                "another party) and its authorized party (azp) is not this Client ID."
+            ),
+            gettext(
+                "Check the Client ID; a token issued to another application is never accepted."
+            ),
             code="invalid_azp",
         )
     if callback_issuer is not None and callback_issuer != claims["iss"]:
         raise AuthorizationFailed(
-            "The sign-in response and the id_token name different issuers.", code="iss_mismatch"
+            gettext("The sign-in response and the id_token name different issuers."),
+            code="iss_mismatch",
         )
     return claims
 
@@ -487,21 +558,24 @@ def _signing_key(jwks_uri: str, header: Mapping[str, Any], timeout: float) -> An
         jwks = jwt.PyJWKSet.from_dict(document)
     except OutboundError as exc:
         raise AuthorizationFailed(
-            f"The identity provider's signing keys (JWKS) could not be fetched: {exc}",
-            "Check the JWKS URI.",
+            gettext(
+                "The identity provider's signing keys (JWKS) could not be fetched: %(reason)s",
+                reason=exc,
+            ),
+            gettext("Check the JWKS URI."),
             code="jwks_unavailable",
         ) from None
     except (requests.RequestException, ValueError, TypeError, RecursionError, jwt.PyJWTError):
         raise AuthorizationFailed(
-            "The identity provider's signing keys (JWKS) could not be fetched.",
-            "Check the JWKS URI; try again when the identity provider is reachable.",
+            gettext("The identity provider's signing keys (JWKS) could not be fetched."),
+            gettext("Check the JWKS URI; try again when the identity provider is reachable."),
             code="jwks_unavailable",
         ) from None
     kid = header.get("kid")
     keys = [k for k in jwks.keys if kid is None or k.key_id == kid]
     if len(keys) != 1:
         raise AuthorizationFailed(
-            "The id_token was signed with a key the identity provider does not publish.",
+            gettext("The id_token was signed with a key the identity provider does not publish."),
             code="invalid_id_token",
         )
     return keys[0].key
@@ -521,8 +595,11 @@ def _identity(
             return provider.identity(config, claims=claims, token=token.raw, http=http)
         except (requests.RequestException, ValueError) as exc:
             raise AuthorizationFailed(
-                f"The signed-in account could not be identified: {exc}",
-                "Check the userinfo or Resource Details endpoint and the Email Address Attribute.",
+                gettext("The signed-in account could not be identified: %(reason)s", reason=exc),
+                gettext(
+                    "Check the userinfo or Resource Details endpoint and the Email Address "
+                    "Attribute."
+                ),
                 code="identity_unavailable",
             ) from None
 
@@ -553,8 +630,8 @@ def _store(
         row = s.get(m.Account, account["id"], with_for_update=True)
         if row is None:
             raise AuthorizationFailed(
-                "The account was deleted during the authorization.",
-                "Open Config and submit the IdP Config again.",
+                gettext("The account was deleted during the authorization."),
+                gettext("Open Config and submit the IdP Config again."),
             )
         if row.credential is not None:
             s.delete(row.credential)
@@ -578,22 +655,31 @@ def _store(
         st.seal(credential, "access_token", token.access_token)
         st.seal(credential, "refresh_token", token.refresh_token or "")
         s.add(credential)
-        delegate = (
-            f" by {identity.email} on behalf of {row.address}"
-            if identity.email and not identity.matches(row.address)
-            else f" as {identity.email}"
-            if identity.email
-            else ""
-        )
         s.add(
             m.Event(
                 account_id=row.id,
                 kind="authorized",
                 actor=identity.email,
-                message=f"Authorized{delegate}; scopes: {token.scope}",
+                message=_authorized_message(identity, row.address, token.scope),
             )
         )
     st.cache.pop((account["key"], account["purpose"]), None)
+
+
+def _authorized_message(identity: Identity, address: str, scope: str) -> str:
+    """The event log's line for a new grant: who signed in, for whom, which scopes."""
+    if identity.email and not identity.matches(address):
+        return gettext(
+            "Authorized by %(actor)s on behalf of %(address)s; scopes: %(scopes)s",
+            actor=identity.email,
+            address=address,
+            scopes=scope,
+        )
+    if identity.email:
+        return gettext(
+            "Authorized as %(actor)s; scopes: %(scopes)s", actor=identity.email, scopes=scope
+        )
+    return gettext("Authorized; scopes: %(scopes)s", scopes=scope)
 
 
 def _log_event(

@@ -15,16 +15,27 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from .i18n import lazy_gettext
+from .i18n import gettext, lazy_gettext, ngettext
 from .models import own_session, utcnow
 from .providers import registry
 from .providers.registry import UnknownProvider
+from .tokens import ACTIVE, MISCONFIGURED, REAUTHORIZE, RETRYING
 
 #: seconds of difference between the host's and the IdP's clocks that raise a warning
 CLOCK_SKEW_WARNING = 60
 #: the warning for a grant issued under another IdP Config (the Token tab leaves it out when
 #: its unusable-token notice already says so)
 CONFIG_CHANGED = lazy_gettext("The IdP Config changed since the token was issued: authorize again.")
+#: the status of an account that has no token yet
+NOT_AUTHORIZED = "not_authorized"
+#: each status in words, for people (``flask mailoauth status``)
+STATUS_WORDS = {
+    ACTIVE: lazy_gettext("active"),
+    RETRYING: lazy_gettext("retrying"),
+    REAUTHORIZE: lazy_gettext("reauthorization required"),
+    MISCONFIGURED: lazy_gettext("configuration error"),
+    NOT_AUTHORIZED: lazy_gettext("not authorized"),
+}
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
@@ -42,12 +53,13 @@ class AccountHealth:
     enabled: bool
     status: str
     expires_at: datetime | None
+    #: plain text in the language of whoever asked (``status --json`` serialises it)
     warnings: list[str] = field(default_factory=list)
 
     @property
     def needs_attention(self) -> bool:
         """True when an admin should act: a warning, or a status other than active."""
-        return self.enabled and (bool(self.warnings) or self.status not in ("active",))
+        return self.enabled and (bool(self.warnings) or self.status != ACTIVE)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for ``status --json``."""
@@ -63,6 +75,12 @@ class AccountHealth:
             "needs_attention": self.needs_attention,
             "warnings": self.warnings,
         }
+
+
+def status_words(status: str) -> str:
+    """``status`` in the admin's language; one this module does not know with spaces."""
+    words = STATUS_WORDS.get(status)
+    return str(words) if words is not None else status.replace("_", " ")
 
 
 def health(st: MailOAuthState, config: Mapping[str, Any]) -> list[AccountHealth]:
@@ -88,10 +106,14 @@ def account_health(
         provider = registry.get(account.provider)
     except UnknownProvider:
         provider = None
-        warnings.append(f"The provider {account.provider!r} is not installed.")
+        warnings.append(
+            gettext("The provider %(provider)s is not installed.", provider=repr(account.provider))
+        )
     if credential is None:
-        status = "not_authorized"
-        warnings.append("Not authorized yet: open Config and submit to sign in as the mailbox.")
+        status = NOT_AUTHORIZED
+        warnings.append(
+            gettext("Not authorized yet: open Config and submit to sign in as the mailbox.")
+        )
     else:
         status = credential.status
         warnings += _credential_warnings(account, credential, provider, config, now)
@@ -113,44 +135,83 @@ def _secret_warnings(ends: date | None, today: date, config: Mapping[str, Any]) 
         return []
     left = (ends - today).days
     if left < 0:
-        return [f"The client secret expired on {ends}: create a new one and paste its Value."]
+        return [
+            gettext(
+                "The client secret expired on %(date)s: create a new one and paste its Value.",
+                date=ends,
+            )
+        ]
     if left <= max(config["MAILOAUTH_SECRET_WARNING_DAYS"]):
         return [
-            f"The client secret expires on {ends} ({left} days): create a new one and paste its "
-            "Value before then (no new consent needed)."
+            ngettext(
+                "The client secret expires on %(date)s (%(num)d day): create a new one and paste "
+                "its Value before then (no new consent needed).",
+                "The client secret expires on %(date)s (%(num)d days): create a new one and paste "
+                "its Value before then (no new consent needed).",
+                left,
+                date=ends,
+            )
         ]
     return []
 
 
 def _credential_warnings(account, credential, provider, config, now: datetime) -> list[str]:
     warnings: list[str] = []
-    if credential.status in ("reauthorization_required", "configuration_error"):
-        warnings.append(credential.last_error or "The identity provider refused the token.")
+    if credential.status in (REAUTHORIZE, MISCONFIGURED):
+        warnings.append(
+            credential.last_error or gettext("The identity provider refused the token.")
+        )
     elif credential.failure_count >= config["MAILOAUTH_FAILURE_WARNING_THRESHOLD"]:
         warnings.append(
-            f"{credential.failure_count} refresh attempts failed in a row: "
-            f"{credential.last_error or 'see the Token tab'}"
+            ngettext(
+                "%(num)d refresh attempt failed in a row: %(error)s",
+                "%(num)d refresh attempts failed in a row: %(error)s",
+                credential.failure_count,
+                error=credential.last_error or gettext("see the Token tab"),
+            )
         )
     if credential.config_signature != account.config_signature:
         warnings.append(str(CONFIG_CHANGED))
     skew = credential.clock_skew
     if skew is not None and abs(skew) > CLOCK_SKEW_WARNING:
-        way = "ahead of" if skew > 0 else "behind"
-        warnings.append(
-            f"This host's clock is {abs(skew):.0f} s {way} the identity provider's: tokens are "
-            "refreshed too early or too late. Synchronise the clock (NTP)."
-        )
+        warnings.append(_clock_warning(skew))
     last_use = credential.refreshed_at or credential.issued_at
     idle_days = (now - last_use).days
     if idle_days >= config["MAILOAUTH_IDLE_WARNING_DAYS"]:
         warnings.append(
-            f"The refresh token has not been used for {idle_days} days; providers revoke idle "
-            "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily."
+            ngettext(
+                "The refresh token has not been used for %(num)d day; providers revoke idle "
+                "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily.",
+                "The refresh token has not been used for %(num)d days; providers revoke idle "
+                "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily.",
+                idle_days,
+            )
         )
     if provider is not None:
-        warnings += provider.warnings(account.config)
+        # str(): a provider may word its warnings lazily; these are serialised and compared
+        warnings += [str(warning) for warning in provider.warnings(account.config)]
         lifetime = provider.refresh_token_lifetime(account.config)
         if lifetime is not None:
             dies = credential.refresh_token_issued_at + lifetime
-            warnings.append(f"The refresh token stops working on {dies:%Y-%m-%d %H:%M} UTC.")
+            warnings.append(
+                gettext(
+                    "The refresh token stops working on %(time)s UTC.",
+                    time=f"{dies:%Y-%m-%d %H:%M}",
+                )
+            )
     return warnings
+
+
+def _clock_warning(skew: float) -> str:
+    """The warning for a host clock ``skew`` seconds off the IdP's (ahead when positive)."""
+    if skew > 0:
+        return gettext(
+            "This host's clock is %(seconds)s s ahead of the identity provider's: tokens are "
+            "refreshed too early or too late. Synchronise the clock (NTP).",
+            seconds=f"{skew:.0f}",
+        )
+    return gettext(
+        "This host's clock is %(seconds)s s behind the identity provider's: tokens are "
+        "refreshed too early or too late. Synchronise the clock (NTP).",
+        seconds=f"{-skew:.0f}",
+    )

@@ -23,6 +23,7 @@ import jwt
 import requests
 
 from .errors import FailureKind, MailOAuthError, ProviderFailure
+from .i18n import gettext, lazy_gettext
 from .models import utcnow
 from .outbound import (
     AddressRefused,
@@ -56,7 +57,7 @@ _SANE_CLOCK_SECONDS = 10 * 365 * 24 * 3600
 #: RFC 6749 A.12/A.17/A.14: tokens are VSCHAR (printable ASCII), ``expires_in`` is 1*DIGIT
 _VSCHARS = re.compile(r"[\x20-\x7e]+")
 _DIGITS = re.compile(r"[0-9]+")
-_MALFORMED_GUIDANCE = (
+_MALFORMED_GUIDANCE = lazy_gettext(
     "The identity provider sent a token answer this extension cannot use; it is retried. If it "
     "persists, check the token endpoint and the identity provider's logs."
 )
@@ -142,8 +143,8 @@ def unexpected_failure(exc: BaseException) -> ProviderFailure:
     return ProviderFailure(
         "transient",
         UNEXPECTED_ERROR,
-        f"The call to the token endpoint failed unexpectedly ({name}).",
-        "It is retried with backoff; if it persists, report it with the application log.",
+        gettext("The call to the token endpoint failed unexpectedly (%(error)s).", error=name),
+        gettext("It is retried with backoff; if it persists, report it with the application log."),
     )
 
 
@@ -176,14 +177,16 @@ def _request_token(
     except (RedirectRefused, AddressRefused) as exc:
         code = "token_endpoint_redirect" if isinstance(exc, RedirectRefused) else "address_refused"
         raise TokenRequestFailed(
-            ProviderFailure("configuration", code, str(exc), "Fix the Token Endpoint.")
+            ProviderFailure("configuration", code, str(exc), gettext("Fix the Token Endpoint."))
         ) from None
     except ResponseTooLarge as exc:
         raise TokenRequestFailed(_malformed(str(exc))) from None
     except DeadlineExceeded as exc:
         logger.warning("Token endpoint %s exceeded the call's deadline", url)
         raise TokenRequestFailed(
-            ProviderFailure("transient", "timeout", str(exc), "It is retried with backoff.")
+            ProviderFailure(
+                "transient", "timeout", str(exc), gettext("It is retried with backoff.")
+            )
         ) from None
     except requests.RequestException as exc:
         logger.warning("Token endpoint %s unreachable: %s", url, type(exc).__name__)
@@ -207,12 +210,16 @@ def _request_token(
     if data is None:
         raise TokenRequestFailed(
             _malformed(
-                "The token endpoint answered HTTP 200 with something else than a JSON object."
+                gettext(
+                    "The token endpoint answered HTTP 200 with something else than a JSON object."
+                )
             )
         )
     if "access_token" not in data:
         raise TokenRequestFailed(
-            _malformed("The token endpoint answered HTTP 200 with neither access_token nor error.")
+            _malformed(
+                gettext("The token endpoint answered HTTP 200 with neither access_token nor error.")
+            )
         )
     try:
         return _parse(data, requested_scopes, response.headers.get("Date"))
@@ -222,7 +229,9 @@ def _request_token(
 
 def _malformed(description: str, kind: FailureKind = "transient") -> ProviderFailure:
     """A malformed answer: retried like a transient failure, shown to the admin with its code."""
-    guidance = _MALFORMED_GUIDANCE if kind == "transient" else "Check the identity provider."
+    guidance = (
+        str(_MALFORMED_GUIDANCE) if kind == "transient" else gettext("Check the identity provider.")
+    )
     return ProviderFailure(kind, INVALID_TOKEN_RESPONSE, description, guidance)
 
 
@@ -232,8 +241,10 @@ def _parse(data: Mapping[str, Any], requested: list[str], date: str | None) -> T
     token_type = data.get("token_type", BEARER)
     if not isinstance(token_type, str) or token_type.lower() != BEARER.lower():
         raise _Malformed(
-            "The token endpoint issued a token that is not a Bearer token "
-            "(token_type must be Bearer); mail servers accept only Bearer tokens.",
+            gettext(
+                "The token endpoint issued a token that is not a Bearer token "
+                "(token_type must be Bearer); mail servers accept only Bearer tokens."
+            ),
             kind="configuration",
         )
     lifetime = _expires_in(data.get("expires_in"))
@@ -272,8 +283,11 @@ def _token(data: Mapping[str, Any], name: str, *, required: bool = False) -> str
         return None
     if not isinstance(value, str) or not _VSCHARS.fullmatch(value):
         raise _Malformed(
-            f"The token endpoint's {name} is not a non-empty string of printable ASCII "
-            "characters (RFC 6749)."
+            gettext(
+                "The token endpoint's %(field)s is not a non-empty string of printable ASCII "
+                "characters (RFC 6749).",
+                field=name,
+            )
         )
     return value
 
@@ -291,12 +305,17 @@ def _expires_in(value: Any) -> float | None:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise _Malformed(
-            "The token endpoint's expires_in is not a positive whole number of seconds (RFC 6749)."
+            gettext(
+                "The token endpoint's expires_in is not a positive whole number of seconds "
+                "(RFC 6749)."
+            )
         )
     if value > ABSURD_EXPIRES_IN:
         raise _Malformed(
-            "The token endpoint's expires_in is absurd (more than ten years); no token lives "
-            "that long."
+            gettext(
+                "The token endpoint's expires_in is absurd (more than ten years); no token lives "
+                "that long."
+            )
         )
     return float(min(value, MAX_EXPIRES_IN))
 
@@ -376,4 +395,6 @@ def _scope_text(scope: Any, requested: list[str]) -> str:
         return " ".join(scope.split())
     if isinstance(scope, list | tuple) and all(isinstance(s, str) for s in scope):
         return " ".join(s for item in scope for s in item.split())
-    raise _Malformed("The token endpoint's scope is neither a string nor a list of strings.")
+    raise _Malformed(
+        gettext("The token endpoint's scope is neither a string nor a list of strings.")
+    )

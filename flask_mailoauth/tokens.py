@@ -44,6 +44,7 @@ from .errors import (
     ReauthorizationRequired,
     TemporarilyUnavailable,
 )
+from .i18n import gettext
 from .models import own_session, row_lock, utcnow
 from .oauth import TokenRequestFailed, request_token, unexpected_failure
 from .providers import registry
@@ -173,8 +174,12 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
 
 def _still_refreshing(key: str, purpose: str) -> TemporarilyUnavailable:
     return TemporarilyUnavailable(
-        f"{key} ({purpose}): another worker has been refreshing this token for longer than "
-        "MAILOAUTH_LOCK_TIMEOUT."
+        gettext(
+            "%(key)s (%(purpose)s): another worker has been refreshing this token for longer "
+            "than MAILOAUTH_LOCK_TIMEOUT.",
+            key=key,
+            purpose=purpose,
+        )
     )
 
 
@@ -182,8 +187,13 @@ def _database_unavailable(key: str, purpose: str, exc: Exception) -> Temporarily
     """The typed error for a database that failed (stopped, locked); no SQL or data in it."""
     cause = type(getattr(exc, "orig", None) or exc).__name__
     return TemporarilyUnavailable(
-        f"{key} ({purpose}): the database is unavailable or locked ({cause}); try again "
-        "shortly, and check the database if it lasts."
+        gettext(
+            "%(key)s (%(purpose)s): the database is unavailable or locked (%(error)s); try again "
+            "shortly, and check the database if it lasts.",
+            key=key,
+            purpose=purpose,
+            error=cause,
+        )
     )
 
 
@@ -241,18 +251,26 @@ def _read(
     row = _select(session, st, key, purpose, lock=lock)
     if row is None:
         raise NotConfigured(
-            f"No OAuth2 token for {key!r} ({purpose}): configure and authorize it in the "
-            "Config modal."
+            gettext(
+                "No OAuth2 token for %(key)s (%(purpose)s): configure and authorize it in the "
+                "Config modal.",
+                key=repr(key),
+                purpose=purpose,
+            )
         )
     credential, account = row
     if not account.enabled:
-        raise AccountDisabled(f"The OAuth2 account {account_label(account)} is disabled.")
+        raise AccountDisabled(
+            gettext("The OAuth2 account %(account)s is disabled.", account=account_label(account))
+        )
     if credential.status in _PERMANENT and not (serving and _still_served(credential)):
         raise _refused(account_label(account), credential)
     if credential.config_signature != account.config_signature:
         raise ReauthorizationRequired(
-            f"{account_label(account)}: the IdP Config changed since the token was issued; "
-            "authorize again."
+            gettext(
+                "%(account)s: the IdP Config changed since the token was issued; authorize again.",
+                account=account_label(account),
+            )
         )
     return credential, account
 
@@ -264,14 +282,22 @@ def account_label(account: Any) -> str:
 
 def _refused(name: str, credential: Any) -> ReauthorizationRequired | ConfigurationError:
     """The typed error for a credential the IdP refused for good."""
+    error = credential.last_error or ""
     if credential.status == REAUTHORIZE:
         return ReauthorizationRequired(
-            f"{name}: the grant is no longer valid, an admin must authorize again. "
-            f"{credential.last_error or ''}".strip()
+            gettext(
+                "%(account)s: the grant is no longer valid, an admin must authorize again. "
+                "%(error)s",
+                account=name,
+                error=error,
+            ).strip()
         )
     return ConfigurationError(
-        f"{name}: the identity provider refuses the application's configuration. "
-        f"{credential.last_error or ''}".strip()
+        gettext(
+            "%(account)s: the identity provider refuses the application's configuration. %(error)s",
+            account=name,
+            error=error,
+        ).strip()
     )
 
 
@@ -696,14 +722,15 @@ def _record_success(st, session: Session, credential: Any, account: Any, answer:
     credential.last_error = credential.last_error_code = None
     credential.next_retry_at = credential.serve_until = None
     credential.version += 1
-    session.add(
-        st.models.Event(
-            account_id=account.id,
-            kind="refreshed",
-            message=f"Access token refreshed, valid until {answer.expires_at:%Y-%m-%d %H:%M} UTC"
-            + ("; new refresh token stored" if answer.refresh_token else ""),
+    until = f"{answer.expires_at:%Y-%m-%d %H:%M}"
+    if answer.refresh_token:
+        message = gettext(
+            "Access token refreshed, valid until %(time)s UTC; new refresh token stored",
+            time=until,
         )
-    )
+    else:
+        message = gettext("Access token refreshed, valid until %(time)s UTC", time=until)
+    session.add(st.models.Event(account_id=account.id, kind="refreshed", message=message))
     st.cache[(account.key, account.purpose)] = CachedToken(
         answer.access_token,
         answer.expires_at,
@@ -764,13 +791,16 @@ def _unavailable(st, credential: Any, keep_valid_token: bool) -> str:
     token = _current(st, credential) if keep_valid_token else None
     if token:
         return token
-    retry = (
-        f"; next try at {credential.next_retry_at:%H:%M:%S} UTC" if credential.next_retry_at else ""
-    )
-    raise TemporarilyUnavailable(
-        f"The identity provider is unavailable{retry}. {credential.last_error or ''}".strip(),
-        retry_at=credential.next_retry_at,
-    )
+    error = credential.last_error or ""
+    if credential.next_retry_at:
+        message = gettext(
+            "The identity provider is unavailable; next try at %(time)s UTC. %(error)s",
+            time=f"{credential.next_retry_at:%H:%M:%S}",
+            error=error,
+        )
+    else:
+        message = gettext("The identity provider is unavailable. %(error)s", error=error)
+    raise TemporarilyUnavailable(message.strip(), retry_at=credential.next_retry_at)
 
 
 @dataclass(frozen=True)
