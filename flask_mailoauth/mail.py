@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .errors import MailOAuthError, SetupError
+from .i18n import LazyText, gettext, lazy_gettext
 from .providers.base import MailServer, MailServers
 from .sasl import ErrorChallenge, decode_error_challenge, oauthbearer, xoauth2
 from .settings import MailboxSettings
@@ -44,39 +45,67 @@ DEFAULT_TIMEOUT = 30.0
 _ACKNOWLEDGEMENT = {"XOAUTH2": b"", "OAUTHBEARER": b"\x01"}
 # Errors that mean the transport failed rather than the server saying no.
 _TRANSPORT_ERRORS = (OSError, imaplib.IMAP4.abort, poplib.error_proto)
-# Known transport failures, most specific first: (cause, what happened, what to do).
-_NETWORK_FAILURES: tuple[tuple[type[BaseException], str, str], ...] = (
+# Known transport failures, most specific first: (cause, what happened, what to do). What
+# happened has the placeholders protocol, host, port and error (the exception).
+_NETWORK_FAILURES: tuple[tuple[type[BaseException], LazyText, LazyText], ...] = (
     (
         ssl.SSLCertVerificationError,
-        "its TLS certificate could not be verified",
-        "Check the host name is the one on the server's certificate and that the certificate "
-        "is valid and trusted.",
+        lazy_gettext(
+            "Could not talk to the %(protocol)s server %(host)s:%(port)s: its TLS certificate "
+            "could not be verified (%(error)s)."
+        ),
+        lazy_gettext(
+            "Check the host name is the one on the server's certificate and that the "
+            "certificate is valid and trusted."
+        ),
     ),
     (
         ssl.SSLError,
-        "the TLS handshake failed",
-        "Check the security setting matches the port: SSL for 993/995/465, STARTTLS for "
-        "143/110/587.",
+        lazy_gettext(
+            "Could not talk to the %(protocol)s server %(host)s:%(port)s: the TLS handshake "
+            "failed (%(error)s)."
+        ),
+        lazy_gettext(
+            "Check the security setting matches the port: SSL for 993/995/465, STARTTLS for "
+            "143/110/587."
+        ),
     ),
-    (socket.gaierror, "its host name could not be resolved", "Check the host name."),
+    (
+        socket.gaierror,
+        lazy_gettext(
+            "Could not talk to the %(protocol)s server %(host)s:%(port)s: its host name could "
+            "not be resolved (%(error)s)."
+        ),
+        lazy_gettext("Check the host name."),
+    ),
     (
         ConnectionRefusedError,
-        "it refused the connection",
-        "Check the host and port, and that the mail server is running.",
+        lazy_gettext(
+            "Could not talk to the %(protocol)s server %(host)s:%(port)s: it refused the "
+            "connection (%(error)s)."
+        ),
+        lazy_gettext("Check the host and port, and that the mail server is running."),
     ),
     (
         TimeoutError,
-        "it did not answer in time",
-        "Check the host and port, and that no firewall blocks the helpdesk's outgoing "
-        "connections to it.",
+        lazy_gettext(
+            "Could not talk to the %(protocol)s server %(host)s:%(port)s: it did not answer in "
+            "time (%(error)s)."
+        ),
+        lazy_gettext(
+            "Check the host and port, and that no firewall blocks the helpdesk's outgoing "
+            "connections to it."
+        ),
     ),
 )
-SMTP_AUTH_DISABLED = "SMTP AUTH is disabled for the tenant or mailbox: enable Authenticated SMTP."
+SMTP_AUTH_DISABLED = lazy_gettext(
+    "SMTP AUTH is disabled for the tenant or mailbox: enable Authenticated SMTP."
+)
 # Error challenge statuses that say the token itself is bad (RFC 7628, and Google's HTTP-style
 # "401"): a refreshed token may be accepted. Other statuses (insufficient_scope, invalid_request)
 # say something a new token of the same grant would not change.
 _TOKEN_STATUSES = ("invalid_token", "401")
-SEND_AS_MISSING = "The account lacks Send As permission on this address."
+SEND_AS_MISSING = lazy_gettext("The account lacks Send As permission on this address.")
 
 T = TypeVar("T")
 # A server's answer to one client line: True accepted, False refused, None a continuation.
@@ -115,12 +144,19 @@ class MailAuthenticationError(MailOAuthError):
         token_refused: bool = False,
         refreshed: bool = False,
     ) -> None:
-        message = f"{protocol} {mechanism} sign-in refused: {reply or 'no reply'}"
+        sentences = [
+            gettext(
+                "%(protocol)s %(mechanism)s sign-in refused: %(reply)s",
+                protocol=protocol,
+                mechanism=mechanism,
+                reply=reply or gettext("no reply"),
+            )
+        ]
         if challenge is not None:
-            message += f" {challenge.describe()}"
+            sentences.append(challenge.describe())
         if refreshed:
-            message += " The token had just been refreshed."
-        super().__init__(message)
+            sentences.append(gettext("The token had just been refreshed."))
+        super().__init__(" ".join(sentences))
         self.protocol = protocol
         self.mechanism = mechanism
         self.reply = reply
@@ -161,34 +197,44 @@ def _auth_guidance(
     (``signed_in``) of a command after the sign-in worked (Exchange's "authenticated but not
     connected")."""
     if protocol == "SMTP" and ("5.7.3" in reply or "5.7.139" in reply):
-        return SMTP_AUTH_DISABLED
+        return str(SMTP_AUTH_DISABLED)
     name = "POP" if protocol == "POP3" else protocol
-    if refreshed:
-        scope = "SMTP send" if protocol == "SMTP" else name
-        return (
+    if refreshed and protocol == "SMTP":
+        return gettext(
             "The identity provider issued a new token and the mail server refused it too: check "
             "that the signed-in account may use this mailbox (permissions, delegation), that the "
-            f"{scope} scopes were consented, and the mail server's OAuth2 settings ({name} "
+            "SMTP send scopes were consented, and the mail server's OAuth2 settings (SMTP "
             "enabled for the mailbox, the token's audience and issuer accepted)."
         )
-    if challenge is not None and challenge.status in _TOKEN_STATUSES:
-        revoked = " If the grant was revoked, use Refresh now, or authorize again."
-    else:
-        revoked = ""
+    if refreshed:
+        return gettext(
+            "The identity provider issued a new token and the mail server refused it too: check "
+            "that the signed-in account may use this mailbox (permissions, delegation), that the "
+            "%(name)s scopes were consented, and the mail server's OAuth2 settings (%(name)s "
+            "enabled for the mailbox, the token's audience and issuer accepted).",
+            name=name,
+        )
     if protocol == "SMTP":
-        return (
-            "The mail server refused the token: check the SMTP send scope was consented." + revoked
+        advice = gettext(
+            "The mail server refused the token: check the SMTP send scope was consented."
         )
-    if signed_in:
-        return (
-            "The sign-in worked but the mail server refused the token: check the "
-            f"{name} scopes were consented and {name} is enabled on the mailbox.{revoked}"
+    elif signed_in:
+        advice = gettext(
+            "The sign-in worked but the mail server refused the token: check the %(name)s "
+            "scopes were consented and %(name)s is enabled on the mailbox.",
+            name=name,
         )
-    return (
-        "The mail server refused the token at sign-in: check the "
-        f"{name} scopes were consented, {name} is enabled on the mailbox, and the account that "
-        f"signed in may use it.{revoked}"
-    )
+    else:
+        advice = gettext(
+            "The mail server refused the token at sign-in: check the %(name)s scopes were "
+            "consented, %(name)s is enabled on the mailbox, and the account that signed in may "
+            "use it.",
+            name=name,
+        )
+    if challenge is not None and challenge.status in _TOKEN_STATUSES:
+        hint = gettext("If the grant was revoked, use Refresh now, or authorize again.")
+        return f"{advice} {hint}"
+    return advice
 
 
 def _connection_error(
@@ -200,19 +246,20 @@ def _connection_error(
     while cause is not None and cause not in chain:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
-    where = f"the {protocol} server {host}:{port}"
+    where = {"protocol": protocol, "host": host, "port": port}
     for kind, what, guidance in _NETWORK_FAILURES:
         found = next((c for c in chain if isinstance(c, kind)), None)
         if found is not None:
             return MailConnectionError(
-                f"Could not talk to {where}: {what} ({found}).",
-                protocol=protocol,
-                host=host,
-                port=port,
-                guidance=guidance,
+                str(what) % {**where, "error": found}, **where, guidance=str(guidance)
             )
     return MailConnectionError(
-        f"Could not talk to {where}: {exc}.", protocol=protocol, host=host, port=port
+        gettext(
+            "Could not talk to the %(protocol)s server %(host)s:%(port)s: %(error)s.",
+            **where,
+            error=exc,
+        ),
+        **where,
     )
 
 
@@ -263,7 +310,7 @@ class _Conversation:
         if not self._cancelled:
             self._cancelled = True
             return b"*"
-        raise self._refused("the server kept challenging after the exchange was cancelled")
+        raise self._refused(gettext("the server kept challenging after the exchange was cancelled"))
 
     def finish(
         self, accepted: bool, reply: bytes | str, *, about_token: bool = False
@@ -511,12 +558,19 @@ def _open(
         try:
             if not secure(conn, context if server.security == "starttls" else None):
                 raise MailConnectionError(
-                    f"The {protocol} server {server.host}:{server.port} does not offer STARTTLS; "
-                    "refusing to sign in without TLS.",
+                    gettext(
+                        "The %(protocol)s server %(host)s:%(port)s does not offer STARTTLS; "
+                        "refusing to sign in without TLS.",
+                        protocol=protocol,
+                        host=server.host,
+                        port=server.port,
+                    ),
                     protocol=protocol,
                     host=server.host,
                     port=server.port,
-                    guidance="Use SSL and its port, or have STARTTLS enabled on the server.",
+                    guidance=gettext(
+                        "Use SSL and its port, or have STARTTLS enabled on the server."
+                    ),
                 )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -724,11 +778,13 @@ def _run_check(
     conn: T | None = None
     try:
         if callable(token):
-            check.token = check.step("token", lambda: (token(), "Access token obtained."))
+            check.token = check.step(
+                gettext("token"), lambda: (token(), gettext("Access token obtained."))
+            )
         else:
             check.token = token
-        conn = check.step("connect", lambda: _connected(server, connect(), greeting))
-        check.step("sign in", lambda: (None, _signed_in(login(conn, check.token))))
+        conn = check.step(gettext("connect"), lambda: _connected(server, connect(), greeting))
+        check.step(gettext("sign in"), lambda: (None, _signed_in(login(conn, check.token))))
         for name, probe in probes:
             check.step(name, lambda probe=probe: (None, probe(conn)))
     except _StepFailed:
@@ -742,13 +798,13 @@ def _run_check(
 def _connected(server: MailServer, conn: T, greeting: Callable[[T], bytes]) -> tuple[T, str]:
     """The connection and a detail naming the server, the security and the greeting."""
     sock = getattr(conn, "sock", None)
-    security = sock.version() if isinstance(sock, ssl.SSLSocket) else "no TLS"
+    security = sock.version() if isinstance(sock, ssl.SSLSocket) else gettext("no TLS")
     words = greeting(conn).decode("utf-8", "replace").strip()
     return conn, f"{server.host}:{server.port} ({security}): {words}"
 
 
 def _signed_in(conv: _Conversation) -> str:
-    return f"{conv.mechanism} accepted: {conv.reply}"
+    return gettext("%(mechanism)s accepted: %(reply)s", mechanism=conv.mechanism, reply=conv.reply)
 
 
 def _goodbye(conn: T, goodbye: Callable[[T], object], close: Callable[[T], object]) -> None:
@@ -777,7 +833,7 @@ def check_imap(
         connect=partial(open_imap, server, timeout=timeout, ssl_context=ssl_context),
         greeting=lambda conn: conn.welcome,
         login=lambda conn, tok: _imap_authenticate(conn, user, tok, mechanism),
-        probes=[("open INBOX", _imap_inbox)],
+        probes=[(gettext("open INBOX"), _imap_inbox)],
         goodbye=imaplib.IMAP4.logout,
         close=imaplib.IMAP4.shutdown,
     )
@@ -789,9 +845,12 @@ def _imap_inbox(conn: imaplib.IMAP4) -> str:
     reply = (data[-1] or b"").decode("utf-8", "replace")
     if typ != "OK":
         raise MailCommandRefused(
-            f"INBOX refused: {typ} {reply}", _auth_guidance("IMAP", reply, signed_in=True)
+            gettext("INBOX refused: %(status)s %(reply)s", status=typ, reply=reply),
+            _auth_guidance("IMAP", reply, signed_in=True),
         )
-    return f"INBOX has {reply or 'an unknown number of'} messages."
+    if not reply:
+        return gettext("INBOX has an unknown number of messages.")
+    return gettext("INBOX has %(count)s messages.", count=reply)
 
 
 def check_pop3(
@@ -824,9 +883,10 @@ def _pop3_stat(conn: poplib.POP3) -> str:
     except poplib.error_proto as exc:
         reply = str(exc)
         raise MailCommandRefused(
-            f"STAT refused: {reply}", _auth_guidance("POP3", reply, signed_in=True)
+            gettext("STAT refused: %(reply)s", reply=reply),
+            _auth_guidance("POP3", reply, signed_in=True),
         ) from exc
-    return f"{count} messages, {size} bytes."
+    return gettext("%(count)s messages, %(size)s bytes.", count=count, size=size)
 
 
 def check_smtp(
@@ -841,7 +901,7 @@ def check_smtp(
     local_hostname: str | None = None,
 ) -> CheckResult:
     """Connect, EHLO, sign in and, given ``mail_from``, try it as sender without sending mail."""
-    probes = [("sender", partial(_smtp_sender, address=mail_from))] if mail_from else []
+    probes = [(gettext("sender"), partial(_smtp_sender, address=mail_from))] if mail_from else []
     return _run_check(
         "SMTP",
         server,
@@ -873,16 +933,17 @@ def _smtp_sender(conn: smtplib.SMTP, *, address: str) -> str:
     reply = f"{code} {message.decode('utf-8', 'replace')}"
     if code not in (250, 251):
         raise MailCommandRefused(
-            f"Sender <{address}> refused: {reply}", _sender_guidance(code, reply)
+            gettext("Sender <%(address)s> refused: %(reply)s", address=address, reply=reply),
+            _sender_guidance(code, reply),
         )
-    return f"<{address}> accepted as sender: {reply}"
+    return gettext("<%(address)s> accepted as sender: %(reply)s", address=address, reply=reply)
 
 
 def _sender_guidance(code: int, reply: str) -> str:
     """Send As refusals (553, 5.7.1, 5.7.60) and the rest."""
     if code == 553 or "5.7.60" in reply or "5.7.1 " in reply:
-        return SEND_AS_MISSING
-    return "The mail server refused this sender address."
+        return str(SEND_AS_MISSING)
+    return gettext("The mail server refused this sender address.")
 
 
 def resolve_server(
@@ -921,5 +982,6 @@ def select_folder(conn: imaplib.IMAP4, folder: str) -> None:
     if typ != "OK":
         reply = (data[-1] or b"").decode("utf-8", "replace") if data else ""
         raise MailCommandRefused(
-            f"SELECT {folder} refused: {reply}", _auth_guidance("IMAP", reply, signed_in=True)
+            gettext("SELECT %(folder)s refused: %(reply)s", folder=folder, reply=reply),
+            _auth_guidance("IMAP", reply, signed_in=True),
         )

@@ -42,6 +42,7 @@ from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from .errors import MailOAuthError
+from .i18n import gettext
 from .providers.base import check_endpoint_url
 
 #: redirects a GET may follow (discovery, JWKS, userinfo, resource details)
@@ -150,14 +151,16 @@ class OutboundPolicy:
     def refusal(self, host: str, loopback: bool) -> str:
         """What to tell the admin when ``host`` resolves only to refused addresses."""
         if loopback:
-            return (
-                f"{host} resolves to a loopback address, which identity provider calls may only "
-                "reach when MAILOAUTH_ALLOW_INSECURE_HTTP is set (tests and local sandboxes)."
+            return gettext(
+                "%(host)s resolves to a loopback address, which identity provider calls may only "
+                "reach when MAILOAUTH_ALLOW_INSECURE_HTTP is set (tests and local sandboxes).",
+                host=host,
             )
-        return (
-            f"{host} resolves to a private or otherwise non-public address, which identity "
-            f"provider calls may not reach. If this identity provider runs on your own network, "
-            f"add {host} (or its network) to MAILOAUTH_ALLOWED_PRIVATE_HOSTS."
+        return gettext(
+            "%(host)s resolves to a private or otherwise non-public address, which identity "
+            "provider calls may not reach. If this identity provider runs on your own network, "
+            "add %(host)s (or its network) to MAILOAUTH_ALLOWED_PRIVATE_HOSTS.",
+            host=host,
         )
 
 
@@ -406,11 +409,18 @@ class OutboundAdapter(HTTPAdapter):
         url = request.url or ""
         problem = check_endpoint_url(url, allow_insecure_http=self.policy.allow_insecure_http)
         if problem:
-            raise UrlRefused(f"Refused to call {_origin(url)}: {problem}", request=request)
+            raise UrlRefused(
+                gettext(
+                    "Refused to call %(origin)s: %(problem)s", origin=_origin(url), problem=problem
+                ),
+                request=request,
+            )
         if select_proxy(url, proxies):
             raise AddressRefused(
-                "Identity provider calls do not go through proxies: the address policy must "
-                "hold for the address actually connected. Unset the proxy for this host.",
+                gettext(
+                    "Identity provider calls do not go through proxies: the address policy must "
+                    "hold for the address actually connected. Unset the proxy for this host."
+                ),
                 request=request,
             )
         expires = getattr(timeout, "expires", None)
@@ -463,9 +473,14 @@ class OutboundAdapter(HTTPAdapter):
         endpoint = _origin(url) + urlsplit(url).path
         if request.method not in _SAFE_METHODS:
             raise RedirectRefused(
-                f"{endpoint} answered {request.method} with a redirect (HTTP "
-                f"{response.status_code}), which is never followed: it would carry the request's "
-                "credentials elsewhere. Enter the endpoint's final URL.",
+                gettext(
+                    "%(endpoint)s answered %(method)s with a redirect (HTTP %(status)s), which is "
+                    "never followed: it would carry the request's credentials elsewhere. Enter "
+                    "the endpoint's final URL.",
+                    endpoint=endpoint,
+                    method=request.method,
+                    status=response.status_code,
+                ),
                 request=request,
                 response=response,
             )
@@ -473,7 +488,11 @@ class OutboundAdapter(HTTPAdapter):
         problem = check_endpoint_url(target, allow_insecure_http=self.policy.allow_insecure_http)
         if problem:
             raise RedirectRefused(
-                f"{endpoint} redirects to a URL that is refused: {problem}",
+                gettext(
+                    "%(endpoint)s redirects to a URL that is refused: %(problem)s",
+                    endpoint=endpoint,
+                    problem=problem,
+                ),
                 request=request,
                 response=response,
             )
@@ -503,16 +522,23 @@ def _origin(url: str) -> str:
 
 def _deadline(request: requests.PreparedRequest) -> DeadlineExceeded:
     return DeadlineExceeded(
-        f"{_origin(request.url or '')} did not answer within the call's deadline; the call was "
-        "aborted. Try again; if it persists, the identity provider is too slow.",
+        gettext(
+            "%(origin)s did not answer within the call's deadline; the call was aborted. Try "
+            "again; if it persists, the identity provider is too slow.",
+            origin=_origin(request.url or ""),
+        ),
         request=request,
     )
 
 
 def _too_large(response: requests.Response, cap: int) -> ResponseTooLarge:
     return ResponseTooLarge(
-        f"{_origin(response.url or '')} answered with more than {cap} bytes, the limit set by "
-        "MAILOAUTH_MAX_RESPONSE_BYTES; the answer was not read.",
+        gettext(
+            "%(origin)s answered with more than %(cap)s bytes, the limit set by "
+            "MAILOAUTH_MAX_RESPONSE_BYTES; the answer was not read.",
+            origin=_origin(response.url or ""),
+            cap=cap,
+        ),
         response=response,
     )
 
@@ -560,6 +586,10 @@ class OutboundHTTP:
             return self.session.get(url, **kwargs)
         except requests.TooManyRedirects:
             raise RedirectRefused(
-                f"{_origin(url)} redirected more than {self.session.max_redirects} times; "
-                "enter the endpoint's final URL."
+                gettext(
+                    "%(origin)s redirected more than %(max)s times; enter the endpoint's final "
+                    "URL.",
+                    origin=_origin(url),
+                    max=self.session.max_redirects,
+                )
             ) from None

@@ -11,6 +11,8 @@ import binascii
 import json
 from dataclasses import dataclass, field
 
+from .i18n import gettext
+
 
 def _field(name: str, value: str) -> bytes:
     """``value`` as UTF-8; a control character (``^A`` separates fields) would forge fields."""
@@ -58,13 +60,17 @@ class ErrorChallenge:
     def describe(self) -> str:
         """A readable sentence for the admin."""
         if not self.raw:
-            return "The server refused the token without saying why."
-        parts = [f"status {self.status}" if self.status else "no status"]
+            return gettext("The server refused the token without saying why.")
+        parts = [
+            gettext("status %(status)s", status=self.status)
+            if self.status
+            else gettext("no status")
+        ]
         if self.scope:
-            parts.append(f"required scope: {self.scope}")
+            parts.append(gettext("required scope: %(scope)s", scope=self.scope))
         if self.schemes:
-            parts.append(f"schemes: {self.schemes}")
-        return "The server refused the token (" + ", ".join(parts) + ")."
+            parts.append(gettext("schemes: %(schemes)s", schemes=self.schemes))
+        return gettext("The server refused the token (%(details)s).", details=", ".join(parts))
 
 
 def decode_error_challenge(challenge: bytes | str) -> ErrorChallenge:

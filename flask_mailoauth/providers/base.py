@@ -19,9 +19,13 @@ from urllib.parse import urlsplit
 
 from ..addresses import canonical_address, same_address
 from ..errors import FailureKind, ProviderFailure
+from ..i18n import LazyText, gettext, lazy_gettext
 
 FieldKind = Literal["text", "url", "select", "scopes", "date"]
 Security = Literal["ssl", "starttls", "none"]
+#: text an admin reads: plain, or a :func:`~flask_mailoauth.i18n.lazy_gettext` message that is
+#: translated when it is shown (``str()``-ed)
+Text = str | LazyText
 
 
 @dataclass(frozen=True)
@@ -30,15 +34,16 @@ class ConfigField:
 
     ``signed`` fields go into the config signature: changing one invalidates the grant and sends
     the admin back to the IdP. The client secret is never a ``ConfigField``; it is stored apart.
+    ``label``, ``help`` and the choices' labels may be ``lazy_gettext`` messages.
     """
 
     name: str
-    label: str
+    label: Text
     default: str = ""
     kind: FieldKind = "text"
     required: bool = False
-    help: str = ""
-    choices: tuple[tuple[str, str], ...] = ()
+    help: Text = ""
+    choices: tuple[tuple[str, Text], ...] = ()
     signed: bool = True
 
 
@@ -93,7 +98,7 @@ def claim_address(claims: Mapping[str, Any] | None, name: str) -> str | None:
 
 
 #: what to do when Google or another OIDC provider names an e-mail it has not verified
-UNVERIFIED_EMAIL_ADVICE = (
+UNVERIFIED_EMAIL_ADVICE = lazy_gettext(
     "The identity provider does not mark this e-mail verified (email_verified is not true), so "
     "it cannot prove who signed in: verify the address at the identity provider."
 )
@@ -130,7 +135,7 @@ class Identity:
             tenant=tenant,
             name=claim_text(claims, "name"),
             unverified=(email,) if email and not verified else (),
-            advice=UNVERIFIED_EMAIL_ADVICE if email and not verified else "",
+            advice=str(UNVERIFIED_EMAIL_ADVICE) if email and not verified else "",
         )
 
     def matches(self, address: str) -> bool:
@@ -161,7 +166,7 @@ def control_character_problem(value: str) -> str | None:
     newlines, and a CR/LF in a header or a scope list changes what the IdP receives.
     """
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
-        return (
+        return gettext(
             "This contains a control character (a line break, tab or similar): type it again on "
             "one line, without pasting invisible characters."
         )
@@ -179,20 +184,22 @@ def check_endpoint_url(url: str, *, allow_insecure_http: bool) -> str | None:
     if problem:
         return problem
     if any(c.isspace() for c in url.strip()):
-        return "An endpoint URL contains no spaces: copy it again."
+        return gettext("An endpoint URL contains no spaces: copy it again.")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "Enter a full URL, starting with https://."
+        return gettext("Enter a full URL, starting with https://.")
     if not _resolvable_name(parts.hostname):
-        return (
+        return gettext(
             "The host name is not a valid DNS name (each dot-separated part must be 1 to 63 "
             "characters): copy the URL again."
         )
     if parts.scheme == "http":
         if not is_loopback_host(parts.hostname):
-            return "The endpoint must use https://."
+            return gettext("The endpoint must use https://.")
         if not allow_insecure_http:
-            return "http:// is refused; set MAILOAUTH_ALLOW_INSECURE_HTTP for a loopback test IdP."
+            return gettext(
+                "http:// is refused; set MAILOAUTH_ALLOW_INSECURE_HTTP for a loopback test IdP."
+            )
     return None
 
 
@@ -221,10 +228,19 @@ def split_scopes(value: str) -> list[str]:
 
 
 class ErrorAdvice(NamedTuple):
-    """What an IdP error code means for the grant, and the one line that tells the admin the fix."""
+    """What an IdP error code means for the grant, and the one line that tells the admin the fix.
+
+    ``text`` may be a ``lazy_gettext`` message (the tables are built at import time);
+    :attr:`guidance` is it in the admin's language.
+    """
 
     kind: FailureKind
-    guidance: str
+    text: Text
+
+    @property
+    def guidance(self) -> str:
+        """The fix, in the admin's language."""
+        return str(self.text)
 
 
 #: RFC 6749 §4.1.2.1 and §5.2 error codes; providers extend this table with their own codes
@@ -232,59 +248,82 @@ OAUTH_ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
     {
         "invalid_grant": ErrorAdvice(
             "reauthorize",
-            "The grant is no longer valid (revoked, expired or the password changed): "
-            "authorize again.",
+            lazy_gettext(
+                "The grant is no longer valid (revoked, expired or the password changed): "
+                "authorize again."
+            ),
         ),
         "access_denied": ErrorAdvice(
             "reauthorize",
-            "Consent was declined or cancelled at the identity provider: authorize again and "
-            "accept.",
+            lazy_gettext(
+                "Consent was declined or cancelled at the identity provider: authorize again and "
+                "accept."
+            ),
         ),
         "invalid_client": ErrorAdvice(
             "configuration",
-            "The identity provider refused the client credentials: check the Client ID and the "
-            "client secret.",
+            lazy_gettext(
+                "The identity provider refused the client credentials: check the Client ID and the "
+                "client secret."
+            ),
         ),
         "unauthorized_client": ErrorAdvice(
             "configuration",
-            "The application may not use this grant: allow the authorization code and refresh "
-            "token grants in its registration.",
+            lazy_gettext(
+                "The application may not use this grant: allow the authorization code and refresh "
+                "token grants in its registration."
+            ),
         ),
         "invalid_scope": ErrorAdvice(
             "configuration",
-            "A requested scope is unknown or not allowed for this application: fix the Scopes.",
+            lazy_gettext(
+                "A requested scope is unknown or not allowed for this application: fix the Scopes."
+            ),
         ),
         "invalid_request": ErrorAdvice(
             "configuration",
-            "The identity provider refused the request as malformed: check the IdP Config.",
+            lazy_gettext(
+                "The identity provider refused the request as malformed: check the IdP Config."
+            ),
         ),
         "unsupported_grant_type": ErrorAdvice(
             "configuration",
-            "The token endpoint does not support this grant: check the Token Endpoint.",
+            lazy_gettext(
+                "The token endpoint does not support this grant: check the Token Endpoint."
+            ),
         ),
         "unsupported_response_type": ErrorAdvice(
             "configuration",
-            "The authorization endpoint does not support the code flow: check the Authorization "
-            "Endpoint.",
+            lazy_gettext(
+                "The authorization endpoint does not support the code flow: check the "
+                "Authorization Endpoint."
+            ),
         ),
         "server_error": ErrorAdvice(
             "transient",
-            "The identity provider had an internal error; the extension retries automatically.",
+            lazy_gettext(
+                "The identity provider had an internal error; the extension retries automatically."
+            ),
         ),
         "temporarily_unavailable": ErrorAdvice(
             "transient",
-            "The identity provider is overloaded or down; the extension retries automatically.",
+            lazy_gettext(
+                "The identity provider is overloaded or down; the extension retries automatically."
+            ),
         ),
     }
 )
 
-_DEFAULT_GUIDANCE: Mapping[FailureKind, str] = MappingProxyType(
+_DEFAULT_GUIDANCE: Mapping[FailureKind, LazyText] = MappingProxyType(
     {
-        "transient": "The identity provider could not answer; the extension keeps the current "
-        "token and retries automatically.",
-        "reauthorize": "Authorize again, signing in as the mailbox.",
-        "configuration": "Check the IdP Config against the application registered at the "
-        "identity provider.",
+        "transient": lazy_gettext(
+            "The identity provider could not answer; the extension keeps the current "
+            "token and retries automatically."
+        ),
+        "reauthorize": lazy_gettext("Authorize again, signing in as the mailbox."),
+        "configuration": lazy_gettext(
+            "Check the IdP Config against the application registered at the identity provider."
+        ),
     }
 )
 
@@ -327,9 +366,9 @@ def classify_oauth_error(
             code = code or NETWORK_ERROR
         if not description:
             description = (
-                "The identity provider could not be reached (network error or timeout)."
+                gettext("The identity provider could not be reached (network error or timeout).")
                 if status is None
-                else f"The identity provider answered HTTP {status}."
+                else gettext("The identity provider answered HTTP %(status)s.", status=status)
             )
     elif found:
         kind = found.kind
@@ -339,7 +378,7 @@ def classify_oauth_error(
         kind=kind,
         code=code,
         description=description,
-        guidance=found.guidance if found else _DEFAULT_GUIDANCE[kind],
+        guidance=found.guidance if found else str(_DEFAULT_GUIDANCE[kind]),
         retry_after=retry_after if kind == "transient" else None,
     )
 
@@ -380,13 +419,14 @@ class Provider:
             if problem:
                 errors[f.name] = problem
             elif f.required and not value:
-                errors[f.name] = f"{f.label} is required."
+                errors[f.name] = gettext("%(label)s is required.", label=f.label)
             elif value and f.kind == "url":
                 problem = check_endpoint_url(value, allow_insecure_http=allow_insecure_http)
                 if problem:
                     errors[f.name] = problem
             elif value and f.kind == "select" and value not in {c[0] for c in f.choices}:
-                errors[f.name] = f"Choose one of: {', '.join(c[1] for c in f.choices)}."
+                choices = ", ".join(str(c[1]) for c in f.choices)
+                errors[f.name] = gettext("Choose one of: %(choices)s.", choices=choices)
         return errors
 
     def complete(self, config: Mapping[str, str], http: Any) -> dict[str, str]:

@@ -10,11 +10,13 @@ from urllib.parse import urlsplit
 import requests
 
 from ..errors import AuthorizationFailed, MailOAuthError
+from ..i18n import gettext, lazy_gettext
 from .base import (
     ConfigField,
     Endpoints,
     Identity,
     Provider,
+    Text,
     check_endpoint_url,
     claim_address,
     claim_text,
@@ -41,7 +43,7 @@ EMAIL_CLAIM = "email"
 #: the Issuer in Response field's value when the callback must carry RFC 9207 ``iss``
 ISS_REQUIRED = "required"
 #: how to make the generic provider accept who signed in
-UNVERIFIED_ADVICE = (
+UNVERIFIED_ADVICE = lazy_gettext(
     "The identity provider does not mark the e-mail verified (email_verified is not true), and "
     "preferred_username is not an address unless you say so: have the identity provider verify "
     "the address, or enter the claim that holds the verified sign-in address (for example "
@@ -88,7 +90,7 @@ def _fetch_metadata(http: Any, issuer: str) -> Mapping[str, Any]:
             response = http.get(url, headers={"Accept": "application/json"})
         except requests.RequestException as exc:
             if _refused_before_connecting(exc):
-                raise ValueError(f"Discovery failed: {exc}") from None
+                raise ValueError(gettext("Discovery failed: %(error)s", error=exc)) from None
             logger.debug("Discovery at %s failed: %s", url, type(exc).__name__)
             continue
         document = _json_object(response)
@@ -97,13 +99,21 @@ def _fetch_metadata(http: Any, issuer: str) -> Mapping[str, Any]:
             continue
         if document.get("issuer") != issuer:
             raise ValueError(
-                f"Discovery failed: the document at {url} is for another issuer than "
-                f"{issuer!r}. Enter the issuer exactly as the provider spells it."
+                gettext(
+                    "Discovery failed: the document at %(url)s is for another issuer than "
+                    "%(issuer)r. Enter the issuer exactly as the provider spells it.",
+                    url=url,
+                    issuer=issuer,
+                )
             )
         return document
     raise ValueError(
-        f"Discovery failed: no metadata document could be read at {' or '.join(urls)}. Check "
-        "the Issuer (the provider's exact issuer URL), or enter the endpoints by hand."
+        gettext(
+            "Discovery failed: no metadata document could be read at %(first)s or %(second)s. "
+            "Check the Issuer (the provider's exact issuer URL), or enter the endpoints by hand.",
+            first=urls[0],
+            second=urls[1],
+        )
     )
 
 
@@ -126,48 +136,60 @@ class GenericProvider(Provider):
     fields = (
         ConfigField(
             "issuer",
-            "Issuer",
+            lazy_gettext("Issuer"),
             kind="url",
-            help="Fills the endpoints by discovery.",
+            help=lazy_gettext("Fills the endpoints by discovery."),
         ),
-        ConfigField("client_id", "Client ID", required=True),
-        ConfigField("authorization_endpoint", "Authorization Endpoint", kind="url"),
-        ConfigField("token_endpoint", "Token Endpoint", kind="url"),
+        ConfigField("client_id", lazy_gettext("Client ID"), required=True),
+        ConfigField("authorization_endpoint", lazy_gettext("Authorization Endpoint"), kind="url"),
+        ConfigField("token_endpoint", lazy_gettext("Token Endpoint"), kind="url"),
         ConfigField(
             "jwks_uri",
-            "JWKS URI",
+            lazy_gettext("JWKS URI"),
             kind="url",
-            help="The provider's signing keys; needed to validate id_tokens.",
+            help=lazy_gettext("The provider's signing keys; needed to validate id_tokens."),
         ),
-        ConfigField("userinfo_endpoint", "Userinfo Endpoint", kind="url"),
+        ConfigField("userinfo_endpoint", lazy_gettext("Userinfo Endpoint"), kind="url"),
         ConfigField(
             "resource_endpoint",
-            "Resource Details Endpoint",
+            lazy_gettext("Resource Details Endpoint"),
             kind="url",
-            help="A JSON endpoint that returns the mailbox address, when there is no OpenID "
-            "Connect.",
+            help=lazy_gettext(
+                "A JSON endpoint that returns the mailbox address, when there is no OpenID Connect."
+            ),
         ),
-        ConfigField("scopes", "Scopes", default="openid email offline_access", kind="scopes"),
+        ConfigField(
+            "scopes", lazy_gettext("Scopes"), default="openid email offline_access", kind="scopes"
+        ),
         ConfigField(
             "email_attribute",
-            "Email Address Attribute",
+            lazy_gettext("Email Address Attribute"),
             default="email",
-            help="The attribute that holds the address; dotted for nested ones (data.email).",
+            help=lazy_gettext(
+                "The attribute that holds the address; dotted for nested ones (data.email)."
+            ),
         ),
         ConfigField(
             "iss_parameter",
-            "Issuer in Response",
+            lazy_gettext("Issuer in Response"),
             kind="select",
-            choices=(("", "Not required"), (ISS_REQUIRED, "Required (RFC 9207)")),
-            help="Discovery sets it when the provider advertises "
-            "authorization_response_iss_parameter_supported; the callback then refuses a "
-            "response without iss.",
+            choices=(
+                ("", lazy_gettext("Not required")),
+                (ISS_REQUIRED, lazy_gettext("Required (RFC 9207)")),
+            ),
+            help=lazy_gettext(
+                "Discovery sets it when the provider advertises "
+                "authorization_response_iss_parameter_supported; the callback then refuses a "
+                "response without iss."
+            ),
             signed=False,
         ),
         ConfigField(
             "prompt",
-            "Prompt",
-            help="Optional prompt parameter for the authorization request, e.g. consent.",
+            lazy_gettext("Prompt"),
+            help=lazy_gettext(
+                "Optional prompt parameter for the authorization request, e.g. consent."
+            ),
             signed=False,
         ),
     )
@@ -178,12 +200,18 @@ class GenericProvider(Provider):
         if not self._value(config, "issuer"):
             for name in ("authorization_endpoint", "token_endpoint"):
                 if not self._value(config, name):
-                    label = self.field(name).label
-                    errors.setdefault(name, f"{label} is required unless an Issuer is entered.")
+                    errors.setdefault(
+                        name,
+                        gettext(
+                            "%(label)s is required unless an Issuer is entered.",
+                            label=self.field(name).label,
+                        ),
+                    )
         has_openid = "openid" in self.scopes(config)
         if has_openid and not self._value(config, "issuer"):
             errors.setdefault(
-                "issuer", "Enter the Issuer: OpenID Connect id_tokens are validated against it."
+                "issuer",
+                gettext("Enter the Issuer: OpenID Connect id_tokens are validated against it."),
             )
         if not (
             has_openid
@@ -192,8 +220,10 @@ class GenericProvider(Provider):
         ):
             errors.setdefault(
                 "scopes",
-                "The mailbox address cannot be read: add openid to the Scopes, or enter a "
-                "Userinfo or Resource Details Endpoint.",
+                gettext(
+                    "The mailbox address cannot be read: add openid to the Scopes, or enter a "
+                    "Userinfo or Resource Details Endpoint."
+                ),
             )
         return errors
 
@@ -206,23 +236,16 @@ class GenericProvider(Provider):
             return completed
         problem = check_endpoint_url(issuer, allow_insecure_http=True)
         if problem:
-            raise ValueError(f"Issuer: {problem}")
+            raise ValueError(gettext("Issuer: %(problem)s", problem=problem))
         document = _fetch_metadata(http, issuer)
         for key, name in _DISCOVERED.items():
             if name in blank and isinstance(document.get(key), str):
                 completed[name] = document[key]
         if document.get("authorization_response_iss_parameter_supported") is True:
             completed["iss_parameter"] = ISS_REQUIRED
-        missing = [
-            self.field(n).label
-            for n in ("authorization_endpoint", "token_endpoint")
-            if not completed.get(n)
-        ]
+        missing = [n for n in ("authorization_endpoint", "token_endpoint") if not completed.get(n)]
         if missing:
-            raise ValueError(
-                f"Discovery failed: the provider's metadata lists no {' and no '.join(missing)}; "
-                "enter it by hand."
-            )
+            raise ValueError(_undiscovered(*(self.field(n).label for n in missing)))
         return completed
 
     def endpoints(self, config: Mapping[str, str]) -> Endpoints:
@@ -272,8 +295,10 @@ class GenericProvider(Provider):
             details = _get_json(http, endpoints.userinfo, token)
             if subject and details.get("sub") != subject:
                 raise AuthorizationFailed(
-                    "The userinfo endpoint describes another user than the id_token.",
-                    guidance="Check the Userinfo Endpoint: it must belong to the same issuer.",
+                    gettext("The userinfo endpoint describes another user than the id_token."),
+                    guidance=gettext(
+                        "Check the Userinfo Endpoint: it must belong to the same issuer."
+                    ),
                 )
             email, more = _oidc_email(details, attribute)
             unverified += more
@@ -287,12 +312,27 @@ class GenericProvider(Provider):
             subject=subject or claim_text(details, "sub"),
             name=claim_text(claims, "name") or claim_text(details, "name"),
             unverified=unverified,
-            advice=UNVERIFIED_ADVICE if unverified else "",
+            advice=str(UNVERIFIED_ADVICE) if unverified else "",
         )
 
     @staticmethod
     def _value(config: Mapping[str, str], name: str) -> str:
         return (config.get(name) or "").strip()
+
+
+def _undiscovered(first: Text, second: Text | None = None) -> str:
+    """Why discovery could not complete: the endpoint field(s) the metadata did not list."""
+    if second is None:
+        return gettext(
+            "Discovery failed: the provider's metadata lists no %(field)s; enter it by hand.",
+            field=first,
+        )
+    return gettext(
+        "Discovery failed: the provider's metadata lists no %(first)s and no %(second)s; enter "
+        "it by hand.",
+        first=first,
+        second=second,
+    )
 
 
 def _oidc_email(data: Mapping[str, Any], attribute: str) -> tuple[str | None, tuple[str, ...]]:
@@ -322,7 +362,7 @@ def _get_json(http: Any, url: str, token: Mapping[str, Any]) -> Mapping[str, Any
         )
     except requests.RequestException as exc:
         if _refused_before_connecting(exc):
-            raise AuthorizationFailed(str(exc), guidance="Fix the endpoint.") from None
+            raise AuthorizationFailed(str(exc), guidance=gettext("Fix the endpoint.")) from None
         logger.debug("Reading %s failed: %s", url, type(exc).__name__)
         data = None
     else:
@@ -331,8 +371,10 @@ def _get_json(http: Any, url: str, token: Mapping[str, Any]) -> Mapping[str, Any
             logger.debug("Reading %s: HTTP %s, no JSON object", url, response.status_code)
     if data is None:
         raise AuthorizationFailed(
-            f"{url} did not return the mailbox details as a JSON object.",
-            guidance="Try again; check the Userinfo and Resource Details Endpoints and that the "
-            "Scopes grant access to them.",
+            gettext("%(url)s did not return the mailbox details as a JSON object.", url=url),
+            guidance=gettext(
+                "Try again; check the Userinfo and Resource Details Endpoints and that the "
+                "Scopes grant access to them."
+            ),
         )
     return data

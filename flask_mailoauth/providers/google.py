@@ -7,6 +7,7 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from ..i18n import gettext, lazy_gettext
 from .base import (
     OAUTH_ERRORS,
     ConfigField,
@@ -27,23 +28,31 @@ ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
         **OAUTH_ERRORS,
         "invalid_grant": ErrorAdvice(
             "reauthorize",
-            "The grant was revoked, the password changed, or the app is in Testing and its "
-            "7-day refresh token expired: authorize again (and publish the app).",
+            lazy_gettext(
+                "The grant was revoked, the password changed, or the app is in Testing and its "
+                "7-day refresh token expired: authorize again (and publish the app)."
+            ),
         ),
         "invalid_client": ErrorAdvice(
             "configuration",
-            "The client credentials were refused: copy the Client ID and secret of the OAuth "
-            "client (APIs & Services > Credentials) again.",
+            lazy_gettext(
+                "The client credentials were refused: copy the Client ID and secret of the OAuth "
+                "client (APIs & Services > Credentials) again."
+            ),
         ),
         "admin_policy_enforced": ErrorAdvice(
             "configuration",
-            "A Google Workspace admin policy blocks this app: trust it in the Admin console "
-            "(Security > API controls), then authorize again.",
+            lazy_gettext(
+                "A Google Workspace admin policy blocks this app: trust it in the Admin console "
+                "(Security > API controls), then authorize again."
+            ),
         ),
         "org_internal": ErrorAdvice(
             "configuration",
-            "The app is Internal to another Workspace organization: sign in with an account of "
-            "that organization, or make the app External.",
+            lazy_gettext(
+                "The app is Internal to another Workspace organization: sign in with an account of "
+                "that organization, or make the app External."
+            ),
         ),
     }
 )
@@ -62,41 +71,43 @@ class GoogleProvider(Provider):
     fields = (
         ConfigField(
             "client_id",
-            "Client ID",
+            lazy_gettext("Client ID"),
             required=True,
-            help="The Client ID of a Web application OAuth client.",
+            help=lazy_gettext("The Client ID of a Web application OAuth client."),
         ),
         ConfigField(
             "authorization_endpoint",
-            "Authorization Endpoint",
+            lazy_gettext("Authorization Endpoint"),
             default="https://accounts.google.com/o/oauth2/v2/auth",
             kind="url",
             required=True,
         ),
         ConfigField(
             "token_endpoint",
-            "Token Endpoint",
+            lazy_gettext("Token Endpoint"),
             default="https://oauth2.googleapis.com/token",
             kind="url",
             required=True,
         ),
         ConfigField(
             "scopes",
-            "Scopes",
+            lazy_gettext("Scopes"),
             default=f"openid email {MAIL_SCOPE}",
             kind="scopes",
-            help="Space separated; IMAP, POP and SMTP need https://mail.google.com/.",
+            help=lazy_gettext("Space separated; IMAP, POP and SMTP need https://mail.google.com/."),
         ),
         ConfigField(
             "publishing_status",
-            "Publishing Status",
+            lazy_gettext("Publishing Status"),
             default="production",
             kind="select",
             choices=(
-                ("production", "In production"),
-                ("testing", "Testing (refresh tokens expire after 7 days)"),
+                ("production", lazy_gettext("In production")),
+                ("testing", lazy_gettext("Testing (refresh tokens expire after 7 days)")),
             ),
-            help="As shown on the OAuth consent screen page of the Google Cloud console.",
+            help=lazy_gettext(
+                "As shown on the OAuth consent screen page of the Google Cloud console."
+            ),
             signed=False,
         ),
     )
@@ -107,11 +118,16 @@ class GoogleProvider(Provider):
         scopes = set(self.scopes(config))
         if MAIL_SCOPE not in scopes:
             errors.setdefault(
-                "scopes", f"Add {MAIL_SCOPE}: Gmail's IMAP, POP and SMTP accept no other scope."
+                "scopes",
+                gettext(
+                    "Add %(scope)s: Gmail's IMAP, POP and SMTP accept no other scope.",
+                    scope=MAIL_SCOPE,
+                ),
             )
         elif not {"openid", "email"} <= scopes:
             errors.setdefault(
-                "scopes", "Add openid and email: without them the mailbox address cannot be read."
+                "scopes",
+                gettext("Add openid and email: without them the mailbox address cannot be read."),
             )
         return errors
 
@@ -165,7 +181,9 @@ class GoogleProvider(Provider):
         """Warn that apps in Testing lose their grant every 7 days."""
         if self._testing(config):
             return [
-                "Apps in Testing get refresh tokens that expire after 7 days: publish the app "
-                "(In production) on the OAuth consent screen page, then authorize again."
+                gettext(
+                    "Apps in Testing get refresh tokens that expire after 7 days: publish the app "
+                    "(In production) on the OAuth consent screen page, then authorize again."
+                )
             ]
         return []

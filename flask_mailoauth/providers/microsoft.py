@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import requests
 
 from ..errors import AuthorizationFailed, MailOAuthError, ProviderFailure
+from ..i18n import gettext, lazy_gettext
 from .base import (
     OAUTH_ERRORS,
     ConfigField,
@@ -21,6 +22,7 @@ from .base import (
     MailServer,
     MailServers,
     Provider,
+    Text,
     claim_address,
     claim_text,
     classify_oauth_error,
@@ -31,7 +33,7 @@ from .base import (
 class Cloud:
     """Where one Microsoft cloud signs in, which Outlook resource it scopes and serves mail from."""
 
-    label: str
+    label: Text
     login_host: str
     outlook_resource: str
     mailbox_host: str
@@ -42,28 +44,28 @@ class Cloud:
 CLOUDS: Mapping[str, Cloud] = MappingProxyType(
     {
         "global": Cloud(
-            "Global (login.microsoftonline.com)",
+            lazy_gettext("Global (login.microsoftonline.com)"),
             "login.microsoftonline.com",
             "https://outlook.office.com/",
             "outlook.office365.com",
             "smtp.office365.com",
         ),
         "gcc_high": Cloud(
-            "US Government GCC High",
+            lazy_gettext("US Government GCC High"),
             "login.microsoftonline.us",
             "https://outlook.office365.us/",
             "outlook.office365.us",
             "smtp.office365.us",
         ),
         "dod": Cloud(
-            "US Government DoD",
+            lazy_gettext("US Government DoD"),
             "login.microsoftonline.us",
             "https://outlook-dod.office365.us/",
             "outlook-dod.office365.us",
             "outlook-dod.office365.us",
         ),
         "china": Cloud(
-            "China (21Vianet)",
+            lazy_gettext("China (21Vianet)"),
             "login.chinacloudapi.cn",
             "https://partner.outlook.cn/",
             "partner.outlook.cn",
@@ -104,7 +106,7 @@ MULTI_TENANT = frozenset({"common", "organizations", "consumers"})
 #: the id_token claims that hold the sign-in name; ``unique_name`` is never one of them
 SIGN_IN_CLAIMS = ("preferred_username", "upn")
 #: how to make Microsoft vouch for the ``email`` claim
-UNVERIFIED_EMAIL_ADVICE = (
+UNVERIFIED_EMAIL_ADVICE = lazy_gettext(
     "Microsoft does not vouch for the id_token's email claim here (no xms_edov, and the Tenant "
     "is not pinned): sign in with the mailbox's own account, set the Tenant to your Directory "
     "(tenant) ID or verified domain (a single-tenant app), or add the xms_edov optional claim "
@@ -119,89 +121,121 @@ ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
         **OAUTH_ERRORS,
         "invalid_client": ErrorAdvice(
             "configuration",
-            "The client credentials were refused: check the Client ID and paste the client "
-            "secret's Value (not its Secret ID); create a new secret if it expired.",
+            lazy_gettext(
+                "The client credentials were refused: check the Client ID and paste the client "
+                "secret's Value (not its Secret ID); create a new secret if it expired."
+            ),
         ),
         "AADSTS700082": ErrorAdvice(
             "reauthorize",
-            "The refresh token expired after 90 days unused: authorize again; scheduling "
-            "`flask mailoauth refresh --due` daily keeps it alive.",
+            lazy_gettext(
+                "The refresh token expired after 90 days unused: authorize again; scheduling "
+                "`flask mailoauth refresh --due` daily keeps it alive."
+            ),
         ),
         "AADSTS50173": ErrorAdvice(
             "reauthorize",
-            "The grant expired or was revoked (for example the password changed or sessions "
-            "were revoked): authorize again.",
+            lazy_gettext(
+                "The grant expired or was revoked (for example the password changed or sessions "
+                "were revoked): authorize again."
+            ),
         ),
         "AADSTS70043": ErrorAdvice(
             "reauthorize",
-            "A Conditional Access sign-in frequency policy expired the grant: authorize again, "
-            "or exempt this application from the policy.",
+            lazy_gettext(
+                "A Conditional Access sign-in frequency policy expired the grant: authorize again, "
+                "or exempt this application from the policy."
+            ),
         ),
         "AADSTS65001": ErrorAdvice(
             "reauthorize",
-            "The user or an administrator has not consented: grant admin consent in API "
-            "permissions, then authorize again.",
+            lazy_gettext(
+                "The user or an administrator has not consented: grant admin consent in API "
+                "permissions, then authorize again."
+            ),
         ),
         "AADSTS65004": ErrorAdvice(
             "reauthorize",
-            "The user declined consent: authorize again and accept, or have an administrator "
-            "grant admin consent.",
+            lazy_gettext(
+                "The user declined consent: authorize again and accept, or have an administrator "
+                "grant admin consent."
+            ),
         ),
         "AADSTS54005": ErrorAdvice(
             "reauthorize",
-            "The authorization code was already redeemed: start the authorization again.",
+            lazy_gettext(
+                "The authorization code was already redeemed: start the authorization again."
+            ),
         ),
         "AADSTS70008": ErrorAdvice(
             "reauthorize",
-            "The authorization code or refresh token expired: authorize again.",
+            lazy_gettext("The authorization code or refresh token expired: authorize again."),
         ),
         "AADSTS50076": ErrorAdvice(
             "reauthorize",
-            "Multi-factor authentication is required: authorize again and complete it.",
+            lazy_gettext(
+                "Multi-factor authentication is required: authorize again and complete it."
+            ),
         ),
         "AADSTS50079": ErrorAdvice(
             "reauthorize",
-            "The mailbox account must register for multi-factor authentication: register, then "
-            "authorize again.",
+            lazy_gettext(
+                "The mailbox account must register for multi-factor authentication: register, then "
+                "authorize again."
+            ),
         ),
         "AADSTS7000222": ErrorAdvice(
             "configuration",
-            "The client secret expired: create a new one in Certificates & secrets and paste "
-            "its Value; no new consent is needed.",
+            lazy_gettext(
+                "The client secret expired: create a new one in Certificates & secrets and paste "
+                "its Value; no new consent is needed."
+            ),
         ),
         "AADSTS7000215": ErrorAdvice(
             "configuration",
-            "Invalid client secret: paste the secret's Value, not its Secret ID.",
+            lazy_gettext("Invalid client secret: paste the secret's Value, not its Secret ID."),
         ),
         "AADSTS700016": ErrorAdvice(
             "configuration",
-            "The application was not found in the directory: check the Client ID, the Tenant "
-            "and the Cloud.",
+            lazy_gettext(
+                "The application was not found in the directory: check the Client ID, the Tenant "
+                "and the Cloud."
+            ),
         ),
         "AADSTS50011": ErrorAdvice(
             "configuration",
-            "Redirect URI mismatch: add the Callback Endpoint, exactly as shown, as a Web "
-            "redirect URI of the app registration.",
+            lazy_gettext(
+                "Redirect URI mismatch: add the Callback Endpoint, exactly as shown, as a Web "
+                "redirect URI of the app registration."
+            ),
         ),
         "AADSTS28000": ErrorAdvice(
             "configuration",
-            "The scopes name more than one resource: do not mix Graph scopes (User.Read, "
-            "Mail.*) with Outlook scopes.",
+            lazy_gettext(
+                "The scopes name more than one resource: do not mix Graph scopes (User.Read, "
+                "Mail.*) with Outlook scopes."
+            ),
         ),
         "AADSTS70011": ErrorAdvice(
             "configuration",
-            "A scope is invalid: request offline_access openid profile email and the Outlook "
-            "scopes (https://outlook.office.com/IMAP.AccessAsUser.All, ...).",
+            lazy_gettext(
+                "A scope is invalid: request offline_access openid profile email and the Outlook "
+                "scopes (https://outlook.office.com/IMAP.AccessAsUser.All, ...)."
+            ),
         ),
         "AADSTS9002325": ErrorAdvice(
             "configuration",
-            "The redirect URI is registered as a Single-page application: register the "
-            "Callback Endpoint under the Web platform instead.",
+            lazy_gettext(
+                "The redirect URI is registered as a Single-page application: register the "
+                "Callback Endpoint under the Web platform instead."
+            ),
         ),
         "AADSTS900144": ErrorAdvice(
             "configuration",
-            "The request lacks a required parameter (client_id or scope): check the Client ID "
-            "and the Scopes.",
+            lazy_gettext(
+                "The request lacks a required parameter (client_id or scope): check the Client ID "
+                "and the Scopes."
+            ),
         ),
     }
 )
@@ -240,48 +274,53 @@ class MicrosoftProvider(Provider):
     fields = (
         ConfigField(
             "cloud",
-            "Cloud",
+            lazy_gettext("Cloud"),
             default="global",
             kind="select",
             choices=tuple((key, cloud.label) for key, cloud in CLOUDS.items()),
-            help="The Microsoft cloud the tenant lives in; it picks the sign-in and mail hosts.",
+            help=lazy_gettext(
+                "The Microsoft cloud the tenant lives in; it picks the sign-in and mail hosts."
+            ),
         ),
         ConfigField(
             "tenant",
-            "Tenant",
+            lazy_gettext("Tenant"),
             default="common",
-            help="common, or the Directory (tenant) ID or a verified domain for a single-tenant "
-            "app.",
+            help=lazy_gettext(
+                "common, or the Directory (tenant) ID or a verified domain for a single-tenant app."
+            ),
         ),
         ConfigField(
             "client_id",
-            "Client ID",
+            lazy_gettext("Client ID"),
             required=True,
-            help="The Application (client) ID of the app registration.",
+            help=lazy_gettext("The Application (client) ID of the app registration."),
         ),
         ConfigField(
             "authorization_endpoint",
-            "Authorization Endpoint",
+            lazy_gettext("Authorization Endpoint"),
             default="https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
             kind="url",
             required=True,
         ),
         ConfigField(
             "token_endpoint",
-            "Token Endpoint",
+            lazy_gettext("Token Endpoint"),
             default="https://login.microsoftonline.com/common/oauth2/v2.0/token",
             kind="url",
             required=True,
         ),
         ConfigField(
             "scopes",
-            "Scopes",
+            lazy_gettext("Scopes"),
             default=" ".join(
                 (*OIDC_SCOPES, *(f"https://outlook.office.com/{p}" for p in MAIL_PERMISSIONS))
             ),
             kind="scopes",
-            help="Space separated. Outlook scopes only: Graph scopes such as User.Read give a "
-            "token IMAP, POP and SMTP refuse.",
+            help=lazy_gettext(
+                "Space separated. Outlook scopes only: Graph scopes such as User.Read give a "
+                "token IMAP, POP and SMTP refuse."
+            ),
         ),
     )
 
@@ -304,19 +343,22 @@ class MicrosoftProvider(Provider):
         errors = super().validate(config, allow_insecure_http=allow_insecure_http)
         tenant = (config.get("tenant") or "").strip()
         if tenant and not _TENANT.fullmatch(tenant):
-            errors.setdefault("tenant", "Enter common, a tenant ID (a GUID) or a domain.")
+            errors.setdefault("tenant", gettext("Enter common, a tenant ID (a GUID) or a domain."))
         for name, leaf in (("authorization_endpoint", "authorize"), ("token_endpoint", "token")):
             value = (config.get(name) or "").strip()
             if value and _V2_PATH not in urlsplit(value).path:
+                example = f"https://login.microsoftonline.com/common/oauth2/v2.0/{leaf}"
                 errors.setdefault(
                     name,
-                    "This is not a v2.0 endpoint: copy the OAuth 2.0 (v2) endpoints from the app "
-                    "registration's Endpoints, e.g. "
-                    f"https://login.microsoftonline.com/common/oauth2/v2.0/{leaf}.",
+                    gettext(
+                        "This is not a v2.0 endpoint: copy the OAuth 2.0 (v2) endpoints from the "
+                        "app registration's Endpoints, e.g. %(example)s.",
+                        example=example,
+                    ),
                 )
         for field in self.fields:
             if _RETIRED_API.search(config.get(field.name) or ""):
-                errors[field.name] = (
+                errors[field.name] = gettext(
                     "The Outlook REST API v2.0 (outlook.office.com/api/v2.0) is retired: remove "
                     "it; the mailbox identity comes from the id_token."
                 )
@@ -334,20 +376,21 @@ class MicrosoftProvider(Provider):
             by_resource.setdefault(_resource(scope), []).append(scope)
         graph, outlook = by_resource.get("graph", []), by_resource.get("outlook", [])
         if graph and outlook:
-            return (
-                f"One access token has one audience: Graph scopes ({', '.join(graph)}) cannot be "
-                f"mixed with Outlook scopes ({', '.join(outlook)}). Remove {', '.join(graph)}; "
-                "a Graph permission such as User.Read stays in the app registration but is not "
-                "requested here."
+            return gettext(
+                "One access token has one audience: Graph scopes (%(graph)s) cannot be mixed with "
+                "Outlook scopes (%(outlook)s). Remove %(graph)s; a Graph permission such as "
+                "User.Read stays in the app registration but is not requested here.",
+                graph=", ".join(graph),
+                outlook=", ".join(outlook),
             )
         if not outlook:
-            return (
+            return gettext(
                 "Add the Outlook scopes of the protocols you use, e.g. "
                 "https://outlook.office.com/IMAP.AccessAsUser.All and "
                 "https://outlook.office.com/SMTP.Send; IMAP, POP and SMTP accept no other token."
             )
         if "offline_access" not in {s.casefold() for s in scopes}:
-            return "Add offline_access: without it Microsoft issues no refresh token."
+            return gettext("Add offline_access: without it Microsoft issues no refresh token.")
         return None
 
     def complete(self, config: Mapping[str, str], http: Any) -> dict[str, str]:
@@ -415,10 +458,16 @@ class MicrosoftProvider(Provider):
         pinned = self._pinned_tenant_id(config, http)
         if pinned is not None and (tid or "").casefold() != pinned.casefold():
             raise AuthorizationFailed(
-                f"The id_token comes from tenant {tid or '(none)'}, not from {pinned}, the "
-                "tenant this account is pinned to.",
-                "Sign in with an account of your own tenant; if the Tenant is wrong, correct it "
-                "on the IdP Config tab.",
+                gettext(
+                    "The id_token comes from tenant %(tenant)s, not from %(pinned)s, the tenant "
+                    "this account is pinned to.",
+                    tenant=tid or gettext("(none)"),
+                    pinned=pinned,
+                ),
+                gettext(
+                    "Sign in with an account of your own tenant; if the Tenant is wrong, correct "
+                    "it on the IdP Config tab."
+                ),
                 code="tenant_mismatch",
             )
         sign_in = [a for k in SIGN_IN_CLAIMS if (a := claim_address(claims, k))]
@@ -433,7 +482,7 @@ class MicrosoftProvider(Provider):
             tenant=tid,
             name=claim_text(claims, "name"),
             unverified=unverified,
-            advice=UNVERIFIED_EMAIL_ADVICE if unverified else "",
+            advice=str(UNVERIFIED_EMAIL_ADVICE) if unverified else "",
         )
 
     def _pinned_tenant_id(self, config: Mapping[str, str], http: Any) -> str | None:
@@ -451,9 +500,15 @@ class MicrosoftProvider(Provider):
             return tenant
         url = f"{base}/{tenant}/v2.0/.well-known/openid-configuration"
         unresolved = AuthorizationFailed(
-            f"The tenant {tenant} could not be resolved to its tenant id through {url}.",
-            "Set the Tenant (and the endpoints) to the Directory (tenant) ID shown on the app "
-            "registration's Overview page, or try again when the identity provider answers.",
+            gettext(
+                "The tenant %(tenant)s could not be resolved to its tenant id through %(url)s.",
+                tenant=tenant,
+                url=url,
+            ),
+            gettext(
+                "Set the Tenant (and the endpoints) to the Directory (tenant) ID shown on the app "
+                "registration's Overview page, or try again when the identity provider answers."
+            ),
             code="tenant_unresolved",
         )
         try:
@@ -528,7 +583,11 @@ class MicrosoftProvider(Provider):
         _, in_endpoint = _authority(config.get("token_endpoint") or "")
         if tenant and in_endpoint and tenant.casefold() != in_endpoint.casefold():
             return [
-                f"The Tenant is {tenant} but the endpoints use {in_endpoint}: update the "
-                "endpoints (or the Tenant) so they agree."
+                gettext(
+                    "The Tenant is %(tenant)s but the endpoints use %(endpoint_tenant)s: update "
+                    "the endpoints (or the Tenant) so they agree.",
+                    tenant=tenant,
+                    endpoint_tenant=in_endpoint,
+                )
             ]
         return []

@@ -12,6 +12,7 @@ import threading
 from importlib.metadata import EntryPoint, entry_points
 
 from ..errors import MailOAuthError
+from ..i18n import gettext
 from .base import Provider
 from .generic import GenericProvider
 from .google import GoogleProvider
@@ -68,7 +69,11 @@ def get(provider_id: str) -> Provider:
         return _providers[provider_id]
     except KeyError:
         known = ", ".join(p.id for p in all())
-        raise UnknownProvider(f"No provider {provider_id!r}; known: {known}.") from None
+        raise UnknownProvider(
+            gettext(
+                "No provider %(provider)r; known: %(known)s.", provider=provider_id, known=known
+            )
+        ) from None
 
 
 def all() -> list[Provider]:

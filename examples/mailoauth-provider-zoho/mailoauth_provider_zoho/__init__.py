@@ -63,6 +63,12 @@ HOST_PREFIXES: Mapping[str, tuple[str, str, str]] = MappingProxyType(
 )
 
 #: OAuth error -> what it means at Zoho and the fix
+#
+# Translations are the plugin's own business: these texts (and the field labels below) stay
+# plain English here. A plugin that ships a catalogue passes lazy message objects of its own
+# gettext domain (anything whose ``str()`` is the translated text) where a ``str`` is used; it
+# never adds its messages to flask-mailoauth's catalogue. The base checks it inherits
+# ("... is required.") are translated by flask-mailoauth.
 ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
     {
         **OAUTH_ERRORS,
