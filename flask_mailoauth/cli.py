@@ -182,9 +182,10 @@ def _unexpected(target: Target, exc: Exception) -> str:
     )
     return gettext(
         "unexpected %(error)s (message withheld: it may quote stored data). Try it again with "
-        "`%(command)s`.",
+        "`flask mailoauth refresh %(key)s --purpose %(purpose)s`.",
         error=kind,
-        command=f"flask mailoauth refresh {target.key} --purpose {target.purpose}",
+        key=target.key,
+        purpose=target.purpose,
     )
 
 

@@ -196,7 +196,7 @@ def _credential_warnings(account, credential, provider, config, now: datetime) -
             warnings.append(
                 gettext(
                     "The refresh token stops working on %(time)s UTC.",
-                    time=f"{dies:%Y-%m-%d %H:%M}",
+                    time=dies.strftime("%Y-%m-%d %H:%M"),
                 )
             )
     return warnings
@@ -206,12 +206,12 @@ def _clock_warning(skew: float) -> str:
     """The warning for a host clock ``skew`` seconds off the IdP's (ahead when positive)."""
     if skew > 0:
         return gettext(
-            "This host's clock is %(seconds)s s ahead of the identity provider's: tokens are "
+            "This host's clock is %(seconds)d s ahead of the identity provider's: tokens are "
             "refreshed too early or too late. Synchronise the clock (NTP).",
-            seconds=f"{skew:.0f}",
+            seconds=round(skew),
         )
     return gettext(
-        "This host's clock is %(seconds)s s behind the identity provider's: tokens are "
+        "This host's clock is %(seconds)d s behind the identity provider's: tokens are "
         "refreshed too early or too late. Synchronise the clock (NTP).",
-        seconds=f"{-skew:.0f}",
+        seconds=round(-skew),
     )

@@ -795,7 +795,7 @@ def _unavailable(st, credential: Any, keep_valid_token: bool) -> str:
     if credential.next_retry_at:
         message = gettext(
             "The identity provider is unavailable; next try at %(time)s UTC. %(error)s",
-            time=f"{credential.next_retry_at:%H:%M:%S}",
+            time=credential.next_retry_at.strftime("%H:%M:%S"),
             error=error,
         )
     else:
