@@ -28,22 +28,22 @@ if TYPE_CHECKING:
 SHOWN_CHARACTERS = 2
 
 #: why a stored grant cannot be used, and what to press: the Token tab says it, Submit acts on
-#: it. The English texts (the msgids): :func:`unusable_reason` says them in the admin's language.
+#: it, in the admin's language (:func:`unusable_reason` turns them into text).
 UNUSABLE_REAUTHORIZE = lazy_gettext(
     "The grant is no longer valid (revoked, expired or the password changed): press Authorize "
     "again and sign in as the mailbox."
-).message
+)
 UNUSABLE_CONFIGURATION = lazy_gettext(
     "The identity provider refuses the application's configuration: fix the IdP Config (often: "
     "paste a new client secret's Value) and Submit, or press Authorize again."
-).message
+)
 UNUSABLE_SIGNATURE = lazy_gettext(
     "The IdP Config changed since the token was issued: press Authorize again."
-).message
+)
 UNUSABLE_KEY_GONE = lazy_gettext(
     "The stored token cannot be decrypted: its encryption key is no longer in "
     "MAILOAUTH_ENCRYPTION_KEYS. Press Authorize again (or put the old key back)."
-).message
+)
 
 
 @dataclass(frozen=True)
@@ -194,13 +194,13 @@ def unusable_reason(st: MailOAuthState, account: Any) -> str | None:
     if cred is None:
         return None
     if cred.status == REAUTHORIZE:
-        return gettext(UNUSABLE_REAUTHORIZE)
+        return str(UNUSABLE_REAUTHORIZE)
     if cred.status == MISCONFIGURED:
-        return gettext(UNUSABLE_CONFIGURATION)
+        return str(UNUSABLE_CONFIGURATION)
     if cred.config_signature != account.config_signature:
-        return gettext(UNUSABLE_SIGNATURE)
+        return str(UNUSABLE_SIGNATURE)
     if _readable(st, cred) is None:
-        return gettext(UNUSABLE_KEY_GONE)
+        return str(UNUSABLE_KEY_GONE)
     return None
 
 

@@ -323,7 +323,7 @@ class MailOAuth:
         try:
             settings, server = self._server(key, protocol, purpose, require_account=False)
         except MailOAuthError as exc:
-            step = mail.CheckStep("settings", False, 0.0, str(exc))
+            step = mail.CheckStep(gettext("settings"), False, 0.0, str(exc))
             return mail.CheckResult(protocol.upper(), False, [step])
         if protocol == "smtp":
             # Sign in as the SMTP address, then try the mailbox's own address as sender: when

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -31,6 +32,7 @@ _loaded: dict[str, Any] = {}
 _loading = threading.Lock()
 
 
+@cache
 def available_locales() -> list[str]:
     """Locales this extension ships a translation for (besides English)."""
     return sorted(entry.name for entry in _CATALOGUES.iterdir() if entry.is_dir())
@@ -55,8 +57,8 @@ def _catalogue(locale: str) -> Any:
         return _loaded[locale]
 
 
-def _translations() -> Any | None:
-    """The catalogue of the current request's locale, or ``None`` to speak English."""
+def _locale() -> Any | None:
+    """The host's Flask-Babel locale when it is one we translate into, else ``None`` (English)."""
     if get_locale is None or not has_app_context():
         return None
     babel = current_app.extensions.get("babel")
@@ -64,10 +66,23 @@ def _translations() -> Any | None:
         return None
     # Outside a request (the CLI) a host's locale selector cannot read the request: use the
     # host's default locale, as Flask-Babel's own outgoing mail would.
-    locale = get_locale() if has_request_context() else babel.instance.default_locale
-    if locale is None or Locale.parse(locale).language == "en":
+    chosen = get_locale() if has_request_context() else babel.instance.default_locale
+    if chosen is None:
         return None
-    return _catalogue(str(locale))
+    locale = Locale.parse(chosen)
+    return locale if locale.language in available_locales() else None
+
+
+def _translations() -> Any | None:
+    """The catalogue of the current locale, or ``None`` to speak English."""
+    locale = _locale()
+    return None if locale is None else _catalogue(str(locale))
+
+
+def current_language() -> str:
+    """The language our text is in, as an HTML ``lang`` (``de``, ``de-AT``; ``en`` without one)."""
+    locale = _locale()
+    return "en" if locale is None else str(locale).replace("_", "-")
 
 
 def gettext(message: str, **variables: object) -> str:

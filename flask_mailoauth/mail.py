@@ -753,7 +753,7 @@ class _Check:
         if isinstance(exc, _TRANSPORT_ERRORS):
             exc = _connection_error(self.protocol, self.server.host, self.server.port, exc)
         detail = str(exc) if isinstance(exc, MailOAuthError) else f"{type(exc).__name__}: {exc}"
-        guidance = getattr(exc, "guidance", "")
+        guidance = str(getattr(exc, "guidance", ""))
         self.steps.append(
             CheckStep(
                 name, False, time.perf_counter() - start, _redact(detail, self.token), guidance
@@ -958,9 +958,15 @@ def resolve_server(
     fallback: MailServer | None = getattr(defaults, protocol, None) if defaults else None
     host = getattr(settings, f"{prefix}host") or (fallback.host if fallback else None)
     if not host:
+        # shown in the modal's connection test too: the admin may have left the host empty
         raise SetupError(
-            f"No {protocol.upper()} server for {settings.address}: the provider has no default, "
-            f"so the mailbox loader must set MailboxSettings.{prefix}host."
+            gettext(
+                "No %(protocol)s server for %(address)s: the provider has no default, so the "
+                "mailbox loader must set MailboxSettings.%(field)s.",
+                protocol=protocol.upper(),
+                address=settings.address,
+                field=prefix + "host",
+            )
         )
     security = getattr(settings, f"{prefix}security") or (fallback.security if fallback else "ssl")
     port = (settings.smtp_port if protocol == "smtp" else settings.port_for(protocol)) or (

@@ -103,20 +103,12 @@ def require_access() -> None:
         abort(403, description=gettext("You are not allowed to manage mail OAuth settings."))
 
 
-def current_language() -> str:
-    """The ``lang`` of our pages: the request's locale when we ship its catalogue, else ``en``."""
-    if i18n.get_locale is None or "babel" not in current_app.extensions:
-        return "en"
-    locale = i18n.get_locale()
-    if locale is None or locale.language not in i18n.available_locales():
-        return "en"
-    return str(locale).replace("_", "-")
-
-
 def _render(template: str, **context: object) -> str:
     """A template of this extension, with its own ``_`` and ``ngettext`` (never the host's)
     and ``lang``, the language its text is in."""
-    return render_template(template, **i18n.TEMPLATE_FUNCTIONS, lang=current_language(), **context)
+    return render_template(
+        template, **i18n.TEMPLATE_FUNCTIONS, lang=i18n.current_language(), **context
+    )
 
 
 def config_button(

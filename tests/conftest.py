@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_mailoauth import MailboxSettings, MailOAuth
+from flask_mailoauth import MailboxSettings, MailOAuth, i18n
 from flask_mailoauth.crypto import generate_key
 
 from .peers.guard import GUARD
 from .peers.hostile import FIGURES
+from .pseudo_locale import PSEUDO, write_catalogues
 
 pytest_plugins = ["tests.peers.plugin", "tests.hostile_driver"]
 
@@ -81,3 +83,19 @@ def make_host(tmp_path) -> Callable[..., Host]:
 def host(make_host) -> Host:
     """The default host: SQLite, an access check that lets everyone in."""
     return make_host()
+
+
+@pytest.fixture(scope="session")
+def pseudo_catalogues(tmp_path_factory) -> Path:
+    """The translations folder of the pseudo-language (``tests.pseudo_locale``), built once."""
+    return write_catalogues(tmp_path_factory.mktemp("translations"))
+
+
+@pytest.fixture
+def pseudo_locale(monkeypatch, pseudo_catalogues) -> Iterator[str]:
+    """The extension reads its catalogues from the pseudo translations; yields the locale."""
+    monkeypatch.setattr(i18n, "_CATALOGUES", pseudo_catalogues)
+    monkeypatch.setattr(i18n, "_loaded", {})
+    i18n.available_locales.cache_clear()
+    yield PSEUDO
+    i18n.available_locales.cache_clear()

@@ -6,62 +6,29 @@ translated as ``⟦message⟧``, shows which text went through the catalogue and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from pathlib import Path
 
 import pytest
-from babel.messages.catalog import Catalog
-from babel.messages.extract import extract_from_file
-from babel.messages.pofile import write_po
 from flask_babel import Babel
 
-from flask_mailoauth import i18n
 from flask_mailoauth.mail import CheckResult, check_imap
 from flask_mailoauth.providers.microsoft import ERRORS, MicrosoftProvider
 from tests.scripted_server import Turn
 from tests.test_mail import IMAP_GUIDANCE, IMAP_LOGIN, IMAP_LOGOUT, TOKEN, USER, at, imap_server
 
-ROOT = Path(__file__).resolve().parent.parent
-SOURCES = [
-    ROOT / "flask_mailoauth" / name for name in ("mail.py", "sasl.py", "outbound.py", "providers")
-]
-KEYWORDS = {"gettext": None, "ngettext": (1, 2), "lazy_gettext": None}
+from .pseudo_locale import wrapped
+
 MICROSOFT = MicrosoftProvider()
 #: a refresh token Microsoft let expire
 EXPIRED = {"error": "invalid_grant", "error_codes": [700082], "error_description": "AADSTS700082"}
 
 
-def pseudo(text: str) -> str:
-    return f"⟦{text}⟧"
-
-
-def _messages() -> Iterator[str | tuple[str, ...]]:
-    for source in SOURCES:
-        for path in [source] if source.is_file() else sorted(source.glob("*.py")):
-            for _line, message, _comments, _context in extract_from_file(
-                "python", str(path), keywords=KEYWORDS
-            ):
-                yield message
-
-
 @pytest.fixture
-def pseudo_host(make_host, db_url, tmp_path, monkeypatch):
-    """A Flask-Babel host in locale ``eo``, whose catalogue wraps every message in ⟦⟧."""
-    catalog = Catalog(locale="eo", domain=i18n.DOMAIN)
-    for message in _messages():
-        if isinstance(message, tuple):
-            catalog.add(message, tuple(pseudo(m) for m in message))
-        else:
-            catalog.add(message, pseudo(message))
-    folder = tmp_path / "catalogues" / "eo" / "LC_MESSAGES"
-    folder.mkdir(parents=True)
-    with (folder / f"{i18n.DOMAIN}.po").open("wb") as po:
-        write_po(po, catalog)
-    monkeypatch.setattr(i18n, "_CATALOGUES", tmp_path / "catalogues")
-    monkeypatch.setattr(i18n, "_loaded", {})
+def pseudo_host(make_host, db_url, pseudo_locale):
+    """A Flask-Babel host in the pseudo-language, on SQLite and PostgreSQL."""
     host = make_host(db_url=db_url)
-    Babel(host.app, locale_selector=lambda: "eo")
+    Babel(host.app, locale_selector=lambda: pseudo_locale)
     return host
 
 
@@ -84,30 +51,30 @@ def test_a_microsoft_classification_speaks_the_hosts_locale(pseudo_host):
     english = ERRORS["AADSTS700082"].guidance
     with pseudo_host.app.test_request_context():
         failure = MICROSOFT.classify_error(400, EXPIRED)
-        assert failure.guidance == pseudo(english)
+        assert failure.guidance == wrapped(english)
         assert type(failure.guidance) is str  # stored and logged as the text of the moment
-        assert MICROSOFT.guidance("700082") == pseudo(english)
+        assert MICROSOFT.guidance("700082") == wrapped(english)
     assert MICROSOFT.classify_error(400, EXPIRED).guidance == english
 
 
 def test_a_mail_check_speaks_the_hosts_locale(pseudo_host):
     result = run_check(pseudo_host.app.test_request_context)
     names = [s.name for s in result.steps]
-    assert names == [pseudo("connect"), pseudo("sign in"), pseudo("open INBOX")]
-    assert result.steps[-1].guidance == pseudo(IMAP_GUIDANCE)
+    assert names == [wrapped("connect"), wrapped("sign in"), wrapped("open INBOX")]
+    assert result.steps[-1].guidance == wrapped(IMAP_GUIDANCE)
     refusal = "INBOX refused: NO User is authenticated but not connected."
-    assert result.steps[-1].detail == pseudo(refusal)
+    assert result.steps[-1].detail == wrapped(refusal)
 
 
 def test_field_labels_and_validation_speak_the_hosts_locale(pseudo_host):
     label = MICROSOFT.field("client_id").label
     with pseudo_host.app.test_request_context():
-        assert str(label) == pseudo("Client ID")
+        assert str(label) == wrapped("Client ID")
         errors = MICROSOFT.validate({"tenant": "bad tenant!"}, allow_insecure_http=False)
-        assert errors["client_id"] == pseudo("%(label)s is required.").replace(
-            "%(label)s", pseudo("Client ID")
+        assert errors["client_id"] == wrapped("%(label)s is required.").replace(
+            "%(label)s", wrapped("Client ID")
         )
-        assert errors["tenant"] == pseudo("Enter common, a tenant ID (a GUID) or a domain.")
+        assert errors["tenant"] == wrapped("Enter common, a tenant ID (a GUID) or a domain.")
 
 
 def test_english_without_flask_babel(make_host, db_url):

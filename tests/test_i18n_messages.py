@@ -1,9 +1,8 @@
 """Errors, guidance, warnings, stored lines and command output speak the admin's language;
 log lines stay English.
 
-A pseudo-language ``eo`` whose every message is the English one in ``⟦…⟧`` is built from the
-sources with Babel's extractor (the way ``pybabel extract -F babel.cfg -k lazy_gettext`` reads
-them), so a message that is not marked, or is assembled from fragments, shows unwrapped.
+In the pseudo-language (``tests.pseudo_locale``) every message is the English one in ``⟦…⟧``,
+so a message that is not marked, or is assembled from fragments, shows unwrapped.
 """
 
 from __future__ import annotations
@@ -11,60 +10,20 @@ from __future__ import annotations
 import json
 import logging
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import responses
 import sqlalchemy as sa
-from babel.messages.catalog import Catalog
-from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
-from babel.messages.frontend import parse_mapping_cfg
-from babel.messages.pofile import write_po
 from flask_babel import Babel
 
-from flask_mailoauth import i18n, tokens
+from flask_mailoauth import tokens
 from flask_mailoauth.errors import ConfigurationError, ReauthorizationRequired
 from flask_mailoauth.i18n import LazyText
 from flask_mailoauth.models import own_session, utcnow
 
+from .pseudo_locale import PSEUDO, wrapped
 from .test_health_cli import health, run, update
 from .test_tokens import IdP, store_account
-
-ROOT = Path(__file__).resolve().parent.parent
-PSEUDO = "eo"
-
-
-def wrapped(text: str) -> str:
-    return f"⟦{text}⟧"
-
-
-@pytest.fixture(scope="module")
-def pseudo_catalogues(tmp_path_factory) -> Path:
-    """A translations directory whose ``eo`` catalogue wraps every extracted message."""
-    with (ROOT / "babel.cfg").open() as cfg:
-        method_map, options_map = parse_mapping_cfg(cfg)
-    keywords = {**DEFAULT_KEYWORDS, "lazy_gettext": None}
-    catalog = Catalog(locale=PSEUDO, domain=i18n.DOMAIN)
-    for _file, _line, message, _comments, _context in extract_from_dir(
-        str(ROOT), method_map, options_map, keywords=keywords
-    ):
-        if isinstance(message, tuple):
-            catalog.add(message, tuple(wrapped(m) for m in message[:2]))
-        else:
-            catalog.add(message, wrapped(message))
-    root = tmp_path_factory.mktemp("translations")
-    po = root / PSEUDO / "LC_MESSAGES" / f"{i18n.DOMAIN}.po"
-    po.parent.mkdir(parents=True)
-    with po.open("wb") as out:
-        write_po(out, catalog)
-    return root
-
-
-@pytest.fixture
-def pseudo(monkeypatch, pseudo_catalogues):
-    """The extension reads its catalogues from the pseudo translations, compiled afresh."""
-    monkeypatch.setattr(i18n, "_CATALOGUES", pseudo_catalogues)
-    monkeypatch.setattr(i18n, "_loaded", {})
 
 
 def babel_host(make_host, **config):
@@ -74,7 +33,7 @@ def babel_host(make_host, **config):
     return host
 
 
-def test_error_guidance_is_translated_when_shown(pseudo, make_host):
+def test_error_guidance_is_translated_when_shown(pseudo_locale, make_host):
     host = babel_host(make_host)
     with host.app.test_request_context():
         assert str(ReauthorizationRequired("x").guidance) == wrapped(
@@ -85,7 +44,7 @@ def test_error_guidance_is_translated_when_shown(pseudo, make_host):
     assert str(ReauthorizationRequired.guidance).startswith("Open Config")
 
 
-def test_health_warnings_are_translated(pseudo, make_host):
+def test_health_warnings_are_translated(pseudo_locale, make_host):
     host = babel_host(make_host)
     store_account(host)
     update(host, "Account", secret_expires_on=utcnow().date() + timedelta(days=6))
@@ -105,7 +64,7 @@ def test_health_warnings_are_translated(pseudo, make_host):
     assert all(type(w) is str for w in h.warnings)
 
 
-def test_reauthorization_required_speaks_the_admins_language(pseudo, make_host):
+def test_reauthorization_required_speaks_the_admins_language(pseudo_locale, make_host):
     host = babel_host(make_host)
     store_account(host)
     update(host, "Account", config_signature="changed")
@@ -117,7 +76,7 @@ def test_reauthorization_required_speaks_the_admins_language(pseudo, make_host):
     )
 
 
-def test_the_cli_speaks_the_hosts_default_locale(pseudo, make_host):
+def test_the_cli_speaks_the_hosts_default_locale(pseudo_locale, make_host):
     """No request: the locale selector is never asked, BABEL_DEFAULT_LOCALE is used."""
     host = make_host(BABEL_DEFAULT_LOCALE=PSEUDO)
     Babel(host.app, locale_selector=lambda: pytest.fail("no request to select a locale from"))
@@ -134,14 +93,14 @@ def test_the_cli_speaks_the_hosts_default_locale(pseudo, make_host):
     assert result.exit_code == 0
 
 
-def test_without_flask_babel_the_cli_stays_english(pseudo, host):
+def test_without_flask_babel_the_cli_stays_english(pseudo_locale, host):
     store_account(host)
     update(host, "Credential", status="reauthorization_required", last_error="revoked")
     assert "[!!] support (mailbox) — reauthorization required" in run(host, "status").output
 
 
 def test_stored_lines_are_text_in_the_admins_language_and_logs_stay_english(
-    pseudo, make_host, db_url, caplog
+    pseudo_locale, make_host, db_url, caplog
 ):
     """A failed and a successful refresh store plain translated text (on SQLite and
     PostgreSQL); every log line they write is English, with no lazy text in its arguments."""
@@ -173,7 +132,7 @@ def test_stored_lines_are_text_in_the_admins_language_and_logs_stay_english(
         assert not any(isinstance(arg, LazyText) for arg in record.args or ())
 
 
-def test_health_json_is_serialisable_text(pseudo, make_host):
+def test_health_json_is_serialisable_text(pseudo_locale, make_host):
     host = make_host(BABEL_DEFAULT_LOCALE=PSEUDO)
     Babel(host.app)
     store_account(host)

@@ -70,7 +70,7 @@ def test_submit_reauthorizes_when_the_key_is_gone(make_host, db_url):
             )
     client = h.app.test_client()
     page = client.get("/mailoauth/support/mailbox?tab=token").get_data(as_text=True)
-    assert UNUSABLE_KEY_GONE.split(":")[0] in page
+    assert str(UNUSABLE_KEY_GONE).split(":")[0] in page
     answer = client.post("/mailoauth/support/mailbox", data=form_of(h), headers=SCRIPTED)
     assert answer.json["redirect"].startswith(GENERIC["authorization_endpoint"] + "?")
 
@@ -82,7 +82,7 @@ def test_token_tab_says_what_is_true_once(make_host, db_url):
     page = h.app.test_client().get("/mailoauth/support/mailbox").get_data(as_text=True)
     assert "refreshed automatically" not in page
     assert page.count("The refresh token has expired due to inactivity") == 1
-    assert UNUSABLE_REAUTHORIZE in page
+    assert str(UNUSABLE_REAUTHORIZE) in page
     assert 'action="/mailoauth/support/mailbox/authorize"' in page
     assert ">Authorize again</button>" in page
 
