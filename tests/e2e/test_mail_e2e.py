@@ -36,8 +36,8 @@ from flask_mailoauth.errors import ReauthorizationRequired
 from flask_mailoauth.models import utcnow
 from flask_mailoauth.providers.base import MailServer
 from flask_mailoauth.sasl import xoauth2
+from peers import ARTIFACTS_DIR, HOST, Client
 from tests.conftest import TEST_KEY
-from tests.peers import ARTIFACTS_DIR, HOST, Client
 
 from .flows import authorize, point_at
 

@@ -33,9 +33,9 @@ from flask_mailoauth.errors import ReauthorizationRequired, TemporarilyUnavailab
 from flask_mailoauth.flow import config_signature
 from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.providers import registry
+from peers import HOST, UNUSED_REDIRECT, free_port, login_and_consent, pkce_pair
 
 from ..conftest import TEST_KEY
-from ..peers import HOST, UNUSED_REDIRECT, free_port, login_and_consent, pkce_pair
 from .flows import authorize, point_at
 
 REPO = Path(__file__).resolve().parents[2]
