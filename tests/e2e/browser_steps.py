@@ -17,7 +17,7 @@ def open_remote_mailbox(page, server) -> None:
     page.goto(server.url_for("/"))
     page.fill("input[name=email]", "admin@example.test")
     page.fill("input[name=password]", "admin")
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")  # the header holds the language switch
     page.click("text=Admin Panel")
     page.click("main a:text-is('Emails')")
     page.click("main a:text-is('support@example.test')")
