@@ -32,7 +32,6 @@ from .common import (
     Row,
     StatementCounter,
     add_accounts,
-    code_grant,
     fmt_ms,
     fmt_ratio,
     generic_config,
@@ -77,7 +76,7 @@ def make_grants(idp: Any, client: Any, count: int, workers: int = 8) -> list[dic
     """``count`` real grants for distinct users, made concurrently."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(
-            pool.map(lambda i: code_grant(idp, client, f"bulk{i:05d}@example.test"), range(count))
+            pool.map(lambda i: idp.code_grant(client, f"bulk{i:05d}@example.test"), range(count))
         )
 
 

@@ -8,13 +8,12 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import requests
 import sqlalchemy as sa
@@ -24,9 +23,12 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_mailoauth import MailboxSettings, MailOAuth
 from flask_mailoauth.crypto import generate_key
 from flask_mailoauth.extension import MailOAuthState
-from flask_mailoauth.flow import config_signature
-from flask_mailoauth.models import own_session, utcnow
-from flask_mailoauth.providers import registry
+from flask_mailoauth.models import utcnow
+from flask_mailoauth.testing import seed_account
+from peers import peer_missing
+from peers.dovecot import Dovecot
+from peers.idp import Client, IdP
+from peers.postgres import PostgresCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # every peer and proxy listens on loopback only
@@ -98,46 +100,25 @@ class Grant:
 def add_accounts(
     bench: Bench, config: dict[str, str], client_secret: str, grants: Iterable[Grant]
 ) -> int:
-    """Store authorized accounts as the callback would have (``tests/test_tokens.py``'s
-    ``store_account``), in batches; returns how many."""
-    st = bench.st
-    provider = registry.get("generic")
-    signature = config_signature(provider, config)
+    """Store authorized accounts as the callback would have (the extension's own
+    ``flask_mailoauth.testing.seed_account``), issued an hour ago; returns how many."""
     issued = utcnow() - timedelta(hours=1)
     count = 0
-    batch: list[Any] = []
-
-    def flush() -> None:
-        with bench.app.app_context(), own_session(st.db) as s:
-            s.add_all(batch)
-        batch.clear()
-
-    for grant in grants:
-        account = st.models.Account(
-            key=grant.key,
-            purpose="mailbox",
-            name=f"{grant.key} (mailbox)",
-            address=f"{grant.key}@example.test",
-            provider="generic",
-            config=config,
-            config_signature=signature,
-        )
-        st.seal(account, "client_secret", client_secret)
-        credential = st.models.Credential(
-            expires_at=utcnow() + timedelta(seconds=grant.expires_in),
-            config_signature=signature,
-            issued_at=issued,
-            scope=SCOPES,
-        )
-        st.seal(credential, "access_token", grant.access_token)
-        st.seal(credential, "refresh_token", grant.refresh_token)
-        account.credential = credential
-        batch.append(account)
-        count += 1
-        if len(batch) >= 500:
-            flush()
-    if batch:
-        flush()
+    with bench.app.app_context():
+        for grant in grants:
+            seed_account(
+                grant.key,
+                address=f"{grant.key}@example.test",
+                name=f"{grant.key} (mailbox)",
+                config=config,
+                client_secret=client_secret,
+                access_token=grant.access_token,
+                refresh_token=grant.refresh_token,
+                expires_in=grant.expires_in,
+                issued_at=issued,
+                scope=SCOPES,
+            )
+            count += 1
     return count
 
 
@@ -233,34 +214,9 @@ def format_table(rows: list[Row]) -> str:
 
 
 # ---------------------------------------------------------------------- the IdP
-def register_post_client(idp: Any, *, rotate: bool | None = False) -> Any:
+def register_post_client(idp: IdP, *, rotate: bool | None = False) -> Client:
     """A confidential client authenticating with client_secret_post, as the extension does."""
     return idp.register_client(rotate=rotate, auth_method="client_secret_post")
-
-
-def code_grant(idp: Any, client: Any, email: str) -> dict:
-    """A whole code + PKCE grant for ``email`` (the harness's ``IdP.code_grant`` authenticates
-    with client_secret_basic; the extension's clients use client_secret_post)."""
-    from tests.peers.idp import UNUSED_REDIRECT, login_and_consent, pkce_pair
-
-    verifier, challenge = pkce_pair()
-    url = idp.authorization_url(client, UNUSED_REDIRECT, code_challenge=challenge)
-    callback = login_and_consent(url, email, UNUSED_REDIRECT)
-    code = parse_qs(urlsplit(callback).query)["code"][0]
-    r = requests.post(
-        idp.token_endpoint,
-        data={
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": UNUSED_REDIRECT,
-            "code_verifier": verifier,
-            "client_id": client.client_id,
-            "client_secret": client.client_secret,
-        },
-        timeout=30,
-    )
-    r.raise_for_status()
-    return r.json()
 
 
 def refresh_grant(
@@ -343,15 +299,15 @@ class DelayProxy:
 # ---------------------------------------------------------------------- the peers
 @dataclass
 class Peers:
-    """Real local peers started on demand with the test harness's classes, in a temp dir,
-    and stopped by PID (their ``stop()``) when the ``with`` block ends."""
+    """Real local peers started on demand with the real-peer harness's classes (``peers``), in a
+    temp dir, and stopped by PID (their ``stop()``) when the ``with`` block ends."""
 
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mailoauth-bench-")))
     started: list[Any] = field(default_factory=list)
     failed: bool = False  # keep the peers' logs
-    _idp: Any = None
-    _postgres: Any = None
-    _dovecot: Any = None
+    _idp: IdP | None = None
+    _postgres: PostgresCluster | None = None
+    _dovecot: Dovecot | None = None
 
     def __post_init__(self) -> None:
         self.workdir.chmod(0o755)
@@ -360,34 +316,25 @@ class Peers:
         self.logs.chmod(0o777)
 
     @property
-    def idp(self) -> Any:
+    def idp(self) -> IdP:
         if self._idp is None:
-            from tests.peers.availability import peer_missing
-            from tests.peers.idp import IdP
-
-            _require(peer_missing, "idp")
+            _require("idp")
             self._idp = IdP("generic", self.logs)
             self.started.append(self._idp)
         return self._idp
 
     @property
-    def postgres(self) -> Any:
+    def postgres(self) -> PostgresCluster:
         if self._postgres is None:
-            from tests.peers.availability import peer_missing
-            from tests.peers.postgres import PostgresCluster
-
-            _require(peer_missing, "postgresql")
+            _require("postgresql")
             self._postgres = PostgresCluster(self.workdir, self.logs)
             self.started.append(self._postgres)
         return self._postgres
 
     @property
-    def dovecot(self) -> Any:
+    def dovecot(self) -> Dovecot:
         if self._dovecot is None:
-            from tests.peers.availability import peer_missing
-            from tests.peers.dovecot import Dovecot
-
-            _require(peer_missing, "dovecot")
+            _require("dovecot")
             self._dovecot = Dovecot("dovecot-bench", self.idp, self.workdir, self.logs)
             self.started.append(self._dovecot)
         return self._dovecot
@@ -409,7 +356,7 @@ class Peers:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _require(peer_missing: Callable[[str], Any], name: str) -> None:
+def _require(name: str) -> None:
     missing = peer_missing(name)
     if missing:
         raise PeerUnavailable(f"{name} is not installed here: {missing}")

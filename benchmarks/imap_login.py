@@ -20,7 +20,6 @@ from .common import (
     DelayProxy,
     Peers,
     Row,
-    code_grant,
     fmt_ms,
     fmt_ratio,
     median,
@@ -52,7 +51,7 @@ def _imaplib(conn: imaplib.IMAP4, token: str) -> None:
 def measure(peers: Peers, logins: int = 20, delay: float = 0.020) -> ImapResult:
     idp, dovecot = peers.idp, peers.dovecot
     client = register_post_client(idp)
-    token = code_grant(idp, client, USER)["access_token"]
+    token = idp.code_grant(client, USER)["access_token"]
     proxy = DelayProxy((dovecot.host, dovecot.imap_port), delay)
     times: dict[str, list[float]] = {"sasl-ir": [], "imaplib": []}
     trips: dict[str, list[int]] = {"sasl-ir": [], "imaplib": []}

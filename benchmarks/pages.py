@@ -6,8 +6,8 @@ bare route of the same app rendering a one-line template. Each callback is a rea
 authorization is started from the modal (not timed), the user signs in at the local IdP (not
 timed), and ``GET /mailoauth/callback`` is timed: code exchange at the IdP, id_token check
 against the IdP's JWKS, storing the tokens. Its baseline is the bare code exchange with
-``requests`` at the same IdP, for a code obtained the same way. SQL statements are counted
-per request.
+the harness's ``IdP.exchange_code`` (``requests``) at the same IdP, for a code obtained the same
+way. SQL statements are counted per request.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
-import requests
 from flask import render_template_string
+
+from peers.idp import login_and_consent
 
 from .common import (
     Peers,
@@ -53,8 +54,6 @@ def _csrf(client, provider: str = "generic") -> str:
 
 
 def measure(peers: Peers, renders: int = 200, callbacks: int = 20) -> PagesResult:
-    from tests.peers.idp import login_and_consent, pkce_pair
-
     idp = peers.idp
     registered = idp.register_client(CALLBACK, auth_method="client_secret_post")
     bench = make_app(f"sqlite:///{peers.workdir / f'pages-{time.monotonic_ns()}.sqlite3'}")
@@ -86,7 +85,7 @@ def measure(peers: Peers, renders: int = 200, callbacks: int = 20) -> PagesResul
     callback_times: list[float] = []
     exchange_times: list[float] = []
     callback_statements = 0
-    with StatementCounter(engine) as counter, requests.Session() as http:
+    with StatementCounter(engine) as counter:
         for i in range(callbacks):
             if i:  # start again from the modal's "Authorize" button
                 started = client.post(
@@ -105,24 +104,10 @@ def measure(peers: Peers, renders: int = 200, callbacks: int = 20) -> PagesResul
                 flashes = session.pop("_flashes", [])
             assert ("success", "OAuth2 Authorization Successful.") in flashes, flashes
 
-            verifier, challenge = pkce_pair()
-            url = idp.authorization_url(registered, CALLBACK, code_challenge=challenge)
-            code = parse_qs(urlsplit(login_and_consent(url, EMAIL, CALLBACK)).query)["code"][0]
+            code, verifier = idp.authorization_code(registered, EMAIL, CALLBACK)
             t = time.perf_counter()
-            r = http.post(
-                idp.token_endpoint,
-                data={
-                    "grant_type": "authorization_code",
-                    "code": code,
-                    "redirect_uri": CALLBACK,
-                    "code_verifier": verifier,
-                    "client_id": registered.client_id,
-                    "client_secret": registered.client_secret,
-                },
-                timeout=30,
-            )
+            idp.exchange_code(registered, code, verifier, CALLBACK)  # raises unless 200
             exchange_times.append(time.perf_counter() - t)
-            assert r.status_code == 200, r.text
 
         modal_times: list[float] = []
         bare_times: list[float] = []

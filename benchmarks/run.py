@@ -2,8 +2,8 @@
 
 ``--quick`` shrinks every size for a smoke run (about a minute); ``--only NAME`` runs some of
 them (hot-path, storm, imap, pages, bulk). Peers (oidc-provider, PostgreSQL, Dovecot) are
-started on 127.0.0.1 in a temp dir with the test harness's classes and stopped by PID at the
-end; a benchmark whose peer is not installed is reported as skipped.
+started on 127.0.0.1 in a temp dir with the real-peer harness (``peers``) and stopped by PID at
+the end; a benchmark whose peer is not installed is reported as skipped.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ from .common import (
     Peers,
     Row,
     add_accounts,
-    code_grant,
     fmt_ms,
     fmt_ratio,
     generic_config,
@@ -193,7 +192,7 @@ def measure(
     """The extension, then the naive loop, on one expired token stored in ``backend``."""
     idp = peers.idp
     client = register_post_client(idp, rotate=False)  # Google-like: the naive loop can succeed
-    grant = code_grant(idp, client, "storm@example.test")
+    grant = idp.code_grant(client, "storm@example.test")
     if backend == "PostgreSQL":
         db_url = peers.postgres_url()
     else:

@@ -1,7 +1,8 @@
 """Sandbox mode: the demo helpdesk with real local peers, to click through the walkthrough offline.
 
-It starts the test harness's Microsoft-shaped IdP (oidc-provider), a Dovecot that validates its
-tokens, and a Postfix that delivers to that Dovecot, all on 127.0.0.1; registers an application
+It starts the real-peer harness's (``peers``) Microsoft-shaped IdP (oidc-provider), a Dovecot
+that validates its tokens, and a Postfix that delivers to that Dovecot, all on 127.0.0.1;
+registers an application
 at the IdP whose redirect URI is the demo's Callback Endpoint; points the seeded Support email at
 the local Dovecot and Postfix; and drops two messages into its inbox so Fetch now has something
 to list. The values the admin pastes into the IdP Config tab are printed, as the Azure portal
@@ -21,6 +22,11 @@ from typing import Any
 
 from flask import Flask
 
+from peers import peer_missing
+from peers.dovecot import Dovecot
+from peers.idp import IdP
+from peers.postfix import Postfix
+
 from .extensions import db
 from .models import SystemEmail
 
@@ -30,10 +36,6 @@ PEERS = ("idp", "dovecot", "postfix")
 
 def missing_peers() -> list[str]:
     """Why the sandbox cannot start here (empty when it can)."""
-    try:
-        from tests.peers import peer_missing
-    except ImportError:  # a checkout without the test harness
-        return ["the test harness (tests/peers) is not importable; run from the repository root"]
     return [reason for name in PEERS if (reason := peer_missing(name))]
 
 
@@ -41,9 +43,9 @@ def missing_peers() -> list[str]:
 class Sandbox:
     """The running peers and the application registered at the IdP."""
 
-    idp: Any
-    dovecot: Any
-    postfix: Any
+    idp: IdP
+    dovecot: Dovecot
+    postfix: Postfix
     client_id: str
     client_secret: str
     workdir: tempfile.TemporaryDirectory
@@ -57,10 +59,6 @@ class Sandbox:
 
 def start(callback_url: str) -> Sandbox:
     """Start the peers and register the demo's Callback Endpoint at the IdP."""
-    from tests.peers.dovecot import Dovecot
-    from tests.peers.idp import IdP
-    from tests.peers.postfix import Postfix
-
     workdir = tempfile.TemporaryDirectory(prefix="mailoauth-sandbox-")
     root = Path(workdir.name)
     root.chmod(0o755)  # Dovecot and Postfix run their workers as other users
@@ -87,7 +85,7 @@ def start(callback_url: str) -> Sandbox:
     return sandbox
 
 
-def _deliver_welcome(dovecot: Any) -> None:
+def _deliver_welcome(dovecot: Dovecot) -> None:
     """Two messages in the Support inbox, delivered over LMTP like real mail."""
     with smtplib.LMTP(str(dovecot.lmtp_socket)) as lmtp:
         for subject in ("Printer on floor 3 is jammed", "Password reset for the VPN"):

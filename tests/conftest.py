@@ -13,19 +13,19 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_mailoauth import MailboxSettings, MailOAuth, i18n
 from flask_mailoauth.crypto import generate_key
+from peers.guard import GUARD
+from peers.hostile import FIGURES
 
-from .peers.guard import GUARD
-from .peers.hostile import FIGURES
 from .pseudo_locale import PSEUDO, write_catalogues
 
-pytest_plugins = ["tests.peers.plugin", "tests.hostile_driver"]
+pytest_plugins = ["peers.plugin", "tests.hostile_driver"]
 
 TEST_KEY = generate_key()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def socket_guard():
-    """No connection from this process leaves loopback (``tests.peers.guard``)."""
+    """No connection from this process leaves loopback (``peers.guard``)."""
     GUARD.install()
     yield GUARD
     GUARD.uninstall()

@@ -1,6 +1,6 @@
 """Drive a host app against the hostile IdP, checking the rules every hostile test shares.
 
-Each check feeds :data:`~tests.peers.hostile.FIGURES`: every product answer is checked for a
+Each check feeds :data:`~peers.hostile.FIGURES`: every product answer is checked for a
 500, every refused answer compares the stored credentials before and after, and at the end of
 the test every page, banner and log line is scanned for the test's secrets.
 """
@@ -21,8 +21,7 @@ from flask.testing import FlaskClient
 from flask_mailoauth.errors import MailOAuthError
 from flask_mailoauth.extension import state
 from flask_mailoauth.models import utcnow
-
-from .peers.hostile import CLIENT_ID, FIGURES, HostileIdP
+from peers.hostile import CLIENT_ID, FIGURES, HostileIdP
 
 if TYPE_CHECKING:
     from .conftest import Host

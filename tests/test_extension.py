@@ -168,7 +168,7 @@ def test_no_key_at_all_is_refused(tmp_path):
 def test_same_as_remote_mailbox_smtp_uses_the_mailbox_accounts_provider_servers(host):
     from flask_mailoauth.mail import MailServer
 
-    from .test_tokens import store_account
+    from .stored import store_account
 
     store_account(host, provider="microsoft")  # a mailbox account only, no SMTP one
     with host.app.app_context():

@@ -9,8 +9,8 @@ import responses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from .flow_steps import MODAL, csrf, start
 from .oauth_fakes import GENERIC_CONFIG, FakeIdP
-from .test_flow import MODAL, csrf, start
 
 text = st.text(max_size=80)
 params = st.dictionaries(

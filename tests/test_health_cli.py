@@ -8,30 +8,13 @@ from datetime import timedelta
 
 import responses
 import sqlalchemy as sa
-from flask.cli import ScriptInfo
 
 from flask_mailoauth import tokens
 from flask_mailoauth.models import own_session, utcnow
 
-from .test_tokens import IdP, credential, store_account
-
-
-def run(host, *args):
-    runner = host.app.test_cli_runner()
-    return runner.invoke(args=["mailoauth", *args], obj=ScriptInfo(create_app=lambda: host.app))
-
-
-def health(host):
-    with host.app.app_context():
-        return {(h.key, h.purpose): h for h in host.ext.health()}
-
-
-def update(host, model, **values):
-    st = host.app.extensions["mailoauth"]
-    with host.app.app_context(), own_session(st.db) as s:
-        row = s.scalars(sa.select(getattr(st.models, model))).first()
-        for name, value in values.items():
-            setattr(row, name, value)
+from .commands import health, run, update
+from .oauth_fakes import TokenEndpoint
+from .stored import credential, store_account
 
 
 def test_a_fresh_account_is_healthy(host):
@@ -113,7 +96,7 @@ def test_refresh_due_refreshes_only_accounts_about_to_expire(host):
     store_account(host, key="due", expires_in=60)
     store_account(host, key="fresh", expires_in=3600)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock)
+        idp = TokenEndpoint(mock)
         result = run(host, "refresh", "--due")
     assert result.exit_code == 0, result.output
     assert "Refreshed 1 of 1 account(s)." in result.output
@@ -125,7 +108,7 @@ def test_refresh_due_refreshes_only_accounts_about_to_expire(host):
 def test_refresh_one_key_forces_it_and_reports_failures(host):
     store_account(host)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock)
+        idp = TokenEndpoint(mock)
         idp.answers.append(("error", (400, {"error": "invalid_grant"}, {})))
         result = run(host, "refresh", "support")
     assert result.exit_code == 1
@@ -143,7 +126,7 @@ def test_refresh_now_button_shows_the_outcome_on_the_token_tab(host):
     page = client.get("/mailoauth/support/mailbox").get_data(as_text=True)
     csrf = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        IdP(mock)
+        TokenEndpoint(mock)
         response = client.post("/mailoauth/support/mailbox/refresh", data={"csrf_token": csrf})
     page = response.get_data(as_text=True)
     assert "The access token was refreshed." in page
@@ -192,7 +175,7 @@ def test_refresh_due_does_not_count_accounts_another_worker_refreshed(host, monk
     ]
     monkeypatch.setattr(cli, "_targets", lambda *a: targets)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock)
+        idp = TokenEndpoint(mock)
         result = run(host, "refresh", "--due")
     assert result.exit_code == 0, result.output
     assert "Refreshed 1 of 2 account(s). 1 no longer due" in result.output
@@ -202,7 +185,7 @@ def test_refresh_due_does_not_count_accounts_another_worker_refreshed(host, monk
 def test_refresh_due_counts_a_transient_failure_as_a_failure(host):
     store_account(host, key="due", expires_in=60)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        IdP(mock).answers.append(("error", (503, {}, {})))
+        TokenEndpoint(mock).answers.append(("error", (503, {}, {})))
         result = run(host, "refresh", "--due")
     assert result.exit_code == 1
     assert "Refreshed 0 of 1 account(s)." in result.output
@@ -249,7 +232,7 @@ def test_refresh_due_survives_an_unexpected_exception_for_one_account(
 
     monkeypatch.setattr(tokens, "refresh_if_due", locked_for_one)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock)
+        idp = TokenEndpoint(mock)
         result = run(host, "refresh", "--due")
     assert result.exit_code == 1, result.output
     assert "Refreshed 39 of 40 account(s). 1 failed." in result.output
@@ -274,7 +257,7 @@ def test_refresh_names_each_failing_account_once(make_host, db_url):
     host = make_host(db_url=db_url)
     store_account(host)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        IdP(mock).answers.append(("error", (400, {"error": "invalid_grant"}, {})))
+        TokenEndpoint(mock).answers.append(("error", (400, {"error": "invalid_grant"}, {})))
         result = run(host, "refresh", "support")
     assert result.exit_code == 1
     [line] = [line for line in result.output.splitlines() if "invalid_grant" in line]

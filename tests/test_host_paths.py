@@ -12,8 +12,8 @@ import pytest
 from flask_mailoauth import MailboxSettings
 from flask_mailoauth.errors import NotConfigured, SetupError
 from flask_mailoauth.mail import MailConnectionError, resolve_server
-from tests.test_mail import USER, ScriptedSessions, pop3_login_script
-from tests.test_tokens import store_account
+from tests.mail_scripts import USER, ScriptedSessions, pop3_login_script
+from tests.stored import store_account
 
 
 def test_port_is_the_port_of_the_mailbox_protocol_only():

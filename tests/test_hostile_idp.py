@@ -18,10 +18,10 @@ import pytest
 
 from flask_mailoauth.errors import ConfigurationError, MailOAuthError
 from flask_mailoauth.models import utcnow
+from peers.guard import GUARD, LeftLoopback
+from peers.hostile import CLIENT_ID, DROP
 
 from .hostile_driver import Driver, assert_refused_refresh, attempt_refresh
-from .peers.guard import GUARD, LeftLoopback
-from .peers.hostile import CLIENT_ID, DROP
 
 TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
 OTHER_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from flask_mailoauth.errors import MailOAuthError
 from flask_mailoauth.extension import state
+from peers.hostile import DROP
 
 from .hostile_driver import Driver, attempt_refresh
-from .peers.hostile import DROP
 
 SETTINGS = settings(
     max_examples=50,

@@ -17,7 +17,7 @@ from flask_mailoauth.accounts import shroud
 from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.providers import registry
 from flask_mailoauth.tokens import RETRYING
-from tests.test_tokens import credential, store_account
+from tests.stored import credential, store_account
 
 from .pseudo_locale import CLOSE, OPEN, PSEUDO
 

@@ -14,8 +14,8 @@ from flask_babel import Babel
 
 from flask_mailoauth.mail import CheckResult, check_imap
 from flask_mailoauth.providers.microsoft import ERRORS, MicrosoftProvider
+from tests.mail_scripts import IMAP_GUIDANCE, IMAP_LOGIN, IMAP_LOGOUT, TOKEN, USER, at, imap_server
 from tests.scripted_server import Turn
-from tests.test_mail import IMAP_GUIDANCE, IMAP_LOGIN, IMAP_LOGOUT, TOKEN, USER, at, imap_server
 
 from .pseudo_locale import wrapped
 

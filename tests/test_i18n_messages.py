@@ -21,9 +21,10 @@ from flask_mailoauth.errors import ConfigurationError, ReauthorizationRequired
 from flask_mailoauth.i18n import LazyText
 from flask_mailoauth.models import own_session, utcnow
 
+from .commands import health, run, update
+from .oauth_fakes import TokenEndpoint
 from .pseudo_locale import PSEUDO, wrapped
-from .test_health_cli import health, run, update
-from .test_tokens import IdP, store_account
+from .stored import store_account
 
 
 def babel_host(make_host, **config):
@@ -108,7 +109,7 @@ def test_stored_lines_are_text_in_the_admins_language_and_logs_stay_english(
     store_account(host, expires_in=60)
     caplog.set_level(logging.DEBUG, logger="flask_mailoauth")
     with responses.RequestsMock() as mock:
-        idp = IdP(mock)
+        idp = TokenEndpoint(mock)
         idp.answers.append(("error", (200, "not a JSON object", {})))
         idp.rotate()
         with host.app.test_request_context():

@@ -22,8 +22,8 @@ from flask_mailoauth.addresses import canonical_address, same_address
 from flask_mailoauth.extension import state
 from flask_mailoauth.models import clean_text, utcnow
 
+from .flow_steps import MODAL, banners, callback, credentials, csrf, reauthorize, save
 from .oauth_fakes import CLIENT_ID, ISSUER, TOKEN_URL, FakeIdP
-from .test_flow import MODAL, banners, callback, credentials, csrf, reauthorize, save
 
 MS = "https://login.microsoftonline.com"
 TID = "9188040d-6c67-4c5b-b112-36a304b66dad"

@@ -15,15 +15,16 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_mailoauth import MailOAuth
 from flask_mailoauth.errors import TemporarilyUnavailable
-from tests.test_tokens import IdP, store_account
+from tests.oauth_fakes import TokenEndpoint
+from tests.stored import store_account
 
 WARNING = "Token endpoint https://idp.example.test/token unreachable: ConnectionError"
 
 
 @pytest.fixture
-def idp() -> Iterator[IdP]:
+def idp() -> Iterator[TokenEndpoint]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield IdP(mock)
+        yield TokenEndpoint(mock)
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def sink() -> Iterator[tuple[logging.Handler, io.StringIO]]:
     handler.close()
 
 
-def unreachable_refresh(host, idp: IdP) -> None:
+def unreachable_refresh(host, idp: TokenEndpoint) -> None:
     """A refresh while the IdP is down: the extension logs its warning."""
     store_account(host)
     idp.answers.append(("raise", requests.ConnectionError("down")))

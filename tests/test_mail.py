@@ -39,21 +39,29 @@ from flask_mailoauth.mail import (
 )
 from flask_mailoauth.models import own_session
 from flask_mailoauth.providers.base import MailServer
-from flask_mailoauth.sasl import oauthbearer, xoauth2
+from flask_mailoauth.sasl import oauthbearer
+from tests.mail_scripts import (
+    IMAP_GUIDANCE,
+    IMAP_LOGIN,
+    IMAP_LOGOUT,
+    POP_CAPA,
+    TOKEN,
+    USER,
+    XOAUTH2,
+    ScriptedSessions,
+    at,
+    b64_xoauth2,
+    imap_server,
+    pop3_login_script,
+)
+from tests.oauth_fakes import TokenEndpoint
 from tests.scripted_server import ScriptedServer, Turn, make_tls_contexts
-from tests.test_tokens import IdP, store_account
+from tests.stored import store_account
 
-USER = "support@example.test"
-TOKEN = "tok-SECRET-1234567890"
-XOAUTH2 = base64.b64encode(xoauth2(USER, TOKEN))
 CHALLENGE = base64.b64encode(
     json.dumps(
         {"status": "401", "schemes": "bearer", "scope": "https://outlook.office.com/IMAP"}
     ).encode()
-)
-IMAP_GUIDANCE = (
-    "The sign-in worked but the mail server refused the token: check the IMAP scopes were "
-    "consented and IMAP is enabled on the mailbox."
 )
 POP_GUIDANCE = IMAP_GUIDANCE.replace("IMAP", "POP")
 #: a refusal at the sign-in step: no claim that the sign-in worked
@@ -70,10 +78,6 @@ EHLO = re.compile(rb"ehlo helpdesk\.test")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context, client context trusting it) for 127.0.0.1."""
     return make_tls_contexts(tmp_path_factory.mktemp("tls"))
-
-
-def at(srv: ScriptedServer, security: str = "none") -> MailServer:
-    return MailServer(srv.host, srv.port, security)  # type: ignore[arg-type]
 
 
 def sent_token(srv: ScriptedServer) -> int:
@@ -108,19 +112,6 @@ def connected(
 
 
 # --- IMAP -------------------------------------------------------------------------------------
-
-
-def imap_server(capabilities: bytes, *turns: Turn, **kw: Any) -> ScriptedServer:
-    return ScriptedServer(
-        [b"* OK IMAP4rev1 ready"],
-        [
-            Turn(
-                b"{tag} CAPABILITY", [b"* CAPABILITY IMAP4rev1 " + capabilities, b"{tag} OK done"]
-            ),
-            *turns,
-        ],
-        **kw,
-    )
 
 
 def imap(srv: ScriptedServer, **kw: Any) -> Any:
@@ -305,8 +296,6 @@ def test_imap_connection_lost_during_login_is_a_connection_error() -> None:
 
 
 # --- POP3 -------------------------------------------------------------------------------------
-
-POP_CAPA = Turn(b"CAPA", [b"+OK", b"USER", b"SASL XOAUTH2", b"."])
 
 
 def pop3_server(*turns: Turn, **kw: Any) -> ScriptedServer:
@@ -631,10 +620,6 @@ def assert_result_secret_free(result: CheckResult) -> None:
     assert all(s.seconds >= 0 for s in result.steps)
 
 
-IMAP_LOGIN = Turn(b"{tag} AUTHENTICATE XOAUTH2 " + XOAUTH2, [b"{tag} OK Logged in"])
-IMAP_LOGOUT = Turn(b"{tag} LOGOUT", [b"* BYE", b"{tag} OK done"])
-
-
 def test_check_imap_all_good() -> None:
     with imap_server(
         b"AUTH=XOAUTH2 SASL-IR",
@@ -865,31 +850,6 @@ def test_check_reports_an_untrusted_certificate(tls: tuple[ssl.SSLContext, ssl.S
 # --- connect_*: a refused token is refreshed once ---------------------------------------------
 
 
-class ScriptedSessions(ScriptedServer):
-    """Plays one script per connection, in order: a sign-in retried on a new connection.
-
-    :attr:`sessions` holds the lines received on each connection that was made.
-    """
-
-    def __init__(self, greeting: list[bytes], *scripts: list[Turn], **kw: Any) -> None:
-        super().__init__(greeting, scripts[0], **kw)
-        self.scripts = scripts
-        self.sessions: list[list[bytes]] = []
-
-    def _serve(self) -> None:
-        for script in self.scripts:
-            self.turns, self.received = list(script), []
-            self.sessions.append(self.received)
-            super()._serve()
-            if self.failure is not None:
-                self.sessions.pop()
-                return
-
-
-def b64_xoauth2(token: str) -> bytes:
-    return base64.b64encode(xoauth2(USER, token))
-
-
 IMAP_CAPA = Turn(
     b"{tag} CAPABILITY", [b"* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 SASL-IR", b"{tag} OK done"]
 )
@@ -916,10 +876,6 @@ def imap_accepted(token: str) -> list[Turn]:
     ]
 
 
-def pop3_login_script(token: str, reply: bytes) -> list[Turn]:
-    return [POP_CAPA, Turn(b"AUTH XOAUTH2", [b"+ "]), Turn(b64_xoauth2(token), [reply])]
-
-
 def smtp_login_script(token: str, reply: bytes) -> list[Turn]:
     return [SMTP_EHLO, Turn(b"AUTH XOAUTH2 " + b64_xoauth2(token), [reply])]
 
@@ -935,9 +891,9 @@ def mail_host(make_host: Callable[..., Any], db_url: str) -> Any:
 
 
 @pytest.fixture
-def idp() -> Iterator[IdP]:
+def idp() -> Iterator[TokenEndpoint]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield IdP(mock)
+        yield TokenEndpoint(mock)
 
 
 def point(host: Any, srv: ScriptedServer, **settings: Any) -> None:
@@ -965,7 +921,7 @@ def connect(host: Any, protocol: str) -> Any:
     return conn
 
 
-def refresh_tokens_sent(idp: IdP) -> list[str]:
+def refresh_tokens_sent(idp: TokenEndpoint) -> list[str]:
     return [call["refresh_token"][0] for call in idp.calls]
 
 
@@ -990,7 +946,7 @@ def refresh_tokens_sent(idp: IdP) -> list[str]:
 )
 def test_connect_refreshes_a_refused_token_once_and_signs_in_on_a_new_connection(
     mail_host: Any,
-    idp: IdP,
+    idp: TokenEndpoint,
     protocol: str,
     greeting: bytes,
     first: list[Turn],
@@ -1037,7 +993,11 @@ def credential_of(host: Any, purpose: str) -> Any:
     ids=["imap", "pop3", "smtp"],
 )
 def test_a_fresh_token_refused_too_raises_after_one_refresh_with_guidance(
-    mail_host: Any, idp: IdP, protocol: str, greeting: bytes, script: Callable[[str], list[Turn]]
+    mail_host: Any,
+    idp: TokenEndpoint,
+    protocol: str,
+    greeting: bytes,
+    script: Callable[[str], list[Turn]],
 ) -> None:
     """A mailbox the account may not use: refused with at-0, refreshed once, refused with at-1,
     raised — no third connection, no second refresh."""
@@ -1061,7 +1021,7 @@ def test_a_fresh_token_refused_too_raises_after_one_refresh_with_guidance(
 
 
 def test_connect_raises_the_typed_error_when_the_forced_refresh_fails(
-    mail_host: Any, idp: IdP
+    mail_host: Any, idp: TokenEndpoint
 ) -> None:
     """The server refuses at-0 and the IdP says invalid_grant: ReauthorizationRequired, one
     call to the IdP, one connection."""
@@ -1149,7 +1109,7 @@ def test_connect_raises_the_typed_error_when_the_forced_refresh_fails(
 )
 def test_refusals_a_new_token_would_not_change_are_raised_without_a_refresh(
     mail_host: Any,
-    idp: IdP,
+    idp: TokenEndpoint,
     protocol: str,
     greeting: bytes,
     script: list[Turn],
@@ -1165,7 +1125,7 @@ def test_refusals_a_new_token_would_not_change_are_raised_without_a_refresh(
 
 
 def test_a_tls_failure_is_raised_without_a_refresh(
-    mail_host: Any, idp: IdP, tls: tuple[ssl.SSLContext, ssl.SSLContext]
+    mail_host: Any, idp: TokenEndpoint, tls: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
     server_tls, _client_tls = tls
     with ScriptedServer([b"* OK ready"], tls=server_tls, implicit_tls=True) as srv:

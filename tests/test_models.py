@@ -11,7 +11,8 @@ from alembic.migration import MigrationContext
 from click.testing import CliRunner
 
 from flask_mailoauth.crypto import DecryptionError, KeyRing, generate_key, parse_key
-from flask_mailoauth.models import own_session, utcnow
+from flask_mailoauth.models import own_session
+from flask_mailoauth.testing import seed_account
 
 from .conftest import TEST_KEY
 
@@ -20,27 +21,16 @@ SECRETS = {"client": "client-secret-value", "access": "access-token-value", "ref
 
 def add_account(host, key="support", purpose="mailbox"):
     """Store an account with a client secret and credentials, as the callback would."""
-    st = host.app.extensions["mailoauth"]
-    m, ring = st.models, st.keyring
-    with host.app.app_context(), own_session(st.db) as s:
-        account = m.Account(
-            key=key,
-            purpose=purpose,
-            name=f"{key}@example.test ({purpose})",
+    with host.app.app_context():
+        seed_account(
+            key,
+            purpose,
             address=f"{key}@example.test",
-            provider="generic",
             config={"client_id": "app"},
+            client_secret=SECRETS["client"],
+            access_token=SECRETS["access"],
+            refresh_token=SECRETS["refresh"],
         )
-        account.client_secret = ring.encrypt(SECRETS["client"], aad=account.aad("client_secret"))
-        cred = m.Credential(
-            account=account,
-            expires_at=utcnow() + timedelta(hours=1),
-            config_signature="sig",
-        )
-        cred.access_token = ring.encrypt(SECRETS["access"], aad=cred.aad("access_token"))
-        cred.refresh_token = ring.encrypt(SECRETS["refresh"], aad=cred.aad("refresh_token"))
-        s.add_all([account, cred])
-    return account
 
 
 @pytest.fixture

@@ -49,10 +49,9 @@ from flask_mailoauth.outbound import (
 )
 from flask_mailoauth.providers import registry
 
-from .oauth_fakes import TOKEN_URL as FAKE_TOKEN_URL
-from .oauth_fakes import FakeIdP
-from .test_flow import banners, callback, credentials, start
-from .test_tokens import GENERIC, TOKEN_URL, credential, store_account, token
+from .flow_steps import banners, callback, credentials, start
+from .oauth_fakes import TOKEN_URL, FakeIdP
+from .stored import GENERIC, credential, store_account, token
 
 LOOPBACK = OutboundPolicy(allow_insecure_http=True)
 SECRET = "client-secret-xyz"
@@ -675,7 +674,7 @@ def test_a_malformed_code_exchange_answer_is_a_banner(make_host, db_url, body):
         idp = FakeIdP(mock)
         query = start(client)
         mock.replace(
-            responses.POST, FAKE_TOKEN_URL, body=body if isinstance(body, str) else json.dumps(body)
+            responses.POST, TOKEN_URL, body=body if isinstance(body, str) else json.dumps(body)
         )
         response = callback(client, idp, query)
     assert response.status_code == 303

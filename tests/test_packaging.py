@@ -1,5 +1,6 @@
 """Issue 12 point 19: the sdist ships the package, its docs and change log and no tests
-(which need the repository's harness), and builds without setuptools' warnings."""
+(which need the repository's harness), and builds without setuptools' warnings. Issue 13 point
+6: the real-peer harness (``peers/``) is in neither the sdist nor the wheel."""
 
 from __future__ import annotations
 
@@ -29,15 +30,15 @@ def test_sdist_and_wheel_are_complete_and_build_without_warnings(tmp_path):
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     tracked = subprocess.run(
-        ["git", "ls-files", "flask_mailoauth", "docs", "tests"],
+        ["git", "ls-files", "flask_mailoauth", "docs", "tests", "peers"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
     for name in tracked:
-        if name.startswith("tests/"):
-            assert name not in names, f"{name}: tests are left out of the sdist"
+        if name.startswith(("tests/", "peers/")):
+            assert name not in names, f"{name}: tests and their harness are left out of the sdist"
         else:
             assert name in names, f"{name} is missing from the sdist"
     for name in ("CHANGES.rst", "LICENSE", "README.md", "MANIFEST.in", "setup.cfg"):
@@ -50,4 +51,4 @@ def test_sdist_and_wheel_are_complete_and_build_without_warnings(tmp_path):
     for name in tracked:
         if name.startswith("flask_mailoauth/"):
             assert name in files, f"{name} is missing from the wheel"
-    assert not [n for n in files if n.startswith(("tests/", "docs/", "example_app/"))]
+    assert not [n for n in files if n.startswith(("tests/", "peers/", "docs/", "example_app/"))]

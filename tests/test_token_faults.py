@@ -1,7 +1,7 @@
 """Faults around a refresh, on SQLite and PostgreSQL: crashes, a slow rotating IdP, a locked or
 stopped database, a clock jump, many callers while one worker refreshes.
 
-The IdP here is the scripted token endpoint of ``test_tokens`` (``responses``), made strict
+The IdP here is the scripted ``oauth_fakes.TokenEndpoint`` (``responses``), made strict
 where it matters: ``RotatingIdP`` refuses a refresh token it already rotated.
 """
 
@@ -32,8 +32,9 @@ from flask_mailoauth.health import health
 from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.providers import registry
 
-from .e2e.test_token_lifecycle import TcpProxy, row_locked
-from .test_tokens import GENERIC, TOKEN_URL, IdP, credential, events, store_account, token
+from .faults import TcpProxy, row_locked
+from .oauth_fakes import TOKEN_URL, TokenEndpoint
+from .stored import GENERIC, credential, events, store_account, token
 
 
 def set_credential(host, **values):
@@ -60,7 +61,7 @@ def wait_for(condition, seconds=10.0):
 @pytest.fixture
 def idp():
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield IdP(mock)
+        yield TokenEndpoint(mock)
 
 
 # -- the lease is released on every path ---------------------------------------------------------
@@ -120,7 +121,7 @@ def test_hostile_refresh_answers_are_typed_and_recorded(make_host, db_url, kind,
     store_account(host, expires_in=-5)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         if kind == "error":
-            IdP(mock).answers.append(("error", value))
+            TokenEndpoint(mock).answers.append(("error", value))
         else:
             body = {"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, **value}
             mock.post(TOKEN_URL, json=body)
@@ -191,7 +192,7 @@ def test_refresh_now_waiting_for_a_live_holder_reports_the_holders_token(make_ho
     host = make_host(db_url=db_url)
     store_account(host, expires_in=3600)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock, delay=0.5)
+        idp = TokenEndpoint(mock, delay=0.5)
         first = threading.Thread(target=refresh_now, args=(host,))
         first.start()
         wait_for(lambda: credential(host)[0].refresh_lease_until is not None)
@@ -203,7 +204,7 @@ def test_refresh_now_waiting_for_a_live_holder_reports_the_holders_token(make_ho
 # -- a slow success never loses the grant --------------------------------------------------------
 
 
-class RotatingIdP(IdP):
+class RotatingIdP(TokenEndpoint):
     """A strict rotating token endpoint: each refresh invalidates the refresh token it used;
     an already rotated one gets ``invalid_grant``. ``hold`` makes the next success wait for
     ``release`` after rotating (a slow answer); ``arrived`` is set when it is held."""
@@ -298,7 +299,7 @@ def test_the_idp_call_has_a_deadline_shorter_than_the_lease(make_host, db_url, m
 
     monkeypatch.setattr(tokens, "request_token", watching)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        IdP(mock)
+        TokenEndpoint(mock)
         assert token(host) == "at-1"
     assert seen["deadline"] == 8
     assert seen["lease"] > seen["deadline"] + 4
@@ -370,7 +371,7 @@ def test_a_refresh_the_database_refuses_is_served_from_memory_and_stored_when_it
     refreshed = []
     signals.refreshed.connect(lambda sender, **kw: refreshed.append(kw["key"]), weak=False)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock, before=outage.down)
+        idp = TokenEndpoint(mock, before=outage.down)
         assert token(host) == "at-1"  # the database refused it: served from memory
         assert token(host) == "at-1"  # and again, without asking the IdP
         assert len(idp.calls) == 1
@@ -423,7 +424,7 @@ def test_callers_of_a_due_but_valid_token_do_not_wait_for_the_refresh(make_host,
     one, two = make_host(db_url=url), make_host(db_url=url)  # two processes on one database
     store_account(one, expires_in=60)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock, delay=1.5)
+        idp = TokenEndpoint(mock, delay=1.5)
         barrier, results = threading.Barrier(16), []
 
         def call(host):
@@ -450,7 +451,7 @@ def test_after_a_permanent_failure_the_valid_token_serves_until_it_expires(make_
     told = []
     signals.reauthorization_required.connect(lambda sender, **kw: told.append(kw), weak=False)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock)
+        idp = TokenEndpoint(mock)
         idp.answers.append(("error", (400, {"error": "invalid_grant"}, {})))
         assert token(host) == "at-0"
         assert token(host) == "at-0"

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 from datetime import timedelta
-from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -26,111 +24,18 @@ from flask_mailoauth.errors import (
     TemporarilyUnavailable,
 )
 from flask_mailoauth.models import own_session, utcnow
-from flask_mailoauth.testing import seed_account, token_answer
 from flask_mailoauth.tokens import backoff
 
-TOKEN_URL = "https://idp.example.test/token"
+from .oauth_fakes import TokenEndpoint
+from .stored import credential, events, store_account, token
+
 MS_TOKEN_URL = "https://login.microsoftonline.com/common/oauth2/v2.0/token"
-GENERIC = {
-    "issuer": "https://idp.example.test",
-    "client_id": "app",
-    "authorization_endpoint": "https://idp.example.test/authorize",
-    "token_endpoint": TOKEN_URL,
-    "jwks_uri": "https://idp.example.test/jwks",
-    "scopes": "openid email offline_access",
-    "email_attribute": "email",
-}
-
-
-def store_account(
-    host,
-    *,
-    provider="generic",
-    config=None,
-    expires_in=3600,
-    refresh="rt-0",
-    access="at-0",
-    key="support",
-    purpose="mailbox",
-    **credential_fields,
-):
-    """An authorized account, as the callback would have stored it (the public helper).
-
-    The token was issued an hour ago (``issued_at``), so ``expires_in`` is what is left of a
-    long-lived token; pass ``issued_at`` for a token that has just been issued.
-    """
-    credential_fields.setdefault("issued_at", utcnow() - timedelta(hours=1))
-    config = dict(config or (GENERIC if provider == "generic" else {}))
-    if provider == "microsoft":
-        config["client_id"] = "app"
-    with host.app.app_context():
-        seed_account(
-            key,
-            purpose,
-            address=f"{key}@example.test",
-            name=f"{key} ({purpose})",
-            provider=provider,
-            config=config,
-            client_secret="client-secret",
-            access_token=access,
-            refresh_token=refresh,
-            expires_in=expires_in,
-            **credential_fields,
-        )
-
-
-def credential(host, key="support"):
-    st_ = host.app.extensions["mailoauth"]
-    m = st_.models
-    with host.app.app_context(), own_session(st_.db) as s:
-        cred = s.scalars(sa.select(m.Credential).join(m.Account).where(m.Account.key == key)).one()
-        return cred, st_.reveal(cred, "access_token"), st_.reveal(cred, "refresh_token")
-
-
-def events(host):
-    st_ = host.app.extensions["mailoauth"]
-    with host.app.app_context(), own_session(st_.db) as s:
-        return [(e.kind, e.code) for e in s.scalars(sa.select(st_.models.Event).order_by("id"))]
-
-
-class IdP:
-    """The token endpoint, scripted: each call pops the next answer (status, body, headers)."""
-
-    def __init__(self, mock, url=TOKEN_URL, delay=0.0, before=None):
-        self.delay, self.before = delay, before
-        self.calls: list[dict] = []
-        self.answers: list = []
-        self.issued = 0
-        mock.add_callback(responses.POST, url, callback=self.answer)
-
-    def rotate(self, lifetime=3600):
-        self.answers.append(("rotate", lifetime))
-
-    def answer(self, request):
-        time.sleep(self.delay)
-        if self.before:
-            self.before()
-        self.calls.append(parse_qs(request.body))
-        kind, value = self.answers.pop(0) if self.answers else ("rotate", 3600)
-        if kind == "error":
-            status, body, headers = value
-            return status, {"Content-Type": "application/json", **headers}, json.dumps(body)
-        if kind == "raise":
-            raise value
-        self.issued += 1
-        body = token_answer(
-            f"at-{self.issued}",
-            refresh_token=f"rt-{self.issued}" if kind == "rotate" else None,
-            expires_in=value,
-            scope="openid email",
-        )
-        return 200, {"Content-Type": "application/json"}, json.dumps(body)
 
 
 @pytest.fixture
 def idp():
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield IdP(mock)
+        yield TokenEndpoint(mock)
 
 
 @contextmanager
@@ -148,11 +53,6 @@ def statements(host):
             yield seen
         finally:
             sa.event.remove(engine, "before_cursor_execute", listen)
-
-
-def token(host, key="support", purpose="mailbox"):
-    with host.app.app_context():
-        return host.ext.access_token(key, purpose)
 
 
 # -- valid tokens: no refresh, no SQL in steady state -------------------------------------------
@@ -243,7 +143,7 @@ def test_refresh_without_a_new_refresh_token_keeps_the_old_one(host, idp):
 
 def test_microsoft_refresh_sends_scope_and_tolerates_a_narrower_one(host):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock, MS_TOKEN_URL)
+        idp = TokenEndpoint(mock, MS_TOKEN_URL)
         store_account(host, provider="microsoft", expires_in=10)
         assert token(host) == "at-1"
         scope = idp.calls[-1]["scope"][0].split()
@@ -314,7 +214,7 @@ def test_invalid_grant_requires_reauthorization_and_stops_retrying(host):
     required = []
     signals.reauthorization_required.connect(lambda sender, **kw: required.append(kw), weak=False)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock, MS_TOKEN_URL)
+        idp = TokenEndpoint(mock, MS_TOKEN_URL)
         store_account(host, provider="microsoft", expires_in=-5)
         body = {
             "error": "invalid_grant",
@@ -337,7 +237,7 @@ def test_invalid_grant_requires_reauthorization_and_stops_retrying(host):
 
 def test_expired_client_secret_is_a_configuration_error_with_the_fix(host):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock, MS_TOKEN_URL)
+        idp = TokenEndpoint(mock, MS_TOKEN_URL)
         store_account(host, provider="microsoft", expires_in=-5)
         idp.answers.append(
             (
@@ -375,7 +275,7 @@ def test_concurrent_callers_cause_exactly_one_refresh(make_host, tmp_path):
     host = make_host(db_url=f"sqlite:///{tmp_path / 'race.db'}")
     store_account(host, expires_in=-5)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock, delay=0.2)
+        idp = TokenEndpoint(mock, delay=0.2)
         results, barrier = [], threading.Barrier(16)
 
         def call():
@@ -411,7 +311,7 @@ def test_concurrent_callers_refresh_a_short_lived_token_once(make_host, tmp_path
     host = make_host(db_url=f"sqlite:///{tmp_path / 'short.db'}")
     store_account(host, expires_in=-5)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock, delay=0.2)
+        idp = TokenEndpoint(mock, delay=0.2)
         for _ in range(16):
             idp.rotate(lifetime=120)  # shorter than the 300 s leeway
         results, barrier = [], threading.Barrier(16)
@@ -453,7 +353,7 @@ def test_no_sequence_of_refresh_outcomes_loses_the_refresh_token(make_host, tmp_
     host = make_host(db_url=f"sqlite:///{tmp_path / uuid.uuid4().hex}.db")
     store_account(host, expires_in=-5)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock)
+        idp = TokenEndpoint(mock)
         latest = "rt-0"
         for outcome in outcomes:
             idp.answers[:] = [outcome]
@@ -476,7 +376,7 @@ def test_two_processes_sharing_one_database_cause_one_refresh(make_host, tmp_pat
     one, two = make_host(db_url=url), make_host(db_url=url)  # two app states: two "processes"
     store_account(one, expires_in=-5)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock, delay=0.3)
+        idp = TokenEndpoint(mock, delay=0.3)
         results, barrier = [], threading.Barrier(16)
 
         def call(host):
@@ -513,7 +413,7 @@ def test_the_hosts_writes_go_on_while_the_idp_answers(make_host, tmp_path):
             conn.close()
 
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        IdP(mock, delay=1.0)
+        TokenEndpoint(mock, delay=1.0)
         writer = threading.Thread(target=host_writes)
         writer.start()
         assert token(host) == "at-1"
@@ -535,7 +435,7 @@ def test_a_result_arriving_after_a_reauthorization_is_dropped(host):
             cred.version += 1
 
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        idp = IdP(mock, before=admin_reauthorizes)
+        idp = TokenEndpoint(mock, before=admin_reauthorizes)
         assert token(host) == "at-from-the-new-consent"
         assert len(idp.calls) == 1
     assert credential(host)[2] == "rt-from-the-new-consent"

@@ -12,7 +12,8 @@ from flask_mailoauth.accounts import UNUSABLE_KEY_GONE, UNUSABLE_REAUTHORIZE
 from flask_mailoauth.crypto import generate_key
 from flask_mailoauth.errors import ReauthorizationRequired
 from flask_mailoauth.tokens import REAUTHORIZE
-from tests.test_tokens import GENERIC, TOKEN_URL, store_account
+from tests.oauth_fakes import TOKEN_URL
+from tests.stored import GENERIC, store_account
 
 SCRIPTED = {"X-Requested-With": "mailoauth"}
 DEAD = "invalid_grant: AADSTS700082: The refresh token has expired due to inactivity."

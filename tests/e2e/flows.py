@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from flask_mailoauth import MailboxSettings
+from peers import login_and_consent
+from peers.idp import IdP
 
 from ..conftest import Host
-from ..peers import login_and_consent
-from ..peers.idp import IdP
 
 CALLBACK = "http://localhost/mailoauth/callback"
 

@@ -1,6 +1,6 @@
 """Accessibility of the Config modal in Chromium (issue 12, points 12 and 21-24).
 
-axe-core (pinned in tests/peers/idp/package.json, installed by scripts/install-peers) runs on
+axe-core (pinned in peers/idp/package.json, installed by scripts/install-peers) runs on
 every state of the modal; the keyboard-only path, the no-JS page, ids that never clash with the
 host page, errors tied to their fields, and the modal's looks inside a Bootstrap-like host and an
 unstyled one. Screenshots land in test-artifacts/screenshots/.
@@ -15,10 +15,10 @@ from flask import render_template_string
 
 from example_app import create_app
 from example_app.extensions import db
+from peers import browser_login_and_consent, require_peer
+from peers.availability import AXE_JS
 
 from ..conftest import TEST_KEY
-from ..peers import browser_login_and_consent, require_peer
-from ..peers.availability import AXE_JS
 from .flows import authorize
 
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"

@@ -14,9 +14,9 @@ import pytest
 from example_app import create_app
 from example_app.extensions import db
 from example_app.models import SystemEmail
+from peers import browser_login_and_consent
 
 from ..conftest import TEST_KEY
-from ..peers import browser_login_and_consent
 
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 SUPPORT = "support@example.test"

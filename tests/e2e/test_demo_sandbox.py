@@ -11,8 +11,9 @@ import time
 import pytest
 import requests
 
-from ..peers import REPO_ROOT, browser_login_and_consent, free_port, require_peer
-from .test_walkthrough_browser import open_config, open_remote_mailbox, shot
+from peers import REPO_ROOT, browser_login_and_consent, free_port, require_peer
+
+from .browser_steps import open_config, open_remote_mailbox, shot
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from flask_mailoauth.crypto import generate_key
-
-from ..peers.process import ARTIFACTS_DIR, REPO_ROOT, Proc, free_port, run, wait_for_port
+from peers.process import ARTIFACTS_DIR, REPO_ROOT, Proc, free_port, run, wait_for_port
 
 HOST_APP = Path(__file__).resolve().parent / "host_app"
 #: the oldest releases setup.cfg allows for the form libraries hosts pin most

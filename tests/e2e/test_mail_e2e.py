@@ -36,8 +36,8 @@ from flask_mailoauth.errors import ReauthorizationRequired
 from flask_mailoauth.models import utcnow
 from flask_mailoauth.providers.base import MailServer
 from flask_mailoauth.sasl import xoauth2
+from peers import ARTIFACTS_DIR, HOST, Client
 from tests.conftest import TEST_KEY
-from tests.peers import ARTIFACTS_DIR, HOST, Client
 
 from .flows import authorize, point_at
 
@@ -509,7 +509,7 @@ def test_token_tab_test_connection_in_chromium(
     page.goto(srv.url_for("/login"))
     page.fill("input[name=email]", "admin@example.test")
     page.fill("input[name=password]", "admin")
-    page.click("button[type=submit]")
+    page.click("main button[type=submit]")  # the header holds the language switch
     page.wait_for_url(srv.url_for("/"))
     page.goto(srv.url_for("/admin/emails/1?tab=remote"))
     page.click("#panel-remote .mailoauth-config-button")

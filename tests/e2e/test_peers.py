@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from flask_mailoauth.sasl import oauthbearer, xoauth2
-from tests.peers import UNUSED_REDIRECT, IdPError, login_and_consent, pkce_pair
+from peers import UNUSED_REDIRECT, IdPError, login_and_consent, pkce_pair
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"

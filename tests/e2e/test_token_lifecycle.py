@@ -7,13 +7,9 @@ Refresh with and without rotation, tokens that expire in seconds, one refresh fo
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import re
-import selectors
-import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,21 +17,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
-import psycopg
 import pytest
 import requests
 import sqlalchemy as sa
 
 from flask_mailoauth import MailboxSettings, mail, signals
 from flask_mailoauth.errors import ReauthorizationRequired, TemporarilyUnavailable
-from flask_mailoauth.flow import config_signature
 from flask_mailoauth.models import own_session, utcnow
-from flask_mailoauth.providers import registry
+from flask_mailoauth.testing import seed_account
+from peers import HOST
 
 from ..conftest import TEST_KEY
-from ..peers import HOST, UNUSED_REDIRECT, free_port, login_and_consent, pkce_pair
+from ..faults import TcpProxy, row_locked
 from .flows import authorize, point_at
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,117 +102,6 @@ def token_post(idp, client_id, client_secret, url, **data):
 def revoke(idp, done, token):
     """Revoke ``token`` of an ``Authorized`` account's client at the IdP."""
     token_post(idp, done.client_id, done.client_secret, idp.revocation_endpoint, token=token)
-
-
-class TcpProxy:
-    """A tiny TCP forwarder on 127.0.0.1 (one thread per connection) that can be stopped (the
-    port then refuses connections) and started again on the same port. ``connections`` counts
-    accepted connections; ``received`` keeps the bytes clients sent (HTTP requests).
-    ``trickle``: seconds to pause after each line of the answer (a slow server)."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream = (HOST, upstream_port)
-        self.port = free_port()
-        self.connections = 0
-        self.received = bytearray()
-        self.trickle = 0.0
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
-
-    def start(self) -> TcpProxy:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((HOST, self.port))
-        listener.listen(32)
-        listener.settimeout(0.05)
-        self._listener = listener
-        self._stopping.clear()
-        self._spawn(self._accept, listener)
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        for t in self._threads:
-            t.join(timeout=5)
-        self._threads.clear()
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-
-    def requests(self) -> list[str]:
-        """The HTTP requests seen so far, decoded."""
-        return [r for r in bytes(self.received).decode("latin-1").split("POST ") if r]
-
-    def _spawn(self, target, *args) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(t)
-        t.start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while not self._stopping.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with self._lock:
-                self.connections += 1
-            self._spawn(self._pipe, client)
-
-    def _pipe(self, client: socket.socket) -> None:
-        with client, socket.create_connection(self.upstream, timeout=5) as upstream:
-            peers = {client: upstream, upstream: client}
-            open_ends = 2
-            with selectors.DefaultSelector() as sel:
-                for sock in peers:
-                    sock.setblocking(False)
-                    sel.register(sock, selectors.EVENT_READ)
-                while open_ends and not self._stopping.is_set():
-                    for sk, _ in sel.select(timeout=0.05):
-                        src = sk.fileobj
-                        try:
-                            data = src.recv(65536)
-                        except BlockingIOError:
-                            continue
-                        except OSError:
-                            data = b""
-                        if not data:
-                            sel.unregister(src)
-                            open_ends -= 1
-                            with contextlib.suppress(OSError):
-                                peers[src].shutdown(socket.SHUT_WR)
-                            continue
-                        if src is client:
-                            with self._lock:
-                                self.received += data
-                        self._send(peers[src], data, slow=src is upstream)
-
-    def _send(self, dst: socket.socket, data: bytes, *, slow: bool) -> None:
-        dst.setblocking(True)
-        pieces = data.splitlines(keepends=True) if slow and self.trickle else [data]
-        for piece in pieces:
-            dst.sendall(piece)
-            if slow and self.trickle:
-                time.sleep(self.trickle)
-        dst.setblocking(False)
-
-
-@contextlib.contextmanager
-def row_locked(db_url):
-    """Another connection holds the write lock: SQLite BEGIN IMMEDIATE, a PostgreSQL row lock
-    on every credential. Reads still work; claiming a lease or storing does not."""
-    if db_url.startswith("sqlite"):
-        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-    else:
-        conn = psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql"))
-        conn.execute("SELECT id FROM mailoauth_credential FOR UPDATE")
-    try:
-        yield
-    finally:
-        conn.rollback()
-        conn.close()
 
 
 @pytest.fixture
@@ -556,23 +440,6 @@ def test_microsoft_refresh_sends_scope_accepts_no_offline_access_and_shows_aadst
 ACCOUNTS = 200
 
 
-def code_grant(idp, client, email):
-    """A whole code + PKCE grant for ``email``, the client authenticating in the body (how the
-    extension does, and how ``authorize`` registers clients)."""
-    verifier, challenge = pkce_pair()
-    url = idp.authorization_url(client, UNUSED_REDIRECT, code_challenge=challenge)
-    code = parse_qs(urlsplit(login_and_consent(url, email, UNUSED_REDIRECT)).query)["code"][0]
-    return token_post(
-        idp,
-        *client,
-        idp.token_endpoint,
-        grant_type="authorization_code",
-        code=code,
-        redirect_uri=UNUSED_REDIRECT,
-        code_verifier=verifier,
-    )
-
-
 @pytest.fixture(scope="module")
 def bulk_grants(generic_idp):
     """(client, [token response] * 200): real grants of 200 mailboxes, from a client that does
@@ -580,15 +447,12 @@ def bulk_grants(generic_idp):
     client = generic_idp.register_client(rotate=False, auth_method="client_secret_post")
     emails = [f"bulk-{n:03d}@example.test" for n in range(ACCOUNTS)]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        grants = list(pool.map(lambda e: code_grant(generic_idp, client, e), emails))
+        grants = list(pool.map(lambda e: generic_idp.code_grant(client, e), emails))
     return client, grants
 
 
 def store_bulk_accounts(host, idp, client, grants):
     """One authorized generic account per grant (key ``bulk-NNN``), every token expired."""
-    st = host.app.extensions["mailoauth"]
-    m = st.models
-    provider = registry.get("generic")
     config = {
         "issuer": idp.issuer,
         "client_id": client.client_id,
@@ -598,33 +462,22 @@ def store_bulk_accounts(host, idp, client, grants):
         "scopes": "openid email offline_access",
         "email_attribute": "email",
     }
-    signature = config_signature(provider, config)
-    long_ago, expired = utcnow() - timedelta(hours=2), utcnow() - timedelta(minutes=1)
-    with host.app.app_context(), own_session(st.db) as s:
+    long_ago = utcnow() - timedelta(hours=2)
+    with host.app.app_context():
         for n, grant in enumerate(grants):
             key = f"bulk-{n:03d}"
-            account = m.Account(
-                key=key,
-                purpose="mailbox",
-                name=f"{key} (mailbox)",
+            seed_account(
+                key,
                 address=f"{key}@example.test",
-                provider="generic",
+                name=f"{key} (mailbox)",
                 config=config,
-                config_signature=signature,
-            )
-            st.seal(account, "client_secret", client.client_secret)
-            s.add(account)
-            s.flush()
-            cred = m.Credential(
-                account_id=account.id,
-                expires_at=expired,
+                client_secret=client.client_secret,
+                access_token=grant["access_token"],
+                refresh_token=grant["refresh_token"],
+                expires_in=-60,
                 issued_at=long_ago,
                 scope=grant["scope"],
-                config_signature=signature,
             )
-            st.seal(cred, "access_token", grant["access_token"])
-            st.seal(cred, "refresh_token", grant["refresh_token"])
-            s.add(cred)
 
 
 def test_refresh_due_from_two_processes_refreshes_each_of_200_accounts_once(

@@ -8,18 +8,15 @@ Then the stored token opens the mailbox at Dovecot. Screenshots land in test-art
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from example_app import create_app
 from example_app.extensions import db, mailoauth
 from example_app.models import SystemEmail
+from peers import browser_login_and_consent
 
 from ..conftest import TEST_KEY
-from ..peers import browser_login_and_consent
-
-SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+from .browser_steps import open_config, open_remote_mailbox, shot
 
 
 @pytest.fixture
@@ -41,29 +38,6 @@ def use_dovecot(app, dovecot, provider: str) -> None:
         email.host, email.port, email.security = dovecot.host, dovecot.imap_port, "none"
         email.remote_auth = provider
         db.session.commit()
-
-
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def open_remote_mailbox(page, server) -> None:
-    page.goto(server.url_for("/"))
-    page.fill("input[name=email]", "admin@example.test")
-    page.fill("input[name=password]", "admin")
-    page.click("button[type=submit]")
-    page.click("text=Admin Panel")
-    page.click("main a:text-is('Emails')")
-    page.click("main a:text-is('support@example.test')")
-    page.click("role=tab[name='Remote Mailbox']")
-
-
-def open_config(page):
-    page.click("#panel-remote .mailoauth-config-button")
-    dialog = page.locator("dialog.mailoauth-dialog")
-    dialog.locator("h2", has_text="OAuth2 Authorization").wait_for()
-    return dialog
 
 
 def walkthrough(page, server, idp, *, provider_label: str, fill, prefix: str) -> None:

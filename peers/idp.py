@@ -89,6 +89,7 @@ class IdP:
         self.expiring_ttl = expiring_ttl
         self.log = log_dir / f"idp-{shape}.log"
         self.http = requests.Session()
+        self._auth_methods: dict[str, str] = {}  # client id -> how it authenticates
         node = shutil.which("node") or "node"
         started = time.monotonic()
         self.proc = Proc(
@@ -185,6 +186,7 @@ class IdP:
         if r.status_code != 201:
             raise IdPError(r)
         data = r.json()
+        self._auth_methods[data["client_id"]] = auth_method
         return Client(data["client_id"], data["client_secret"])
 
     # ------------------------------------------------------------------ instrumentation
@@ -254,15 +256,56 @@ class IdP:
         return f"{endpoint or self.authorization_endpoint}?{urlencode(query)}"
 
     def _token_request(self, client: Client, data: dict[str, str], token_url: str | None) -> dict:
-        r = self.http.post(
-            token_url or self.token_endpoint,
-            data=data,
-            auth=(client.client_id, client.client_secret),
-            timeout=10,
-        )
+        """POST to the token endpoint, the client authenticating the way it registered."""
+        if self._auth_methods.get(client.client_id) == "client_secret_post":
+            sent = {**data, "client_id": client.client_id, "client_secret": client.client_secret}
+            auth = None
+        else:
+            sent, auth = data, (client.client_id, client.client_secret)
+        r = self.http.post(token_url or self.token_endpoint, data=sent, auth=auth, timeout=10)
         if r.status_code != 200:
             raise IdPError(r)
         return r.json()
+
+    def authorization_code(
+        self,
+        client: Client,
+        email: str,
+        redirect_uri: str = UNUSED_REDIRECT,
+        scope: str | tuple[str, ...] | None = None,
+        **params: str,
+    ) -> tuple[str, str]:
+        """Sign in as ``email`` and consent without a person: (code, PKCE code_verifier)."""
+        verifier, challenge = pkce_pair()
+        url = self.authorization_url(
+            client, redirect_uri, scope, code_challenge=challenge, **params
+        )
+        callback = login_and_consent(url, email, redirect_uri)
+        query = parse_qs(urlsplit(callback).query)
+        if "code" not in query:
+            raise AssertionError(f"no code in callback {callback}")
+        return query["code"][0], verifier
+
+    def exchange_code(
+        self,
+        client: Client,
+        code: str,
+        verifier: str,
+        redirect_uri: str = UNUSED_REDIRECT,
+        *,
+        token_url: str | None = None,
+    ) -> dict:
+        """The authorization_code grant for ``code``: the token response."""
+        return self._token_request(
+            client,
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": verifier,
+            },
+            token_url,
+        )
 
     def code_grant(
         self,
@@ -276,24 +319,8 @@ class IdP:
     ) -> dict:
         """A whole authorization code + PKCE grant for ``email`` without a person: the token
         response (``access_token``, ``refresh_token``, ``id_token``, ``scope``, ...)."""
-        verifier, challenge = pkce_pair()
-        url = self.authorization_url(
-            client, redirect_uri, scope, code_challenge=challenge, **params
-        )
-        callback = login_and_consent(url, email, redirect_uri)
-        query = parse_qs(urlsplit(callback).query)
-        if "code" not in query:
-            raise AssertionError(f"no code in callback {callback}")
-        return self._token_request(
-            client,
-            {
-                "grant_type": "authorization_code",
-                "code": query["code"][0],
-                "redirect_uri": redirect_uri,
-                "code_verifier": verifier,
-            },
-            token_url,
-        )
+        code, verifier = self.authorization_code(client, email, redirect_uri, scope, **params)
+        return self.exchange_code(client, code, verifier, redirect_uri, token_url=token_url)
 
     def refresh(
         self, client: Client, refresh_token: str, *, token_url: str | None = None, **extra: str

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 HOST = "127.0.0.1"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PEERS_DIR = REPO_ROOT / ".peers"  # git-ignored: installed node modules
 NODE_DIR = PEERS_DIR / "node"
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"  # git-ignored: kept logs, screenshots

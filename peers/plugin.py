@@ -117,7 +117,7 @@ def _timed(name: str, started: float) -> None:
 # ---------------------------------------------------------------------- IdPs
 @pytest.fixture(scope="session")
 def generic_idp(peer_workdir: Path, peer_logs: Path) -> Iterator[IdP]:
-    """A generic OIDC provider (oidc-provider): see ``tests.peers.idp.IdP``."""
+    """A generic OIDC provider (oidc-provider): see ``peers.idp.IdP``."""
     require_peer("idp")
     t = time.monotonic()
     idp = IdP("generic", peer_logs)
@@ -239,7 +239,7 @@ def _dispose_engines(database: str) -> None:
 # ---------------------------------------------------------------------- browser, live server
 @pytest.fixture(scope="session")
 def chromium() -> Iterator:
-    """``tests.peers.browser.Chromium``: ``.browser`` (Playwright Browser), ``.version``."""
+    """``peers.browser.Chromium``: ``.browser`` (Playwright Browser), ``.version``."""
     from .browser import Chromium
 
     require_peer("chromium")
@@ -309,7 +309,7 @@ def browser_login_and_consent_fixture() -> Callable[..., None]:
 # ---------------------------------------------------------------------- hostile IdP
 @pytest.fixture(scope="session")
 def hostile_server() -> Iterator[HostileIdP]:
-    """The session's hostile OpenID Connect provider on 127.0.0.1 (``tests.peers.hostile``)."""
+    """The session's hostile OpenID Connect provider on 127.0.0.1 (``peers.hostile``)."""
     idp = HostileIdP()
     yield idp
     idp.stop()

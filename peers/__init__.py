@@ -1,7 +1,9 @@
-"""Real peers for flask-mailoauth's end-to-end tests, started on 127.0.0.1 by pytest fixtures.
+"""The real-peer harness: IdPs (incl. a hostile one), Dovecot, Postfix, PostgreSQL, Chromium.
 
-Fixtures live in ``tests.peers.plugin`` (``tests/conftest.py`` loads it); the helpers below can be
-imported by tests: ``from tests.peers import login_and_consent, require_peer, live_server``.
+Real software started on 127.0.0.1, shared by the tests, the demo sandbox and the benchmarks;
+it is not part of the installed package. Pytest fixtures live in ``peers.plugin``
+(``tests/conftest.py`` loads it); the helpers below are imported directly:
+``from peers import login_and_consent, require_peer, live_server``.
 """
 
 from .availability import peer_missing, require_peer
