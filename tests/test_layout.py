@@ -79,6 +79,20 @@ def test_the_import_check_sees_relative_and_function_level_imports():
 GUARDED = "import sys\nsys.modules['tests'] = None  # `import tests` now fails\n"
 
 
+def run_guarded(script: str) -> str:
+    """Run ``script`` in a fresh interpreter at the repository root; its output, once it passed."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @pytest.mark.parametrize(
     ("module", "says"),
     [
@@ -94,16 +108,7 @@ def test_demo_and_benchmarks_run_without_tests(module, says):
         + f"sys.argv = [{module!r}, '--help']\n"
         + f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert says in done.stdout
+    assert says in run_guarded(script)
 
 
 def test_the_sandbox_and_every_benchmark_import_without_tests():
@@ -111,13 +116,4 @@ def test_the_sandbox_and_every_benchmark_import_without_tests():
         f"benchmarks.{p.stem}" for p in sorted((ROOT / "benchmarks").glob("*.py"))
     ]
     script = GUARDED + "".join(f"import {m}\n" for m in modules) + "print('imported')\n"
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "imported"
+    assert run_guarded(script).strip() == "imported"
