@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, relationship
 
 #: the secret columns of each table, re-encrypted by ``flask mailoauth rotate-key``
@@ -232,10 +233,10 @@ class Models:
     Event: type
 
 
-_models_by_db: weakref.WeakKeyDictionary[Any, Models] = weakref.WeakKeyDictionary()
+_models_by_db: weakref.WeakKeyDictionary[SQLAlchemy, Models] = weakref.WeakKeyDictionary()
 
 
-def models_for(db: Any) -> Models:
+def models_for(db: SQLAlchemy) -> Models:
     """The models on ``db.Model``, created on first use and shared by every app using ``db``."""
     if db in _models_by_db:
         return _models_by_db[db]
@@ -289,7 +290,7 @@ def _clean_outside_text(model: type) -> None:
 
 
 @contextmanager
-def own_session(db: Any) -> Iterator[Session]:
+def own_session(db: SQLAlchemy) -> Iterator[Session]:
     """A session of our own on the host's engine: we commit our rows, never the host's.
 
     The host's ``db.session`` may hold unrelated pending changes; committing it would save
