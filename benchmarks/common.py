@@ -24,7 +24,6 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_mailoauth import MailboxSettings, MailOAuth
 from flask_mailoauth.crypto import generate_key
 from flask_mailoauth.extension import MailOAuthState
-from flask_mailoauth.flow import config_signature
 from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.providers import registry
 
@@ -102,7 +101,7 @@ def add_accounts(
     ``store_account``), in batches; returns how many."""
     st = bench.st
     provider = registry.get("generic")
-    signature = config_signature(provider, config)
+    signature = provider.config_signature(config)
     issued = utcnow() - timedelta(hours=1)
     count = 0
     batch: list[Any] = []

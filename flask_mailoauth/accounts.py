@@ -13,13 +13,12 @@ from flask import current_app
 
 from . import signals
 from .crypto import DecryptionError
-from .flow import config_signature
 from .health import account_health
 from .i18n import gettext, lazy_gettext
 from .models import own_session, utcnow
 from .outbound import OutboundHTTP, OutboundPolicy
 from .providers import registry
-from .tokens import ACTIVE, MISCONFIGURED, REAUTHORIZE
+from .vocabulary import CredentialStatus, EventKind
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
@@ -193,9 +192,9 @@ def unusable_reason(st: MailOAuthState, account: Any) -> str | None:
     cred = account.credential
     if cred is None:
         return None
-    if cred.status == REAUTHORIZE:
+    if cred.status == CredentialStatus.REAUTHORIZATION_REQUIRED:
         return str(UNUSABLE_REAUTHORIZE)
-    if cred.status == MISCONFIGURED:
+    if cred.status == CredentialStatus.CONFIGURATION_ERROR:
         return str(UNUSABLE_CONFIGURATION)
     if cred.config_signature != account.config_signature:
         return str(UNUSABLE_SIGNATURE)
@@ -291,20 +290,24 @@ def save(
         account.notes = data.notes
         account.config = config
         account.secret_expires_on = data.secret_expires_on
-        account.config_signature = config_signature(provider, config)
+        account.config_signature = provider.config_signature(config)
         if data.client_secret:
             st.seal(account, "client_secret", data.client_secret)
         s.flush()
         credential = None if dropped else account.credential
-        if data.client_secret and credential is not None and credential.status == MISCONFIGURED:
+        if (
+            data.client_secret
+            and credential is not None
+            and credential.status == CredentialStatus.CONFIGURATION_ERROR
+        ):
             # A new secret is the usual fix for a configuration error: let the next use retry.
-            credential.status, credential.next_retry_at = ACTIVE, None
+            credential.status, credential.next_retry_at = CredentialStatus.ACTIVE, None
         # Submit authorizes whenever the stored grant cannot be used, changed or not.
         needs = credential is None or unusable_reason(st, account) is not None
         s.add(
             m.Event(
                 account_id=account.id,
-                kind="config_saved",
+                kind=EventKind.CONFIG_SAVED,
                 message=_saved_message(dropped=dropped, needs_authorization=needs),
             )
         )
@@ -344,7 +347,7 @@ def delete_token(st: MailOAuthState, key: str, purpose: str) -> bool:
         s.add(
             m.Event(
                 account_id=account.id,
-                kind="token_deleted",
+                kind=EventKind.TOKEN_DELETED,
                 message=gettext("Token deleted by an admin"),
             )
         )

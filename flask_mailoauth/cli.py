@@ -20,13 +20,15 @@ from .extension import state
 from .health import status_words
 from .i18n import gettext, ngettext
 from .models import SECRET_FIELDS, own_session, utcnow
+from .settings import PURPOSES
+from .vocabulary import CredentialStatus
 
 logger = logging.getLogger("flask_mailoauth")
 
 mailoauth_cli = AppGroup("mailoauth", help="Manage OAuth2 mail accounts (flask-mailoauth).")
 purpose_option = click.option(
     "--purpose",
-    type=click.Choice(["mailbox", "smtp"]),
+    type=click.Choice(PURPOSES),
     default=None,
     help="Only this purpose (default: every purpose of the key).",
 )
@@ -202,7 +204,7 @@ def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[Target
         leeway = timedelta(seconds=current_app.config["MAILOAUTH_REFRESH_LEEWAY"])
         query = query.where(
             m.Account.enabled.is_(True),
-            m.Credential.status.in_((tokens.ACTIVE, tokens.RETRYING)),
+            m.Credential.status.in_((CredentialStatus.ACTIVE, CredentialStatus.RETRYING)),
             m.Credential.expires_at <= utcnow() + leeway,
             sa.or_(m.Credential.next_retry_at.is_(None), m.Credential.next_retry_at <= utcnow()),
         )
@@ -221,7 +223,7 @@ def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[Target
 def test(key: str, purpose: str | None) -> None:
     """Sign in to the mail servers for real and print each step; exits 1 on a failure."""
     ok = True
-    for wanted in [purpose] if purpose else ["mailbox", "smtp"]:
+    for wanted in [purpose] if purpose else PURPOSES:
         if wanted == "smtp" and purpose is None and not _has_account(key, "smtp"):
             continue
         for result in state().extension.test_connection(key, wanted):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -35,6 +34,7 @@ from .oauth import TokenRequestFailed, TokenResponse, request_token
 from .outbound import OutboundError, OutboundHTTP, OutboundPolicy
 from .providers import registry
 from .providers.base import Identity, Provider
+from .vocabulary import CredentialStatus, EventKind, EventLevel, FailureKind
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
@@ -62,13 +62,6 @@ class CallbackOutcome:
     return_url: str
     error: AuthorizationFailed | None = None
     authorized_by: str | None = None
-
-
-def config_signature(provider: Provider, config: Mapping[str, str]) -> str:
-    """A digest of what a grant depends on: the provider and its signed fields, not the secret."""
-    signed = {f.name: (config.get(f.name) or "").strip() for f in provider.fields if f.signed}
-    payload = json.dumps({"provider": provider.id, **signed}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def hash_state(state: str) -> str:
@@ -161,8 +154,8 @@ def finish(
         _log_event(
             st,
             account["id"],
-            "authorization_failed",
-            "error",
+            EventKind.AUTHORIZATION_FAILED,
+            EventLevel.ERROR,
             failure.code,
             f"{failure} {failure.guidance}".strip(),
         )
@@ -310,7 +303,7 @@ def _complete(
         failure = exc.failure
         # A transient failure's guidance promises a retry: true of a refresh, not of this.
         guidance = failure.guidance
-        if failure.kind == "transient":
+        if failure.kind == FailureKind.TRANSIENT:
             guidance = str(_EXCHANGE_GUIDANCE)
         raise AuthorizationFailed(
             gettext(
@@ -646,11 +639,11 @@ def _store(
             authorized_by=identity.email,
             subject=identity.subject,
             tenant=identity.tenant,
-            config_signature=config_signature(provider, config),
+            config_signature=provider.config_signature(config),
             issued_at=now,
             refresh_token_issued_at=now,
             clock_skew=token.clock_skew,
-            status="active",
+            status=CredentialStatus.ACTIVE,
         )
         st.seal(credential, "access_token", token.access_token)
         st.seal(credential, "refresh_token", token.refresh_token or "")
@@ -658,7 +651,7 @@ def _store(
         s.add(
             m.Event(
                 account_id=row.id,
-                kind="authorized",
+                kind=EventKind.AUTHORIZED,
                 actor=identity.email,
                 message=_authorized_message(identity, row.address, token.scope),
             )
@@ -683,7 +676,12 @@ def _authorized_message(identity: Identity, address: str, scope: str) -> str:
 
 
 def _log_event(
-    st: MailOAuthState, account_id: int, kind: str, level: str, code: str | None, message: str
+    st: MailOAuthState,
+    account_id: int,
+    kind: EventKind,
+    level: EventLevel,
+    code: str | None,
+    message: str,
 ) -> None:
     with own_session(st.db) as s:
         s.add(

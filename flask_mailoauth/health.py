@@ -19,22 +19,20 @@ from .i18n import gettext, lazy_gettext, ngettext
 from .models import own_session, utcnow
 from .providers import registry
 from .providers.registry import UnknownProvider
-from .tokens import ACTIVE, MISCONFIGURED, REAUTHORIZE, RETRYING
+from .vocabulary import REFUSED, CredentialStatus
 
 #: seconds of difference between the host's and the IdP's clocks that raise a warning
 CLOCK_SKEW_WARNING = 60
 #: the warning for a grant issued under another IdP Config (the Token tab leaves it out when
 #: its unusable-token notice already says so)
 CONFIG_CHANGED = lazy_gettext("The IdP Config changed since the token was issued: authorize again.")
-#: the status of an account that has no token yet
-NOT_AUTHORIZED = "not_authorized"
 #: each status in words, for people (``flask mailoauth status``)
 STATUS_WORDS = {
-    ACTIVE: lazy_gettext("active"),
-    RETRYING: lazy_gettext("retrying"),
-    REAUTHORIZE: lazy_gettext("reauthorization required"),
-    MISCONFIGURED: lazy_gettext("configuration error"),
-    NOT_AUTHORIZED: lazy_gettext("not authorized"),
+    CredentialStatus.ACTIVE: lazy_gettext("active"),
+    CredentialStatus.RETRYING: lazy_gettext("retrying"),
+    CredentialStatus.REAUTHORIZATION_REQUIRED: lazy_gettext("reauthorization required"),
+    CredentialStatus.CONFIGURATION_ERROR: lazy_gettext("configuration error"),
+    CredentialStatus.NOT_AUTHORIZED: lazy_gettext("not authorized"),
 }
 
 if TYPE_CHECKING:
@@ -59,7 +57,7 @@ class AccountHealth:
     @property
     def needs_attention(self) -> bool:
         """True when an admin should act: a warning, or a status other than active."""
-        return self.enabled and (bool(self.warnings) or self.status != ACTIVE)
+        return self.enabled and (bool(self.warnings) or self.status != CredentialStatus.ACTIVE)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for ``status --json``."""
@@ -110,7 +108,7 @@ def account_health(
             gettext("The provider %(provider)s is not installed.", provider=repr(account.provider))
         )
     if credential is None:
-        status = NOT_AUTHORIZED
+        status = CredentialStatus.NOT_AUTHORIZED
         warnings.append(
             gettext("Not authorized yet: open Config and submit to sign in as the mailbox.")
         )
@@ -157,7 +155,7 @@ def _secret_warnings(ends: date | None, today: date, config: Mapping[str, Any]) 
 
 def _credential_warnings(account, credential, provider, config, now: datetime) -> list[str]:
     warnings: list[str] = []
-    if credential.status in (REAUTHORIZE, MISCONFIGURED):
+    if credential.status in REFUSED:
         warnings.append(
             credential.last_error or gettext("The identity provider refused the token.")
         )

@@ -20,6 +20,8 @@ import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, relationship
 
+from .vocabulary import CredentialStatus, EventLevel
+
 #: the secret columns of each table, re-encrypted by ``flask mailoauth rotate-key``
 SECRET_FIELDS = {
     "mailoauth_account": ("client_secret",),
@@ -162,7 +164,7 @@ class CredentialMixin(_Secretive):
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     refresh_token_issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    status: Mapped[str] = mapped_column(sa.String(32), default="active")
+    status: Mapped[str] = mapped_column(sa.String(32), default=CredentialStatus.ACTIVE.value)
     failure_count: Mapped[int] = mapped_column(sa.Integer, default=0)
     last_error_code: Mapped[str | None] = mapped_column(
         sa.String(64), nullable=True, info=outside_text()
@@ -214,7 +216,7 @@ class EventMixin:
 
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(sa.String(40))
-    level: Mapped[str] = mapped_column(sa.String(10), default="info")
+    level: Mapped[str] = mapped_column(sa.String(10), default=EventLevel.INFO.value)
     code: Mapped[str | None] = mapped_column(sa.String(64), nullable=True, info=outside_text())
     message: Mapped[str] = mapped_column(sa.Text, default="", info=outside_text(TEXT_CAP))
     actor: Mapped[str | None] = mapped_column(sa.String(320), nullable=True, info=outside_text())

@@ -49,24 +49,17 @@ from .models import own_session, row_lock, utcnow
 from .oauth import TokenRequestFailed, request_token, unexpected_failure
 from .providers import registry
 from .providers.base import Provider
+from .vocabulary import REFUSED, STATUS_AFTER, CredentialStatus, EventKind, EventLevel, FailureKind
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
 
 logger = logging.getLogger("flask_mailoauth")
 
-ACTIVE, RETRYING = "active", "retrying"
-REAUTHORIZE, MISCONFIGURED = "reauthorization_required", "configuration_error"
-_PERMANENT = (REAUTHORIZE, MISCONFIGURED)
 #: a token with less left (capped at half its lifetime) is expired: no caller gets it
 _LAST_SECONDS = timedelta(seconds=5)
 #: a change of the wall clock against the monotonic one beyond this (seconds) is a clock step
 _CLOCK_STEP = 2.0
-_STATUS_BY_KIND = {
-    "transient": RETRYING,
-    "reauthorize": REAUTHORIZE,
-    "configuration": MISCONFIGURED,
-}
 
 
 def _wall_offset() -> float:
@@ -137,7 +130,7 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
     try:
         with own_session(st.db) as s:
             credential, account = _read(s, st, key, purpose, serving=True)
-            if credential.status in _PERMANENT:  # refused for good, but not expired yet
+            if credential.status in REFUSED:  # refused for good, but not expired yet
                 return st.reveal(credential, "access_token")
             token = _usable(st, credential, account, leeway)
             if token:
@@ -263,7 +256,7 @@ def _read(
         raise AccountDisabled(
             gettext("The OAuth2 account %(account)s is disabled.", account=account_label(account))
         )
-    if credential.status in _PERMANENT and not (serving and _still_served(credential)):
+    if credential.status in REFUSED and not (serving and _still_served(credential)):
         raise _refused(account_label(account), credential)
     if credential.config_signature != account.config_signature:
         raise ReauthorizationRequired(
@@ -283,7 +276,7 @@ def account_label(account: Any) -> str:
 def _refused(name: str, credential: Any) -> ReauthorizationRequired | ConfigurationError:
     """The typed error for a credential the IdP refused for good."""
     error = credential.last_error or ""
-    if credential.status == REAUTHORIZE:
+    if credential.status == CredentialStatus.REAUTHORIZATION_REQUIRED:
         return ReauthorizationRequired(
             gettext(
                 "%(account)s: the grant is no longer valid, an admin must authorize again. "
@@ -717,7 +710,7 @@ def _record_success(st, session: Session, credential: Any, account: Any, answer:
     credential.clock_skew = answer.clock_skew
     if answer.raw.get("scope"):
         credential.scope = answer.scope
-    credential.status = ACTIVE
+    credential.status = CredentialStatus.ACTIVE
     credential.failure_count = 0
     credential.last_error = credential.last_error_code = None
     credential.next_retry_at = credential.serve_until = None
@@ -730,7 +723,7 @@ def _record_success(st, session: Session, credential: Any, account: Any, answer:
         )
     else:
         message = gettext("Access token refreshed, valid until %(time)s UTC", time=until)
-    session.add(st.models.Event(account_id=account.id, kind="refreshed", message=message))
+    session.add(st.models.Event(account_id=account.id, kind=EventKind.REFRESHED, message=message))
     st.cache[(account.key, account.purpose)] = CachedToken(
         answer.access_token,
         answer.expires_at,
@@ -745,23 +738,23 @@ def _record_failure(st, session, credential, account, failure: ProviderFailure, 
     leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
     was_due = _due(credential.expires_at, _obtained_at(credential), leeway)
     credential.failure_count += 1
-    credential.status = _STATUS_BY_KIND[failure.kind]
+    credential.status = STATUS_AFTER[failure.kind]
     credential.last_error_code = (failure.code or "")[:64] or None
     credential.last_error = failure.summary()
     credential.next_retry_at = (
         utcnow() + timedelta(seconds=backoff(credential.failure_count, failure.retry_after, config))
-        if failure.kind == "transient"
+        if failure.kind == FailureKind.TRANSIENT
         else None
     )
     credential.serve_until = (
-        credential.expires_at if failure.kind != "transient" and was_due else None
+        credential.expires_at if failure.kind != FailureKind.TRANSIENT and was_due else None
     )
     credential.version += 1
     session.add(
         st.models.Event(
             account_id=account.id,
-            kind="refresh_failed",
-            level="warning" if failure.kind == "transient" else "error",
+            kind=EventKind.REFRESH_FAILED,
+            level=EventLevel.WARNING if failure.kind == FailureKind.TRANSIENT else EventLevel.ERROR,
             code=credential.last_error_code,
             message=failure.summary(),
         )
@@ -818,12 +811,14 @@ def _after_failure(st, key: str, purpose: str, failed: _Failed, keep_valid_token
     one of a token that was due (``_still_served``)."""
     failure, credential = failed.failure, failed.credential
     signals.refresh_failed.send(st.extension, key=key, purpose=purpose, failure=failure)
-    if failure.kind == "reauthorize":
+    if failure.kind == FailureKind.REAUTHORIZE:
         signals.reauthorization_required.send(
             st.extension, key=key, purpose=purpose, failure=failure
         )
-    if failure.kind != "transient" and not (keep_valid_token and _still_served(credential)):
-        if failure.kind == "reauthorize":
+    if failure.kind != FailureKind.TRANSIENT and not (
+        keep_valid_token and _still_served(credential)
+    ):
+        if failure.kind == FailureKind.REAUTHORIZE:
             raise ReauthorizationRequired(f"{failed.label}: {failure.summary()}")
         raise ConfigurationError(f"{failed.label}: {failure.summary()}")
     return _unavailable(st, credential, keep_valid_token)

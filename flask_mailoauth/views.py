@@ -31,11 +31,12 @@ from . import accounts, flow, i18n, tokens
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError
 from .extension import FlashKind, MailOAuthState, flash_category, state
 from .forms import account_form
-from .health import CONFIG_CHANGED
+from .health import CONFIG_CHANGED, STATUS_WORDS
 from .i18n import gettext, lazy_gettext
 from .providers import registry
 from .providers.registry import UnknownProvider
 from .settings import PURPOSES
+from .vocabulary import EventKind
 
 blueprint = Blueprint(
     "mailoauth",
@@ -50,20 +51,14 @@ NO_ACCESS_CHECK = (
     "@mailoauth.access_check on a function that returns True for users allowed to manage "
     "mail OAuth settings."
 )
-#: the Token tab's words for a credential's status and an event's kind (the codes stay classes)
-STATUS_LABELS = {
-    tokens.ACTIVE: lazy_gettext("active"),
-    tokens.RETRYING: lazy_gettext("retrying"),
-    tokens.REAUTHORIZE: lazy_gettext("reauthorization required"),
-    tokens.MISCONFIGURED: lazy_gettext("configuration error"),
-}
+#: the Token tab's words for an event's kind (the codes stay classes; statuses: STATUS_WORDS)
 EVENT_LABELS = {
-    "authorized": lazy_gettext("authorized"),
-    "authorization_failed": lazy_gettext("authorization failed"),
-    "config_saved": lazy_gettext("config saved"),
-    "refreshed": lazy_gettext("refreshed"),
-    "refresh_failed": lazy_gettext("refresh failed"),
-    "token_deleted": lazy_gettext("token deleted"),
+    EventKind.AUTHORIZED: lazy_gettext("authorized"),
+    EventKind.AUTHORIZATION_FAILED: lazy_gettext("authorization failed"),
+    EventKind.CONFIG_SAVED: lazy_gettext("config saved"),
+    EventKind.REFRESHED: lazy_gettext("refreshed"),
+    EventKind.REFRESH_FAILED: lazy_gettext("refresh failed"),
+    EventKind.TOKEN_DELETED: lazy_gettext("token deleted"),
 }
 #: the Flask session key binding pending authorizations to the admin's browser session
 SESSION_KEY = "mailoauth_sid"
@@ -247,7 +242,7 @@ def _render_modal(
         "notice": notice,
         "warnings": _token_warnings(view, notice),
         "last_error_shown": _last_error_shown(view, notice),
-        "status_labels": STATUS_LABELS,
+        "status_labels": STATUS_WORDS,
         "event_labels": EVENT_LABELS,
         "account": view,
         "form": form,

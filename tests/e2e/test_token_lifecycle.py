@@ -30,7 +30,6 @@ import sqlalchemy as sa
 
 from flask_mailoauth import MailboxSettings, mail, signals
 from flask_mailoauth.errors import ReauthorizationRequired, TemporarilyUnavailable
-from flask_mailoauth.flow import config_signature
 from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.providers import registry
 
@@ -598,7 +597,7 @@ def store_bulk_accounts(host, idp, client, grants):
         "scopes": "openid email offline_access",
         "email_attribute": "email",
     }
-    signature = config_signature(provider, config)
+    signature = provider.config_signature(config)
     long_ago, expired = utcnow() - timedelta(hours=2), utcnow() - timedelta(minutes=1)
     with host.app.app_context(), own_session(st.db) as s:
         for n, grant in enumerate(grants):
