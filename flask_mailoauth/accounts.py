@@ -9,14 +9,13 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from flask import current_app
 
 from . import signals
 from .crypto import DecryptionError
 from .health import account_health
 from .i18n import gettext, lazy_gettext
 from .models import own_session, utcnow
-from .outbound import OutboundHTTP, OutboundPolicy
+from .outbound import OutboundHTTP
 from .providers import registry
 from .vocabulary import CredentialStatus, EventKind
 
@@ -164,9 +163,7 @@ def view(
             secret_expires_on=account.secret_expires_on,
             token=_token_details(st, account),
             events=list(events),
-            warnings=account_health(
-                account, account.credential, current_app.config, utcnow()
-            ).warnings
+            warnings=account_health(account, account.credential, st.config, utcnow()).warnings
             if account.credential is not None
             else [],
         )
@@ -238,9 +235,6 @@ def save(
     purpose: str,
     address: str,
     data: AccountInput,
-    *,
-    allow_insecure_http: bool,
-    timeout: float,
 ) -> SaveResult:
     """Validate and store the modal's input; tell whether the grant must be (re)authorized.
 
@@ -248,12 +242,12 @@ def save(
     grant; the client secret and its end date do not, so rotating a secret needs no re-consent.
     """
     provider = registry.get(data.provider)
+    allow_insecure_http, timeout = st.config.allow_insecure_http, st.config.http_timeout
     config = {f.name: (data.config.get(f.name) or "").strip() for f in provider.fields}
     errors = provider.validate(config, allow_insecure_http=allow_insecure_http)
     if not errors:
         try:
-            policy = OutboundPolicy.current()
-            with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
+            with OutboundHTTP.open(st.config.outbound, timeout, deadline=2 * timeout) as http:
                 config = provider.complete(config, http)
         except ValueError as exc:
             errors["__all__"] = str(exc)

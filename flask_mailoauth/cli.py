@@ -101,7 +101,7 @@ def refresh(key: str | None, purpose: str | None, due: bool) -> None:
                 return Outcome(target, True, _unexpected(target, exc))
         return Outcome(target, True)
 
-    workers = max(1, int(current_app.config["MAILOAUTH_REFRESH_CONCURRENCY"]))
+    workers = st.config.refresh_concurrency
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, targets))
     failed = [r for r in results if r.error]
@@ -201,7 +201,7 @@ def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[Target
     if purpose is not None:
         query = query.where(m.Account.purpose == purpose)
     if due:
-        leeway = timedelta(seconds=current_app.config["MAILOAUTH_REFRESH_LEEWAY"])
+        leeway = timedelta(seconds=st.config.refresh_leeway)
         query = query.where(
             m.Account.enabled.is_(True),
             m.Credential.status.in_((CredentialStatus.ACTIVE, CredentialStatus.RETRYING)),

@@ -23,7 +23,6 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import jwt
 import requests
 import sqlalchemy as sa
-from flask import current_app
 
 from . import signals
 from .crypto import DecryptionError
@@ -195,7 +194,7 @@ def _take_pending(st: MailOAuthState, state: str) -> tuple[dict, dict] | None:
     """Find and delete the pending authorization for ``state`` (single use)."""
     wanted = hash_state(state)
     model = st.models.PendingAuthorization
-    timeout = current_app.config["MAILOAUTH_LOCK_TIMEOUT"]
+    timeout = st.config.lock_timeout
     with own_session(st.db) as s, row_lock(s, timeout):
         pending = s.scalars(
             sa.select(model).where(model.state_hash == wanted).with_for_update()
@@ -297,6 +296,7 @@ def _complete(
             },
             timeout=timeout,
             deadline=2 * timeout,
+            policy=st.config.outbound,
             requested_scopes=scopes,
         )
     except TokenRequestFailed as exc:
@@ -314,8 +314,11 @@ def _complete(
             guidance,
             code=failure.code,
         ) from None
-    claims = _validate_id_token(provider, config, token, pending["nonce"], timeout, issuer)
-    identity = _identity(provider, config, claims, token, timeout)
+    policy = st.config.outbound
+    claims = _validate_id_token(
+        provider, config, token, pending["nonce"], timeout, issuer, policy=policy
+    )
+    identity = _identity(provider, config, claims, token, timeout, policy=policy)
     if account["strict_matching"] and not identity.matches(account["address"]):
         raise _identity_mismatch(account["address"], identity)
     _check_grant(st, provider, config, account, token)
@@ -462,6 +465,8 @@ def _validate_id_token(
     nonce: str,
     timeout: float,
     callback_issuer: str | None,
+    *,
+    policy: OutboundPolicy,
 ) -> dict[str, Any] | None:
     """Verify the id_token (signature by JWKS, iss, aud, exp, nonce); ``None`` without one."""
     if not token.id_token:
@@ -490,7 +495,7 @@ def _validate_id_token(
             gettext("Fill the JWKS URI or the issuer."),
             code="invalid_id_token",
         )
-    key = _signing_key(jwks_uri, header, timeout)
+    key = _signing_key(jwks_uri, header, timeout, policy=policy)
     try:
         claims = jwt.decode(
             token.id_token,
@@ -535,12 +540,13 @@ def _validate_id_token(
     return claims
 
 
-def _signing_key(jwks_uri: str, header: Mapping[str, Any], timeout: float) -> Any:
+def _signing_key(
+    jwks_uri: str, header: Mapping[str, Any], timeout: float, *, policy: OutboundPolicy
+) -> Any:
     """The JWKS key that signed the id_token (by ``kid``, else the only key).
 
-    Fetched under the outbound policy: a redirect must stay on https, the address is vetted.
+    Fetched under the outbound ``policy``: a redirect must stay on https, the address is vetted.
     """
-    policy = OutboundPolicy.current()
     try:
         with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
             response = http.get(jwks_uri)
@@ -580,9 +586,10 @@ def _identity(
     claims: Mapping[str, Any] | None,
     token: TokenResponse,
     timeout: float,
+    *,
+    policy: OutboundPolicy,
 ) -> Identity:
     """Who signed in, by the provider's rules; its HTTP calls go through the outbound policy."""
-    policy = OutboundPolicy.current()
     with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
         try:
             return provider.identity(config, claims=claims, token=token.raw, http=http)

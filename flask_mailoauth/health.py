@@ -8,13 +8,13 @@ a host clock that differs from the IdP's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from .config import Config
 from .i18n import gettext, lazy_gettext, ngettext
 from .models import own_session, utcnow
 from .providers import registry
@@ -81,7 +81,7 @@ def status_words(status: str) -> str:
     return str(words) if words is not None else status.replace("_", " ")
 
 
-def health(st: MailOAuthState, config: Mapping[str, Any]) -> list[AccountHealth]:
+def health(st: MailOAuthState) -> list[AccountHealth]:
     """Every account with its status and warnings, ordered by key and purpose."""
     m = st.models
     now = utcnow()
@@ -92,12 +92,10 @@ def health(st: MailOAuthState, config: Mapping[str, Any]) -> list[AccountHealth]
     )
     with own_session(st.db) as s:
         rows = s.execute(query).all()
-        return [account_health(account, credential, config, now) for account, credential in rows]
+        return [account_health(account, credential, st.config, now) for account, credential in rows]
 
 
-def account_health(
-    account: Any, credential: Any, config: Mapping[str, Any], now: datetime
-) -> AccountHealth:
+def account_health(account: Any, credential: Any, config: Config, now: datetime) -> AccountHealth:
     """One account's status and warnings from its rows (``credential`` may be ``None``)."""
     warnings = _secret_warnings(account.secret_expires_on, now.date(), config)
     try:
@@ -128,7 +126,7 @@ def account_health(
     )
 
 
-def _secret_warnings(ends: date | None, today: date, config: Mapping[str, Any]) -> list[str]:
+def _secret_warnings(ends: date | None, today: date, config: Config) -> list[str]:
     if ends is None:
         return []
     left = (ends - today).days
@@ -139,7 +137,7 @@ def _secret_warnings(ends: date | None, today: date, config: Mapping[str, Any]) 
                 date=ends,
             )
         ]
-    if left <= max(config["MAILOAUTH_SECRET_WARNING_DAYS"]):
+    if left <= max(config.secret_warning_days):
         return [
             ngettext(
                 "The client secret expires on %(date)s (%(num)d day): create a new one and paste "
@@ -153,13 +151,13 @@ def _secret_warnings(ends: date | None, today: date, config: Mapping[str, Any]) 
     return []
 
 
-def _credential_warnings(account, credential, provider, config, now: datetime) -> list[str]:
+def _credential_warnings(account, credential, provider, config: Config, now: datetime) -> list[str]:
     warnings: list[str] = []
     if credential.status in REFUSED:
         warnings.append(
             credential.last_error or gettext("The identity provider refused the token.")
         )
-    elif credential.failure_count >= config["MAILOAUTH_FAILURE_WARNING_THRESHOLD"]:
+    elif credential.failure_count >= config.failure_warning_threshold:
         warnings.append(
             ngettext(
                 "%(num)d refresh attempt failed in a row: %(error)s",
@@ -175,7 +173,7 @@ def _credential_warnings(account, credential, provider, config, now: datetime) -
         warnings.append(_clock_warning(skew))
     last_use = credential.refreshed_at or credential.issued_at
     idle_days = (now - last_use).days
-    if idle_days >= config["MAILOAUTH_IDLE_WARNING_DAYS"]:
+    if idle_days >= config.idle_warning_days:
         warnings.append(
             ngettext(
                 "The refresh token has not been used for %(num)d day; providers revoke idle "

@@ -29,14 +29,14 @@ from markupsafe import Markup
 
 from . import accounts, flow, i18n, tokens
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError
-from .extension import FlashKind, MailOAuthState, flash_category, state
+from .extension import MailOAuthState, flash_category, state
 from .forms import account_form
 from .health import CONFIG_CHANGED, STATUS_WORDS
 from .i18n import gettext, lazy_gettext
 from .providers import registry
 from .providers.registry import UnknownProvider
 from .settings import PURPOSES
-from .vocabulary import EventKind
+from .vocabulary import EventKind, FlashKind
 
 blueprint = Blueprint(
     "mailoauth",
@@ -187,9 +187,7 @@ def not_an_oauth_choice(exc: NotAnOAuthChoice) -> Response:
 
 def callback_url() -> str:
     """The Callback Endpoint: configured, or computed from the request (ProxyFix-aware)."""
-    return current_app.config["MAILOAUTH_CALLBACK_URL"] or url_for(
-        "mailoauth.callback", _external=True
-    )
+    return state().config.callback_url or url_for("mailoauth.callback", _external=True)
 
 
 def _host_page(key: str, purpose: str) -> str:
@@ -284,8 +282,6 @@ def save(key: str, purpose: str) -> Response:
             purpose,
             address,
             form.to_input(),
-            allow_insecure_http=current_app.config["MAILOAUTH_ALLOW_INSECURE_HTTP"],
-            timeout=current_app.config["MAILOAUTH_HTTP_TIMEOUT"],
         )
         if not result.errors:
             if result.needs_authorization:
@@ -298,7 +294,7 @@ def save(key: str, purpose: str) -> Response:
         form.add_errors(
             form.provider.validate(
                 form.to_input().config,
-                allow_insecure_http=current_app.config["MAILOAUTH_ALLOW_INSECURE_HTTP"],
+                allow_insecure_http=st.config.allow_insecure_http,
             )
         )
     view = accounts.view(st, key, purpose, address, form.provider.id)
@@ -344,7 +340,7 @@ def _authorization_url(st: MailOAuthState, key: str, purpose: str) -> str:
         session_id=session[SESSION_KEY],
         redirect_uri=callback_url(),
         return_url=_return_url(key, purpose),
-        ttl=current_app.config["MAILOAUTH_PENDING_TTL"],
+        ttl=st.config.pending_ttl,
     )
 
 
@@ -387,7 +383,7 @@ def callback() -> Response:
             st,
             request.args,
             session_id=session.get(SESSION_KEY, ""),
-            timeout=current_app.config["MAILOAUTH_HTTP_TIMEOUT"],
+            timeout=st.config.http_timeout,
         )
     except AuthorizationFailed as failure:
         return Response(_render("mailoauth/callback_error.html", failure=failure), status=400)

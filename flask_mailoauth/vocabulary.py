@@ -63,3 +63,10 @@ class EventLevel(StrEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
+
+
+class FlashKind(StrEnum):
+    """What a flashed message of the extension says; the category is the host's choice."""
+
+    SUCCESS = "success"
+    ERROR = "error"
