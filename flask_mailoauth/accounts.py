@@ -9,17 +9,15 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from flask import current_app
 
 from . import signals
 from .crypto import DecryptionError
-from .flow import config_signature
 from .health import account_health
 from .i18n import gettext, lazy_gettext
 from .models import own_session, utcnow
-from .outbound import OutboundHTTP, OutboundPolicy
+from .outbound import OutboundHTTP
 from .providers import registry
-from .tokens import ACTIVE, MISCONFIGURED, REAUTHORIZE
+from .vocabulary import CredentialStatus, EventKind
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
@@ -165,9 +163,7 @@ def view(
             secret_expires_on=account.secret_expires_on,
             token=_token_details(st, account),
             events=list(events),
-            warnings=account_health(
-                account, account.credential, current_app.config, utcnow()
-            ).warnings
+            warnings=account_health(account, account.credential, st.config, utcnow()).warnings
             if account.credential is not None
             else [],
         )
@@ -193,9 +189,9 @@ def unusable_reason(st: MailOAuthState, account: Any) -> str | None:
     cred = account.credential
     if cred is None:
         return None
-    if cred.status == REAUTHORIZE:
+    if cred.status == CredentialStatus.REAUTHORIZATION_REQUIRED:
         return str(UNUSABLE_REAUTHORIZE)
-    if cred.status == MISCONFIGURED:
+    if cred.status == CredentialStatus.CONFIGURATION_ERROR:
         return str(UNUSABLE_CONFIGURATION)
     if cred.config_signature != account.config_signature:
         return str(UNUSABLE_SIGNATURE)
@@ -239,9 +235,6 @@ def save(
     purpose: str,
     address: str,
     data: AccountInput,
-    *,
-    allow_insecure_http: bool,
-    timeout: float,
 ) -> SaveResult:
     """Validate and store the modal's input; tell whether the grant must be (re)authorized.
 
@@ -249,12 +242,12 @@ def save(
     grant; the client secret and its end date do not, so rotating a secret needs no re-consent.
     """
     provider = registry.get(data.provider)
+    allow_insecure_http, timeout = st.config.allow_insecure_http, st.config.http_timeout
     config = {f.name: (data.config.get(f.name) or "").strip() for f in provider.fields}
     errors = provider.validate(config, allow_insecure_http=allow_insecure_http)
     if not errors:
         try:
-            policy = OutboundPolicy.current()
-            with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
+            with OutboundHTTP.open(st.config.outbound, timeout, deadline=2 * timeout) as http:
                 config = provider.complete(config, http)
         except ValueError as exc:
             errors["__all__"] = str(exc)
@@ -291,20 +284,24 @@ def save(
         account.notes = data.notes
         account.config = config
         account.secret_expires_on = data.secret_expires_on
-        account.config_signature = config_signature(provider, config)
+        account.config_signature = provider.config_signature(config)
         if data.client_secret:
             st.seal(account, "client_secret", data.client_secret)
         s.flush()
         credential = None if dropped else account.credential
-        if data.client_secret and credential is not None and credential.status == MISCONFIGURED:
+        if (
+            data.client_secret
+            and credential is not None
+            and credential.status == CredentialStatus.CONFIGURATION_ERROR
+        ):
             # A new secret is the usual fix for a configuration error: let the next use retry.
-            credential.status, credential.next_retry_at = ACTIVE, None
+            credential.status, credential.next_retry_at = CredentialStatus.ACTIVE, None
         # Submit authorizes whenever the stored grant cannot be used, changed or not.
         needs = credential is None or unusable_reason(st, account) is not None
         s.add(
             m.Event(
                 account_id=account.id,
-                kind="config_saved",
+                kind=EventKind.CONFIG_SAVED,
                 message=_saved_message(dropped=dropped, needs_authorization=needs),
             )
         )
@@ -344,7 +341,7 @@ def delete_token(st: MailOAuthState, key: str, purpose: str) -> bool:
         s.add(
             m.Event(
                 account_id=account.id,
-                kind="token_deleted",
+                kind=EventKind.TOKEN_DELETED,
                 message=gettext("Token deleted by an admin"),
             )
         )

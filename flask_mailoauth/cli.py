@@ -20,13 +20,15 @@ from .extension import state
 from .health import status_words
 from .i18n import gettext, ngettext
 from .models import SECRET_FIELDS, own_session, utcnow
+from .settings import PURPOSES
+from .vocabulary import CredentialStatus
 
 logger = logging.getLogger("flask_mailoauth")
 
 mailoauth_cli = AppGroup("mailoauth", help="Manage OAuth2 mail accounts (flask-mailoauth).")
 purpose_option = click.option(
     "--purpose",
-    type=click.Choice(["mailbox", "smtp"]),
+    type=click.Choice(PURPOSES),
     default=None,
     help="Only this purpose (default: every purpose of the key).",
 )
@@ -99,7 +101,7 @@ def refresh(key: str | None, purpose: str | None, due: bool) -> None:
                 return Outcome(target, True, _unexpected(target, exc))
         return Outcome(target, True)
 
-    workers = max(1, int(current_app.config["MAILOAUTH_REFRESH_CONCURRENCY"]))
+    workers = st.config.refresh_concurrency
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, targets))
     failed = [r for r in results if r.error]
@@ -199,10 +201,10 @@ def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[Target
     if purpose is not None:
         query = query.where(m.Account.purpose == purpose)
     if due:
-        leeway = timedelta(seconds=current_app.config["MAILOAUTH_REFRESH_LEEWAY"])
+        leeway = timedelta(seconds=st.config.refresh_leeway)
         query = query.where(
             m.Account.enabled.is_(True),
-            m.Credential.status.in_((tokens.ACTIVE, tokens.RETRYING)),
+            m.Credential.status.in_((CredentialStatus.ACTIVE, CredentialStatus.RETRYING)),
             m.Credential.expires_at <= utcnow() + leeway,
             sa.or_(m.Credential.next_retry_at.is_(None), m.Credential.next_retry_at <= utcnow()),
         )
@@ -221,7 +223,7 @@ def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[Target
 def test(key: str, purpose: str | None) -> None:
     """Sign in to the mail servers for real and print each step; exits 1 on a failure."""
     ok = True
-    for wanted in [purpose] if purpose else ["mailbox", "smtp"]:
+    for wanted in [purpose] if purpose else PURPOSES:
         if wanted == "smtp" and purpose is None and not _has_account(key, "smtp"):
             continue
         for result in state().extension.test_connection(key, wanted):

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
 from .i18n import LazyText, gettext, lazy_gettext
-
-FailureKind = Literal["transient", "reauthorize", "configuration"]
+from .vocabulary import FailureKind
 
 
 class MailOAuthError(Exception):

@@ -8,74 +8,24 @@ import poplib
 import smtplib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, appcontext_pushed, current_app
 
 from . import crypto, logs, mail, migrations
+from .config import DEFAULTS, Config, keyring
 from .errors import MailboxNotFound, MailOAuthError, NotConfigured, SetupError
 from .i18n import gettext
 from .models import Models, models_for, own_session
 from .providers.base import MailServer
 from .settings import PURPOSES, MailboxSettings, Purpose
+from .vocabulary import FlashKind
 
 if TYPE_CHECKING:
     from .health import AccountHealth
 
 logger = logs.logger
-
-
-#: every configuration key with its default; documented in docs/configuration.rst
-DEFAULTS: dict[str, object] = {
-    # where the blueprint is mounted; the callback is <prefix>/callback
-    "MAILOAUTH_URL_PREFIX": "/mailoauth",
-    # the absolute Callback Endpoint, when the computed one is wrong (unusual proxies)
-    "MAILOAUTH_CALLBACK_URL": None,
-    # URL-safe base64 keys, a list or a comma-separated string; the first encrypts
-    "MAILOAUTH_ENCRYPTION_KEYS": None,
-    # accept http:// endpoints on loopback hosts (tests and local sandboxes only)
-    "MAILOAUTH_ALLOW_INSECURE_HTTP": False,
-    # host names and CIDR networks of on-premises IdPs that may resolve to private addresses
-    "MAILOAUTH_ALLOWED_PRIVATE_HOSTS": (),
-    # bytes read at most from any IdP answer; a larger one is refused
-    "MAILOAUTH_MAX_RESPONSE_BYTES": 1024 * 1024,
-    # seconds of validity below which an access token is refreshed before use
-    "MAILOAUTH_REFRESH_LEEWAY": 300,
-    # seconds a process may serve a token from memory without looking at the database
-    "MAILOAUTH_CACHE_TTL": 60,
-    # seconds to wait for another worker's refresh before giving up
-    "MAILOAUTH_LOCK_TIMEOUT": 30,
-    # seconds for each call to the IdP
-    "MAILOAUTH_HTTP_TIMEOUT": 10,
-    # seconds a process keeps retrying to store a refreshed token the database refused
-    "MAILOAUTH_STORE_RETRY": 300,
-    # seconds for each mail server connection
-    "MAILOAUTH_MAIL_TIMEOUT": 30,
-    # seconds a started authorization stays valid
-    "MAILOAUTH_PENDING_TTL": 600,
-    # first and longest wait, in seconds, between retries after transient refresh failures
-    "MAILOAUTH_RETRY_BASE": 30,
-    "MAILOAUTH_RETRY_MAX": 3600,
-    # consecutive refresh failures that raise a warning
-    "MAILOAUTH_FAILURE_WARNING_THRESHOLD": 3,
-    # warn when the refresh token has not been used for this many days (Microsoft: 90 max)
-    "MAILOAUTH_IDLE_WARNING_DAYS": 80,
-    # warn this many days before the client secret's end date
-    "MAILOAUTH_SECRET_WARNING_DAYS": (30, 7),
-    # accounts refreshed at once by `flask mailoauth refresh --due`
-    "MAILOAUTH_REFRESH_CONCURRENCY": 8,
-    # the host's flash categories for our messages, e.g. {"error": "danger"} for Bootstrap
-    "MAILOAUTH_FLASH_CATEGORIES": {},
-}
-
-
-class FlashKind(StrEnum):
-    """What a flashed message of the extension says; the category is the host's choice."""
-
-    SUCCESS = "success"
-    ERROR = "error"
 
 
 MailboxLoader = Callable[[str], MailboxSettings | None]
@@ -92,6 +42,8 @@ class MailOAuthState:
     db: Any
     models: Models
     keyring: crypto.KeyRing
+    #: the checked ``MAILOAUTH_*`` settings, built once by ``init_app``
+    config: Config
     cache: dict[Any, Any] = field(default_factory=dict)
 
     def seal(self, row: Any, name: str, value: str) -> None:
@@ -137,16 +89,16 @@ class MailOAuth:
         logs.bridge_to_app_logger()
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
-        _check_flash_categories(app.config["MAILOAUTH_FLASH_CATEGORIES"])
+        config = Config.from_mapping(app.config)
 
         from . import cli, views
 
         with app.app_context():  # so a warning about the keys reaches app.logger's handlers
-            keyring = _keyring(app)
+            ring = keyring(app.config)
         app.extensions["mailoauth"] = MailOAuthState(
-            extension=self, db=db, models=models_for(db), keyring=keyring
+            extension=self, db=db, models=models_for(db), keyring=ring, config=config
         )
-        app.register_blueprint(views.blueprint, url_prefix=app.config["MAILOAUTH_URL_PREFIX"])
+        app.register_blueprint(views.blueprint, url_prefix=config.url_prefix)
         app.add_template_global(views.config_button, "mailoauth_config_button")
         app.add_template_global(banner_kind, "mailoauth_banner_kind")
         app.cli.add_command(cli.mailoauth_cli)
@@ -204,7 +156,7 @@ class MailOAuth:
         """Every account with its status and the warnings an admin should see."""
         from .health import health
 
-        return health(state(), current_app.config)
+        return health(state())
 
     def connect_imap(self, key: str) -> imaplib.IMAP4:
         """An IMAP connection, signed in with a fresh token, with the mailbox's folder selected.
@@ -315,7 +267,7 @@ class MailOAuth:
 
     def _check(self, key: str, protocol: str, purpose: Purpose) -> mail.CheckResult:
         """One protocol's connection check, signing in with the ``purpose`` account's token."""
-        timeout = current_app.config["MAILOAUTH_MAIL_TIMEOUT"]
+        timeout = state().config.mail_timeout
 
         def token() -> str:
             return self.access_token(key, purpose)
@@ -398,28 +350,16 @@ def state() -> MailOAuthState:
 
 def flash_category(kind: FlashKind) -> str:
     """The host's flash category for ``kind`` (``MAILOAUTH_FLASH_CATEGORIES``, else the kind)."""
-    return current_app.config["MAILOAUTH_FLASH_CATEGORIES"].get(kind.value, kind.value)
+    return state().config.flash_categories.get(kind.value, kind.value)
 
 
 def banner_kind(category: str) -> str:
     """The kind (``success``/``error``) a flashed ``category`` stands for: our own pages style
     their banners by kind, whatever category the host maps it to."""
-    for kind, mapped in current_app.config["MAILOAUTH_FLASH_CATEGORIES"].items():
+    for kind, mapped in state().config.flash_categories.items():
         if mapped == category:
             return kind
     return category
-
-
-def _check_flash_categories(categories: object) -> None:
-    """Refuse a ``MAILOAUTH_FLASH_CATEGORIES`` that would silently be ignored."""
-    kinds = {k.value for k in FlashKind}
-    if not isinstance(categories, dict) or not all(
-        key in kinds and isinstance(value, str) and value for key, value in categories.items()
-    ):
-        raise SetupError(
-            "MAILOAUTH_FLASH_CATEGORIES must map 'success' and/or 'error' to your flash "
-            f"categories, e.g. {{'error': 'danger'}} for Bootstrap; got {categories!r}."
-        )
 
 
 def _purpose(purpose: str) -> Purpose:
@@ -446,25 +386,4 @@ def _no_account(key: str, purpose: Purpose) -> str:
 
 def _mail_timeout() -> float:
     """Seconds for each mail server connection (``MAILOAUTH_MAIL_TIMEOUT``)."""
-    return current_app.config["MAILOAUTH_MAIL_TIMEOUT"]
-
-
-def _keyring(app: Flask) -> crypto.KeyRing:
-    """The key ring from ``MAILOAUTH_ENCRYPTION_KEYS``, or one derived from ``SECRET_KEY``."""
-    configured = app.config.get("MAILOAUTH_ENCRYPTION_KEYS")
-    if isinstance(configured, str):
-        configured = [k for k in configured.split(",") if k.strip()]
-    if configured:
-        return crypto.KeyRing(crypto.parse_key(k) for k in configured)
-    secret_key = app.config.get("SECRET_KEY")
-    if not secret_key:
-        raise SetupError(
-            "flask-mailoauth encrypts secrets at rest and needs a key: set "
-            "MAILOAUTH_ENCRYPTION_KEYS (recommended) or SECRET_KEY before init_app."
-        )
-    logger.warning(
-        "MAILOAUTH_ENCRYPTION_KEYS is not set: tokens are encrypted with a key derived from "
-        "SECRET_KEY. Set MAILOAUTH_ENCRYPTION_KEYS so that rotating SECRET_KEY does not make "
-        "stored tokens unreadable."
-    )
-    return crypto.KeyRing([crypto.derive_key(secret_key)])
+    return state().config.mail_timeout

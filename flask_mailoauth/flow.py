@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -24,7 +23,6 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import jwt
 import requests
 import sqlalchemy as sa
-from flask import current_app
 
 from . import signals
 from .crypto import DecryptionError
@@ -35,6 +33,7 @@ from .oauth import TokenRequestFailed, TokenResponse, request_token
 from .outbound import OutboundError, OutboundHTTP, OutboundPolicy
 from .providers import registry
 from .providers.base import Identity, Provider
+from .vocabulary import CredentialStatus, EventKind, EventLevel, FailureKind
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
@@ -62,13 +61,6 @@ class CallbackOutcome:
     return_url: str
     error: AuthorizationFailed | None = None
     authorized_by: str | None = None
-
-
-def config_signature(provider: Provider, config: Mapping[str, str]) -> str:
-    """A digest of what a grant depends on: the provider and its signed fields, not the secret."""
-    signed = {f.name: (config.get(f.name) or "").strip() for f in provider.fields if f.signed}
-    payload = json.dumps({"provider": provider.id, **signed}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def hash_state(state: str) -> str:
@@ -161,8 +153,8 @@ def finish(
         _log_event(
             st,
             account["id"],
-            "authorization_failed",
-            "error",
+            EventKind.AUTHORIZATION_FAILED,
+            EventLevel.ERROR,
             failure.code,
             f"{failure} {failure.guidance}".strip(),
         )
@@ -202,7 +194,7 @@ def _take_pending(st: MailOAuthState, state: str) -> tuple[dict, dict] | None:
     """Find and delete the pending authorization for ``state`` (single use)."""
     wanted = hash_state(state)
     model = st.models.PendingAuthorization
-    timeout = current_app.config["MAILOAUTH_LOCK_TIMEOUT"]
+    timeout = st.config.lock_timeout
     with own_session(st.db) as s, row_lock(s, timeout):
         pending = s.scalars(
             sa.select(model).where(model.state_hash == wanted).with_for_update()
@@ -304,13 +296,14 @@ def _complete(
             },
             timeout=timeout,
             deadline=2 * timeout,
+            policy=st.config.outbound,
             requested_scopes=scopes,
         )
     except TokenRequestFailed as exc:
         failure = exc.failure
         # A transient failure's guidance promises a retry: true of a refresh, not of this.
         guidance = failure.guidance
-        if failure.kind == "transient":
+        if failure.kind == FailureKind.TRANSIENT:
             guidance = str(_EXCHANGE_GUIDANCE)
         raise AuthorizationFailed(
             gettext(
@@ -321,8 +314,11 @@ def _complete(
             guidance,
             code=failure.code,
         ) from None
-    claims = _validate_id_token(provider, config, token, pending["nonce"], timeout, issuer)
-    identity = _identity(provider, config, claims, token, timeout)
+    policy = st.config.outbound
+    claims = _validate_id_token(
+        provider, config, token, pending["nonce"], timeout, issuer, policy=policy
+    )
+    identity = _identity(provider, config, claims, token, timeout, policy=policy)
     if account["strict_matching"] and not identity.matches(account["address"]):
         raise _identity_mismatch(account["address"], identity)
     _check_grant(st, provider, config, account, token)
@@ -469,6 +465,8 @@ def _validate_id_token(
     nonce: str,
     timeout: float,
     callback_issuer: str | None,
+    *,
+    policy: OutboundPolicy,
 ) -> dict[str, Any] | None:
     """Verify the id_token (signature by JWKS, iss, aud, exp, nonce); ``None`` without one."""
     if not token.id_token:
@@ -497,7 +495,7 @@ def _validate_id_token(
             gettext("Fill the JWKS URI or the issuer."),
             code="invalid_id_token",
         )
-    key = _signing_key(jwks_uri, header, timeout)
+    key = _signing_key(jwks_uri, header, timeout, policy=policy)
     try:
         claims = jwt.decode(
             token.id_token,
@@ -542,12 +540,13 @@ def _validate_id_token(
     return claims
 
 
-def _signing_key(jwks_uri: str, header: Mapping[str, Any], timeout: float) -> Any:
+def _signing_key(
+    jwks_uri: str, header: Mapping[str, Any], timeout: float, *, policy: OutboundPolicy
+) -> Any:
     """The JWKS key that signed the id_token (by ``kid``, else the only key).
 
-    Fetched under the outbound policy: a redirect must stay on https, the address is vetted.
+    Fetched under the outbound ``policy``: a redirect must stay on https, the address is vetted.
     """
-    policy = OutboundPolicy.current()
     try:
         with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
             response = http.get(jwks_uri)
@@ -587,9 +586,10 @@ def _identity(
     claims: Mapping[str, Any] | None,
     token: TokenResponse,
     timeout: float,
+    *,
+    policy: OutboundPolicy,
 ) -> Identity:
     """Who signed in, by the provider's rules; its HTTP calls go through the outbound policy."""
-    policy = OutboundPolicy.current()
     with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
         try:
             return provider.identity(config, claims=claims, token=token.raw, http=http)
@@ -646,11 +646,11 @@ def _store(
             authorized_by=identity.email,
             subject=identity.subject,
             tenant=identity.tenant,
-            config_signature=config_signature(provider, config),
+            config_signature=provider.config_signature(config),
             issued_at=now,
             refresh_token_issued_at=now,
             clock_skew=token.clock_skew,
-            status="active",
+            status=CredentialStatus.ACTIVE,
         )
         st.seal(credential, "access_token", token.access_token)
         st.seal(credential, "refresh_token", token.refresh_token or "")
@@ -658,7 +658,7 @@ def _store(
         s.add(
             m.Event(
                 account_id=row.id,
-                kind="authorized",
+                kind=EventKind.AUTHORIZED,
                 actor=identity.email,
                 message=_authorized_message(identity, row.address, token.scope),
             )
@@ -683,7 +683,12 @@ def _authorized_message(identity: Identity, address: str, scope: str) -> str:
 
 
 def _log_event(
-    st: MailOAuthState, account_id: int, kind: str, level: str, code: str | None, message: str
+    st: MailOAuthState,
+    account_id: int,
+    kind: EventKind,
+    level: EventLevel,
+    code: str | None,
+    message: str,
 ) -> None:
     with own_session(st.db) as s:
         s.add(

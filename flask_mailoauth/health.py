@@ -8,33 +8,31 @@ a host clock that differs from the IdP's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from .config import Config
 from .i18n import gettext, lazy_gettext, ngettext
 from .models import own_session, utcnow
 from .providers import registry
 from .providers.registry import UnknownProvider
-from .tokens import ACTIVE, MISCONFIGURED, REAUTHORIZE, RETRYING
+from .vocabulary import REFUSED, CredentialStatus
 
 #: seconds of difference between the host's and the IdP's clocks that raise a warning
 CLOCK_SKEW_WARNING = 60
 #: the warning for a grant issued under another IdP Config (the Token tab leaves it out when
 #: its unusable-token notice already says so)
 CONFIG_CHANGED = lazy_gettext("The IdP Config changed since the token was issued: authorize again.")
-#: the status of an account that has no token yet
-NOT_AUTHORIZED = "not_authorized"
 #: each status in words, for people (``flask mailoauth status``)
 STATUS_WORDS = {
-    ACTIVE: lazy_gettext("active"),
-    RETRYING: lazy_gettext("retrying"),
-    REAUTHORIZE: lazy_gettext("reauthorization required"),
-    MISCONFIGURED: lazy_gettext("configuration error"),
-    NOT_AUTHORIZED: lazy_gettext("not authorized"),
+    CredentialStatus.ACTIVE: lazy_gettext("active"),
+    CredentialStatus.RETRYING: lazy_gettext("retrying"),
+    CredentialStatus.REAUTHORIZATION_REQUIRED: lazy_gettext("reauthorization required"),
+    CredentialStatus.CONFIGURATION_ERROR: lazy_gettext("configuration error"),
+    CredentialStatus.NOT_AUTHORIZED: lazy_gettext("not authorized"),
 }
 
 if TYPE_CHECKING:
@@ -59,7 +57,7 @@ class AccountHealth:
     @property
     def needs_attention(self) -> bool:
         """True when an admin should act: a warning, or a status other than active."""
-        return self.enabled and (bool(self.warnings) or self.status != ACTIVE)
+        return self.enabled and (bool(self.warnings) or self.status != CredentialStatus.ACTIVE)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for ``status --json``."""
@@ -83,7 +81,7 @@ def status_words(status: str) -> str:
     return str(words) if words is not None else status.replace("_", " ")
 
 
-def health(st: MailOAuthState, config: Mapping[str, Any]) -> list[AccountHealth]:
+def health(st: MailOAuthState) -> list[AccountHealth]:
     """Every account with its status and warnings, ordered by key and purpose."""
     m = st.models
     now = utcnow()
@@ -94,12 +92,10 @@ def health(st: MailOAuthState, config: Mapping[str, Any]) -> list[AccountHealth]
     )
     with own_session(st.db) as s:
         rows = s.execute(query).all()
-        return [account_health(account, credential, config, now) for account, credential in rows]
+        return [account_health(account, credential, st.config, now) for account, credential in rows]
 
 
-def account_health(
-    account: Any, credential: Any, config: Mapping[str, Any], now: datetime
-) -> AccountHealth:
+def account_health(account: Any, credential: Any, config: Config, now: datetime) -> AccountHealth:
     """One account's status and warnings from its rows (``credential`` may be ``None``)."""
     warnings = _secret_warnings(account.secret_expires_on, now.date(), config)
     try:
@@ -110,7 +106,7 @@ def account_health(
             gettext("The provider %(provider)s is not installed.", provider=repr(account.provider))
         )
     if credential is None:
-        status = NOT_AUTHORIZED
+        status = CredentialStatus.NOT_AUTHORIZED
         warnings.append(
             gettext("Not authorized yet: open Config and submit to sign in as the mailbox.")
         )
@@ -130,7 +126,7 @@ def account_health(
     )
 
 
-def _secret_warnings(ends: date | None, today: date, config: Mapping[str, Any]) -> list[str]:
+def _secret_warnings(ends: date | None, today: date, config: Config) -> list[str]:
     if ends is None:
         return []
     left = (ends - today).days
@@ -141,7 +137,7 @@ def _secret_warnings(ends: date | None, today: date, config: Mapping[str, Any]) 
                 date=ends,
             )
         ]
-    if left <= max(config["MAILOAUTH_SECRET_WARNING_DAYS"]):
+    if left <= max(config.secret_warning_days):
         return [
             ngettext(
                 "The client secret expires on %(date)s (%(num)d day): create a new one and paste "
@@ -155,13 +151,13 @@ def _secret_warnings(ends: date | None, today: date, config: Mapping[str, Any]) 
     return []
 
 
-def _credential_warnings(account, credential, provider, config, now: datetime) -> list[str]:
+def _credential_warnings(account, credential, provider, config: Config, now: datetime) -> list[str]:
     warnings: list[str] = []
-    if credential.status in (REAUTHORIZE, MISCONFIGURED):
+    if credential.status in REFUSED:
         warnings.append(
             credential.last_error or gettext("The identity provider refused the token.")
         )
-    elif credential.failure_count >= config["MAILOAUTH_FAILURE_WARNING_THRESHOLD"]:
+    elif credential.failure_count >= config.failure_warning_threshold:
         warnings.append(
             ngettext(
                 "%(num)d refresh attempt failed in a row: %(error)s",
@@ -177,7 +173,7 @@ def _credential_warnings(account, credential, provider, config, now: datetime) -
         warnings.append(_clock_warning(skew))
     last_use = credential.refreshed_at or credential.issued_at
     idle_days = (now - last_use).days
-    if idle_days >= config["MAILOAUTH_IDLE_WARNING_DAYS"]:
+    if idle_days >= config.idle_warning_days:
         warnings.append(
             ngettext(
                 "The refresh token has not been used for %(num)d day; providers revoke idle "

@@ -17,7 +17,10 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, relationship
+
+from .vocabulary import CredentialStatus, EventLevel
 
 #: the secret columns of each table, re-encrypted by ``flask mailoauth rotate-key``
 SECRET_FIELDS = {
@@ -161,7 +164,7 @@ class CredentialMixin(_Secretive):
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     refresh_token_issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    status: Mapped[str] = mapped_column(sa.String(32), default="active")
+    status: Mapped[str] = mapped_column(sa.String(32), default=CredentialStatus.ACTIVE.value)
     failure_count: Mapped[int] = mapped_column(sa.Integer, default=0)
     last_error_code: Mapped[str | None] = mapped_column(
         sa.String(64), nullable=True, info=outside_text()
@@ -213,7 +216,7 @@ class EventMixin:
 
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(sa.String(40))
-    level: Mapped[str] = mapped_column(sa.String(10), default="info")
+    level: Mapped[str] = mapped_column(sa.String(10), default=EventLevel.INFO.value)
     code: Mapped[str | None] = mapped_column(sa.String(64), nullable=True, info=outside_text())
     message: Mapped[str] = mapped_column(sa.Text, default="", info=outside_text(TEXT_CAP))
     actor: Mapped[str | None] = mapped_column(sa.String(320), nullable=True, info=outside_text())
@@ -232,10 +235,10 @@ class Models:
     Event: type
 
 
-_models_by_db: weakref.WeakKeyDictionary[Any, Models] = weakref.WeakKeyDictionary()
+_models_by_db: weakref.WeakKeyDictionary[SQLAlchemy, Models] = weakref.WeakKeyDictionary()
 
 
-def models_for(db: Any) -> Models:
+def models_for(db: SQLAlchemy) -> Models:
     """The models on ``db.Model``, created on first use and shared by every app using ``db``."""
     if db in _models_by_db:
         return _models_by_db[db]
@@ -289,7 +292,7 @@ def _clean_outside_text(model: type) -> None:
 
 
 @contextmanager
-def own_session(db: Any) -> Iterator[Session]:
+def own_session(db: SQLAlchemy) -> Iterator[Session]:
     """A session of our own on the host's engine: we commit our rows, never the host's.
 
     The host's ``db.session`` may hold unrelated pending changes; committing it would save

@@ -96,7 +96,7 @@ class TokenResponse:
 class _Malformed(Exception):
     """A token answer field that cannot be used; the message says which and why."""
 
-    def __init__(self, message: str, kind: FailureKind = "transient") -> None:
+    def __init__(self, message: str, kind: FailureKind = FailureKind.TRANSIENT) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -141,7 +141,7 @@ def unexpected_failure(exc: BaseException) -> ProviderFailure:
     name = type(exc).__name__
     logger.error("Unexpected %s while calling the token endpoint; treated as transient.", name)
     return ProviderFailure(
-        "transient",
+        FailureKind.TRANSIENT,
         UNEXPECTED_ERROR,
         gettext("The call to the token endpoint failed unexpectedly (%(error)s).", error=name),
         gettext("It is retried with backoff; if it persists, report it with the application log."),
@@ -177,7 +177,9 @@ def _request_token(
     except (RedirectRefused, AddressRefused) as exc:
         code = "token_endpoint_redirect" if isinstance(exc, RedirectRefused) else "address_refused"
         raise TokenRequestFailed(
-            ProviderFailure("configuration", code, str(exc), gettext("Fix the Token Endpoint."))
+            ProviderFailure(
+                FailureKind.CONFIGURATION, code, str(exc), gettext("Fix the Token Endpoint.")
+            )
         ) from None
     except ResponseTooLarge as exc:
         raise TokenRequestFailed(_malformed(str(exc))) from None
@@ -185,7 +187,7 @@ def _request_token(
         logger.warning("Token endpoint %s exceeded the call's deadline", url)
         raise TokenRequestFailed(
             ProviderFailure(
-                "transient", "timeout", str(exc), gettext("It is retried with backoff.")
+                FailureKind.TRANSIENT, "timeout", str(exc), gettext("It is retried with backoff.")
             )
         ) from None
     except requests.RequestException as exc:
@@ -227,10 +229,12 @@ def _request_token(
         raise TokenRequestFailed(_malformed(str(exc), exc.kind)) from None
 
 
-def _malformed(description: str, kind: FailureKind = "transient") -> ProviderFailure:
+def _malformed(description: str, kind: FailureKind = FailureKind.TRANSIENT) -> ProviderFailure:
     """A malformed answer: retried like a transient failure, shown to the admin with its code."""
     guidance = (
-        str(_MALFORMED_GUIDANCE) if kind == "transient" else gettext("Check the identity provider.")
+        str(_MALFORMED_GUIDANCE)
+        if kind == FailureKind.TRANSIENT
+        else gettext("Check the identity provider.")
     )
     return ProviderFailure(kind, INVALID_TOKEN_RESPONSE, description, guidance)
 
@@ -245,7 +249,7 @@ def _parse(data: Mapping[str, Any], requested: list[str], date: str | None) -> T
                 "The token endpoint issued a token that is not a Bearer token "
                 "(token_type must be Bearer); mail servers accept only Bearer tokens."
             ),
-            kind="configuration",
+            kind=FailureKind.CONFIGURATION,
         )
     lifetime = _expires_in(data.get("expires_in"))
     now = utcnow()

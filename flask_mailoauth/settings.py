@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Protocol = Literal["imap", "pop3"]
+MailProtocol = Literal["imap", "pop3"]
 Security = Literal["ssl", "starttls", "none"]
 Purpose = Literal["mailbox", "smtp"]
 PURPOSES: tuple[Purpose, ...] = ("mailbox", "smtp")
@@ -28,7 +28,7 @@ class MailboxSettings:
     """
 
     address: str
-    protocol: Protocol = "imap"
+    protocol: MailProtocol = "imap"
     host: str | None = None
     port: int | None = None
     security: Security | None = None
@@ -61,7 +61,7 @@ class MailboxSettings:
                 f"port is the {self.protocol.upper()} port; set one of them."
             )
 
-    def port_for(self, protocol: Protocol) -> int | None:
+    def port_for(self, protocol: MailProtocol) -> int | None:
         """The port the host set for ``protocol`` (imap, pop3), or None for the default.
 
         ``port`` counts only for the mailbox's own ``protocol``.

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .extension import state
-from .flow import config_signature
 from .models import own_session, utcnow
 from .providers import registry
 from .settings import Purpose
@@ -65,7 +64,7 @@ def seed_account(
             address=address,
             provider=provider,
             config=config,
-            config_signature=config_signature(chosen, config),
+            config_signature=chosen.config_signature(config),
         )
         st.seal(account, "client_secret", client_secret)
         session.add(account)

@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import signals
+from .config import Config
 from .errors import (
     AccountDisabled,
     ConfigurationError,
@@ -49,24 +50,17 @@ from .models import own_session, row_lock, utcnow
 from .oauth import TokenRequestFailed, request_token, unexpected_failure
 from .providers import registry
 from .providers.base import Provider
+from .vocabulary import REFUSED, STATUS_AFTER, CredentialStatus, EventKind, EventLevel, FailureKind
 
 if TYPE_CHECKING:
     from .extension import MailOAuthState
 
 logger = logging.getLogger("flask_mailoauth")
 
-ACTIVE, RETRYING = "active", "retrying"
-REAUTHORIZE, MISCONFIGURED = "reauthorization_required", "configuration_error"
-_PERMANENT = (REAUTHORIZE, MISCONFIGURED)
 #: a token with less left (capped at half its lifetime) is expired: no caller gets it
 _LAST_SECONDS = timedelta(seconds=5)
 #: a change of the wall clock against the monotonic one beyond this (seconds) is a clock step
 _CLOCK_STEP = 2.0
-_STATUS_BY_KIND = {
-    "transient": RETRYING,
-    "reauthorize": REAUTHORIZE,
-    "configuration": MISCONFIGURED,
-}
 
 
 def _wall_offset() -> float:
@@ -127,9 +121,9 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
     valid. A database failure raises :class:`TemporarilyUnavailable`, or serves the valid token
     already read.
     """
-    config = current_app.config
-    leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
-    cached = _cached(st, key, purpose, leeway, config["MAILOAUTH_CACHE_TTL"])
+    config = st.config
+    leeway = timedelta(seconds=config.refresh_leeway)
+    cached = _cached(st, key, purpose, leeway, config.cache_ttl)
     if cached:
         return cached
     entry: CachedToken | None = st.cache.get((key, purpose))  # past its TTL, or due
@@ -137,7 +131,7 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
     try:
         with own_session(st.db) as s:
             credential, account = _read(s, st, key, purpose, serving=True)
-            if credential.status in _PERMANENT:  # refused for good, but not expired yet
+            if credential.status in REFUSED:  # refused for good, but not expired yet
                 return st.reveal(credential, "access_token")
             token = _usable(st, credential, account, leeway)
             if token:
@@ -154,10 +148,10 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
         if current is not None:
             if not lock.acquire(blocking=False):
                 return current  # another thread of this process is refreshing it
-        elif not lock.acquire(timeout=config["MAILOAUTH_LOCK_TIMEOUT"]):
+        elif not lock.acquire(timeout=config.lock_timeout):
             raise _still_refreshing(key, purpose)
         try:
-            cached = _cached(st, key, purpose, leeway, config["MAILOAUTH_CACHE_TTL"])
+            cached = _cached(st, key, purpose, leeway, config.cache_ttl)
             if cached:
                 return cached
             # Mail must go on: while the IdP is down, a still-valid token beats an error.
@@ -263,7 +257,7 @@ def _read(
         raise AccountDisabled(
             gettext("The OAuth2 account %(account)s is disabled.", account=account_label(account))
         )
-    if credential.status in _PERMANENT and not (serving and _still_served(credential)):
+    if credential.status in REFUSED and not (serving and _still_served(credential)):
         raise _refused(account_label(account), credential)
     if credential.config_signature != account.config_signature:
         raise ReauthorizationRequired(
@@ -283,7 +277,7 @@ def account_label(account: Any) -> str:
 def _refused(name: str, credential: Any) -> ReauthorizationRequired | ConfigurationError:
     """The typed error for a credential the IdP refused for good."""
     error = credential.last_error or ""
-    if credential.status == REAUTHORIZE:
+    if credential.status == CredentialStatus.REAUTHORIZATION_REQUIRED:
         return ReauthorizationRequired(
             gettext(
                 "%(account)s: the grant is no longer valid, an admin must authorize again. "
@@ -454,8 +448,8 @@ def _refresh(
     obtained after it started waiting (``since``). With ``keep_valid_token``, a failure that
     leaves the current token valid returns it.
     """
-    config = current_app.config
-    deadline = time.monotonic() + config["MAILOAUTH_LOCK_TIMEOUT"]
+    config = st.config
+    deadline = time.monotonic() + config.lock_timeout
     pause = 0.02
     since: Marker | None = None
     while True:
@@ -500,9 +494,9 @@ def _claim(
     A token is used when it is valid beyond the leeway (unless ``force``), or when it was
     obtained after ``since`` (by the lease holder a caller waited for, or a new consent).
     """
-    config = current_app.config
-    leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
-    with own_session(st.db) as s, row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
+    config = st.config
+    leeway = timedelta(seconds=config.refresh_leeway)
+    with own_session(st.db) as s, row_lock(s, config.lock_timeout):
         credential, account = _read(s, st, key, purpose, lock=True)
         now = utcnow()
         marker = (credential.uid, credential.refreshed_at)
@@ -534,18 +528,18 @@ def _claim(
         )
 
 
-def _idp_deadline(config: Any) -> float:
+def _idp_deadline(config: Config) -> float:
     """Seconds the whole refresh call may take (connect, send, a trickling answer)."""
-    return 2 * config["MAILOAUTH_HTTP_TIMEOUT"]
+    return 2 * config.http_timeout
 
 
-def _lease(config: Any) -> timedelta:
+def _lease(config: Config) -> timedelta:
     """How long a lease holds: the IdP's deadline plus time to store its answer. A dead
     holder's lease runs out; a live holder's call has ended before it does."""
-    return timedelta(seconds=_idp_deadline(config) + config["MAILOAUTH_HTTP_TIMEOUT"] + 5)
+    return timedelta(seconds=_idp_deadline(config) + config.http_timeout + 5)
 
 
-def _settle(st: MailOAuthState, key: str, purpose: str, claim: _Claim, config: Any) -> Any:
+def _settle(st: MailOAuthState, key: str, purpose: str, claim: _Claim, config: Config) -> Any:
     """Ask the IdP and store its answer: ``(answer, failure, credential)``, or ``None`` when
     the credential changed meanwhile. The lease is released on every path.
 
@@ -560,7 +554,7 @@ def _settle(st: MailOAuthState, key: str, purpose: str, claim: _Claim, config: A
         if answer is None:
             _release(st, key, purpose, claim)
             raise
-        _keep_storing(st, key, purpose, claim, answer, config["MAILOAUTH_STORE_RETRY"])
+        _keep_storing(st, key, purpose, claim, answer, config.store_retry)
         return answer, None, None
     except BaseException:
         _release(st, key, purpose, claim)
@@ -645,7 +639,7 @@ def _keep_storing(
     threading.Thread(target=retry, name=f"mailoauth-store-{key}", daemon=True).start()
 
 
-def _ask_idp(claim: _Claim, config: Any) -> tuple[Any, ProviderFailure | None]:
+def _ask_idp(claim: _Claim, config: Config) -> tuple[Any, ProviderFailure | None]:
     """The refresh_token grant: ``(answer, None)`` or ``(None, failure)``; any exception in
     the provider's hooks or the call is a failure, recorded like any other."""
     try:
@@ -656,8 +650,9 @@ def _ask_idp(claim: _Claim, config: Any) -> tuple[Any, ProviderFailure | None]:
             claim.config,
             claim.client_secret,
             grant,
-            timeout=config["MAILOAUTH_HTTP_TIMEOUT"],
+            timeout=config.http_timeout,
             deadline=_idp_deadline(config),
+            policy=config.outbound,
             requested_scopes=claim.provider.scopes(claim.config),
         )
     except TokenRequestFailed as exc:
@@ -669,8 +664,8 @@ def _ask_idp(claim: _Claim, config: Any) -> tuple[Any, ProviderFailure | None]:
 
 def _store(st, key: str, purpose: str, claim: _Claim, answer: Any, failure: Any) -> Any:
     """Record the IdP's answer if it may still be stored (``_may_store``); ``None`` if not."""
-    config = current_app.config
-    with own_session(st.db) as s, row_lock(s, config["MAILOAUTH_LOCK_TIMEOUT"]):
+    config = st.config
+    with own_session(st.db) as s, row_lock(s, config.lock_timeout):
         row = _select(s, st, key, purpose, lock=True)
         if row is None or not _may_store(row[0], claim, success=answer is not None):
             logger.warning(
@@ -717,7 +712,7 @@ def _record_success(st, session: Session, credential: Any, account: Any, answer:
     credential.clock_skew = answer.clock_skew
     if answer.raw.get("scope"):
         credential.scope = answer.scope
-    credential.status = ACTIVE
+    credential.status = CredentialStatus.ACTIVE
     credential.failure_count = 0
     credential.last_error = credential.last_error_code = None
     credential.next_retry_at = credential.serve_until = None
@@ -730,7 +725,7 @@ def _record_success(st, session: Session, credential: Any, account: Any, answer:
         )
     else:
         message = gettext("Access token refreshed, valid until %(time)s UTC", time=until)
-    session.add(st.models.Event(account_id=account.id, kind="refreshed", message=message))
+    session.add(st.models.Event(account_id=account.id, kind=EventKind.REFRESHED, message=message))
     st.cache[(account.key, account.purpose)] = CachedToken(
         answer.access_token,
         answer.expires_at,
@@ -740,28 +735,30 @@ def _record_success(st, session: Session, credential: Any, account: Any, answer:
     )
 
 
-def _record_failure(st, session, credential, account, failure: ProviderFailure, config) -> None:
+def _record_failure(
+    st, session, credential, account, failure: ProviderFailure, config: Config
+) -> None:
     """Store the failure on the credential (never deleting anything) and log the event."""
-    leeway = timedelta(seconds=config["MAILOAUTH_REFRESH_LEEWAY"])
+    leeway = timedelta(seconds=config.refresh_leeway)
     was_due = _due(credential.expires_at, _obtained_at(credential), leeway)
     credential.failure_count += 1
-    credential.status = _STATUS_BY_KIND[failure.kind]
+    credential.status = STATUS_AFTER[failure.kind]
     credential.last_error_code = (failure.code or "")[:64] or None
     credential.last_error = failure.summary()
     credential.next_retry_at = (
         utcnow() + timedelta(seconds=backoff(credential.failure_count, failure.retry_after, config))
-        if failure.kind == "transient"
+        if failure.kind == FailureKind.TRANSIENT
         else None
     )
     credential.serve_until = (
-        credential.expires_at if failure.kind != "transient" and was_due else None
+        credential.expires_at if failure.kind != FailureKind.TRANSIENT and was_due else None
     )
     credential.version += 1
     session.add(
         st.models.Event(
             account_id=account.id,
-            kind="refresh_failed",
-            level="warning" if failure.kind == "transient" else "error",
+            kind=EventKind.REFRESH_FAILED,
+            level=EventLevel.WARNING if failure.kind == FailureKind.TRANSIENT else EventLevel.ERROR,
             code=credential.last_error_code,
             message=failure.summary(),
         )
@@ -776,11 +773,11 @@ def _record_failure(st, session, credential, account, failure: ProviderFailure, 
     )
 
 
-def backoff(failures: int, retry_after: float | None, config: Any) -> float:
+def backoff(failures: int, retry_after: float | None, config: Config) -> float:
     """Seconds to wait after ``failures`` transient failures: exponential, jittered, never
     earlier than ``retry_after``, and never beyond ``MAILOAUTH_RETRY_MAX`` (whatever the IdP's
     ``Retry-After`` says)."""
-    base, ceiling = config["MAILOAUTH_RETRY_BASE"], config["MAILOAUTH_RETRY_MAX"]
+    base, ceiling = config.retry_base, config.retry_max
     delay = min(ceiling, base * 2 ** min(failures - 1, 64))
     delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not a secret
     return min(max(delay, retry_after or 0), ceiling)
@@ -818,12 +815,14 @@ def _after_failure(st, key: str, purpose: str, failed: _Failed, keep_valid_token
     one of a token that was due (``_still_served``)."""
     failure, credential = failed.failure, failed.credential
     signals.refresh_failed.send(st.extension, key=key, purpose=purpose, failure=failure)
-    if failure.kind == "reauthorize":
+    if failure.kind == FailureKind.REAUTHORIZE:
         signals.reauthorization_required.send(
             st.extension, key=key, purpose=purpose, failure=failure
         )
-    if failure.kind != "transient" and not (keep_valid_token and _still_served(credential)):
-        if failure.kind == "reauthorize":
+    if failure.kind != FailureKind.TRANSIENT and not (
+        keep_valid_token and _still_served(credential)
+    ):
+        if failure.kind == FailureKind.REAUTHORIZE:
             raise ReauthorizationRequired(f"{failed.label}: {failure.summary()}")
         raise ConfigurationError(f"{failed.label}: {failure.summary()}")
     return _unavailable(st, credential, keep_valid_token)

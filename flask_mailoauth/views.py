@@ -29,13 +29,14 @@ from markupsafe import Markup
 
 from . import accounts, flow, i18n, tokens
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError
-from .extension import FlashKind, MailOAuthState, flash_category, state
+from .extension import MailOAuthState, flash_category, state
 from .forms import account_form
-from .health import CONFIG_CHANGED
+from .health import CONFIG_CHANGED, STATUS_WORDS
 from .i18n import gettext, lazy_gettext
 from .providers import registry
 from .providers.registry import UnknownProvider
 from .settings import PURPOSES
+from .vocabulary import EventKind, FlashKind
 
 blueprint = Blueprint(
     "mailoauth",
@@ -50,20 +51,14 @@ NO_ACCESS_CHECK = (
     "@mailoauth.access_check on a function that returns True for users allowed to manage "
     "mail OAuth settings."
 )
-#: the Token tab's words for a credential's status and an event's kind (the codes stay classes)
-STATUS_LABELS = {
-    tokens.ACTIVE: lazy_gettext("active"),
-    tokens.RETRYING: lazy_gettext("retrying"),
-    tokens.REAUTHORIZE: lazy_gettext("reauthorization required"),
-    tokens.MISCONFIGURED: lazy_gettext("configuration error"),
-}
+#: the Token tab's words for an event's kind (the codes stay classes; statuses: STATUS_WORDS)
 EVENT_LABELS = {
-    "authorized": lazy_gettext("authorized"),
-    "authorization_failed": lazy_gettext("authorization failed"),
-    "config_saved": lazy_gettext("config saved"),
-    "refreshed": lazy_gettext("refreshed"),
-    "refresh_failed": lazy_gettext("refresh failed"),
-    "token_deleted": lazy_gettext("token deleted"),
+    EventKind.AUTHORIZED: lazy_gettext("authorized"),
+    EventKind.AUTHORIZATION_FAILED: lazy_gettext("authorization failed"),
+    EventKind.CONFIG_SAVED: lazy_gettext("config saved"),
+    EventKind.REFRESHED: lazy_gettext("refreshed"),
+    EventKind.REFRESH_FAILED: lazy_gettext("refresh failed"),
+    EventKind.TOKEN_DELETED: lazy_gettext("token deleted"),
 }
 #: the Flask session key binding pending authorizations to the admin's browser session
 SESSION_KEY = "mailoauth_sid"
@@ -192,9 +187,7 @@ def not_an_oauth_choice(exc: NotAnOAuthChoice) -> Response:
 
 def callback_url() -> str:
     """The Callback Endpoint: configured, or computed from the request (ProxyFix-aware)."""
-    return current_app.config["MAILOAUTH_CALLBACK_URL"] or url_for(
-        "mailoauth.callback", _external=True
-    )
+    return state().config.callback_url or url_for("mailoauth.callback", _external=True)
 
 
 def _host_page(key: str, purpose: str) -> str:
@@ -247,7 +240,7 @@ def _render_modal(
         "notice": notice,
         "warnings": _token_warnings(view, notice),
         "last_error_shown": _last_error_shown(view, notice),
-        "status_labels": STATUS_LABELS,
+        "status_labels": STATUS_WORDS,
         "event_labels": EVENT_LABELS,
         "account": view,
         "form": form,
@@ -289,8 +282,6 @@ def save(key: str, purpose: str) -> Response:
             purpose,
             address,
             form.to_input(),
-            allow_insecure_http=current_app.config["MAILOAUTH_ALLOW_INSECURE_HTTP"],
-            timeout=current_app.config["MAILOAUTH_HTTP_TIMEOUT"],
         )
         if not result.errors:
             if result.needs_authorization:
@@ -303,7 +294,7 @@ def save(key: str, purpose: str) -> Response:
         form.add_errors(
             form.provider.validate(
                 form.to_input().config,
-                allow_insecure_http=current_app.config["MAILOAUTH_ALLOW_INSECURE_HTTP"],
+                allow_insecure_http=st.config.allow_insecure_http,
             )
         )
     view = accounts.view(st, key, purpose, address, form.provider.id)
@@ -349,7 +340,7 @@ def _authorization_url(st: MailOAuthState, key: str, purpose: str) -> str:
         session_id=session[SESSION_KEY],
         redirect_uri=callback_url(),
         return_url=_return_url(key, purpose),
-        ttl=current_app.config["MAILOAUTH_PENDING_TTL"],
+        ttl=st.config.pending_ttl,
     )
 
 
@@ -392,7 +383,7 @@ def callback() -> Response:
             st,
             request.args,
             session_id=session.get(SESSION_KEY, ""),
-            timeout=current_app.config["MAILOAUTH_HTTP_TIMEOUT"],
+            timeout=st.config.http_timeout,
         )
     except AuthorizationFailed as failure:
         return Response(_render("mailoauth/callback_error.html", failure=failure), status=400)

@@ -297,10 +297,16 @@ def assert_refused_refresh(driver: Driver) -> None:
 
 
 @pytest.fixture
-def driver(make_host, db_url, hostile, caplog) -> Any:
+def host_config() -> dict[str, Any]:
+    """The driver's host's ``MAILOAUTH_*`` settings; a test parametrizes it to change them."""
+    return {}
+
+
+@pytest.fixture
+def driver(make_host, db_url, hostile, caplog, host_config) -> Any:
     """A host on ``db_url`` against the hostile IdP; at the end no secret may have shown."""
     caplog.set_level("DEBUG", logger="flask_mailoauth")
-    host = make_host(db_url=db_url)
+    host = make_host(db_url=db_url, **host_config)
     d = Driver(host, hostile, host.app.test_client(), db_url)
     yield d
     assert d.scan(caplog.text) == [], "a secret reached a page, a banner or a log line"

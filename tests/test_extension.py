@@ -154,8 +154,10 @@ def test_key_derived_from_secret_key_warns(make_host, caplog):
 
 
 def test_bad_encryption_key_is_refused_with_the_way_to_make_one(make_host):
-    with pytest.raises(ValueError, match="generate_key"):
+    with pytest.raises(SetupError, match="generate_key") as info:
         make_host(MAILOAUTH_ENCRYPTION_KEYS="too-short")
+    assert "MAILOAUTH_ENCRYPTION_KEYS" in str(info.value)
+    assert "too-short" not in str(info.value)
 
 
 def test_no_key_at_all_is_refused(tmp_path):

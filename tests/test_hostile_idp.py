@@ -237,8 +237,8 @@ def test_a_200_that_is_not_a_token_answer_is_refused_and_not_called_http_502(dri
     assert_refused_refresh(driver)
 
 
+@pytest.mark.parametrize("host_config", [{"MAILOAUTH_HTTP_TIMEOUT": 1}])
 def test_a_slow_trickling_answer_never_costs_a_500_or_the_lease(driver):
-    driver.host.app.config["MAILOAUTH_HTTP_TIMEOUT"] = 1
     driver.authorize()
     driver.idp.on("POST", "/token", tweak={"expires_in": "abc"}, trickle=(0.2, 5))
     assert_refused_refresh(driver)
@@ -541,12 +541,14 @@ def wait_for(probe, seconds: float):
     return value
 
 
+@pytest.mark.parametrize(
+    "host_config", [{"MAILOAUTH_HTTP_TIMEOUT": 1, "MAILOAUTH_LOCK_TIMEOUT": 30}]
+)
 def test_a_slow_rotation_longer_than_the_lease_never_loses_the_grant(driver, make_host):
     """The IdP rotates, then drips a header line every 0.5 s for longer than the lease; a second
     worker (another host on the same database) comes once the lease is over. Whatever happens,
     the refresh token the IdP delivered (or, if none was, the one still valid) is stored."""
-    hostile, app = driver.idp, driver.host.app
-    app.config.update(MAILOAUTH_HTTP_TIMEOUT=1, MAILOAUTH_LOCK_TIMEOUT=30)
+    hostile = driver.idp
     driver.authorize()
     lease = 2 * 1 + 5  # the lease today: the IdP drips for 1.5 s longer
     hostile.once("POST", "/token", drip=(0.5, int((lease + 1.5) / 0.5)))

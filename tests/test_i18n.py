@@ -16,7 +16,7 @@ from flask_mailoauth import i18n
 from flask_mailoauth.accounts import shroud
 from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.providers import registry
-from flask_mailoauth.tokens import RETRYING
+from flask_mailoauth.vocabulary import CredentialStatus
 from tests.stored import credential, store_account
 
 from .pseudo_locale import CLOSE, OPEN, PSEUDO
@@ -195,7 +195,7 @@ def test_every_string_of_the_modal_is_marked(pseudo_host):
     h = pseudo_host
     store_account(
         h,
-        status=RETRYING,
+        status=CredentialStatus.RETRYING,
         failure_count=2,
         last_error=STORED_ERROR,
         resource_owner="support@example.test",

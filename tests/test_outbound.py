@@ -22,7 +22,6 @@ import pytest
 import requests
 import responses
 import sqlalchemy as sa
-from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from urllib3.exceptions import NameResolutionError
@@ -248,10 +247,8 @@ def test_gets_follow_at_most_three_redirects(server, net):
 
 def test_a_jwks_redirect_to_plain_http_elsewhere_is_refused(server, net):
     server.routes["/jwks"] = redirect("http://keys.example.test/jwks")
-    app = Flask(__name__)
-    app.config.update(MAILOAUTH_ALLOW_INSECURE_HTTP=True)
-    with app.app_context(), pytest.raises(AuthorizationFailed) as excinfo:
-        _signing_key(f"{server.url}/jwks", {"kid": "k1"}, 5)
+    with pytest.raises(AuthorizationFailed) as excinfo:
+        _signing_key(f"{server.url}/jwks", {"kid": "k1"}, 5, policy=LOOPBACK)
     assert excinfo.value.code == "jwks_unavailable"
     assert "must use https" in str(excinfo.value)
     assert "keys.example.test" not in net.lookups

@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import ast
+import configparser
+import re
 import subprocess
 import sys
 import tarfile
@@ -52,3 +55,35 @@ def test_sdist_and_wheel_are_complete_and_build_without_warnings(tmp_path):
         if name.startswith("flask_mailoauth/"):
             assert name in files, f"{name} is missing from the wheel"
     assert not [n for n in files if n.startswith(("tests/", "peers/", "docs/", "example_app/"))]
+
+
+#: install requirements whose import name is not their distribution name
+IMPORT_NAMES = {"pyjwt": "jwt", "flask-wtf": "flask_wtf", "flask-sqlalchemy": "flask_sqlalchemy"}
+
+
+def imported_modules(package: Path) -> set[str]:
+    """The top-level names every module of ``package`` imports, function-level imports included."""
+    names: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_install_requirement_is_imported_by_the_package():
+    """Issue 13 point 8: no install requirement the package never imports."""
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg", encoding="utf-8")
+    lines = setup["options"]["install_requires"].splitlines()
+    distributions = [re.match(r"[A-Za-z0-9_.-]+", line).group().lower() for line in lines if line]
+    imported = imported_modules(ROOT / "flask_mailoauth")
+    unused = [
+        name
+        for name in distributions
+        if IMPORT_NAMES.get(name, name.replace("-", "_")) not in imported
+    ]
+    assert distributions
+    assert unused == []

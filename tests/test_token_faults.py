@@ -355,11 +355,11 @@ def outage(db_url, tmp_path):
     o.close()
 
 
-def outage_host(make_host, outage):
+def outage_host(make_host, outage, **config):
     """A host on the outage's database that gives up on a lock within a fraction of a second."""
     options = {"connect_args": {"timeout": 0.2}} if outage.sqlite else {"pool_pre_ping": True}
     return make_host(
-        db_url=outage.url, MAILOAUTH_LOCK_TIMEOUT=0.3, SQLALCHEMY_ENGINE_OPTIONS=options
+        db_url=outage.url, MAILOAUTH_LOCK_TIMEOUT=0.3, SQLALCHEMY_ENGINE_OPTIONS=options, **config
     )
 
 
@@ -461,7 +461,7 @@ def test_after_a_permanent_failure_the_valid_token_serves_until_it_expires(make_
     assert cred.status == "reauthorization_required"
     assert events(host)[-1] == ("refresh_failed", "invalid_grant")
     with host.app.app_context():
-        (h,) = health(host.app.extensions["mailoauth"], host.app.config)
+        (h,) = health(host.app.extensions["mailoauth"])
     assert h.needs_attention
     expired = utcnow() + timedelta(seconds=125)
     with time_machine.travel(expired), pytest.raises(ReauthorizationRequired, match="again"):
@@ -508,7 +508,7 @@ def test_the_clock_skew_of_the_answer_is_stored_and_a_large_one_is_a_warning(
 
     def warnings():
         with host.app.app_context():
-            (h,) = health(host.app.extensions["mailoauth"], host.app.config)
+            (h,) = health(host.app.extensions["mailoauth"])
         return [w for w in h.warnings if "clock" in w]
 
     assert token(host) == "at-1"
@@ -530,8 +530,8 @@ def test_the_refresh_token_is_never_in_a_fault_message(make_host, db_url):
 
 
 def test_a_cached_token_is_served_while_the_database_is_down(make_host, outage, idp):
-    host = outage_host(make_host, outage)
-    host.app.config["MAILOAUTH_CACHE_TTL"] = 0  # every call past the TTL asks the database
+    # every call past the TTL asks the database
+    host = outage_host(make_host, outage, MAILOAUTH_CACHE_TTL=0)
     store_account(host, expires_in=3600)
     assert token(host) == "at-0"  # read, and cached
     outage.down()

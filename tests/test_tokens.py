@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flask_mailoauth import signals
+from flask_mailoauth.config import Config
 from flask_mailoauth.errors import (
     AccountDisabled,
     ConfigurationError,
@@ -191,7 +192,7 @@ def test_transient_failure_with_an_expired_token_says_when_it_retries(host, idp)
 
 
 def test_backoff_is_exponential_jittered_and_capped():
-    config = {"MAILOAUTH_RETRY_BASE": 30, "MAILOAUTH_RETRY_MAX": 3600}
+    config = Config.from_mapping({"MAILOAUTH_RETRY_BASE": 30, "MAILOAUTH_RETRY_MAX": 3600})
     for failures, ceiling in [(1, 30), (2, 60), (3, 120), (10, 3600), (30, 3600)]:
         values = [backoff(failures, None, config) for _ in range(50)]
         assert all(ceiling / 2 <= v <= ceiling for v in values)

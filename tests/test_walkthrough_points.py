@@ -11,7 +11,7 @@ from flask_mailoauth import MailboxSettings, mail
 from flask_mailoauth.accounts import UNUSABLE_KEY_GONE, UNUSABLE_REAUTHORIZE
 from flask_mailoauth.crypto import generate_key
 from flask_mailoauth.errors import ReauthorizationRequired
-from flask_mailoauth.tokens import REAUTHORIZE
+from flask_mailoauth.vocabulary import CredentialStatus
 from tests.oauth_fakes import TOKEN_URL
 from tests.stored import GENERIC, store_account
 
@@ -39,7 +39,9 @@ def form_of(h) -> dict[str, str]:
 
 def test_submit_unchanged_reauthorizes_a_dead_grant(make_host, db_url):
     """Point 2: "reauthorization required", Submit with nothing changed goes to the IdP."""
-    h = host_with(make_host, db_url, status=REAUTHORIZE, last_error=DEAD)
+    h = host_with(
+        make_host, db_url, status=CredentialStatus.REAUTHORIZATION_REQUIRED, last_error=DEAD
+    )
     client = h.app.test_client()
     answer = client.post("/mailoauth/support/mailbox", data=form_of(h), headers=SCRIPTED)
     assert answer.status_code == 200, answer.get_data(as_text=True)
@@ -79,7 +81,13 @@ def test_submit_reauthorizes_when_the_key_is_gone(make_host, db_url):
 def test_token_tab_says_what_is_true_once(make_host, db_url):
     """Point 3: no "refreshed automatically" for a dead grant, and its error shown once;
     the Authorize again button posts to the authorize route."""
-    h = host_with(make_host, db_url, status=REAUTHORIZE, last_error=DEAD, expires_in=-60)
+    h = host_with(
+        make_host,
+        db_url,
+        status=CredentialStatus.REAUTHORIZATION_REQUIRED,
+        last_error=DEAD,
+        expires_in=-60,
+    )
     page = h.app.test_client().get("/mailoauth/support/mailbox").get_data(as_text=True)
     assert "refreshed automatically" not in page
     assert page.count("The refresh token has expired due to inactivity") == 1

@@ -7,7 +7,9 @@ Config of one account, field name -> string value).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Collection, Mapping
@@ -18,11 +20,12 @@ from typing import Any, ClassVar, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from ..addresses import canonical_address, same_address
-from ..errors import FailureKind, ProviderFailure
+from ..errors import ProviderFailure
 from ..i18n import LazyText, gettext, lazy_gettext
+from ..settings import Security
+from ..vocabulary import FailureKind
 
 FieldKind = Literal["text", "url", "select", "scopes", "date"]
-Security = Literal["ssl", "starttls", "none"]
 #: text an admin reads: plain, or a :func:`~flask_mailoauth.i18n.lazy_gettext` message that is
 #: translated when it is shown (``str()``-ed)
 Text = str | LazyText
@@ -247,66 +250,66 @@ class ErrorAdvice(NamedTuple):
 OAUTH_ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
     {
         "invalid_grant": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext(
                 "The grant is no longer valid (revoked, expired or the password changed): "
                 "authorize again."
             ),
         ),
         "access_denied": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext(
                 "Consent was declined or cancelled at the identity provider: authorize again and "
                 "accept."
             ),
         ),
         "invalid_client": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The identity provider refused the client credentials: check the Client ID and the "
                 "client secret."
             ),
         ),
         "unauthorized_client": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The application may not use this grant: allow the authorization code and refresh "
                 "token grants in its registration."
             ),
         ),
         "invalid_scope": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "A requested scope is unknown or not allowed for this application: fix the Scopes."
             ),
         ),
         "invalid_request": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The identity provider refused the request as malformed: check the IdP Config."
             ),
         ),
         "unsupported_grant_type": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The token endpoint does not support this grant: check the Token Endpoint."
             ),
         ),
         "unsupported_response_type": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The authorization endpoint does not support the code flow: check the "
                 "Authorization Endpoint."
             ),
         ),
         "server_error": ErrorAdvice(
-            "transient",
+            FailureKind.TRANSIENT,
             lazy_gettext(
                 "The identity provider had an internal error; the extension retries automatically."
             ),
         ),
         "temporarily_unavailable": ErrorAdvice(
-            "transient",
+            FailureKind.TRANSIENT,
             lazy_gettext(
                 "The identity provider is overloaded or down; the extension retries automatically."
             ),
@@ -316,12 +319,12 @@ OAUTH_ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
 
 _DEFAULT_GUIDANCE: Mapping[FailureKind, LazyText] = MappingProxyType(
     {
-        "transient": lazy_gettext(
+        FailureKind.TRANSIENT: lazy_gettext(
             "The identity provider could not answer; the extension keeps the current "
             "token and retries automatically."
         ),
-        "reauthorize": lazy_gettext("Authorize again, signing in as the mailbox."),
-        "configuration": lazy_gettext(
+        FailureKind.REAUTHORIZE: lazy_gettext("Authorize again, signing in as the mailbox."),
+        FailureKind.CONFIGURATION: lazy_gettext(
             "Check the IdP Config against the application registered at the identity provider."
         ),
     }
@@ -359,8 +362,8 @@ def classify_oauth_error(
     found = (advice(code) if code else None) or (advice(error) if error else None)
     kind: FailureKind
     if status is None or status == 429 or status >= 500:
-        kind = "transient"
-        if found and found.kind != "transient":
+        kind = FailureKind.TRANSIENT
+        if found and found.kind != FailureKind.TRANSIENT:
             found = None
         if status is None:
             code = code or NETWORK_ERROR
@@ -373,13 +376,13 @@ def classify_oauth_error(
     elif found:
         kind = found.kind
     else:
-        kind = "reauthorize" if error == "invalid_grant" else "configuration"
+        kind = FailureKind.REAUTHORIZE if error == "invalid_grant" else FailureKind.CONFIGURATION
     return ProviderFailure(
         kind=kind,
         code=code,
         description=description,
         guidance=found.guidance if found else str(_DEFAULT_GUIDANCE[kind]),
-        retry_after=retry_after if kind == "transient" else None,
+        retry_after=retry_after if kind == FailureKind.TRANSIENT else None,
     )
 
 
@@ -428,6 +431,13 @@ class Provider:
                 choices = ", ".join(str(c[1]) for c in f.choices)
                 errors[f.name] = gettext("Choose one of: %(choices)s.", choices=choices)
         return errors
+
+    def config_signature(self, config: Mapping[str, str]) -> str:
+        """A digest of what a grant depends on: this provider and its signed fields, never the
+        secret. A grant stored under another signature was issued for another IdP Config."""
+        signed = {f.name: (config.get(f.name) or "").strip() for f in self.fields if f.signed}
+        payload = json.dumps({"provider": self.id, **signed}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
 
     def complete(self, config: Mapping[str, str], http: Any) -> dict[str, str]:
         """Fill what can be derived before saving (e.g. endpoints by discovery).

@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from ..i18n import gettext, lazy_gettext
+from ..vocabulary import FailureKind
 from .base import (
     OAUTH_ERRORS,
     ConfigField,
@@ -27,28 +28,28 @@ ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
     {
         **OAUTH_ERRORS,
         "invalid_grant": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext(
                 "The grant was revoked, the password changed, or the app is in Testing and its "
                 "7-day refresh token expired: authorize again (and publish the app)."
             ),
         ),
         "invalid_client": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The client credentials were refused: copy the Client ID and secret of the OAuth "
                 "client (APIs & Services > Credentials) again."
             ),
         ),
         "admin_policy_enforced": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "A Google Workspace admin policy blocks this app: trust it in the Admin console "
                 "(Security > API controls), then authorize again."
             ),
         ),
         "org_internal": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The app is Internal to another Workspace organization: sign in with an account of "
                 "that organization, or make the app External."

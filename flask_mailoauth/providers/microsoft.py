@@ -13,6 +13,7 @@ import requests
 
 from ..errors import AuthorizationFailed, MailOAuthError, ProviderFailure
 from ..i18n import gettext, lazy_gettext
+from ..vocabulary import FailureKind
 from .base import (
     OAUTH_ERRORS,
     ConfigField,
@@ -120,118 +121,118 @@ ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
     {
         **OAUTH_ERRORS,
         "invalid_client": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The client credentials were refused: check the Client ID and paste the client "
                 "secret's Value (not its Secret ID); create a new secret if it expired."
             ),
         ),
         "AADSTS700082": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext(
                 "The refresh token expired after 90 days unused: authorize again; scheduling "
                 "`flask mailoauth refresh --due` daily keeps it alive."
             ),
         ),
         "AADSTS50173": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext(
                 "The grant expired or was revoked (for example the password changed or sessions "
                 "were revoked): authorize again."
             ),
         ),
         "AADSTS70043": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext(
                 "A Conditional Access sign-in frequency policy expired the grant: authorize again, "
                 "or exempt this application from the policy."
             ),
         ),
         "AADSTS65001": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext(
                 "The user or an administrator has not consented: grant admin consent in API "
                 "permissions, then authorize again."
             ),
         ),
         "AADSTS65004": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext(
                 "The user declined consent: authorize again and accept, or have an administrator "
                 "grant admin consent."
             ),
         ),
         "AADSTS54005": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext(
                 "The authorization code was already redeemed: start the authorization again."
             ),
         ),
         "AADSTS70008": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext("The authorization code or refresh token expired: authorize again."),
         ),
         "AADSTS50076": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext(
                 "Multi-factor authentication is required: authorize again and complete it."
             ),
         ),
         "AADSTS50079": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             lazy_gettext(
                 "The mailbox account must register for multi-factor authentication: register, then "
                 "authorize again."
             ),
         ),
         "AADSTS7000222": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The client secret expired: create a new one in Certificates & secrets and paste "
                 "its Value; no new consent is needed."
             ),
         ),
         "AADSTS7000215": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext("Invalid client secret: paste the secret's Value, not its Secret ID."),
         ),
         "AADSTS700016": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The application was not found in the directory: check the Client ID, the Tenant "
                 "and the Cloud."
             ),
         ),
         "AADSTS50011": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "Redirect URI mismatch: add the Callback Endpoint, exactly as shown, as a Web "
                 "redirect URI of the app registration."
             ),
         ),
         "AADSTS28000": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The scopes name more than one resource: do not mix Graph scopes (User.Read, "
                 "Mail.*) with Outlook scopes."
             ),
         ),
         "AADSTS70011": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "A scope is invalid: request offline_access openid profile email and the Outlook "
                 "scopes (https://outlook.office.com/IMAP.AccessAsUser.All, ...)."
             ),
         ),
         "AADSTS9002325": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The redirect URI is registered as a Single-page application: register the "
                 "Callback Endpoint under the Web platform instead."
             ),
         ),
         "AADSTS900144": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             lazy_gettext(
                 "The request lacks a required parameter (client_id or scope): check the Client ID "
                 "and the Scopes."

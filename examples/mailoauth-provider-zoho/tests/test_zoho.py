@@ -27,6 +27,7 @@ from flask_mailoauth.errors import AuthorizationFailed
 from flask_mailoauth.flow import _validate_id_token
 from flask_mailoauth.models import utcnow
 from flask_mailoauth.oauth import TokenRequestFailed, TokenResponse, request_token
+from flask_mailoauth.outbound import OutboundPolicy
 from flask_mailoauth.providers import check_endpoint_url, registry
 
 ACCOUNTS = {
@@ -240,7 +241,9 @@ def test_the_id_token_validates_against_the_data_center_issuer_and_keys(provider
         email="help@example.eu",
         email_verified=True,
     )
-    claims = _validate_id_token(provider, config, token_response(id_token), "n-1", 5, None)
+    claims = _validate_id_token(
+        provider, config, token_response(id_token), "n-1", 5, None, policy=OutboundPolicy()
+    )
     found = provider.identity(config, claims=claims, token={}, http=None)
     assert found.email == "help@example.eu"
 
@@ -252,7 +255,9 @@ def test_an_id_token_from_another_data_center_is_refused(provider, config):
     publish(key, "https://accounts.zoho.eu/oauth/v2/keys")
     id_token = signed_id_token(key, iss="https://accounts.zoho.com", nonce="n-1")
     with pytest.raises(AuthorizationFailed, match="Invalid issuer"):
-        _validate_id_token(provider, config, token_response(id_token), "n-1", 5, None)
+        _validate_id_token(
+            provider, config, token_response(id_token), "n-1", 5, None, policy=OutboundPolicy()
+        )
 
 
 # --- mail servers ----------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""The words the extension stores and compares, one enumeration each.
+
+Every value is the string stored in the database and shown by ``status --json``: a
+``StrEnum`` member equals its value, so rows written before these enumerations read the same.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class CredentialStatus(StrEnum):
+    """Where an account's grant stands (``Credential.status``, ``AccountHealth.status``)."""
+
+    ACTIVE = "active"
+    #: a transient refresh failure; the next try waits for ``Credential.next_retry_at``
+    RETRYING = "retrying"
+    REAUTHORIZATION_REQUIRED = "reauthorization_required"
+    CONFIGURATION_ERROR = "configuration_error"
+    #: an account without a credential yet (never stored: the row is missing)
+    NOT_AUTHORIZED = "not_authorized"
+
+
+#: the statuses the IdP set for good: no refresh until an admin acts
+REFUSED = frozenset(
+    {CredentialStatus.REAUTHORIZATION_REQUIRED, CredentialStatus.CONFIGURATION_ERROR}
+)
+
+
+class FailureKind(StrEnum):
+    """What an IdP failure means for the grant (``ProviderFailure.kind``)."""
+
+    #: retried with backoff
+    TRANSIENT = "transient"
+    #: the grant is gone: an admin must authorize again
+    REAUTHORIZE = "reauthorize"
+    #: the IdP refuses the application's settings: an admin must fix the IdP Config
+    CONFIGURATION = "configuration"
+
+
+#: the credential status each kind of refresh failure leaves
+STATUS_AFTER: dict[FailureKind, CredentialStatus] = {
+    FailureKind.TRANSIENT: CredentialStatus.RETRYING,
+    FailureKind.REAUTHORIZE: CredentialStatus.REAUTHORIZATION_REQUIRED,
+    FailureKind.CONFIGURATION: CredentialStatus.CONFIGURATION_ERROR,
+}
+
+
+class EventKind(StrEnum):
+    """What one line of an account's history records (``Event.kind``)."""
+
+    AUTHORIZED = "authorized"
+    AUTHORIZATION_FAILED = "authorization_failed"
+    CONFIG_SAVED = "config_saved"
+    REFRESHED = "refreshed"
+    REFRESH_FAILED = "refresh_failed"
+    TOKEN_DELETED = "token_deleted"  # noqa: S105 - an event kind, not a secret
+
+
+class EventLevel(StrEnum):
+    """How much a history line matters (``Event.level``; the Token tab styles it)."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class FlashKind(StrEnum):
+    """What a flashed message of the extension says; the category is the host's choice."""
+
+    SUCCESS = "success"
+    ERROR = "error"
