@@ -249,7 +249,7 @@ def save(
     grant; the client secret and its end date do not, so rotating a secret needs no re-consent.
     """
     provider = registry.get(data.provider)
-    config = {f.name: (data.config.get(f.name) or "").strip() for f in provider.fields}
+    config = {f.name: provider.value(data.config, f.name) for f in provider.fields}
     errors = provider.validate(config, allow_insecure_http=allow_insecure_http)
     if not errors:
         try:

@@ -66,7 +66,7 @@ class CallbackOutcome:
 
 def config_signature(provider: Provider, config: Mapping[str, str]) -> str:
     """A digest of what a grant depends on: the provider and its signed fields, not the secret."""
-    signed = {f.name: (config.get(f.name) or "").strip() for f in provider.fields if f.signed}
+    signed = {f.name: provider.value(config, f.name) for f in provider.fields if f.signed}
     payload = json.dumps({"provider": provider.id, **signed}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 

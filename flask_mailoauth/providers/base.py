@@ -399,6 +399,11 @@ class Provider:
     #: error code -> kind and guidance; :meth:`classify_error` and :meth:`guidance` read it
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = OAUTH_ERRORS
 
+    @staticmethod
+    def value(config: Mapping[str, str], name: str) -> str:
+        """The field ``name`` of ``config`` without surrounding blanks; empty when unset."""
+        return (config.get(name) or "").strip()
+
     def defaults(self) -> dict[str, str]:
         """Field name -> prefilled value."""
         return {f.name: f.default for f in self.fields}
@@ -414,7 +419,7 @@ class Provider:
         """Field name -> error message for every invalid field; empty when all is well."""
         errors: dict[str, str] = {}
         for f in self.fields:
-            value = (config.get(f.name) or "").strip()
+            value = self.value(config, f.name)
             problem = control_character_problem(value)
             if problem:
                 errors[f.name] = problem
