@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 
 #: id_token signature algorithms accepted (never "none", never a shared-secret HMAC)
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
-_AADSTS = re.compile(r"\bAADSTS(\d+)")
 #: characters of a failure's message, and of its guidance, that a banner shows at most
 BANNER_CHARACTERS = 1000
 #: what a failed code exchange asks of the admin: nothing retries it
@@ -443,8 +441,7 @@ def _idp_error(provider: Provider, args: Mapping[str, str]) -> AuthorizationFail
     """The IdP's ``error``/``error_description`` turned into a banner with guidance."""
     error = clean_text(args.get("error", ""), 100) or ""
     description = clean_text(args.get("error_description", ""), 500) or ""
-    match = _AADSTS.search(description)
-    code = f"AADSTS{match.group(1)}" if match else error
+    code = provider.callback_error_code(error, description)
     guidance = provider.guidance(code) or provider.guidance(error) or gettext("Authorize again.")
     if description:
         text = gettext(

@@ -743,3 +743,32 @@ def test_the_code_exchange_has_a_total_deadline(make_host, db_url, monkeypatch):
         idp = FakeIdP(mock)
         assert callback(client, idp, start(client)).status_code == 303
     assert seen["deadline"] == 8
+
+
+def test_a_microsoft_callback_error_gets_the_guidance_of_its_aadsts_code(make_host, db_url):
+    host = make_host(db_url=db_url)
+    client = host.app.test_client()
+    base = "https://login.microsoftonline.com/common/oauth2/v2.0"
+    with responses.RequestsMock(assert_all_requests_are_fired=False):
+        response = save(
+            client,
+            provider="microsoft",
+            idp_cloud="global",
+            idp_tenant="common",
+            idp_authorization_endpoint=f"{base}/authorize",
+            idp_token_endpoint=f"{base}/token",
+            idp_scopes="offline_access openid email https://outlook.office.com/IMAP.AccessAsUser.All",
+        )
+        assert response.status_code == 303, response.get_data(as_text=True)
+        state = parse_qs(urlsplit(response.headers["Location"]).query)["state"][0]
+        description = "AADSTS7000215: Invalid client secret provided."
+        query = {"state": state, "error": "invalid_client", "error_description": description}
+        response = client.get("/mailoauth/callback?" + urlencode(query))
+    assert response.status_code == 303
+    ((category, message),) = banners(client)
+    assert category == "error"
+    assert "paste the secret's Value, not its Secret ID" in message
+    with host.app.app_context(), host.db.engine.connect() as conn:
+        codes = conn.execute(sa.text("select kind, code from mailoauth_event")).all()
+    assert ("authorization_failed", "AADSTS7000215") in [tuple(c) for c in codes]
+    assert credentials(host) == []

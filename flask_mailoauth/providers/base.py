@@ -515,6 +515,11 @@ class Provider:
         found = self.advice(code) if code else None
         return found.guidance if found else ""
 
+    def callback_error_code(self, error: str, description: str) -> str:
+        """The code that names an error the IdP sent to the callback (its ``error`` and
+        ``error_description``), for :meth:`guidance` and the event log; ``error`` by default."""
+        return error
+
     def warnings(self, config: Mapping[str, str]) -> list[str]:
         """Standing warnings about this configuration (e.g. Google apps in Testing mode)."""
         return []

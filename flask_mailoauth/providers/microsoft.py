@@ -96,6 +96,8 @@ _GRAPH_RESOURCES = (
 )
 #: the Outlook REST API v2.0, retired by Microsoft ("The API version v2 has been depreciated")
 _RETIRED_API = re.compile(r"outlook\.office(365)?\.com/api/v2\.0", re.IGNORECASE)
+#: the AADSTS code Microsoft puts in an error description ("AADSTS7000215: Invalid client...")
+_AADSTS = re.compile(r"\bAADSTS(\d+)")
 #: the host in the ``iss`` of tokens issued through a login host, where the two differ
 _ISSUER_HOSTS = MappingProxyType({"login.chinacloudapi.cn": "login.partner.microsoftonline.cn"})
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
@@ -567,6 +569,11 @@ class MicrosoftProvider(Provider):
         return classify_oauth_error(
             status, body, retry_after=retry_after, code=code, advice=self.advice
         )
+
+    def callback_error_code(self, error: str, description: str) -> str:
+        """The first AADSTS code in the description (it names the precise cause), else ``error``."""
+        match = _AADSTS.search(description)
+        return f"AADSTS{match.group(1)}" if match else error
 
     def advice(self, code: str) -> ErrorAdvice | None:
         """Look ``code`` up as given, accepting ``700082`` and ``aadsts700082`` for AADSTS700082."""
