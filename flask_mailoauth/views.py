@@ -7,7 +7,6 @@ the same view without script answers with a page or a redirect, so everything wo
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -65,8 +64,6 @@ EVENT_LABELS = {
     "refresh_failed": lazy_gettext("refresh failed"),
     "token_deleted": lazy_gettext("token deleted"),
 }
-#: the Flask session key binding pending authorizations to the admin's browser session
-SESSION_KEY = "mailoauth_sid"
 SCRIPTED = "mailoauth"
 
 
@@ -341,12 +338,10 @@ def _authorization_url(st: MailOAuthState, key: str, purpose: str) -> str:
     account = accounts.account_for_authorization(st, key, purpose)
     if account is None:
         abort(404, description=gettext("Save the IdP Config first."))
-    if SESSION_KEY not in session:
-        session[SESSION_KEY] = secrets.token_urlsafe(32)
     return flow.begin(
         st,
         account,
-        session_id=session[SESSION_KEY],
+        session_id=flow.session_binding(session, create=True),
         redirect_uri=callback_url(),
         return_url=_return_url(key, purpose),
         ttl=current_app.config["MAILOAUTH_PENDING_TTL"],
@@ -391,7 +386,7 @@ def callback() -> Response:
         outcome = flow.finish(
             st,
             request.args,
-            session_id=session.get(SESSION_KEY, ""),
+            session_id=flow.session_binding(session),
             timeout=current_app.config["MAILOAUTH_HTTP_TIMEOUT"],
         )
     except AuthorizationFailed as failure:

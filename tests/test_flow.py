@@ -772,3 +772,67 @@ def test_a_microsoft_callback_error_gets_the_guidance_of_its_aadsts_code(make_ho
         codes = conn.execute(sa.text("select kind, code from mailoauth_event")).all()
     assert ("authorization_failed", "AADSTS7000215") in [tuple(c) for c in codes]
     assert credentials(host) == []
+
+
+#: what an old or tampered cookie may hold where the session binding id belongs
+ODD_BINDINGS = [12345, None, "ü" * 43, ["x"], {"a": 1}, "x" * 100, "", "a b" * 15]
+
+
+@pytest.mark.parametrize("value", ODD_BINDINGS, ids=repr)
+def test_a_tampered_session_binding_reads_as_another_browser_session(make_host, db_url, value):
+    host = make_host(db_url=db_url)
+    client = host.app.test_client()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = FakeIdP(mock)
+        query = start(client)
+        with client.session_transaction() as session:
+            session[flow.SESSION_KEY] = value
+        response = callback(client, idp, query)
+    assert response.status_code == 303
+    assert credentials(host) == []
+    ((category, message),) = banners(client)
+    assert category == "error"
+    assert "This sign-in was started in another browser session." in message
+
+
+@pytest.mark.parametrize("value", ODD_BINDINGS, ids=repr)
+def test_an_old_session_binding_is_replaced_when_an_authorization_starts(make_host, db_url, value):
+    host = make_host(db_url=db_url)
+    client = host.app.test_client()
+    with client.session_transaction() as session:
+        session[flow.SESSION_KEY] = value
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = FakeIdP(mock)
+        response = callback(client, idp, start(client))
+    assert response.status_code == 303
+    assert banners(client) == [("success", "OAuth2 Authorization Successful.")]
+    with client.session_transaction() as session:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}", session[flow.SESSION_KEY])
+
+
+def test_the_callback_records_keep_their_secrets_out_of_the_repr():
+    pending = flow.PendingAuthorization(
+        account_id=1,
+        key="support",
+        purpose="mailbox",
+        nonce="n",
+        redirect_uri="https://helpdesk.example.test/mailoauth/callback",
+        return_url="/",
+        expires_at=datetime.now(UTC),
+        session_id="SESSION-BINDING",
+        verifier="PKCE-VERIFIER",
+    )
+    account = flow.AccountSnapshot(
+        id=1,
+        key="support",
+        purpose="mailbox",
+        address="support@example.test",
+        provider=registry.get("generic"),
+        config=GENERIC_CONFIG,
+        strict_matching=True,
+        client_secret="CLIENT-SECRET",
+    )
+    shown = repr(pending) + repr(account)
+    for secret in ("SESSION-BINDING", "PKCE-VERIFIER", "CLIENT-SECRET"):
+        assert secret not in shown
+    assert "support" in shown
