@@ -243,7 +243,7 @@ def save(
     """
     provider = registry.get(data.provider)
     allow_insecure_http, timeout = st.config.allow_insecure_http, st.config.http_timeout
-    config = {f.name: (data.config.get(f.name) or "").strip() for f in provider.fields}
+    config = {f.name: provider.value(data.config, f.name) for f in provider.fields}
     errors = provider.validate(config, allow_insecure_http=allow_insecure_http)
     if not errors:
         try:

@@ -14,9 +14,10 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from datetime import timedelta
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -40,7 +41,10 @@ if TYPE_CHECKING:
 
 #: id_token signature algorithms accepted (never "none", never a shared-secret HMAC)
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
-_AADSTS = re.compile(r"\bAADSTS(\d+)")
+#: the Flask session key binding pending authorizations to the admin's browser session
+SESSION_KEY = "mailoauth_sid"
+#: a binding id as :func:`session_binding` makes it; any other value is old or tampered
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 #: characters of a failure's message, and of its guidance, that a banner shows at most
 BANNER_CHARACTERS = 1000
 #: what a failed code exchange asks of the admin: nothing retries it
@@ -63,9 +67,62 @@ class CallbackOutcome:
     authorized_by: str | None = None
 
 
+@dataclass(frozen=True)
+class PendingAuthorization:
+    """A started authorization as the callback read it from its row (then deleted).
+
+    ``session_id`` and ``verifier`` are secrets: they stay out of the repr.
+    """
+
+    account_id: int
+    key: str
+    purpose: str
+    nonce: str
+    redirect_uri: str
+    return_url: str
+    expires_at: datetime
+    session_id: str = field(repr=False)
+    verifier: str = field(repr=False)
+
+    def started_in(self, session_id: str) -> bool:
+        """Whether it was started in the browser session ``session_id`` (constant time)."""
+        return hmac.compare_digest(self.session_id.encode(), session_id.encode())
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    """The account the callback authorizes, as read in one short transaction."""
+
+    id: int
+    key: str
+    purpose: str
+    address: str
+    provider: Provider
+    config: Mapping[str, str]
+    strict_matching: bool
+    client_secret: str = field(repr=False)
+
+
 def hash_state(state: str) -> str:
     """Pending authorizations are found by a hash of their state, never the state itself."""
     return hashlib.sha256(state.encode()).hexdigest()
+
+
+def session_binding(session: MutableMapping[str, Any], *, create: bool = False) -> str:
+    """The id binding pending authorizations to this browser session, read from ``session``.
+
+    A missing, old or tampered value counts as none: ``create`` (starting an authorization)
+    replaces it with a new id; otherwise it reads as ``""``, which no pending authorization
+    matches, so the callback says it was started in another browser session.
+    """
+    value = session.get(SESSION_KEY)
+    if isinstance(value, str) and _SESSION_ID.fullmatch(value):
+        return value
+    if not create:
+        return ""
+    value = secrets.token_urlsafe(32)
+    session[SESSION_KEY] = value
+    return value
 
 
 def begin(
@@ -144,15 +201,14 @@ def finish(
             gettext("This sign-in response is unknown or was already used."),
             gettext("Start again from the Config button; each authorization link works once."),
         )
-    pending_data, account = pending
-    outcome = CallbackOutcome(account["key"], account["purpose"], pending_data["return_url"])
+    outcome = CallbackOutcome(pending.key, pending.purpose, pending.return_url)
     try:
-        who = _complete(st, account, pending_data, args, session_id=session_id, timeout=timeout)
+        who = _complete(st, pending, args, session_id=session_id, timeout=timeout)
     except Exception as exc:  # the safety net: a banner, never a 500
         failure = _banner_safe(exc if isinstance(exc, AuthorizationFailed) else _unexpected(exc))
         _log_event(
             st,
-            account["id"],
+            pending.account_id,
             EventKind.AUTHORIZATION_FAILED,
             EventLevel.ERROR,
             failure.code,
@@ -190,62 +246,91 @@ def _banner_safe(failure: AuthorizationFailed) -> AuthorizationFailed:
     )
 
 
-def _take_pending(st: MailOAuthState, state: str) -> tuple[dict, dict] | None:
-    """Find and delete the pending authorization for ``state`` (single use)."""
-    wanted = hash_state(state)
+def _take_pending(st: MailOAuthState, state: str) -> PendingAuthorization | None:
+    """Find and delete the pending authorization for ``state`` (single use).
+
+    It is looked up by the hash of the state: the lookup's timing tells nothing of the state.
+    """
     model = st.models.PendingAuthorization
     timeout = st.config.lock_timeout
     with own_session(st.db) as s, row_lock(s, timeout):
-        pending = s.scalars(
-            sa.select(model).where(model.state_hash == wanted).with_for_update()
+        row = s.scalars(
+            sa.select(model).where(model.state_hash == hash_state(state)).with_for_update()
         ).one_or_none()
-        if pending is None or not hmac.compare_digest(pending.state_hash, wanted):
+        if row is None:
             return None
-        account = pending.account
-        data = {
-            "session_id": pending.session_id,
-            "nonce": pending.nonce,
-            "redirect_uri": pending.redirect_uri,
-            "return_url": pending.return_url,
-            "expires_at": pending.expires_at,
-        }
         try:
-            data["verifier"] = st.reveal(pending, "code_verifier")
+            verifier = st.reveal(row, "code_verifier")
         except DecryptionError:
             # Encrypted under a key no longer in MAILOAUTH_ENCRYPTION_KEYS; it expires unused.
             raise AuthorizationFailed(
                 gettext("This authorization was started under an encryption key that is gone."),
                 gettext("Start again from the Config button."),
             ) from None
-        account_data = {"id": account.id, "key": account.key, "purpose": account.purpose}
-        s.delete(pending)
-    return data, account_data
+        pending = PendingAuthorization(
+            account_id=row.account.id,
+            key=row.account.key,
+            purpose=row.account.purpose,
+            nonce=row.nonce,
+            redirect_uri=row.redirect_uri,
+            return_url=row.return_url,
+            expires_at=row.expires_at,
+            session_id=row.session_id,
+            verifier=verifier,
+        )
+        s.delete(row)
+    return pending
 
 
 def _complete(
     st: MailOAuthState,
-    account_ref: dict,
-    pending: dict,
+    pending: PendingAuthorization,
     args: Mapping[str, str],
     *,
     session_id: str,
     timeout: float,
 ) -> str | None:
-    """Validate the callback and store the credentials; returns who signed in."""
-    if pending["expires_at"] < utcnow():
+    """Validate the callback step by step, then store the credentials; returns who signed in."""
+    _check_pending(pending, session_id)
+    account = _load_account(st, pending.account_id)
+    issuer = _check_issuer(account, args)
+    code = _authorization_code(account.provider, args)
+    policy = st.config.outbound
+    token = _exchange(account, pending, code, timeout, policy)
+    claims = _validate_id_token(
+        account.provider, account.config, token, pending.nonce, timeout, issuer, policy=policy
+    )
+    identity = _identity(account.provider, account.config, claims, token, timeout, policy=policy)
+    _check_identity(account, identity)
+    _check_grant(st, account, token)
+    _store(st, account, token, identity)
+    signals.authorized.send(
+        st.extension,
+        key=account.key,
+        purpose=account.purpose,
+        provider=account.provider.id,
+        resource_owner=identity.email,
+    )
+    return identity.email
+
+
+def _check_pending(pending: PendingAuthorization, session_id: str) -> None:
+    """The authorization is still young and was started in this browser session."""
+    if pending.expires_at < utcnow():
         raise AuthorizationFailed(
             gettext("The authorization took longer than allowed and expired."),
             gettext("Start again from the Config button and finish within ten minutes."),
         )
-    if not hmac.compare_digest(pending["session_id"], session_id):
+    if not pending.started_in(session_id):
         raise AuthorizationFailed(
             gettext("This sign-in was started in another browser session."),
             gettext("Start again from the Config button in this browser."),
         )
-    account, client_secret = _load_account(st, account_ref["id"])
-    provider = registry.get(account["provider"])
-    config = account["config"]
-    endpoints = provider.endpoints(config)
+
+
+def _check_issuer(account: AccountSnapshot, args: Mapping[str, str]) -> str | None:
+    """RFC 9207: the response's ``iss`` names the account's IdP; required if it advertises it."""
+    endpoints = account.provider.endpoints(account.config)
     issuer = args.get("iss")
     if issuer is None and endpoints.authorization_response_iss:
         raise AuthorizationFailed(
@@ -274,6 +359,11 @@ def _complete(
                 ),
                 code="iss_mismatch",
             )
+    return issuer
+
+
+def _authorization_code(provider: Provider, args: Mapping[str, str]) -> str:
+    """The authorization code the IdP sent; its ``error`` instead becomes a banner."""
     if args.get("error"):
         raise _idp_error(provider, args)
     code = args.get("code")
@@ -282,22 +372,33 @@ def _complete(
             gettext("The identity provider sent no authorization code."),
             gettext("Start again from the Config button."),
         )
-    scopes = provider.scopes(config)
+    return code
+
+
+def _exchange(
+    account: AccountSnapshot,
+    pending: PendingAuthorization,
+    code: str,
+    timeout: float,
+    policy: OutboundPolicy,
+) -> TokenResponse:
+    """Exchange the code for tokens with the stored redirect URI and PKCE verifier."""
+    provider, config = account.provider, account.config
     try:
-        token = request_token(
+        return request_token(
             provider,
             config,
-            client_secret,
+            account.client_secret,
             {
                 "grant_type": "authorization_code",
                 "code": code,
-                "redirect_uri": pending["redirect_uri"],
-                "code_verifier": pending["verifier"],
+                "redirect_uri": pending.redirect_uri,
+                "code_verifier": pending.verifier,
             },
             timeout=timeout,
             deadline=2 * timeout,
-            policy=st.config.outbound,
-            requested_scopes=scopes,
+            policy=policy,
+            requested_scopes=provider.scopes(config),
         )
     except TokenRequestFailed as exc:
         failure = exc.failure
@@ -314,23 +415,12 @@ def _complete(
             guidance,
             code=failure.code,
         ) from None
-    policy = st.config.outbound
-    claims = _validate_id_token(
-        provider, config, token, pending["nonce"], timeout, issuer, policy=policy
-    )
-    identity = _identity(provider, config, claims, token, timeout, policy=policy)
-    if account["strict_matching"] and not identity.matches(account["address"]):
-        raise _identity_mismatch(account["address"], identity)
-    _check_grant(st, provider, config, account, token)
-    _store(st, account, provider, config, token, identity)
-    signals.authorized.send(
-        st.extension,
-        key=account["key"],
-        purpose=account["purpose"],
-        provider=provider.id,
-        resource_owner=identity.email,
-    )
-    return identity.email
+
+
+def _check_identity(account: AccountSnapshot, identity: Identity) -> None:
+    """Strict Matching: the IdP must vouch that whoever signed in is the mailbox address."""
+    if account.strict_matching and not identity.matches(account.address):
+        raise _identity_mismatch(account.address, identity)
 
 
 def _identity_mismatch(address: str, identity: Identity) -> AuthorizationFailed:
@@ -363,20 +453,14 @@ def _identity_mismatch(address: str, identity: Identity) -> AuthorizationFailed:
     return AuthorizationFailed(message, guidance, code="identity_mismatch")
 
 
-def _check_grant(
-    st: MailOAuthState,
-    provider: Provider,
-    config: Mapping[str, str],
-    account: dict,
-    token: TokenResponse,
-) -> None:
+def _check_grant(st: MailOAuthState, account: AccountSnapshot, token: TokenResponse) -> None:
     """Refuse a grant that cannot serve the account: a mail scope or offline access missing.
 
     A refresh token is what proves offline access (Microsoft leaves ``offline_access`` out of
     the granted scopes and still sends one).
     """
-    protocols = _protocols(st, account["key"], account["purpose"])
-    missing = provider.missing_scopes(config, token.scope.split(), protocols)
+    protocols = _protocols(st, account.key, account.purpose)
+    missing = account.provider.missing_scopes(account.config, token.scope.split(), protocols)
     if missing:
         if not token.refresh_token:
             missing.append("offline_access")
@@ -414,7 +498,8 @@ def _protocols(st: MailOAuthState, key: str, purpose: str) -> tuple[str, ...]:
         return ()
 
 
-def _load_account(st: MailOAuthState, account_id: int) -> tuple[dict, str]:
+def _load_account(st: MailOAuthState, account_id: int) -> AccountSnapshot:
+    """The account as it is now, its client secret revealed; gone means deleted meanwhile."""
     with own_session(st.db) as s:
         account = s.get(st.models.Account, account_id)
         if account is None:
@@ -422,25 +507,23 @@ def _load_account(st: MailOAuthState, account_id: int) -> tuple[dict, str]:
         secret = ""
         if account.client_secret is not None:
             secret = st.reveal(account, "client_secret")
-        data = {
-            "id": account.id,
-            "key": account.key,
-            "purpose": account.purpose,
-            "address": account.address,
-            "provider": account.provider,
-            "config": dict(account.config),
-            "strict_matching": account.strict_matching,
-            "config_signature": account.config_signature,
-        }
-    return data, secret
+        return AccountSnapshot(
+            id=account.id,
+            key=account.key,
+            purpose=account.purpose,
+            address=account.address,
+            provider=registry.get(account.provider),
+            config=MappingProxyType(dict(account.config)),
+            strict_matching=account.strict_matching,
+            client_secret=secret,
+        )
 
 
 def _idp_error(provider: Provider, args: Mapping[str, str]) -> AuthorizationFailed:
     """The IdP's ``error``/``error_description`` turned into a banner with guidance."""
     error = clean_text(args.get("error", ""), 100) or ""
     description = clean_text(args.get("error_description", ""), 500) or ""
-    match = _AADSTS.search(description)
-    code = f"AADSTS{match.group(1)}" if match else error
+    code = provider.callback_error_code(error, description)
     guidance = provider.guidance(code) or provider.guidance(error) or gettext("Authorize again.")
     if description:
         text = gettext(
@@ -616,18 +699,13 @@ def _audience(token: TokenResponse) -> str | None:
 
 
 def _store(
-    st: MailOAuthState,
-    account: dict,
-    provider: Provider,
-    config: Mapping[str, str],
-    token: TokenResponse,
-    identity: Identity,
+    st: MailOAuthState, account: AccountSnapshot, token: TokenResponse, identity: Identity
 ) -> None:
     """Replace the account's credentials and log the event, in one transaction."""
     m = st.models
     now = utcnow()
     with own_session(st.db) as s:
-        row = s.get(m.Account, account["id"], with_for_update=True)
+        row = s.get(m.Account, account.id, with_for_update=True)
         if row is None:
             raise AuthorizationFailed(
                 gettext("The account was deleted during the authorization."),
@@ -646,7 +724,7 @@ def _store(
             authorized_by=identity.email,
             subject=identity.subject,
             tenant=identity.tenant,
-            config_signature=provider.config_signature(config),
+            config_signature=account.provider.config_signature(account.config),
             issued_at=now,
             refresh_token_issued_at=now,
             clock_skew=token.clock_skew,
@@ -663,7 +741,7 @@ def _store(
                 message=_authorized_message(identity, row.address, token.scope),
             )
         )
-    st.cache.pop((account["key"], account["purpose"]), None)
+    st.cache.pop((account.key, account.purpose), None)
 
 
 def _authorized_message(identity: Identity, address: str, scope: str) -> str:

@@ -47,7 +47,7 @@ from .errors import (
 )
 from .i18n import gettext
 from .models import own_session, row_lock, utcnow
-from .oauth import TokenRequestFailed, request_token, unexpected_failure
+from .oauth import TokenRequestFailed, TokenResponse, request_token, unexpected_failure
 from .providers import registry
 from .providers.base import Provider
 from .vocabulary import REFUSED, STATUS_AFTER, CredentialStatus, EventKind, EventLevel, FailureKind
@@ -155,7 +155,7 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
             if cached:
                 return cached
             # Mail must go on: while the IdP is down, a still-valid token beats an error.
-            return _refresh(st, key, purpose, force=False, keep_valid_token=True)[0]
+            return _refresh(st, key, purpose, force=False, keep_valid_token=True).token
         finally:
             lock.release()
     except SQLAlchemyError as exc:
@@ -384,13 +384,13 @@ def refresh(st: MailOAuthState, key: str, purpose: str, *, force: bool = True) -
     obtained; if it obtained none, this call asks the IdP itself.
     """
     with _typed_database_errors(key, purpose):
-        return _refresh(st, key, purpose, force=force)[0]
+        return _refresh(st, key, purpose, force=force).token
 
 
 def refresh_if_due(st: MailOAuthState, key: str, purpose: str) -> bool:
     """Refresh a due token unless another worker did meanwhile; True when this call did it."""
     with _typed_database_errors(key, purpose):
-        return _refresh(st, key, purpose, force=False)[1]
+        return _refresh(st, key, purpose, force=False).asked_idp
 
 
 #: what tells one obtained token from the next: the credential's uid and last refresh time
@@ -435,9 +435,30 @@ class _Busy:
         return f"<_Busy {self.marker[0]}>"
 
 
+@dataclass(frozen=True)
+class _Ready:
+    """A token to use as it is: no call to the IdP is needed."""
+
+    token: str
+
+    def __repr__(self) -> str:
+        return "<_Ready>"
+
+
+@dataclass(frozen=True)
+class _Refreshed:
+    """What a refresh call hands back: the token, and whether this call asked the IdP for it."""
+
+    token: str
+    asked_idp: bool
+
+    def __repr__(self) -> str:
+        return f"<_Refreshed asked_idp={self.asked_idp}>"
+
+
 def _refresh(
     st: MailOAuthState, key: str, purpose: str, *, force: bool, keep_valid_token: bool = False
-) -> tuple[str, bool]:
+) -> _Refreshed:
     """The token and whether this call asked the IdP for it.
 
     Three short transactions instead of one long one: claim a lease on the row, call the IdP
@@ -457,27 +478,25 @@ def _refresh(
             st, key, purpose, force=force, since=since, keep_valid_token=keep_valid_token
         )
         if isinstance(claimed, _Claim):
-            outcome = _settle(st, key, purpose, claimed, config)
-            if outcome is not None:
-                break
+            settled = _settle(st, key, purpose, claimed, config)
+            if isinstance(settled, _Failed):
+                token = _after_failure(st, key, purpose, settled, keep_valid_token)
+                return _Refreshed(token, asked_idp=True)
+            if settled is not None:
+                return _Refreshed(settled.access_token, asked_idp=True)
             # Replaced or updated meanwhile (an admin authorized again, or another worker's
             # answer is newer): the stored state decides, so read it again.
             since = since or claimed.marker
         elif isinstance(claimed, _Busy):
             if not force and claimed.current is not None:
-                return claimed.current, False
+                return _Refreshed(claimed.current, asked_idp=False)
             since = since or claimed.marker
             time.sleep(pause)
             pause = min(pause * 2, 0.25)
         else:
-            return claimed, False
+            return _Refreshed(claimed.token, asked_idp=False)
         if time.monotonic() > deadline:
             raise _still_refreshing(key, purpose)
-    answer, failure, credential = outcome
-    if answer is not None:
-        return answer.access_token, True
-    failed = _Failed(failure, credential, claimed.label)
-    return _after_failure(st, key, purpose, failed, keep_valid_token), True
 
 
 def _claim(
@@ -488,7 +507,7 @@ def _claim(
     force: bool,
     since: Marker | None,
     keep_valid_token: bool,
-) -> str | _Busy | _Claim:
+) -> _Ready | _Busy | _Claim:
     """In one short locked transaction: a token to use, ``_Busy``, or a new lease.
 
     A token is used when it is valid beyond the leeway (unless ``force``), or when it was
@@ -505,15 +524,15 @@ def _claim(
             if token:
                 # Its skew was measured seconds ago: this process may judge it by it too.
                 _remember(st, credential, account, token, credential.clock_skew)
-                return token
+                return _Ready(token)
         if not force:
             token = _usable(st, credential, account, leeway)
             if token:
-                return token
+                return _Ready(token)
         if credential.refresh_lease_until and credential.refresh_lease_until > now:
             return _Busy(marker, _current(st, credential))
         if not force and credential.next_retry_at and credential.next_retry_at > now:
-            return _unavailable(st, credential, keep_valid_token)
+            return _Ready(_unavailable(st, credential, keep_valid_token))
         credential.refresh_lease_until = now + _lease(config)
         return _Claim(
             uid=credential.uid,
@@ -539,32 +558,35 @@ def _lease(config: Config) -> timedelta:
     return timedelta(seconds=_idp_deadline(config) + config.http_timeout + 5)
 
 
-def _settle(st: MailOAuthState, key: str, purpose: str, claim: _Claim, config: Config) -> Any:
-    """Ask the IdP and store its answer: ``(answer, failure, credential)``, or ``None`` when
-    the credential changed meanwhile. The lease is released on every path.
+def _settle(
+    st: MailOAuthState, key: str, purpose: str, claim: _Claim, config: Config
+) -> TokenResponse | _Failed | None:
+    """Ask the IdP and store its answer: the new tokens, the failure as stored, or ``None``
+    when the credential changed meanwhile. The lease is released on every path.
 
     A success the database refuses (stopped, locked) is kept: served from memory and stored
     by a background retry (``_keep_storing``). Any other exception releases the lease in its
     own short transaction, then propagates.
     """
     try:
-        answer, failure = _ask_idp(claim, config)
-        credential = _store(st, key, purpose, claim, answer, failure)
+        answer = _ask_idp(claim, config)
+        credential = _store(st, key, purpose, claim, answer)
     except SQLAlchemyError:
-        if answer is None:
+        if isinstance(answer, ProviderFailure):
             _release(st, key, purpose, claim)
             raise
         _keep_storing(st, key, purpose, claim, answer, config.store_retry)
-        return answer, None, None
+        return answer
     except BaseException:
         _release(st, key, purpose, claim)
         raise
     if credential is None:
         return None
     # Committed: signals and errors come after the state is stored.
-    if answer is not None:
-        signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
-    return answer, failure, credential
+    if isinstance(answer, ProviderFailure):
+        return _Failed(answer, credential, claim.label)
+    signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
+    return answer
 
 
 def _release(st: MailOAuthState, key: str, purpose: str, claim: _Claim) -> None:
@@ -588,7 +610,7 @@ def _release(st: MailOAuthState, key: str, purpose: str, claim: _Claim) -> None:
 
 
 def _keep_storing(
-    st: MailOAuthState, key: str, purpose: str, claim: _Claim, answer: Any, seconds: float
+    st: MailOAuthState, key: str, purpose: str, claim: _Claim, answer: TokenResponse, seconds: float
 ) -> None:
     """Serve ``answer`` from memory and store it from a background thread, retrying for up to
     ``seconds``: the IdP may have rotated the refresh token, so dropping it loses the grant."""
@@ -615,7 +637,7 @@ def _keep_storing(
             while True:
                 time.sleep(pause)
                 try:
-                    stored = _store(st, key, purpose, claim, answer, None)
+                    stored = _store(st, key, purpose, claim, answer)
                 except SQLAlchemyError:
                     if time.monotonic() < until:
                         pause = min(pause * 2, 5.0)
@@ -639,9 +661,9 @@ def _keep_storing(
     threading.Thread(target=retry, name=f"mailoauth-store-{key}", daemon=True).start()
 
 
-def _ask_idp(claim: _Claim, config: Config) -> tuple[Any, ProviderFailure | None]:
-    """The refresh_token grant: ``(answer, None)`` or ``(None, failure)``; any exception in
-    the provider's hooks or the call is a failure, recorded like any other."""
+def _ask_idp(claim: _Claim, config: Config) -> TokenResponse | ProviderFailure:
+    """The refresh_token grant: the IdP's answer or the failure; any exception in the
+    provider's hooks or the call is a failure, recorded like any other."""
     try:
         grant = {"grant_type": "refresh_token", "refresh_token": claim.refresh_token}
         grant.update(claim.provider.refresh_params(claim.config))
@@ -656,18 +678,25 @@ def _ask_idp(claim: _Claim, config: Config) -> tuple[Any, ProviderFailure | None
             requested_scopes=claim.provider.scopes(claim.config),
         )
     except TokenRequestFailed as exc:
-        return None, exc.failure
+        return exc.failure
     except Exception as exc:  # the safety net: recorded, never raised
-        return None, unexpected_failure(exc)
-    return answer, None
+        return unexpected_failure(exc)
+    return answer
 
 
-def _store(st, key: str, purpose: str, claim: _Claim, answer: Any, failure: Any) -> Any:
+def _store(
+    st: MailOAuthState,
+    key: str,
+    purpose: str,
+    claim: _Claim,
+    answer: TokenResponse | ProviderFailure,
+) -> Any:
     """Record the IdP's answer if it may still be stored (``_may_store``); ``None`` if not."""
     config = st.config
     with own_session(st.db) as s, row_lock(s, config.lock_timeout):
         row = _select(s, st, key, purpose, lock=True)
-        if row is None or not _may_store(row[0], claim, success=answer is not None):
+        success = isinstance(answer, TokenResponse)
+        if row is None or not _may_store(row[0], claim, success=success):
             logger.warning(
                 "Refresh of %s (%s) finished after its credential changed; result dropped.",
                 key,
@@ -676,10 +705,10 @@ def _store(st, key: str, purpose: str, claim: _Claim, answer: Any, failure: Any)
             return None
         credential, account = row
         credential.refresh_lease_until = None
-        if answer is not None:
+        if isinstance(answer, TokenResponse):
             _record_success(st, s, credential, account, answer)
         else:
-            _record_failure(st, s, credential, account, failure, config)
+            _record_failure(st, s, credential, account, answer, config)
         return credential
 
 

@@ -7,7 +7,6 @@ the same view without script answers with a page or a redirect, so everything wo
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -60,8 +59,6 @@ EVENT_LABELS = {
     EventKind.REFRESH_FAILED: lazy_gettext("refresh failed"),
     EventKind.TOKEN_DELETED: lazy_gettext("token deleted"),
 }
-#: the Flask session key binding pending authorizations to the admin's browser session
-SESSION_KEY = "mailoauth_sid"
 SCRIPTED = "mailoauth"
 
 
@@ -332,12 +329,10 @@ def _authorization_url(st: MailOAuthState, key: str, purpose: str) -> str:
     account = accounts.account_for_authorization(st, key, purpose)
     if account is None:
         abort(404, description=gettext("Save the IdP Config first."))
-    if SESSION_KEY not in session:
-        session[SESSION_KEY] = secrets.token_urlsafe(32)
     return flow.begin(
         st,
         account,
-        session_id=session[SESSION_KEY],
+        session_id=flow.session_binding(session, create=True),
         redirect_uri=callback_url(),
         return_url=_return_url(key, purpose),
         ttl=st.config.pending_ttl,
@@ -382,7 +377,7 @@ def callback() -> Response:
         outcome = flow.finish(
             st,
             request.args,
-            session_id=session.get(SESSION_KEY, ""),
+            session_id=flow.session_binding(session),
             timeout=st.config.http_timeout,
         )
     except AuthorizationFailed as failure:

@@ -698,3 +698,96 @@ def test_the_code_exchange_has_a_total_deadline(make_host, db_url, monkeypatch):
         idp = FakeIdP(mock)
         assert callback(client, idp, start(client)).status_code == 303
     assert seen["deadline"] == 8
+
+
+def test_a_microsoft_callback_error_gets_the_guidance_of_its_aadsts_code(make_host, db_url):
+    host = make_host(db_url=db_url)
+    client = host.app.test_client()
+    base = "https://login.microsoftonline.com/common/oauth2/v2.0"
+    with responses.RequestsMock(assert_all_requests_are_fired=False):
+        response = save(
+            client,
+            provider="microsoft",
+            idp_cloud="global",
+            idp_tenant="common",
+            idp_authorization_endpoint=f"{base}/authorize",
+            idp_token_endpoint=f"{base}/token",
+            idp_scopes="offline_access openid email https://outlook.office.com/IMAP.AccessAsUser.All",
+        )
+        assert response.status_code == 303, response.get_data(as_text=True)
+        state = parse_qs(urlsplit(response.headers["Location"]).query)["state"][0]
+        description = "AADSTS7000215: Invalid client secret provided."
+        query = {"state": state, "error": "invalid_client", "error_description": description}
+        response = client.get("/mailoauth/callback?" + urlencode(query))
+    assert response.status_code == 303
+    ((category, message),) = banners(client)
+    assert category == "error"
+    assert "paste the secret's Value, not its Secret ID" in message
+    with host.app.app_context(), host.db.engine.connect() as conn:
+        codes = conn.execute(sa.text("select kind, code from mailoauth_event")).all()
+    assert ("authorization_failed", "AADSTS7000215") in [tuple(c) for c in codes]
+    assert credentials(host) == []
+
+
+#: what an old or tampered cookie may hold where the session binding id belongs
+ODD_BINDINGS = [12345, None, "ü" * 43, ["x"], {"a": 1}, "x" * 100, "", "a b" * 15]
+
+
+@pytest.mark.parametrize("value", ODD_BINDINGS, ids=repr)
+def test_a_tampered_session_binding_reads_as_another_browser_session(make_host, db_url, value):
+    host = make_host(db_url=db_url)
+    client = host.app.test_client()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = FakeIdP(mock)
+        query = start(client)
+        with client.session_transaction() as session:
+            session[flow.SESSION_KEY] = value
+        response = callback(client, idp, query)
+    assert response.status_code == 303
+    assert credentials(host) == []
+    ((category, message),) = banners(client)
+    assert category == "error"
+    assert "This sign-in was started in another browser session." in message
+
+
+@pytest.mark.parametrize("value", ODD_BINDINGS, ids=repr)
+def test_an_old_session_binding_is_replaced_when_an_authorization_starts(make_host, db_url, value):
+    host = make_host(db_url=db_url)
+    client = host.app.test_client()
+    with client.session_transaction() as session:
+        session[flow.SESSION_KEY] = value
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        idp = FakeIdP(mock)
+        response = callback(client, idp, start(client))
+    assert response.status_code == 303
+    assert banners(client) == [("success", "OAuth2 Authorization Successful.")]
+    with client.session_transaction() as session:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}", session[flow.SESSION_KEY])
+
+
+def test_the_callback_records_keep_their_secrets_out_of_the_repr():
+    pending = flow.PendingAuthorization(
+        account_id=1,
+        key="support",
+        purpose="mailbox",
+        nonce="n",
+        redirect_uri="https://helpdesk.example.test/mailoauth/callback",
+        return_url="/",
+        expires_at=datetime.now(UTC),
+        session_id="SESSION-BINDING",
+        verifier="PKCE-VERIFIER",
+    )
+    account = flow.AccountSnapshot(
+        id=1,
+        key="support",
+        purpose="mailbox",
+        address="support@example.test",
+        provider=registry.get("generic"),
+        config=GENERIC_CONFIG,
+        strict_matching=True,
+        client_secret="CLIENT-SECRET",
+    )
+    shown = repr(pending) + repr(account)
+    for secret in ("SESSION-BINDING", "PKCE-VERIFIER", "CLIENT-SECRET"):
+        assert secret not in shown
+    assert "support" in shown

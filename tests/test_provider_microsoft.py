@@ -520,3 +520,21 @@ def test_required_scopes_follow_the_protocol(provider, config, protocols, requir
 def test_required_scopes_use_the_cloud_when_the_scope_was_not_requested(provider):
     config = {"cloud": "gcc_high", "scopes": "offline_access openid"}
     assert provider.required_scopes(config, ["smtp"]) == ["https://outlook.office365.us/SMTP.Send"]
+
+
+@pytest.mark.parametrize(
+    ("description", "code"),
+    [
+        ("AADSTS7000215: Invalid client secret provided.\r\nTrace ID: t", "AADSTS7000215"),
+        ("The user said no (AADSTS65004).", "AADSTS65004"),
+        ("No code here.", "invalid_client"),
+        ("", "invalid_client"),
+    ],
+)
+def test_a_callback_error_is_named_by_its_aadsts_code(provider, description, code):
+    assert provider.callback_error_code("invalid_client", description) == code
+
+
+def test_other_providers_name_a_callback_error_by_the_oauth_error():
+    generic = registry.get("generic")
+    assert generic.callback_error_code("access_denied", "AADSTS65004: no") == "access_denied"

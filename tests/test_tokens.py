@@ -25,7 +25,7 @@ from flask_mailoauth.errors import (
     TemporarilyUnavailable,
 )
 from flask_mailoauth.models import own_session, utcnow
-from flask_mailoauth.tokens import backoff
+from flask_mailoauth.tokens import _Ready, _Refreshed, backoff
 
 from .oauth_fakes import TokenEndpoint
 from .stored import credential, events, store_account, token
@@ -467,3 +467,9 @@ def test_an_explicit_refresh_reports_a_transient_failure_access_token_keeps_serv
         host.ext.refresh("support")
     assert token(host) == "at-0"
     assert credential(host)[0].status == "retrying"
+
+
+def test_the_refresh_results_keep_the_token_out_of_the_repr():
+    shown = repr(_Ready("ACCESS-TOKEN")) + repr(_Refreshed("ACCESS-TOKEN", asked_idp=True))
+    assert "ACCESS-TOKEN" not in shown
+    assert "asked_idp=True" in shown

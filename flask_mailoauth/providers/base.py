@@ -402,6 +402,11 @@ class Provider:
     #: error code -> kind and guidance; :meth:`classify_error` and :meth:`guidance` read it
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = OAUTH_ERRORS
 
+    @staticmethod
+    def value(config: Mapping[str, str], name: str) -> str:
+        """The field ``name`` of ``config`` without surrounding blanks; empty when unset."""
+        return (config.get(name) or "").strip()
+
     def defaults(self) -> dict[str, str]:
         """Field name -> prefilled value."""
         return {f.name: f.default for f in self.fields}
@@ -417,7 +422,7 @@ class Provider:
         """Field name -> error message for every invalid field; empty when all is well."""
         errors: dict[str, str] = {}
         for f in self.fields:
-            value = (config.get(f.name) or "").strip()
+            value = self.value(config, f.name)
             problem = control_character_problem(value)
             if problem:
                 errors[f.name] = problem
@@ -435,7 +440,7 @@ class Provider:
     def config_signature(self, config: Mapping[str, str]) -> str:
         """A digest of what a grant depends on: this provider and its signed fields, never the
         secret. A grant stored under another signature was issued for another IdP Config."""
-        signed = {f.name: (config.get(f.name) or "").strip() for f in self.fields if f.signed}
+        signed = {f.name: self.value(config, f.name) for f in self.fields if f.signed}
         payload = json.dumps({"provider": self.id, **signed}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -519,6 +524,11 @@ class Provider:
         """One line telling the admin what to do about an error ``code``; empty when unknown."""
         found = self.advice(code) if code else None
         return found.guidance if found else ""
+
+    def callback_error_code(self, error: str, description: str) -> str:
+        """The code that names an error the IdP sent to the callback (its ``error`` and
+        ``error_description``), for :meth:`guidance` and the event log; ``error`` by default."""
+        return error
 
     def warnings(self, config: Mapping[str, str]) -> list[str]:
         """Standing warnings about this configuration (e.g. Google apps in Testing mode)."""

@@ -197,9 +197,9 @@ class GenericProvider(Provider):
     def validate(self, config: Mapping[str, str], *, allow_insecure_http: bool) -> dict[str, str]:
         """Base checks, plus endpoints (unless discovery fills them) and a source of identity."""
         errors = super().validate(config, allow_insecure_http=allow_insecure_http)
-        if not self._value(config, "issuer"):
+        if not self.value(config, "issuer"):
             for name in ("authorization_endpoint", "token_endpoint"):
-                if not self._value(config, name):
+                if not self.value(config, name):
                     errors.setdefault(
                         name,
                         gettext(
@@ -208,15 +208,15 @@ class GenericProvider(Provider):
                         ),
                     )
         has_openid = "openid" in self.scopes(config)
-        if has_openid and not self._value(config, "issuer"):
+        if has_openid and not self.value(config, "issuer"):
             errors.setdefault(
                 "issuer",
                 gettext("Enter the Issuer: OpenID Connect id_tokens are validated against it."),
             )
         if not (
             has_openid
-            or self._value(config, "userinfo_endpoint")
-            or self._value(config, "resource_endpoint")
+            or self.value(config, "userinfo_endpoint")
+            or self.value(config, "resource_endpoint")
         ):
             errors.setdefault(
                 "scopes",
@@ -230,8 +230,8 @@ class GenericProvider(Provider):
     def complete(self, config: Mapping[str, str], http: Any) -> dict[str, str]:
         """Fill blank endpoints from the issuer's discovery document; typed values are kept."""
         completed = dict(config)
-        issuer = self._value(config, "issuer")
-        blank = [f for f in _DISCOVERED.values() if not self._value(config, f)]
+        issuer = self.value(config, "issuer")
+        blank = [f for f in _DISCOVERED.values() if not self.value(config, f)]
         if not issuer or not {"authorization_endpoint", "token_endpoint", "jwks_uri"} & set(blank):
             return completed
         problem = check_endpoint_url(issuer, allow_insecure_http=True)
@@ -251,13 +251,13 @@ class GenericProvider(Provider):
     def endpoints(self, config: Mapping[str, str]) -> Endpoints:
         """The endpoints as configured (after discovery)."""
         return Endpoints(
-            authorization=self._value(config, "authorization_endpoint"),
-            token=self._value(config, "token_endpoint"),
-            issuer=self._value(config, "issuer") or None,
-            jwks_uri=self._value(config, "jwks_uri") or None,
-            userinfo=self._value(config, "userinfo_endpoint") or None,
-            resource=self._value(config, "resource_endpoint") or None,
-            authorization_response_iss=self._value(config, "iss_parameter") == ISS_REQUIRED,
+            authorization=self.value(config, "authorization_endpoint"),
+            token=self.value(config, "token_endpoint"),
+            issuer=self.value(config, "issuer") or None,
+            jwks_uri=self.value(config, "jwks_uri") or None,
+            userinfo=self.value(config, "userinfo_endpoint") or None,
+            resource=self.value(config, "resource_endpoint") or None,
+            authorization_response_iss=self.value(config, "iss_parameter") == ISS_REQUIRED,
         )
 
     def required_scopes(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
@@ -268,7 +268,7 @@ class GenericProvider(Provider):
 
     def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
         """The configured ``prompt``, if any."""
-        prompt = self._value(config, "prompt")
+        prompt = self.value(config, "prompt")
         return {"prompt": prompt} if prompt else {}
 
     def identity(
@@ -286,7 +286,7 @@ class GenericProvider(Provider):
         another attribute counts because the admin named it. The resource endpoint is the
         admin's own JSON, taken as it is.
         """
-        attribute = self._value(config, "email_attribute") or EMAIL_CLAIM
+        attribute = self.value(config, "email_attribute") or EMAIL_CLAIM
         endpoints = self.endpoints(config)
         subject = claim_text(claims, "sub")
         details: Mapping[str, Any] = {}
@@ -314,10 +314,6 @@ class GenericProvider(Provider):
             unverified=unverified,
             advice=str(UNVERIFIED_ADVICE) if unverified else "",
         )
-
-    @staticmethod
-    def _value(config: Mapping[str, str], name: str) -> str:
-        return (config.get(name) or "").strip()
 
 
 def _undiscovered(first: Text, second: Text | None = None) -> str:

@@ -135,8 +135,8 @@ class GoogleProvider(Provider):
     def endpoints(self, config: Mapping[str, str]) -> Endpoints:
         """The configured authorize/token endpoints and Google's fixed OIDC endpoints."""
         return Endpoints(
-            authorization=(config.get("authorization_endpoint") or "").strip(),
-            token=(config.get("token_endpoint") or "").strip(),
+            authorization=self.value(config, "authorization_endpoint"),
+            token=self.value(config, "token_endpoint"),
             issuer="https://accounts.google.com",
             jwks_uri="https://www.googleapis.com/oauth2/v3/certs",
             userinfo="https://openidconnect.googleapis.com/v1/userinfo",
@@ -174,9 +174,8 @@ class GoogleProvider(Provider):
         """Seven days for apps in Testing; unbounded in production."""
         return TESTING_REFRESH_TOKEN_LIFETIME if self._testing(config) else None
 
-    @staticmethod
-    def _testing(config: Mapping[str, str]) -> bool:
-        return (config.get("publishing_status") or "").strip() == "testing"
+    def _testing(self, config: Mapping[str, str]) -> bool:
+        return self.value(config, "publishing_status") == "testing"
 
     def warnings(self, config: Mapping[str, str]) -> list[str]:
         """Warn that apps in Testing lose their grant every 7 days."""

@@ -97,6 +97,8 @@ _GRAPH_RESOURCES = (
 )
 #: the Outlook REST API v2.0, retired by Microsoft ("The API version v2 has been depreciated")
 _RETIRED_API = re.compile(r"outlook\.office(365)?\.com/api/v2\.0", re.IGNORECASE)
+#: the AADSTS code Microsoft puts in an error description ("AADSTS7000215: Invalid client...")
+_AADSTS = re.compile(r"\bAADSTS(\d+)")
 #: the host in the ``iss`` of tokens issued through a login host, where the two differ
 _ISSUER_HOSTS = MappingProxyType({"login.chinacloudapi.cn": "login.partner.microsoftonline.cn"})
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
@@ -342,11 +344,11 @@ class MicrosoftProvider(Provider):
     def validate(self, config: Mapping[str, str], *, allow_insecure_http: bool) -> dict[str, str]:
         """Base checks plus tenant syntax, v2.0 endpoints, one audience and ``offline_access``."""
         errors = super().validate(config, allow_insecure_http=allow_insecure_http)
-        tenant = (config.get("tenant") or "").strip()
+        tenant = self.value(config, "tenant")
         if tenant and not _TENANT.fullmatch(tenant):
             errors.setdefault("tenant", gettext("Enter common, a tenant ID (a GUID) or a domain."))
         for name, leaf in (("authorization_endpoint", "authorize"), ("token_endpoint", "token")):
-            value = (config.get(name) or "").strip()
+            value = self.value(config, name)
             if value and _V2_PATH not in urlsplit(value).path:
                 example = f"https://login.microsoftonline.com/common/oauth2/v2.0/{leaf}"
                 errors.setdefault(
@@ -401,28 +403,28 @@ class MicrosoftProvider(Provider):
         chosen cloud's and tenant's value: picking "GCC High" or a tenant id is enough.
         """
         completed = dict(config)
-        cloud = (config.get("cloud") or "").strip() or "global"
+        cloud = self.value(config, "cloud") or "global"
         derived = self.default_config(cloud, config.get("tenant") or "common")
         prefilled = self.default_config("global", "common")
         for name, value in derived.items():
-            current = (completed.get(name) or "").strip()
+            current = self.value(completed, name)
             if not current or current == prefilled.get(name):
                 completed[name] = value
         return completed
 
     def endpoints(self, config: Mapping[str, str]) -> Endpoints:
         """The configured endpoints; the JWKS sits under the same authority and tenant."""
-        token = (config.get("token_endpoint") or "").strip()
+        token = self.value(config, "token_endpoint")
         base, tenant = _authority(token)
         return Endpoints(
-            authorization=(config.get("authorization_endpoint") or "").strip(),
+            authorization=self.value(config, "authorization_endpoint"),
             token=token,
             jwks_uri=f"{base}/{tenant}/discovery/v2.0/keys" if tenant else None,
         )
 
     def expected_issuer(self, config: Mapping[str, str], claims: Mapping[str, Any]) -> str | None:
         """Microsoft's multi-tenant issuer ``{authority}/{tid}/v2.0``, pinned to a GUID tenant."""
-        parts = urlsplit((config.get("token_endpoint") or "").strip())
+        parts = urlsplit(self.value(config, "token_endpoint"))
         host = parts.hostname or ""
         if host in _ISSUER_HOSTS:
             parts = parts._replace(netloc=parts.netloc.replace(host, _ISSUER_HOSTS[host], 1))
@@ -493,7 +495,7 @@ class MicrosoftProvider(Provider):
         domain is resolved through the tenant's discovery document, whose issuer names the id.
         """
         base, in_endpoint = _authority(config.get("token_endpoint") or "")
-        field = (config.get("tenant") or "").strip()
+        field = self.value(config, "tenant")
         tenant = next(
             (t for t in (in_endpoint, field) if t and t.casefold() not in MULTI_TENANT), None
         )
@@ -525,7 +527,7 @@ class MicrosoftProvider(Provider):
 
     def required_scopes(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
         """The Outlook permission of each protocol, on the resource the account requests."""
-        cloud = CLOUDS.get((config.get("cloud") or "").strip(), CLOUDS["global"])
+        cloud = CLOUDS.get(self.value(config, "cloud"), CLOUDS["global"])
         requested = {s.casefold(): s for s in self.scopes(config)}
         required = []
         for protocol in protocols:
@@ -543,7 +545,7 @@ class MicrosoftProvider(Provider):
 
     def mail_servers(self, config: Mapping[str, str]) -> MailServers:
         """Exchange Online's IMAP, POP3 and SMTP submission hosts in the configured cloud."""
-        cloud = CLOUDS.get((config.get("cloud") or "").strip(), CLOUDS["global"])
+        cloud = CLOUDS.get(self.value(config, "cloud"), CLOUDS["global"])
         return MailServers(
             imap=MailServer(cloud.mailbox_host, 993, "ssl"),
             pop3=MailServer(cloud.mailbox_host, 995, "ssl"),
@@ -569,6 +571,11 @@ class MicrosoftProvider(Provider):
             status, body, retry_after=retry_after, code=code, advice=self.advice
         )
 
+    def callback_error_code(self, error: str, description: str) -> str:
+        """The first AADSTS code in the description (it names the precise cause), else ``error``."""
+        match = _AADSTS.search(description)
+        return f"AADSTS{match.group(1)}" if match else error
+
     def advice(self, code: str) -> ErrorAdvice | None:
         """Look ``code`` up as given, accepting ``700082`` and ``aadsts700082`` for AADSTS700082."""
         normalized = code.strip()
@@ -580,7 +587,7 @@ class MicrosoftProvider(Provider):
 
     def warnings(self, config: Mapping[str, str]) -> list[str]:
         """Warn when the Tenant field and the endpoints name different tenants."""
-        tenant = (config.get("tenant") or "").strip()
+        tenant = self.value(config, "tenant")
         _, in_endpoint = _authority(config.get("token_endpoint") or "")
         if tenant and in_endpoint and tenant.casefold() != in_endpoint.casefold():
             return [

@@ -191,7 +191,7 @@ class ZohoProvider(Provider):
     def mail_servers(self, config: Mapping[str, str]) -> MailServers:
         """IMAP, POP3 and SMTP of the data center, for organization or personal accounts."""
         domain = _data_center(config).domain
-        account_type = (config.get("account_type") or "").strip() or "organization"
+        account_type = self.value(config, "account_type") or "organization"
         imap, pop, smtp = HOST_PREFIXES.get(account_type, HOST_PREFIXES["organization"])
         return MailServers(
             imap=MailServer(f"{imap}.{domain}", 993, "ssl"),
@@ -221,7 +221,7 @@ class ZohoProvider(Provider):
 
 def _data_center(config: Mapping[str, str]) -> DataCenter:
     """The configured data center; :class:`ValueError` for one this provider does not know."""
-    dc = (config.get("data_center") or "").strip() or DEFAULT_DATA_CENTER
+    dc = Provider.value(config, "data_center") or DEFAULT_DATA_CENTER
     try:
         return DATA_CENTERS[dc]
     except KeyError:
