@@ -23,10 +23,10 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_mailoauth import MailboxSettings, MailOAuth
 from flask_mailoauth.crypto import generate_key
-from flask_mailoauth.extension import MailOAuthState
 from flask_mailoauth.flow import config_signature
 from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.providers import registry
+from flask_mailoauth.state import MailOAuthState
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # every peer and proxy listens on loopback only

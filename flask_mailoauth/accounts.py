@@ -6,23 +6,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
 
 from . import signals
-from .crypto import DecryptionError
+from .errors import DecryptionError
 from .flow import config_signature
 from .health import account_health
 from .i18n import gettext, lazy_gettext
 from .models import own_session, utcnow
 from .outbound import OutboundHTTP, OutboundPolicy
 from .providers import registry
+from .state import MailOAuthState
 from .tokens import ACTIVE, MISCONFIGURED, REAUTHORIZE
-
-if TYPE_CHECKING:
-    from .extension import MailOAuthState
 
 #: characters of a token the Token tab shows; the rest is shrouded
 SHOWN_CHARACTERS = 2

@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
+from .errors import UnknownProvider
 from .i18n import gettext, lazy_gettext, ngettext
 from .models import own_session, utcnow
 from .providers import registry
-from .providers.registry import UnknownProvider
+from .state import MailOAuthState
 from .tokens import ACTIVE, MISCONFIGURED, REAUTHORIZE, RETRYING
 
 #: seconds of difference between the host's and the IdP's clocks that raise a warning
@@ -36,9 +37,6 @@ STATUS_WORDS = {
     MISCONFIGURED: lazy_gettext("configuration error"),
     NOT_AUTHORIZED: lazy_gettext("not authorized"),
 }
-
-if TYPE_CHECKING:
-    from .extension import MailOAuthState
 
 
 @dataclass(frozen=True)
