@@ -22,8 +22,8 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_mailoauth import MailboxSettings, MailOAuth
 from flask_mailoauth.crypto import generate_key
-from flask_mailoauth.extension import MailOAuthState
 from flask_mailoauth.models import utcnow
+from flask_mailoauth.state import MailOAuthState
 from flask_mailoauth.testing import seed_account
 from peers import peer_missing
 from peers.dovecot import Dovecot

@@ -6,21 +6,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
 from . import signals
-from .crypto import DecryptionError
+from .errors import DecryptionError
 from .health import account_health
 from .i18n import gettext, lazy_gettext
 from .models import own_session, utcnow
 from .outbound import OutboundHTTP
 from .providers import registry
+from .state import MailOAuthState
 from .vocabulary import CredentialStatus, EventKind
-
-if TYPE_CHECKING:
-    from .extension import MailOAuthState
 
 #: characters of a token the Token tab shows; the rest is shrouded
 SHOWN_CHARACTERS = 2

@@ -14,13 +14,13 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import accounts, tokens
+from . import accounts, connections, tokens
 from .errors import MailOAuthError
-from .extension import state
-from .health import status_words
+from .health import health, status_words
 from .i18n import gettext, ngettext
 from .models import SECRET_FIELDS, own_session, utcnow
 from .settings import PURPOSES
+from .state import state
 from .vocabulary import CredentialStatus
 
 logger = logging.getLogger("flask_mailoauth")
@@ -37,7 +37,7 @@ purpose_option = click.option(
 @mailoauth_cli.command("list")
 def list_accounts() -> None:
     """One line per account: key, purpose, provider, status, expiry."""
-    for h in state().extension.health():
+    for h in health(state()):
         expires = f"{h.expires_at:%Y-%m-%d %H:%M} UTC" if h.expires_at else "-"
         enabled = "" if h.enabled else " (disabled)"
         click.echo(f"{h.key}\t{h.purpose}\t{h.provider}\t{h.status}{enabled}\t{expires}\t{h.name}")
@@ -51,7 +51,7 @@ def status(as_json: bool) -> None:
     A disabled account is shown as ``[off]`` with its stored status and never fails the exit
     code: the admin turned it off on purpose (for monitoring; see docs/operations.rst).
     """
-    accounts = state().extension.health()
+    accounts = health(state())
     if as_json:
         click.echo(json.dumps([h.as_dict() for h in accounts], indent=2))
     else:
@@ -226,7 +226,8 @@ def test(key: str, purpose: str | None) -> None:
     for wanted in [purpose] if purpose else PURPOSES:
         if wanted == "smtp" and purpose is None and not _has_account(key, "smtp"):
             continue
-        for result in state().extension.test_connection(key, wanted):
+        timeout = state().config.mail_timeout
+        for result in connections.check(state(), key, wanted, timeout=timeout):
             ok &= result.ok
             outcome = gettext("OK") if result.ok else gettext("FAILED")
             click.echo(f"{result.protocol}: {outcome}")

@@ -19,17 +19,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import MailOAuthError
+from .errors import DecryptionError
 from .i18n import gettext
 
 VERSION = b"\x01"
 _KEY_ID_LEN = 4
 _NONCE_LEN = 12
 _HEADER_LEN = len(VERSION) + _KEY_ID_LEN + _NONCE_LEN
-
-
-class DecryptionError(MailOAuthError):
-    """A stored secret cannot be decrypted: wrong key ring, tampered or moved value."""
 
 
 def generate_key() -> str:

@@ -2,57 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import imaplib
 import poplib
 import smtplib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from flask import Flask, appcontext_pushed, current_app
+from flask import Flask, appcontext_pushed
 
-from . import crypto, logs, mail, migrations
+from . import cli, connections, logs, migrations, tokens, views
 from .config import DEFAULTS, Config, keyring
-from .errors import MailboxNotFound, MailOAuthError, NotConfigured, SetupError
-from .i18n import gettext
-from .models import Models, models_for, own_session
-from .providers.base import MailServer
+from .errors import SetupError
+from .flashes import banner_kind
+from .health import AccountHealth, health
+from .mail import CheckResult
+from .models import models_for
 from .settings import PURPOSES, MailboxSettings, Purpose
-from .vocabulary import FlashKind
-
-if TYPE_CHECKING:
-    from .health import AccountHealth
+from .state import AccessCheck, AccountPage, Hooks, MailboxLoader, MailOAuthState, state
 
 logger = logs.logger
-
-
-MailboxLoader = Callable[[str], MailboxSettings | None]
-AccessCheck = Callable[[], bool]
-AccountPage = Callable[[str, str], str]
-Conn = TypeVar("Conn")
-
-
-@dataclass
-class MailOAuthState:
-    """What one app holds in ``app.extensions["mailoauth"]``."""
-
-    extension: MailOAuth
-    db: Any
-    models: Models
-    keyring: crypto.KeyRing
-    #: the checked ``MAILOAUTH_*`` settings, built once by ``init_app``
-    config: Config
-    cache: dict[Any, Any] = field(default_factory=dict)
-
-    def seal(self, row: Any, name: str, value: str) -> None:
-        """Encrypt ``value`` into the secret column ``name`` of ``row``, bound to both."""
-        setattr(row, name, self.keyring.encrypt(value, aad=row.aad(name)))
-
-    def reveal(self, row: Any, name: str) -> str:
-        """Decrypt the secret column ``name`` of ``row``."""
-        return self.keyring.decrypt(getattr(row, name), aad=row.aad(name))
 
 
 class MailOAuth:
@@ -65,9 +32,7 @@ class MailOAuth:
 
     def __init__(self, app: Flask | None = None, *, db: Any = None) -> None:
         self.db = db
-        self._mailbox_loader: MailboxLoader | None = None
-        self._access_check: AccessCheck | None = None
-        self._account_page: AccountPage | None = None
+        self._hooks = Hooks()
         if app is not None:
             self.init_app(app, db=db)
 
@@ -90,13 +55,15 @@ class MailOAuth:
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         config = Config.from_mapping(app.config)
-
-        from . import cli, views
-
         with app.app_context():  # so a warning about the keys reaches app.logger's handlers
             ring = keyring(app.config)
         app.extensions["mailoauth"] = MailOAuthState(
-            extension=self, db=db, models=models_for(db), keyring=ring, config=config
+            extension=self,
+            db=db,
+            models=models_for(db),
+            keyring=ring,
+            config=config,
+            hooks=self._hooks,
         )
         app.register_blueprint(views.blueprint, url_prefix=config.url_prefix)
         app.add_template_global(views.config_button, "mailoauth_config_button")
@@ -110,7 +77,7 @@ class MailOAuth:
 
     def mailbox_loader(self, callback: MailboxLoader) -> MailboxLoader:
         """Decorator: ``callback(key)`` returns the host's :class:`MailboxSettings` or ``None``."""
-        self._mailbox_loader = callback
+        self._hooks.mailbox_loader = callback
         return callback
 
     def access_check(self, callback: AccessCheck) -> AccessCheck:
@@ -118,7 +85,7 @@ class MailOAuth:
 
         Without one, every view of the extension answers 403.
         """
-        self._access_check = callback
+        self._hooks.access_check = callback
         return callback
 
     def account_page(self, callback: AccountPage) -> AccountPage:
@@ -127,7 +94,7 @@ class MailOAuth:
         The admin lands there after authorizing. Without it, the page the modal was opened from
         is used (same origin only).
         """
-        self._account_page = callback
+        self._hooks.account_page = callback
         return callback
 
     # -- tokens and mail ---------------------------------------------------------------------
@@ -138,8 +105,6 @@ class MailOAuth:
         Raises :class:`~flask_mailoauth.errors.NotConfigured`, ``AccountDisabled``,
         ``ReauthorizationRequired``, ``ConfigurationError`` or ``TemporarilyUnavailable``.
         """
-        from . import tokens
-
         return tokens.access_token(state(), key, _purpose(purpose))
 
     def refresh(self, key: str, purpose: Purpose = "mailbox") -> str:
@@ -148,240 +113,54 @@ class MailOAuth:
         Any failure raises (``TemporarilyUnavailable`` included), even while the current token
         is still valid: the caller asked for a refresh and learns that it did not happen.
         """
-        from . import tokens
-
         return tokens.refresh(state(), key, _purpose(purpose))
 
     def health(self) -> list[AccountHealth]:
         """Every account with its status and the warnings an admin should see."""
-        from .health import health
-
         return health(state())
 
     def connect_imap(self, key: str) -> imaplib.IMAP4:
         """An IMAP connection, signed in with a fresh token, with the mailbox's folder selected.
 
         Like :meth:`connect_pop3` and :meth:`connect_smtp`, a token the server refuses is
-        refreshed once and tried again on a new connection (see :meth:`_signed_in`).
+        refreshed once and tried again on a new connection; a second refusal is raised with
+        guidance beyond the token.
         """
-        settings, server = self._server(key, "imap", "mailbox")
-        conn = self._signed_in(
-            key,
-            "mailbox",
-            connect=partial(mail.open_imap, server, timeout=_mail_timeout()),
-            login=lambda conn, token: mail.imap_login(conn, settings.address, token),
-            close=imaplib.IMAP4.shutdown,
-        )
-        try:
-            mail.select_folder(conn, settings.folder)
-        except BaseException:
-            conn.shutdown()
-            raise
-        return conn
+        return connections.imap(state(), key, timeout=_mail_timeout())
 
     def connect_pop3(self, key: str) -> poplib.POP3:
         """A POP3 connection, signed in with a fresh token."""
-        settings, server = self._server(key, "pop3", "mailbox")
-        return self._signed_in(
-            key,
-            "mailbox",
-            connect=partial(mail.open_pop3, server, timeout=_mail_timeout()),
-            login=lambda conn, token: mail.pop3_login(conn, settings.address, token),
-            close=poplib.POP3.close,
-        )
+        return connections.pop3(state(), key, timeout=_mail_timeout())
 
     def connect_smtp(self, key: str, *, purpose: Purpose = "smtp") -> smtplib.SMTP:
         """An SMTP connection, signed in as the mailbox's sender address.
 
         ``purpose="mailbox"`` reuses the mailbox's token (a host's "Same as Remote Mailbox").
         """
-        purpose = _purpose(purpose)
-        settings, server = self._server(key, "smtp", purpose)
-        return self._signed_in(
-            key,
-            purpose,
-            connect=partial(mail.open_smtp, server, timeout=_mail_timeout()),
-            login=lambda conn, token: mail.smtp_login(conn, settings.sender, token),
-            close=smtplib.SMTP.close,
-        )
+        return connections.smtp(state(), key, _purpose(purpose), timeout=_mail_timeout())
 
-    def _signed_in(
-        self,
-        key: str,
-        purpose: Purpose,
-        *,
-        connect: Callable[[], Conn],
-        login: Callable[[Conn, str], object],
-        close: Callable[[Conn], object],
-    ) -> Conn:
-        """A new connection signed in with the account's token.
-
-        The database may hold a token the mail server no longer takes (revoked, or the server
-        restarted with new keys). When the server refuses the token itself, it is refreshed
-        once (forced) and tried once more on a new connection; a second refusal is raised with
-        guidance beyond the token. Network, TLS and protocol errors are raised at once, and so
-        is the typed error of a refresh that fails.
-        """
-        token = self.access_token(key, purpose)
-        refreshed = False
-        while True:
-            conn = connect()
-            try:
-                login(conn, token)
-                return conn
-            except mail.MailAuthenticationError as exc:
-                with contextlib.suppress(Exception):
-                    close(conn)
-                if refreshed:
-                    raise exc.after_refresh() from exc
-                if not exc.token_refused:
-                    raise
-                logger.info(
-                    "The mail server refused the token of %s (%s); refreshing it once.",
-                    key,
-                    purpose,
-                )
-                # A failed refresh raises its typed error, with the refusal as its context.
-                token = self.refresh(key, purpose)
-                refreshed = True
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    close(conn)
-                raise
-
-    def test_connection(self, key: str, purpose: Purpose = "mailbox") -> list[mail.CheckResult]:
+    def test_connection(self, key: str, purpose: Purpose = "mailbox") -> list[CheckResult]:
         """Sign in for real and report each step of every protocol the account serves: IMAP or
         POP3 for ``mailbox`` (and SMTP too when the mailbox's ``smtp_purpose`` is ``"mailbox"``,
         a host's "Same as Remote Mailbox"), SMTP for ``smtp``.
 
         Never raises for a refused token or an unreachable server: the results say what failed.
         """
-        purpose = _purpose(purpose)
-        settings = self.mailbox(key)
-        if purpose == "smtp":
-            return [self._check(key, "smtp", purpose)]
-        checks = [self._check(key, settings.protocol, purpose)]
-        if settings.smtp_purpose == purpose:
-            checks.append(self._check(key, "smtp", purpose))
-        return checks
-
-    def _check(self, key: str, protocol: str, purpose: Purpose) -> mail.CheckResult:
-        """One protocol's connection check, signing in with the ``purpose`` account's token."""
-        timeout = state().config.mail_timeout
-
-        def token() -> str:
-            return self.access_token(key, purpose)
-
-        try:
-            settings, server = self._server(key, protocol, purpose, require_account=False)
-        except MailOAuthError as exc:
-            step = mail.CheckStep(gettext("settings"), False, 0.0, str(exc))
-            return mail.CheckResult(protocol.upper(), False, [step])
-        if protocol == "smtp":
-            # Sign in as the SMTP address, then try the mailbox's own address as sender: when
-            # they differ (a delegate for a shared mailbox, an alias), a missing Send As right
-            # shows as the "sender" step instead of passing unnoticed.
-            return mail.check_smtp(
-                server, settings.sender, token, mail_from=settings.address, timeout=timeout
-            )
-        check = mail.check_imap if protocol == "imap" else mail.check_pop3
-        return check(server, settings.address, token, timeout=timeout)
-
-    def _server(
-        self, key: str, protocol: str, purpose: Purpose, *, require_account: bool = True
-    ) -> tuple[MailboxSettings, MailServer]:
-        """The mailbox's settings and its ``protocol`` server, with the defaults of the provider
-        of the account that signs in (``purpose``) filled in.
-
-        Without that account: ``NotConfigured`` saying so, unless ``require_account`` is off
-        and the host's settings name the server themselves.
-        """
-        from . import accounts
-        from .providers import registry
-
-        settings = self.mailbox(key)
-        st = state()
-        defaults = None
-        with own_session(st.db) as s:
-            account = accounts.find(s, st.models, key, purpose)
-            if account is not None:
-                defaults = registry.get(account.provider).mail_servers(account.config)
-        if account is None and require_account:
-            raise NotConfigured(_no_account(key, purpose))
-        try:
-            return settings, mail.resolve_server(settings, protocol, defaults)
-        except SetupError:
-            if account is None:
-                raise NotConfigured(_no_account(key, purpose)) from None
-            raise
+        return connections.check(state(), key, _purpose(purpose), timeout=_mail_timeout())
 
     def may_manage(self) -> bool:
         """Whether the current request may use the extension's views."""
-        return self._access_check is not None and bool(self._access_check())
+        return self._hooks.may_manage()
 
     def mailbox(self, key: str) -> MailboxSettings:
         """The host's settings for mailbox ``key``, from its ``mailbox_loader``."""
-        if self._mailbox_loader is None:
-            raise SetupError(
-                "No mailbox loader registered: decorate a function taking a key and returning "
-                "MailboxSettings with @mailoauth.mailbox_loader."
-            )
-        settings = self._mailbox_loader(key)
-        if settings is None:
-            raise MailboxNotFound(f"The mailbox loader knows no mailbox with key {key!r}.")
-        if not isinstance(settings, MailboxSettings):
-            raise SetupError(
-                f"The mailbox loader returned {type(settings).__name__}; "
-                "it must return MailboxSettings or None."
-            )
-        return settings
-
-
-def state() -> MailOAuthState:
-    """The current app's extension state, with a helpful error when it is missing."""
-    try:
-        return current_app.extensions["mailoauth"]
-    except KeyError:
-        raise SetupError(
-            "flask-mailoauth is not registered on this app. Did you forget to call "
-            "mailoauth.init_app(app, db=db)?"
-        ) from None
-
-
-def flash_category(kind: FlashKind) -> str:
-    """The host's flash category for ``kind`` (``MAILOAUTH_FLASH_CATEGORIES``, else the kind)."""
-    return state().config.flash_categories.get(kind.value, kind.value)
-
-
-def banner_kind(category: str) -> str:
-    """The kind (``success``/``error``) a flashed ``category`` stands for: our own pages style
-    their banners by kind, whatever category the host maps it to."""
-    for kind, mapped in state().config.flash_categories.items():
-        if mapped == category:
-            return kind
-    return category
+        return self._hooks.mailbox(key)
 
 
 def _purpose(purpose: str) -> Purpose:
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be 'mailbox' or 'smtp', not {purpose!r}.")
     return purpose  # type: ignore[return-value]
-
-
-def _no_account(key: str, purpose: Purpose) -> str:
-    """What to do when ``key`` has no OAuth2 account for ``purpose``."""
-    if purpose == "smtp":
-        return gettext(
-            "No SMTP account is configured for mailbox %(key)r: open Config next to its SMTP "
-            "authentication and authorize one, or sign in to SMTP with the mailbox's own account "
-            "(SMTP 'Same as Remote Mailbox'): connect_smtp(key, purpose=\"mailbox\").",
-            key=key,
-        )
-    return gettext(
-        "No OAuth2 account is configured for mailbox %(key)r: open Config next to its "
-        "mailbox authentication, fill the IdP Config and Submit to authorize it.",
-        key=key,
-    )
 
 
 def _mail_timeout() -> float:

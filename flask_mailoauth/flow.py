@@ -18,7 +18,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import jwt
@@ -26,18 +26,21 @@ import requests
 import sqlalchemy as sa
 
 from . import signals
-from .crypto import DecryptionError
-from .errors import AuthorizationFailed, MailOAuthError
+from .errors import (
+    AuthorizationFailed,
+    DecryptionError,
+    MailOAuthError,
+    OutboundError,
+    TokenRequestFailed,
+)
 from .i18n import gettext, lazy_gettext
 from .models import clean_text, own_session, row_lock, utcnow
-from .oauth import TokenRequestFailed, TokenResponse, request_token
-from .outbound import OutboundError, OutboundHTTP, OutboundPolicy
+from .oauth import TokenResponse, request_token
+from .outbound import OutboundHTTP, OutboundPolicy
 from .providers import registry
 from .providers.base import Identity, Provider
+from .state import MailOAuthState
 from .vocabulary import CredentialStatus, EventKind, EventLevel, FailureKind
-
-if TYPE_CHECKING:
-    from .extension import MailOAuthState
 
 #: id_token signature algorithms accepted (never "none", never a shared-secret HMAC)
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
@@ -493,7 +496,7 @@ def _protocols(st: MailOAuthState, key: str, purpose: str) -> tuple[str, ...]:
     if purpose == "smtp":
         return ("smtp",)
     try:
-        return (st.extension.mailbox(key).protocol,)
+        return (st.hooks.mailbox(key).protocol,)
     except MailOAuthError:
         return ()
 

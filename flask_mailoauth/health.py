@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
 from .config import Config
+from .errors import UnknownProvider
 from .i18n import gettext, lazy_gettext, ngettext
 from .models import own_session, utcnow
 from .providers import registry
-from .providers.registry import UnknownProvider
+from .state import MailOAuthState
 from .vocabulary import REFUSED, CredentialStatus
 
 #: seconds of difference between the host's and the IdP's clocks that raise a warning
@@ -34,9 +35,6 @@ STATUS_WORDS = {
     CredentialStatus.CONFIGURATION_ERROR: lazy_gettext("configuration error"),
     CredentialStatus.NOT_AUTHORIZED: lazy_gettext("not authorized"),
 }
-
-if TYPE_CHECKING:
-    from .extension import MailOAuthState
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from .errors import MailOAuthError, SetupError
+from .errors import (
+    TOKEN_STATUSES,
+    MailAuthenticationError,
+    MailCommandRefused,
+    MailConnectionError,
+    MailOAuthError,
+    SetupError,
+    refusal_guidance,
+)
 from .i18n import LazyText, gettext, lazy_gettext
 from .providers.base import MailServer, MailServers
 from .sasl import ErrorChallenge, decode_error_challenge, oauthbearer, xoauth2
@@ -98,143 +106,11 @@ _NETWORK_FAILURES: tuple[tuple[type[BaseException], LazyText, LazyText], ...] = 
         ),
     ),
 )
-SMTP_AUTH_DISABLED = lazy_gettext(
-    "SMTP AUTH is disabled for the tenant or mailbox: enable Authenticated SMTP."
-)
-# Error challenge statuses that say the token itself is bad (RFC 7628, and Google's HTTP-style
-# "401"): a refreshed token may be accepted. Other statuses (insufficient_scope, invalid_request)
-# say something a new token of the same grant would not change.
-_TOKEN_STATUSES = ("invalid_token", "401")
 SEND_AS_MISSING = lazy_gettext("The account lacks Send As permission on this address.")
 
 T = TypeVar("T")
 # A server's answer to one client line: True accepted, False refused, None a continuation.
 _Reply = tuple[bool | None, bytes]
-
-
-class MailConnectionError(MailOAuthError):
-    """The mail server could not be reached, or TLS could not be set up with it."""
-
-    def __init__(
-        self, message: str, *, protocol: str, host: str, port: int, guidance: str = ""
-    ) -> None:
-        super().__init__(message)
-        self.protocol = protocol
-        self.host = host
-        self.port = port
-        self.guidance = guidance
-
-
-class MailAuthenticationError(MailOAuthError):
-    """The mail server refused the token; carries its final reply and decoded error challenge.
-
-    :attr:`token_refused` is True when the server refused the token itself (after it was sent:
-    an ``invalid_token`` challenge, a plain IMAP ``NO``, POP3 ``-ERR`` or SMTP ``535``), so a
-    refreshed token may be accepted; False for protocol errors and refusals a new token would
-    not change. :attr:`refreshed` is True when the token was refreshed for this attempt.
-    """
-
-    def __init__(
-        self,
-        protocol: str,
-        mechanism: str,
-        reply: str,
-        challenge: ErrorChallenge | None = None,
-        *,
-        token_refused: bool = False,
-        refreshed: bool = False,
-    ) -> None:
-        sentences = [
-            gettext(
-                "%(protocol)s %(mechanism)s sign-in refused: %(reply)s",
-                protocol=protocol,
-                mechanism=mechanism,
-                reply=reply or gettext("no reply"),
-            )
-        ]
-        if challenge is not None:
-            sentences.append(challenge.describe())
-        if refreshed:
-            sentences.append(gettext("The token had just been refreshed."))
-        super().__init__(" ".join(sentences))
-        self.protocol = protocol
-        self.mechanism = mechanism
-        self.reply = reply
-        self.challenge = challenge
-        self.token_refused = token_refused
-        self.refreshed = refreshed
-        self.guidance = _auth_guidance(protocol, reply, challenge, refreshed=refreshed)
-
-    def after_refresh(self) -> MailAuthenticationError:
-        """The same refusal, of a token refreshed just before: its guidance looks elsewhere."""
-        return MailAuthenticationError(
-            self.protocol,
-            self.mechanism,
-            self.reply,
-            self.challenge,
-            token_refused=self.token_refused,
-            refreshed=True,
-        )
-
-
-class MailCommandRefused(MailOAuthError):
-    """A command after sign-in was refused (SELECT, STAT, MAIL FROM); carries guidance."""
-
-    def __init__(self, message: str, guidance: str) -> None:
-        super().__init__(message)
-        self.guidance = guidance
-
-
-def _auth_guidance(
-    protocol: str,
-    reply: str,
-    challenge: ErrorChallenge | None = None,
-    *,
-    refreshed: bool = False,
-    signed_in: bool = False,
-) -> str:
-    """One line telling the admin what a refusal usually means: of the token at sign-in, or
-    (``signed_in``) of a command after the sign-in worked (Exchange's "authenticated but not
-    connected")."""
-    if protocol == "SMTP" and ("5.7.3" in reply or "5.7.139" in reply):
-        return str(SMTP_AUTH_DISABLED)
-    name = "POP" if protocol == "POP3" else protocol
-    if refreshed and protocol == "SMTP":
-        return gettext(
-            "The identity provider issued a new token and the mail server refused it too: check "
-            "that the signed-in account may use this mailbox (permissions, delegation), that the "
-            "SMTP send scopes were consented, and the mail server's OAuth2 settings (SMTP "
-            "enabled for the mailbox, the token's audience and issuer accepted)."
-        )
-    if refreshed:
-        return gettext(
-            "The identity provider issued a new token and the mail server refused it too: check "
-            "that the signed-in account may use this mailbox (permissions, delegation), that the "
-            "%(name)s scopes were consented, and the mail server's OAuth2 settings (%(name)s "
-            "enabled for the mailbox, the token's audience and issuer accepted).",
-            name=name,
-        )
-    if protocol == "SMTP":
-        advice = gettext(
-            "The mail server refused the token: check the SMTP send scope was consented."
-        )
-    elif signed_in:
-        advice = gettext(
-            "The sign-in worked but the mail server refused the token: check the %(name)s "
-            "scopes were consented and %(name)s is enabled on the mailbox.",
-            name=name,
-        )
-    else:
-        advice = gettext(
-            "The mail server refused the token at sign-in: check the %(name)s scopes were "
-            "consented, %(name)s is enabled on the mailbox, and the account that signed in may "
-            "use it.",
-            name=name,
-        )
-    if challenge is not None and challenge.status in _TOKEN_STATUSES:
-        hint = gettext("If the grant was revoked, use Refresh now, or authorize again.")
-        return f"{advice} {hint}"
-    return advice
 
 
 def _connection_error(
@@ -326,7 +202,7 @@ class _Conversation:
         return self
 
     def _refused(self, reply: str, *, about_token: bool = False) -> MailAuthenticationError:
-        challenged = self.challenge is None or self.challenge.status in _TOKEN_STATUSES
+        challenged = self.challenge is None or self.challenge.status in TOKEN_STATUSES
         return MailAuthenticationError(
             self.protocol,
             self.mechanism,
@@ -846,7 +722,7 @@ def _imap_inbox(conn: imaplib.IMAP4) -> str:
     if typ != "OK":
         raise MailCommandRefused(
             gettext("INBOX refused: %(status)s %(reply)s", status=typ, reply=reply),
-            _auth_guidance("IMAP", reply, signed_in=True),
+            refusal_guidance("IMAP", reply, signed_in=True),
         )
     if not reply:
         return gettext("INBOX has an unknown number of messages.")
@@ -884,7 +760,7 @@ def _pop3_stat(conn: poplib.POP3) -> str:
         reply = str(exc)
         raise MailCommandRefused(
             gettext("STAT refused: %(reply)s", reply=reply),
-            _auth_guidance("POP3", reply, signed_in=True),
+            refusal_guidance("POP3", reply, signed_in=True),
         ) from exc
     return gettext("%(count)s messages, %(size)s bytes.", count=count, size=size)
 
@@ -989,5 +865,5 @@ def select_folder(conn: imaplib.IMAP4, folder: str) -> None:
         reply = (data[-1] or b"").decode("utf-8", "replace") if data else ""
         raise MailCommandRefused(
             gettext("SELECT %(folder)s refused: %(reply)s", folder=folder, reply=reply),
-            _auth_guidance("IMAP", reply, signed_in=True),
+            refusal_guidance("IMAP", reply, signed_in=True),
         )

@@ -22,18 +22,18 @@ from typing import Any
 import jwt
 import requests
 
-from .errors import FailureKind, MailOAuthError, ProviderFailure
-from .i18n import gettext, lazy_gettext
-from .models import utcnow
-from .outbound import (
+from .errors import (
     AddressRefused,
     DeadlineExceeded,
-    OutboundPolicy,
+    FailureKind,
+    ProviderFailure,
     RedirectRefused,
     ResponseTooLarge,
-    call_timeout,
-    session,
+    TokenRequestFailed,
 )
+from .i18n import gettext, lazy_gettext
+from .models import utcnow
+from .outbound import OutboundPolicy, call_timeout, session
 from .providers.base import Provider
 
 logger = logging.getLogger("flask_mailoauth")
@@ -61,14 +61,6 @@ _MALFORMED_GUIDANCE = lazy_gettext(
     "The identity provider sent a token answer this extension cannot use; it is retried. If it "
     "persists, check the token endpoint and the identity provider's logs."
 )
-
-
-class TokenRequestFailed(MailOAuthError):
-    """The token endpoint refused or could not be reached; :attr:`failure` says which."""
-
-    def __init__(self, failure: ProviderFailure) -> None:
-        super().__init__(failure.summary())
-        self.failure = failure
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -41,7 +41,13 @@ from urllib3.util import Timeout
 from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
-from .errors import MailOAuthError
+from .errors import (
+    AddressRefused,
+    DeadlineExceeded,
+    RedirectRefused,
+    ResponseTooLarge,
+    UrlRefused,
+)
 from .i18n import gettext
 from .providers.base import check_endpoint_url
 
@@ -55,41 +61,6 @@ _CHUNK = 64 * 1024
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class OutboundError(MailOAuthError, requests.RequestException):
-    """An outbound rule stopped a call to the identity provider; the message says what to fix.
-
-    It is also a ``requests.RequestException`` so that code which treats any network failure as
-    "could not be reached" keeps doing so. Messages never quote what the target sent.
-    """
-
-    #: decided before any connection: the message tells nothing about the target's ports
-    before_connecting: ClassVar[bool] = False
-
-
-class AddressRefused(OutboundError):
-    """The host resolves to an address outbound calls may not reach (SSRF protection)."""
-
-    before_connecting = True
-
-
-class RedirectRefused(OutboundError):
-    """A redirect that must not be followed: from a POST, to a non-https URL, or too many."""
-
-
-class UrlRefused(RedirectRefused):
-    """The URL called breaks the endpoint rules (scheme, host name); nothing was sent."""
-
-    before_connecting = True
-
-
-class ResponseTooLarge(OutboundError):
-    """The answer is larger than ``MAILOAUTH_MAX_RESPONSE_BYTES``."""
-
-
-class DeadlineExceeded(OutboundError, requests.Timeout):
-    """The call took longer than its total deadline and was aborted."""
 
 
 @dataclass(frozen=True)

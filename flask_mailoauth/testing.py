@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .extension import state
 from .models import own_session, utcnow
 from .providers import registry
 from .settings import Purpose
+from .state import state
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def seed_account(
     st = state()
     chosen = registry.get(provider)
     config = {**chosen.defaults(), **(config or {})}
-    address = address or st.extension.mailbox(key).address
+    address = address or st.hooks.mailbox(key).address
     expires_at = utcnow() + timedelta(seconds=expires_in)
     with own_session(st.db) as session:
         account = st.models.Account(

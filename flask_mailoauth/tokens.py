@@ -26,9 +26,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
@@ -44,62 +44,20 @@ from .errors import (
     ProviderFailure,
     ReauthorizationRequired,
     TemporarilyUnavailable,
+    TokenRequestFailed,
 )
 from .i18n import gettext
 from .models import own_session, row_lock, utcnow
-from .oauth import TokenRequestFailed, TokenResponse, request_token, unexpected_failure
+from .oauth import TokenResponse, request_token, unexpected_failure
 from .providers import registry
 from .providers.base import Provider
+from .state import CachedToken, MailOAuthState, token_due
 from .vocabulary import REFUSED, STATUS_AFTER, CredentialStatus, EventKind, EventLevel, FailureKind
-
-if TYPE_CHECKING:
-    from .extension import MailOAuthState
 
 logger = logging.getLogger("flask_mailoauth")
 
 #: a token with less left (capped at half its lifetime) is expired: no caller gets it
 _LAST_SECONDS = timedelta(seconds=5)
-#: a change of the wall clock against the monotonic one beyond this (seconds) is a clock step
-_CLOCK_STEP = 2.0
-
-
-def _wall_offset() -> float:
-    """The wall clock minus the monotonic one: it changes only when the wall clock steps."""
-    return time.time() - time.monotonic()
-
-
-@dataclass(frozen=True)
-class CachedToken:
-    """A token this process may hand out; past ``MAILOAUTH_CACHE_TTL`` the database is asked
-    again, and the entry stays as a fallback while the database fails, until it expires."""
-
-    access_token: str
-    expires_at: datetime
-    cached_at: float
-    #: when the token was obtained; with ``expires_at`` it caps the leeway (``_due``)
-    obtained_at: datetime | None = None
-    #: the database refused it so far: served beyond the TTL while a retry stores it
-    unstored: bool = False
-    #: host minus IdP clock (seconds) measured when this process obtained the token
-    clock_skew: float | None = None
-    #: :func:`_wall_offset` when the entry was made: tells whether the wall clock stepped since
-    wall_offset: float = field(default_factory=_wall_offset)
-
-    def now(self) -> datetime:
-        """Now on the clock ``expires_at`` is on: the IdP's, while the host clock that was
-        measured fast has not stepped since (a later correction makes the host clock right)."""
-        now = utcnow()
-        skew = self.clock_skew or 0.0
-        if skew > 0 and abs(_wall_offset() - self.wall_offset) < _CLOCK_STEP:
-            return now - timedelta(seconds=skew)
-        return now
-
-    def due(self, leeway: timedelta) -> bool:
-        """Whether it must be refreshed before use (see ``_due``), on :meth:`now`'s clock."""
-        return _due(self.expires_at, self.obtained_at, leeway, self.now())
-
-    def __repr__(self) -> str:
-        return f"<CachedToken expires_at={self.expires_at.isoformat()}>"
 
 
 _process_locks: dict[tuple[int, str, str], threading.Lock] = {}
@@ -115,7 +73,7 @@ def _process_lock(st: MailOAuthState, key: str, purpose: str) -> threading.Lock:
 
 def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
     """A token valid for more than ``MAILOAUTH_REFRESH_LEEWAY`` seconds, or than half its
-    lifetime when that is shorter (see module doc and ``_due``).
+    lifetime when that is shorter (see module doc and ``token_due``).
 
     While another worker refreshes, the current token is returned at once if it is still
     valid. A database failure raises :class:`TemporarilyUnavailable`, or serves the valid token
@@ -295,30 +253,11 @@ def _refused(name: str, credential: Any) -> ReauthorizationRequired | Configurat
     )
 
 
-def _due(
-    expires_at: datetime,
-    obtained_at: datetime | None,
-    leeway: timedelta,
-    now: datetime | None = None,
-) -> bool:
-    """Whether a token must be refreshed before use: valid for no more than the leeway.
-
-    The leeway is capped at half the token's lifetime: a token that lives less than the leeway
-    (Keycloak's default 300 s at the default leeway, the test IdP's 2 s) is used for the first
-    half of its life. Otherwise it would be due the moment it is issued, every call would
-    refresh, and each of N callers queued behind a refresh would refresh again. ``now``
-    defaults to the host's clock.
-    """
-    if obtained_at is not None:
-        leeway = min(leeway, max(expires_at - obtained_at, timedelta(0)) / 2)
-    return expires_at - (now or utcnow()) <= leeway
-
-
 def _expired(
     expires_at: datetime, obtained_at: datetime | None, now: datetime | None = None
 ) -> bool:
     """Whether a token is too close to its end to hand out, even while a refresh runs."""
-    return _due(expires_at, obtained_at, _LAST_SECONDS, now)
+    return token_due(expires_at, obtained_at, _LAST_SECONDS, now)
 
 
 def _obtained_at(credential: Any) -> datetime | None:
@@ -357,7 +296,7 @@ def _still_served(credential: Any) -> bool:
 
 def _usable(st: MailOAuthState, credential: Any, account: Any, leeway: timedelta) -> str | None:
     """The stored token when valid beyond the leeway (and cache it), else ``None``."""
-    if _due(credential.expires_at, _obtained_at(credential), leeway):
+    if token_due(credential.expires_at, _obtained_at(credential), leeway):
         return None
     token = st.reveal(credential, "access_token")
     _remember(st, credential, account, token)
@@ -769,7 +708,7 @@ def _record_failure(
 ) -> None:
     """Store the failure on the credential (never deleting anything) and log the event."""
     leeway = timedelta(seconds=config.refresh_leeway)
-    was_due = _due(credential.expires_at, _obtained_at(credential), leeway)
+    was_due = token_due(credential.expires_at, _obtained_at(credential), leeway)
     credential.failure_count += 1
     credential.status = STATUS_AFTER[failure.kind]
     credential.last_error_code = (failure.code or "")[:64] or None

@@ -24,17 +24,19 @@ from flask import (
     session,
     url_for,
 )
+from flask_wtf.csrf import CSRFError, validate_csrf
 from markupsafe import Markup
+from wtforms import ValidationError
 
-from . import accounts, flow, i18n, tokens
-from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError
-from .extension import MailOAuthState, flash_category, state
+from . import accounts, connections, flow, i18n, tokens
+from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError, UnknownProvider
+from .flashes import flash_category
 from .forms import account_form
 from .health import CONFIG_CHANGED, STATUS_WORDS
 from .i18n import gettext, lazy_gettext
 from .providers import registry
-from .providers.registry import UnknownProvider
 from .settings import PURPOSES
+from .state import MailOAuthState, state
 from .vocabulary import EventKind, FlashKind
 
 blueprint = Blueprint(
@@ -88,10 +90,10 @@ def require_access() -> None:
     """Every view but the static files is behind the host's ``access_check`` (403 without)."""
     if request.endpoint == "mailoauth.static":
         return
-    extension = state().extension
-    if extension._access_check is None:
+    hooks = state().hooks
+    if hooks.access_check is None:
         abort(403, description=NO_ACCESS_CHECK)
-    if not extension.may_manage():
+    if not hooks.may_manage():
         abort(403, description=gettext("You are not allowed to manage mail OAuth settings."))
 
 
@@ -141,7 +143,7 @@ def _mailbox(key: str, purpose: str):
     if purpose not in PURPOSES:
         abort(404)
     try:
-        return state().extension.mailbox(key)
+        return state().hooks.mailbox(key)
     except MailboxNotFound:
         abort(404, description=gettext("No mailbox %(key)r.", key=key))
 
@@ -150,7 +152,7 @@ def _address(mailbox, purpose: str) -> str:
     return mailbox.sender if purpose == "smtp" else mailbox.address
 
 
-class NotAnOAuthChoice(UnknownProvider):
+class _NotAnOAuthChoice(UnknownProvider):
     """The host page asked for a provider that is not registered ("basic", a typo)."""
 
     def __init__(self, wanted: str) -> None:
@@ -165,12 +167,12 @@ def _requested_provider() -> str | None:
         try:
             registry.get(wanted)
         except UnknownProvider:
-            raise NotAnOAuthChoice(wanted) from None
+            raise _NotAnOAuthChoice(wanted) from None
     return wanted
 
 
-@blueprint.errorhandler(NotAnOAuthChoice)
-def not_an_oauth_choice(exc: NotAnOAuthChoice) -> Response:
+@blueprint.errorhandler(_NotAnOAuthChoice)
+def not_an_oauth_choice(exc: _NotAnOAuthChoice) -> Response:
     """Config pressed on a non-OAuth choice (the host's "Basic"): a readable dialog to close."""
     html = _render(
         "mailoauth/not_oauth.html",
@@ -267,6 +269,7 @@ def modal(key: str, purpose: str) -> Response:
 def save(key: str, purpose: str) -> Response:
     """Save the modal; go to the IdP when the grant is missing or no longer matches."""
     mailbox = _mailbox(key, purpose)
+    _check_csrf()
     st = state()
     address = _address(mailbox, purpose)
     wanted = _requested_provider()
@@ -286,7 +289,7 @@ def save(key: str, purpose: str) -> Response:
             flash(gettext("Successfully updated."), flash_category(FlashKind.SUCCESS))
             return _go(_return_url(key, purpose))
         form.add_errors(result.errors)
-    elif not (form.csrf_token.errors if form.meta.csrf else []):
+    else:
         # Report the provider's checks too, so the admin sees every problem at once.
         form.add_errors(
             form.provider.validate(
@@ -307,22 +310,16 @@ def authorize(key: str, purpose: str) -> Response:
 
 
 def _check_csrf() -> None:
-    """Flask-WTF's CSRF check for the buttons that post without a form class."""
-    from flask_wtf.csrf import validate_csrf
-
+    """Flask-WTF's CSRF check for every POST of the extension, raising Flask-WTF's
+    ``CSRFError`` (a 400) so that a host's ``@app.errorhandler(CSRFError)`` answers for it."""
     if not current_app.config.get("WTF_CSRF_ENABLED", True):
         return  # the host turned CSRF off (usually in its tests), as for every Flask-WTF form
-    from wtforms import ValidationError
-
     try:
         validate_csrf(request.form.get("csrf_token"))
     except ValidationError as exc:
-        abort(
-            400,
-            description=gettext(
-                "The form expired or was forged (%(reason)s); reload the page.", reason=exc
-            ),
-        )
+        raise CSRFError(
+            gettext("The form expired or was forged (%(reason)s); reload the page.", reason=exc)
+        ) from None
 
 
 def _authorization_url(st: MailOAuthState, key: str, purpose: str) -> str:
@@ -341,7 +338,7 @@ def _authorization_url(st: MailOAuthState, key: str, purpose: str) -> str:
 
 def _return_url(key: str, purpose: str) -> str:
     """The host page for this account: the host's hook, else the same-origin referring page."""
-    hook = state().extension._account_page
+    hook = state().hooks.account_page
     if hook is not None:
         return hook(key, purpose)
     return same_origin_path(request.referrer) or "/"
@@ -442,5 +439,5 @@ def test(key: str, purpose: str) -> Response:
     """Sign in to the mail server with the token and show each step's result."""
     _mailbox(key, purpose)
     _check_csrf()
-    checks = state().extension.test_connection(key, purpose)
+    checks = connections.check(state(), key, purpose, timeout=state().config.mail_timeout)
     return _token_tab(key, purpose, checks=checks)

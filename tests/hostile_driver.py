@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 from flask_mailoauth.errors import MailOAuthError
-from flask_mailoauth.extension import state
 from flask_mailoauth.models import utcnow
+from flask_mailoauth.state import state
 from peers.hostile import CLIENT_ID, FIGURES, HostileIdP
 
 if TYPE_CHECKING:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from flask_mailoauth import crypto
-from flask_mailoauth.crypto import DecryptionError, KeyRing
+from flask_mailoauth.crypto import KeyRing
+from flask_mailoauth.errors import DecryptionError
 
 
 @pytest.fixture

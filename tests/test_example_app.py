@@ -289,10 +289,10 @@ def test_loader_maps_blank_values_to_none(helpdesk):
 
 
 def test_account_page_is_the_tab_of_the_purpose(helpdesk):
-    ext = helpdesk.extensions["mailoauth"].extension
+    hooks = helpdesk.extensions["mailoauth"].hooks
     with helpdesk.test_request_context():
-        assert ext._account_page("1", "mailbox") == "/admin/emails/1?tab=remote"
-        assert ext._account_page("1", "smtp") == "/admin/emails/1?tab=smtp"
+        assert hooks.account_page("1", "mailbox") == "/admin/emails/1?tab=remote"
+        assert hooks.account_page("1", "smtp") == "/admin/emails/1?tab=smtp"
 
 
 class FakeIMAP:

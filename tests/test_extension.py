@@ -8,10 +8,11 @@ import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_mailoauth import MailboxSettings, MailOAuth, mail
+from flask_mailoauth import MailboxSettings, MailOAuth, connections, mail
 from flask_mailoauth.errors import MailboxNotFound, SetupError
-from flask_mailoauth.extension import DEFAULTS, state
+from flask_mailoauth.extension import DEFAULTS
 from flask_mailoauth.providers.base import MailServer
+from flask_mailoauth.state import state
 
 
 def test_init_app_registers_state_defaults_blueprint_and_cli(host):
@@ -77,7 +78,8 @@ def test_missing_init_app_says_so():
 
 def test_mailbox_loader_errors_tell_the_host_what_to_do(make_host):
     h = make_host()
-    h.ext._mailbox_loader = None
+    with h.app.app_context():
+        state().hooks.mailbox_loader = None  # as if the host never registered one
     with h.app.app_context(), pytest.raises(SetupError, match=r"@mailoauth\.mailbox_loader"):
         h.ext.mailbox("support")
     h.ext.mailbox_loader(lambda key: None)
@@ -174,5 +176,5 @@ def test_same_as_remote_mailbox_smtp_uses_the_mailbox_accounts_provider_servers(
 
     store_account(host, provider="microsoft")  # a mailbox account only, no SMTP one
     with host.app.app_context():
-        _, server = host.ext._server("support", "smtp", "mailbox")
+        _, server = connections.server_for(state(), "support", "smtp", "mailbox")
     assert server == MailServer("smtp.office365.com", 587, "starttls")

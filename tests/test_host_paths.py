@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from flask_mailoauth import MailboxSettings
-from flask_mailoauth.errors import NotConfigured, SetupError
-from flask_mailoauth.mail import MailConnectionError, resolve_server
+from flask_mailoauth.errors import MailConnectionError, NotConfigured, SetupError
+from flask_mailoauth.mail import resolve_server
 from tests.mail_scripts import USER, ScriptedSessions, pop3_login_script
 from tests.stored import store_account
 

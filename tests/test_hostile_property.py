@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flask_mailoauth.errors import MailOAuthError
-from flask_mailoauth.extension import state
+from flask_mailoauth.state import state
 from peers.hostile import DROP
 
 from .hostile_driver import Driver, attempt_refresh

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from flask_mailoauth import MailboxSettings
 from flask_mailoauth.addresses import canonical_address, same_address
-from flask_mailoauth.extension import state
 from flask_mailoauth.models import clean_text, utcnow
+from flask_mailoauth.state import state
 
 from .flow_steps import MODAL, banners, callback, credentials, csrf, reauthorize, save
 from .oauth_fakes import CLIENT_ID, ISSUER, TOKEN_URL, FakeIdP

@@ -20,13 +20,15 @@ import responses
 import sqlalchemy as sa
 
 from flask_mailoauth import MailboxSettings
-from flask_mailoauth.errors import ReauthorizationRequired
-from flask_mailoauth.mail import (
-    SEND_AS_MISSING,
+from flask_mailoauth.errors import (
     SMTP_AUTH_DISABLED,
-    CheckResult,
     MailAuthenticationError,
     MailConnectionError,
+    ReauthorizationRequired,
+)
+from flask_mailoauth.mail import (
+    SEND_AS_MISSING,
+    CheckResult,
     check_imap,
     check_pop3,
     check_smtp,

@@ -10,7 +10,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from click.testing import CliRunner
 
-from flask_mailoauth.crypto import DecryptionError, KeyRing, generate_key, parse_key
+from flask_mailoauth.crypto import KeyRing, generate_key, parse_key
+from flask_mailoauth.errors import DecryptionError
 from flask_mailoauth.models import own_session
 from flask_mailoauth.testing import seed_account
 

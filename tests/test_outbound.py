@@ -26,22 +26,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from urllib3.exceptions import NameResolutionError
 
-from flask_mailoauth.errors import AuthorizationFailed, MailOAuthError
+from flask_mailoauth.errors import (
+    AddressRefused,
+    AuthorizationFailed,
+    DeadlineExceeded,
+    MailOAuthError,
+    RedirectRefused,
+    ResponseTooLarge,
+    TokenRequestFailed,
+)
 from flask_mailoauth.flow import _signing_key
 from flask_mailoauth.models import utcnow
 from flask_mailoauth.oauth import (
     MAX_EXPIRES_IN,
     MAX_RETRY_AFTER,
-    TokenRequestFailed,
     request_token,
 )
 from flask_mailoauth.outbound import (
-    AddressRefused,
-    DeadlineExceeded,
     OutboundHTTP,
     OutboundPolicy,
-    RedirectRefused,
-    ResponseTooLarge,
     _VettedConnection,
     call_timeout,
     session,

@@ -8,8 +8,8 @@ import pytest
 import requests
 import responses
 
-from flask_mailoauth.errors import AuthorizationFailed
-from flask_mailoauth.outbound import DeadlineExceeded, OutboundHTTP, ResponseTooLarge
+from flask_mailoauth.errors import AuthorizationFailed, DeadlineExceeded, ResponseTooLarge
+from flask_mailoauth.outbound import OutboundHTTP
 from flask_mailoauth.providers import registry
 from flask_mailoauth.providers.base import check_endpoint_url
 from flask_mailoauth.providers.generic import GenericProvider

@@ -11,7 +11,7 @@ import logging
 import threading
 from importlib.metadata import EntryPoint, entry_points
 
-from ..errors import MailOAuthError
+from ..errors import UnknownProvider
 from ..i18n import gettext
 from .base import Provider
 from .generic import GenericProvider
@@ -32,10 +32,6 @@ _providers: dict[str, Provider] = {}
 _plugin_ids: set[str] = set()
 _plugins_loaded = False
 _lock = threading.RLock()
-
-
-class UnknownProvider(MailOAuthError, LookupError):
-    """No provider is registered under the requested id."""
 
 
 def register(cls: type[Provider]) -> type[Provider]:

@@ -23,10 +23,10 @@ from mailoauth_provider_zoho import DATA_CENTERS, ZohoProvider
 
 from flask_mailoauth import MailboxSettings, MailOAuth
 from flask_mailoauth.crypto import generate_key
-from flask_mailoauth.errors import AuthorizationFailed
+from flask_mailoauth.errors import AuthorizationFailed, TokenRequestFailed
 from flask_mailoauth.flow import _validate_id_token
 from flask_mailoauth.models import utcnow
-from flask_mailoauth.oauth import TokenRequestFailed, TokenResponse, request_token
+from flask_mailoauth.oauth import TokenResponse, request_token
 from flask_mailoauth.outbound import OutboundPolicy
 from flask_mailoauth.providers import check_endpoint_url, registry
 

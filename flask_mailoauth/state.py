@@ -1,0 +1,158 @@
+"""The per-app state every module below the shell works with: the database, key ring, host
+hooks and token cache of one app (``app.extensions["mailoauth"]``).
+
+It imports nothing above it, so ``flow``, ``tokens``, ``views``, ``cli`` ... take the state
+from here and never import the extension shell.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import current_app
+
+from . import crypto
+from .config import Config
+from .errors import MailboxNotFound, SetupError
+from .models import Models, utcnow
+from .settings import MailboxSettings
+
+MailboxLoader = Callable[[str], MailboxSettings | None]
+AccessCheck = Callable[[], bool]
+AccountPage = Callable[[str, str], str]
+#: a token cache entry's key: (mailbox key, purpose)
+CacheKey = tuple[str, str]
+
+#: a change of the wall clock against the monotonic one beyond this (seconds) is a clock step
+_CLOCK_STEP = 2.0
+
+
+def _wall_offset() -> float:
+    """The wall clock minus the monotonic one: it changes only when the wall clock steps."""
+    return time.time() - time.monotonic()
+
+
+def token_due(
+    expires_at: datetime,
+    obtained_at: datetime | None,
+    leeway: timedelta,
+    now: datetime | None = None,
+) -> bool:
+    """Whether a token must be refreshed before use: valid for no more than the leeway.
+
+    The leeway is capped at half the token's lifetime: a token that lives less than the leeway
+    (Keycloak's default 300 s at the default leeway, the test IdP's 2 s) is used for the first
+    half of its life. Otherwise it would be due the moment it is issued, every call would
+    refresh, and each of N callers queued behind a refresh would refresh again. ``now``
+    defaults to the host's clock.
+    """
+    if obtained_at is not None:
+        leeway = min(leeway, max(expires_at - obtained_at, timedelta(0)) / 2)
+    return expires_at - (now or utcnow()) <= leeway
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    """A token this process may hand out; past ``MAILOAUTH_CACHE_TTL`` the database is asked
+    again, and the entry stays as a fallback while the database fails, until it expires."""
+
+    access_token: str
+    expires_at: datetime
+    cached_at: float
+    #: when the token was obtained; with ``expires_at`` it caps the leeway (:func:`token_due`)
+    obtained_at: datetime | None = None
+    #: the database refused it so far: served beyond the TTL while a retry stores it
+    unstored: bool = False
+    #: host minus IdP clock (seconds) measured when this process obtained the token
+    clock_skew: float | None = None
+    #: :func:`_wall_offset` when the entry was made: tells whether the wall clock stepped since
+    wall_offset: float = field(default_factory=_wall_offset)
+
+    def now(self) -> datetime:
+        """Now on the clock ``expires_at`` is on: the IdP's, while the host clock that was
+        measured fast has not stepped since (a later correction makes the host clock right)."""
+        now = utcnow()
+        skew = self.clock_skew or 0.0
+        if skew > 0 and abs(_wall_offset() - self.wall_offset) < _CLOCK_STEP:
+            return now - timedelta(seconds=skew)
+        return now
+
+    def due(self, leeway: timedelta) -> bool:
+        """Whether it must be refreshed before use (see :func:`token_due`), on :meth:`now`'s
+        clock."""
+        return token_due(self.expires_at, self.obtained_at, leeway, self.now())
+
+    def __repr__(self) -> str:
+        return f"<CachedToken expires_at={self.expires_at.isoformat()}>"
+
+
+@dataclass
+class Hooks:
+    """The host's callbacks, registered with ``MailOAuth``'s decorators.
+
+    One ``MailOAuth`` instance owns one ``Hooks`` and shares it with the state of every app it
+    serves, so a callback registered after ``init_app`` still counts.
+    """
+
+    mailbox_loader: MailboxLoader | None = None
+    access_check: AccessCheck | None = None
+    account_page: AccountPage | None = None
+
+    def may_manage(self) -> bool:
+        """Whether the current request may use the extension's views."""
+        return self.access_check is not None and bool(self.access_check())
+
+    def mailbox(self, key: str) -> MailboxSettings:
+        """The host's settings for mailbox ``key``, from its ``mailbox_loader``."""
+        if self.mailbox_loader is None:
+            raise SetupError(
+                "No mailbox loader registered: decorate a function taking a key and returning "
+                "MailboxSettings with @mailoauth.mailbox_loader."
+            )
+        settings = self.mailbox_loader(key)
+        if settings is None:
+            raise MailboxNotFound(f"The mailbox loader knows no mailbox with key {key!r}.")
+        if not isinstance(settings, MailboxSettings):
+            raise SetupError(
+                f"The mailbox loader returned {type(settings).__name__}; "
+                "it must return MailboxSettings or None."
+            )
+        return settings
+
+
+@dataclass
+class MailOAuthState:
+    """What one app holds in ``app.extensions["mailoauth"]``."""
+
+    #: the ``MailOAuth`` instance: the sender of every signal
+    extension: object
+    db: Any
+    models: Models
+    keyring: crypto.KeyRing
+    #: the checked ``MAILOAUTH_*`` settings, built once by ``init_app``
+    config: Config
+    hooks: Hooks
+    cache: dict[CacheKey, CachedToken] = field(default_factory=dict)
+
+    def seal(self, row: Any, name: str, value: str) -> None:
+        """Encrypt ``value`` into the secret column ``name`` of ``row``, bound to both."""
+        setattr(row, name, self.keyring.encrypt(value, aad=row.aad(name)))
+
+    def reveal(self, row: Any, name: str) -> str:
+        """Decrypt the secret column ``name`` of ``row``."""
+        return self.keyring.decrypt(getattr(row, name), aad=row.aad(name))
+
+
+def state() -> MailOAuthState:
+    """The current app's extension state, with a helpful error when it is missing."""
+    try:
+        return current_app.extensions["mailoauth"]
+    except KeyError:
+        raise SetupError(
+            "flask-mailoauth is not registered on this app. Did you forget to call "
+            "mailoauth.init_app(app, db=db)?"
+        ) from None
