@@ -14,11 +14,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column, relationship
+from sqlalchemy.orm import (
+    AttributeEventToken,
+    Mapped,
+    Session,
+    declared_attr,
+    mapped_column,
+    relationship,
+)
 
 from .vocabulary import CredentialStatus, EventLevel
 
@@ -39,7 +46,7 @@ TEXT_CAP = 4000
 _SPACING = frozenset("\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029")
 
 
-def clean_text(value: Any, length: int) -> str | None:
+def clean_text(value: object, length: int) -> str | None:
     """``value`` as storable text: no NUL, control, format or surrogate characters, at most
     ``length`` characters, one line.
 
@@ -68,13 +75,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class UTCDateTime(sa.types.TypeDecorator):
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
     """A datetime column that only accepts aware values and always returns UTC-aware ones."""
 
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -82,7 +89,7 @@ class UTCDateTime(sa.types.TypeDecorator):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -92,7 +99,17 @@ def _uid() -> str:
     return uuid.uuid4().hex
 
 
-class _Secretive:
+class _Row:
+    """What :func:`models_for`'s ``db.Model`` gives every mixin's class, told the type checker."""
+
+    if TYPE_CHECKING:
+        __tablename__: ClassVar[str]
+        __table__: ClassVar[sa.Table]
+
+        def __init__(self, **columns: Any) -> None: ...
+
+
+class SecretRow(_Row):
     """Rows with encrypted fields: a stable ``uid`` for the associated data, a safe repr."""
 
     uid: Mapped[str] = mapped_column(sa.String(32), unique=True, default=_uid)
@@ -107,13 +124,13 @@ class _Secretive:
         return f"<{type(self).__name__} {getattr(self, 'id', None)} {self.uid}>"
 
 
-class AccountMixin(_Secretive):
+class AccountMixin(SecretRow):
     """One OAuth2 configuration: a host mailbox (``key``) used for ``mailbox`` or ``smtp``."""
 
     __tablename__ = "mailoauth_account"
 
     @declared_attr.directive
-    def __table_args__(cls) -> tuple:
+    def __table_args__(cls) -> tuple[sa.UniqueConstraint]:
         return (sa.UniqueConstraint("key", "purpose", name="uq_mailoauth_account_key_purpose"),)
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
@@ -123,7 +140,8 @@ class AccountMixin(_Secretive):
     address: Mapped[str] = mapped_column(sa.String(320))
     enabled: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     provider: Mapped[str] = mapped_column(sa.String(64))
-    config: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+    #: the provider's IdP Config fields (JSON: field name to value)
+    config: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
     client_secret: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
     secret_expires_on: Mapped[date | None] = mapped_column(sa.Date, nullable=True)
     strict_matching: Mapped[bool] = mapped_column(sa.Boolean, default=True)
@@ -132,8 +150,13 @@ class AccountMixin(_Secretive):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
+    if TYPE_CHECKING:  # bound by models_for, typed here
+        credential: Mapped[CredentialMixin | None]
+        events: Mapped[list[EventMixin]]
+        pending: Mapped[list[PendingAuthorizationMixin]]
 
-class CredentialMixin(_Secretive):
+
+class CredentialMixin(SecretRow):
     """The tokens of one account and the state of their refresh."""
 
     __tablename__ = "mailoauth_credential"
@@ -181,8 +204,11 @@ class CredentialMixin(_Secretive):
     clock_skew: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
 
+    if TYPE_CHECKING:  # bound by models_for, typed here
+        account: Mapped[AccountMixin]
 
-class PendingAuthorizationMixin(_Secretive):
+
+class PendingAuthorizationMixin(SecretRow):
     """A started authorization waiting for its callback: single use, short-lived."""
 
     __tablename__ = "mailoauth_pending"
@@ -202,8 +228,11 @@ class PendingAuthorizationMixin(_Secretive):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
+    if TYPE_CHECKING:  # bound by models_for, typed here
+        account: Mapped[AccountMixin]
 
-class EventMixin:
+
+class EventMixin(_Row):
     """One line of an account's history: authorized, refreshed, a failure with its code..."""
 
     __tablename__ = "mailoauth_event"
@@ -229,10 +258,10 @@ class EventMixin:
 class Models:
     """The model classes bound to one host ``db``."""
 
-    Account: type
-    Credential: type
-    PendingAuthorization: type
-    Event: type
+    Account: type[AccountMixin]
+    Credential: type[CredentialMixin]
+    PendingAuthorization: type[PendingAuthorizationMixin]
+    Event: type[EventMixin]
 
 
 _models_by_db: weakref.WeakKeyDictionary[SQLAlchemy, Models] = weakref.WeakKeyDictionary()
@@ -243,7 +272,9 @@ def models_for(db: SQLAlchemy) -> Models:
     if db in _models_by_db:
         return _models_by_db[db]
 
-    class MailOAuthAccount(AccountMixin, db.Model):
+    # The host's db.Model is a value known at run time: the type checker cannot take it as a
+    # base class, so each class below is typed by its mixin alone.
+    class MailOAuthAccount(AccountMixin, db.Model):  # type: ignore[name-defined,misc]
         credential = relationship(
             "MailOAuthCredential",
             uselist=False,
@@ -257,13 +288,13 @@ def models_for(db: SQLAlchemy) -> Models:
             "MailOAuthPendingAuthorization", cascade="all, delete-orphan", back_populates="account"
         )
 
-    class MailOAuthCredential(CredentialMixin, db.Model):
+    class MailOAuthCredential(CredentialMixin, db.Model):  # type: ignore[name-defined,misc]
         account = relationship(MailOAuthAccount, back_populates="credential")
 
-    class MailOAuthPendingAuthorization(PendingAuthorizationMixin, db.Model):
+    class MailOAuthPendingAuthorization(PendingAuthorizationMixin, db.Model):  # type: ignore[name-defined,misc]
         account = relationship(MailOAuthAccount, back_populates="pending")
 
-    class MailOAuthEvent(EventMixin, db.Model):
+    class MailOAuthEvent(EventMixin, db.Model):  # type: ignore[name-defined,misc]
         pass
 
     models = Models(
@@ -275,7 +306,7 @@ def models_for(db: SQLAlchemy) -> Models:
     return models
 
 
-def _clean_outside_text(model: type) -> None:
+def _clean_outside_text(model: type[_Row]) -> None:
     """Pass every value set on ``model``'s outside-text columns through :func:`clean_text`.
 
     An attribute event, so no writer (the callback, a refresh, a failure record) can forget it.
@@ -283,9 +314,16 @@ def _clean_outside_text(model: type) -> None:
     for column in model.__table__.columns:
         if OUTSIDE_TEXT not in column.info:
             continue
-        length = column.info[OUTSIDE_TEXT] or column.type.length
+        cap: int | None = column.info[OUTSIDE_TEXT]
+        length = cap or cast(sa.String, column.type).length or TEXT_CAP
 
-        def clean(target: Any, value: Any, old: Any, initiator: Any, length: int = length) -> Any:
+        def clean(
+            target: _Row,
+            value: object,
+            old: object,
+            initiator: AttributeEventToken,
+            length: int = length,
+        ) -> str | None:
             return clean_text(value, length)
 
         sa.event.listen(getattr(model, column.key), "set", clean, retval=True)

@@ -11,14 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import cast
 
 from flask import current_app
+from flask_sqlalchemy import SQLAlchemy
 
 from . import crypto
 from .config import Config
 from .errors import MailboxNotFound, SetupError
-from .models import Models, utcnow
+from .models import Models, SecretRow, utcnow
 from .settings import MailboxSettings
 
 MailboxLoader = Callable[[str], MailboxSettings | None]
@@ -130,7 +131,7 @@ class MailOAuthState:
 
     #: the ``MailOAuth`` instance: the sender of every signal
     extension: object
-    db: Any
+    db: SQLAlchemy
     models: Models
     keyring: crypto.KeyRing
     #: the checked ``MAILOAUTH_*`` settings, built once by ``init_app``
@@ -138,11 +139,11 @@ class MailOAuthState:
     hooks: Hooks
     cache: dict[CacheKey, CachedToken] = field(default_factory=dict)
 
-    def seal(self, row: Any, name: str, value: str) -> None:
+    def seal(self, row: SecretRow, name: str, value: str) -> None:
         """Encrypt ``value`` into the secret column ``name`` of ``row``, bound to both."""
         setattr(row, name, self.keyring.encrypt(value, aad=row.aad(name)))
 
-    def reveal(self, row: Any, name: str) -> str:
+    def reveal(self, row: SecretRow, name: str) -> str:
         """Decrypt the secret column ``name`` of ``row``."""
         return self.keyring.decrypt(getattr(row, name), aad=row.aad(name))
 
@@ -150,7 +151,7 @@ class MailOAuthState:
 def state() -> MailOAuthState:
     """The current app's extension state, with a helpful error when it is missing."""
     try:
-        return current_app.extensions["mailoauth"]
+        return cast(MailOAuthState, current_app.extensions["mailoauth"])
     except KeyError:
         raise SetupError(
             "flask-mailoauth is not registered on this app. Did you forget to call "
