@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from ..addresses import canonical_address, same_address
@@ -25,10 +25,23 @@ from ..i18n import LazyText, gettext, lazy_gettext
 from ..settings import Security
 from ..vocabulary import FailureKind
 
+if TYPE_CHECKING:
+    import requests
+
 FieldKind = Literal["text", "url", "select", "scopes", "date"]
 #: text an admin reads: plain, or a :func:`~flask_mailoauth.i18n.lazy_gettext` message that is
 #: translated when it is shown (``str()``-ed)
 Text = str | LazyText
+
+
+class HTTPClient(Protocol):
+    """What a provider's hooks make HTTP calls with: ``GET`` under the outbound policy (URL
+    rules, vetted addresses, a size cap and a deadline), as
+    :class:`~flask_mailoauth.outbound.OutboundHTTP` does."""
+
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        """``GET url``; ``kwargs`` as :meth:`requests.Session.get` takes them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -444,11 +457,12 @@ class Provider:
         payload = json.dumps({"provider": self.id, **signed}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
-    def complete(self, config: Mapping[str, str], http: Any) -> dict[str, str]:
+    def complete(self, config: Mapping[str, str], http: HTTPClient) -> dict[str, str]:
         """Fill what can be derived before saving (e.g. endpoints by discovery).
 
-        ``http`` is a ``requests.Session``. Raise :class:`ValueError` with an admin-readable
-        message when the config cannot be completed. The default returns the config unchanged.
+        ``http`` makes the HTTP calls (:class:`HTTPClient`). Raise :class:`ValueError` with an
+        admin-readable message when the config cannot be completed. The default returns the
+        config unchanged.
         """
         return dict(config)
 
@@ -493,7 +507,7 @@ class Provider:
         *,
         claims: Mapping[str, Any] | None,
         token: Mapping[str, Any],
-        http: Any,
+        http: HTTPClient,
     ) -> Identity:
         """Who authorized, from the validated id_token ``claims`` (or other sources)."""
         raise NotImplementedError

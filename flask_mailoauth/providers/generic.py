@@ -14,6 +14,7 @@ from ..i18n import gettext, lazy_gettext
 from .base import (
     ConfigField,
     Endpoints,
+    HTTPClient,
     Identity,
     Provider,
     Text,
@@ -76,7 +77,7 @@ def _refused_before_connecting(exc: requests.RequestException) -> bool:
     return isinstance(exc, MailOAuthError) and getattr(exc, "before_connecting", False)
 
 
-def _fetch_metadata(http: Any, issuer: str) -> Mapping[str, Any]:
+def _fetch_metadata(http: HTTPClient, issuer: str) -> Mapping[str, Any]:
     """The issuer's metadata document, checked to be issued for exactly this issuer.
 
     ``http`` applies the outbound policy and the configured timeout. Every failure to get a
@@ -227,7 +228,7 @@ class GenericProvider(Provider):
             )
         return errors
 
-    def complete(self, config: Mapping[str, str], http: Any) -> dict[str, str]:
+    def complete(self, config: Mapping[str, str], http: HTTPClient) -> dict[str, str]:
         """Fill blank endpoints from the issuer's discovery document; typed values are kept."""
         completed = dict(config)
         issuer = self.value(config, "issuer")
@@ -277,7 +278,7 @@ class GenericProvider(Provider):
         *,
         claims: Mapping[str, Any] | None,
         token: Mapping[str, Any],
-        http: Any,
+        http: HTTPClient,
     ) -> Identity:
         """From the id_token claims, else the userinfo endpoint, else the resource endpoint.
 
@@ -345,7 +346,7 @@ def _oidc_email(data: Mapping[str, Any], attribute: str) -> tuple[str | None, tu
     return None, tuple(a for a in named if a)
 
 
-def _get_json(http: Any, url: str, token: Mapping[str, Any]) -> Mapping[str, Any]:
+def _get_json(http: HTTPClient, url: str, token: Mapping[str, Any]) -> Mapping[str, Any]:
     """GET ``url`` with the access token as bearer; a JSON object, or an admin-readable error
     that is the same whatever failed (see :func:`_fetch_metadata`)."""
     try:

@@ -14,6 +14,7 @@ from .base import (
     ConfigField,
     Endpoints,
     ErrorAdvice,
+    HTTPClient,
     Identity,
     MailServer,
     MailServers,
@@ -157,7 +158,7 @@ class GoogleProvider(Provider):
         *,
         claims: Mapping[str, Any] | None,
         token: Mapping[str, Any],
-        http: Any,
+        http: HTTPClient,
     ) -> Identity:
         """The id_token's email, counted only when Google marks it verified; ``hd`` as tenant."""
         return Identity.from_verified_email(claims, tenant=(claims or {}).get("hd"))

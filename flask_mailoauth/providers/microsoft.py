@@ -19,6 +19,7 @@ from .base import (
     ConfigField,
     Endpoints,
     ErrorAdvice,
+    HTTPClient,
     Identity,
     MailServer,
     MailServers,
@@ -396,7 +397,7 @@ class MicrosoftProvider(Provider):
             return gettext("Add offline_access: without it Microsoft issues no refresh token.")
         return None
 
-    def complete(self, config: Mapping[str, str], http: Any) -> dict[str, str]:
+    def complete(self, config: Mapping[str, str], http: HTTPClient) -> dict[str, str]:
         """Endpoints and scopes from the cloud and tenant, unless the admin typed others.
 
         A blank field, or one still holding the prefilled global/common value, takes the
@@ -448,7 +449,7 @@ class MicrosoftProvider(Provider):
         *,
         claims: Mapping[str, Any] | None,
         token: Mapping[str, Any],
-        http: Any,
+        http: HTTPClient,
     ) -> Identity:
         """Read the identity from the validated id_token only; never Outlook REST or Graph.
 
@@ -488,7 +489,7 @@ class MicrosoftProvider(Provider):
             advice=str(UNVERIFIED_EMAIL_ADVICE) if unverified else "",
         )
 
-    def _pinned_tenant_id(self, config: Mapping[str, str], http: Any) -> str | None:
+    def _pinned_tenant_id(self, config: Mapping[str, str], http: HTTPClient) -> str | None:
         """The tenant id a single-tenant account is pinned to; ``None`` for common & co.
 
         The endpoints' tenant wins over the Tenant field (it is where the sign-in happens). A

@@ -15,12 +15,14 @@ from flask_mailoauth.providers import (
     ConfigField,
     Endpoints,
     ErrorAdvice,
+    HTTPClient,
     Identity,
     MailServer,
     MailServers,
     Provider,
 )
 from flask_mailoauth.providers.base import OAUTH_ERRORS
+from flask_mailoauth.vocabulary import FailureKind
 
 __all__ = ["DATA_CENTERS", "ERRORS", "PROTOCOL_SCOPES", "ZohoProvider"]
 __version__ = "0.1.0"
@@ -73,18 +75,18 @@ ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
     {
         **OAUTH_ERRORS,
         "invalid_code": ErrorAdvice(
-            "reauthorize",
+            FailureKind.REAUTHORIZE,
             "Zoho refused the authorization code or refresh token: it expired, was used or "
             "revoked, or belongs to another data center. Check the Data Center, then authorize "
             "again.",
         ),
         "invalid_client": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             "Zoho does not know this Client ID in the selected data center: copy it again from "
             "the API console and enable this data center in the client's Multi DC settings.",
         ),
         "invalid_client_secret": ErrorAdvice(
-            "configuration",
+            FailureKind.CONFIGURATION,
             "Zoho refused the client secret: copy the Client Secret of this client again from "
             "the Zoho API console.",
         ),
@@ -183,7 +185,7 @@ class ZohoProvider(Provider):
         *,
         claims: Mapping[str, Any] | None,
         token: Mapping[str, Any],
-        http: Any,
+        http: HTTPClient,
     ) -> Identity:
         """The id_token's email, counted only when Zoho marks it verified."""
         return Identity.from_verified_email(claims)
