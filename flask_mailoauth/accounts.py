@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from . import signals
 from .errors import DecryptionError
 from .health import account_health
 from .i18n import gettext, lazy_gettext
-from .models import own_session, utcnow
+from .models import AccountMixin, CredentialMixin, EventMixin, Models, own_session, utcnow
 from .outbound import OutboundHTTP
 from .providers import registry
 from .state import MailOAuthState
@@ -108,7 +108,7 @@ class AccountView:
     has_client_secret: bool = False
     secret_expires_on: date | None = None
     token: TokenDetails | None = None
-    events: list[Any] = field(default_factory=list)
+    events: list[EventMixin] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -167,14 +167,14 @@ def view(
         )
 
 
-def find(session: Any, m: Any, key: str, purpose: str) -> Any:
+def find(session: Session, m: Models, key: str, purpose: str) -> AccountMixin | None:
     """The account stored for ``key`` and ``purpose`` in ``session``, or ``None``."""
     return session.scalars(
         sa.select(m.Account).where(m.Account.key == key, m.Account.purpose == purpose)
     ).one_or_none()
 
 
-def _readable(st: MailOAuthState, credential: Any) -> tuple[str, str] | None:
+def _readable(st: MailOAuthState, credential: CredentialMixin) -> tuple[str, str] | None:
     """The credential's access and refresh tokens, or ``None`` when no key decrypts them."""
     try:
         return st.reveal(credential, "access_token"), st.reveal(credential, "refresh_token")
@@ -182,7 +182,7 @@ def _readable(st: MailOAuthState, credential: Any) -> tuple[str, str] | None:
         return None
 
 
-def unusable_reason(st: MailOAuthState, account: Any) -> str | None:
+def unusable_reason(st: MailOAuthState, account: AccountMixin) -> str | None:
     """Why the account's stored grant cannot be used (and what to press), or ``None``."""
     cred = account.credential
     if cred is None:
@@ -198,7 +198,7 @@ def unusable_reason(st: MailOAuthState, account: Any) -> str | None:
     return None
 
 
-def _token_details(st: MailOAuthState, account: Any) -> TokenDetails | None:
+def _token_details(st: MailOAuthState, account: AccountMixin) -> TokenDetails | None:
     cred = account.credential
     if cred is None:
         return None
@@ -268,7 +268,7 @@ def save(
         if errors:
             return SaveResult(errors=errors)
         created = account is None
-        if created:
+        if account is None:
             account = m.Account(key=key, purpose=purpose, address=address)
             s.add(account)
         dropped = not created and account.provider != provider.id and account.credential is not None
@@ -319,7 +319,7 @@ def _saved_message(*, dropped: bool, needs_authorization: bool) -> str:
     return gettext("IdP Config saved; the current token stays valid")
 
 
-def account_for_authorization(st: MailOAuthState, key: str, purpose: str) -> Any:
+def account_for_authorization(st: MailOAuthState, key: str, purpose: str) -> AccountMixin | None:
     """The stored account (detached), or ``None`` when the modal was never submitted."""
     with own_session(st.db) as s:
         account = find(s, st.models, key, purpose)

@@ -19,8 +19,8 @@ from .errors import MailOAuthError
 from .health import health, status_words
 from .i18n import gettext, ngettext
 from .models import SECRET_FIELDS, own_session, utcnow
-from .settings import PURPOSES
-from .state import state
+from .settings import PURPOSES, Purpose
+from .state import MailOAuthState, state
 from .vocabulary import CredentialStatus
 
 logger = logging.getLogger("flask_mailoauth")
@@ -86,7 +86,8 @@ def refresh(key: str | None, purpose: str | None, due: bool) -> None:
         )
     st = state()
     targets = _targets(st, key, purpose, due)
-    app = current_app._get_current_object()
+    # Flask types current_app as the Flask it stands for, not as the proxy it is
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
 
     def one(target: Target) -> Outcome:
         """Refresh one account; whatever goes wrong is its outcome, never the run's end."""
@@ -191,7 +192,7 @@ def _unexpected(target: Target, exc: Exception) -> str:
     )
 
 
-def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[Target]:
+def _targets(st: MailOAuthState, key: str | None, purpose: str | None, due: bool) -> list[Target]:
     m = st.models
     query = sa.select(m.Account.key, m.Account.purpose, m.Account.address, m.Account.name).join(
         m.Credential, m.Credential.account_id == m.Account.id
@@ -220,7 +221,7 @@ def _targets(st, key: str | None, purpose: str | None, due: bool) -> list[Target
 @mailoauth_cli.command("test")
 @click.argument("key")
 @purpose_option
-def test(key: str, purpose: str | None) -> None:
+def test(key: str, purpose: Purpose | None) -> None:  # click.Choice(PURPOSES) checks it
     """Sign in to the mail servers for real and print each step; exits 1 on a failure."""
     ok = True
     for wanted in [purpose] if purpose else PURPOSES:

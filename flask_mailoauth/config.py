@@ -190,22 +190,23 @@ def _whole(values: Mapping[str, Any], key: str, *, minimum: int) -> int:
     return value
 
 
-def _url_prefix(value: Any) -> str:
+def _url_prefix(value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/") or "//" in value:
         raise SetupError(f"MAILOAUTH_URL_PREFIX must be a path starting with '/', not {value!r}.")
     return value
 
 
-def _callback_url(value: Any) -> str | None:
+def _callback_url(value: object) -> str | None:
     if value is None:
         return None
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SetupError(
-            "MAILOAUTH_CALLBACK_URL must be an absolute http(s) URL (the Callback Endpoint), or "
-            f"None to compute it; got {value!r}."
-        )
-    return value
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https") and parts.netloc:
+            return value
+    raise SetupError(
+        "MAILOAUTH_CALLBACK_URL must be an absolute http(s) URL (the Callback Endpoint), or "
+        f"None to compute it; got {value!r}."
+    )
 
 
 def _outbound(values: Mapping[str, Any]) -> OutboundPolicy:
@@ -232,7 +233,7 @@ def _outbound(values: Mapping[str, Any]) -> OutboundPolicy:
     )
 
 
-def _days(value: Any) -> tuple[int, ...]:
+def _days(value: object) -> tuple[int, ...]:
     if (
         not isinstance(value, list | tuple)
         or not value
@@ -245,7 +246,7 @@ def _days(value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _flash_categories(categories: Any) -> Mapping[str, str]:
+def _flash_categories(categories: object) -> Mapping[str, str]:
     """Refuse a ``MAILOAUTH_FLASH_CATEGORIES`` that would silently be ignored."""
     kinds = {k.value for k in FlashKind}
     if not isinstance(categories, dict) or not all(

@@ -22,7 +22,7 @@ from .logs import logger
 from .models import own_session
 from .providers import registry
 from .providers.base import MailServer
-from .settings import MailboxSettings, Purpose
+from .settings import MailboxSettings, Purpose, ServerProtocol
 from .state import MailOAuthState
 
 Conn = TypeVar("Conn")
@@ -134,7 +134,7 @@ def check(
 
 
 def _check_protocol(
-    st: MailOAuthState, key: str, protocol: str, purpose: Purpose, timeout: float
+    st: MailOAuthState, key: str, protocol: ServerProtocol, purpose: Purpose, timeout: float
 ) -> mail.CheckResult:
     """One protocol's connection check, signing in with the ``purpose`` account's token."""
 
@@ -158,7 +158,12 @@ def _check_protocol(
 
 
 def server_for(
-    st: MailOAuthState, key: str, protocol: str, purpose: Purpose, *, require_account: bool = True
+    st: MailOAuthState,
+    key: str,
+    protocol: ServerProtocol,
+    purpose: Purpose,
+    *,
+    require_account: bool = True,
 ) -> tuple[MailboxSettings, MailServer]:
     """The mailbox's settings and its ``protocol`` server, with the defaults of the provider
     of the account that signs in (``purpose``) filled in.

@@ -14,7 +14,7 @@ import requests
 
 from .i18n import LazyText, gettext, lazy_gettext
 from .sasl import ErrorChallenge
-from .vocabulary import FailureKind
+from .vocabulary import FailureKind as FailureKind  # re-exported: ProviderFailure.kind
 
 SMTP_AUTH_DISABLED = lazy_gettext(
     "SMTP AUTH is disabled for the tenant or mailbox: enable Authenticated SMTP."

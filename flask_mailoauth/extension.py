@@ -5,9 +5,9 @@ from __future__ import annotations
 import imaplib
 import poplib
 import smtplib
-from typing import Any
 
 from flask import Flask, appcontext_pushed
+from flask_sqlalchemy import SQLAlchemy
 
 from . import cli, connections, logs, migrations, tokens, views
 from .config import DEFAULTS, Config, keyring
@@ -30,13 +30,13 @@ class MailOAuth:
     One instance may serve several apps; it never keeps a reference to any of them.
     """
 
-    def __init__(self, app: Flask | None = None, *, db: Any = None) -> None:
+    def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None) -> None:
         self.db = db
         self._hooks = Hooks()
         if app is not None:
             self.init_app(app, db=db)
 
-    def init_app(self, app: Flask, *, db: Any = None) -> None:
+    def init_app(self, app: Flask, *, db: SQLAlchemy | None = None) -> None:
         """Register the extension on ``app``: config defaults, tables, blueprint, CLI."""
         if "mailoauth" in app.extensions:
             raise RuntimeError(
@@ -160,7 +160,7 @@ class MailOAuth:
 def _purpose(purpose: str) -> Purpose:
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be 'mailbox' or 'smtp', not {purpose!r}.")
-    return purpose  # type: ignore[return-value]
+    return purpose
 
 
 def _mail_timeout() -> float:

@@ -34,7 +34,7 @@ from .errors import (
     TokenRequestFailed,
 )
 from .i18n import gettext, lazy_gettext
-from .models import clean_text, own_session, row_lock, utcnow
+from .models import AccountMixin, clean_text, own_session, row_lock, utcnow
 from .oauth import TokenResponse, request_token
 from .outbound import OutboundHTTP, OutboundPolicy
 from .providers import registry
@@ -130,7 +130,7 @@ def session_binding(session: MutableMapping[str, Any], *, create: bool = False) 
 
 def begin(
     st: MailOAuthState,
-    account: Any,
+    account: AccountMixin,
     *,
     session_id: str,
     redirect_uri: str,
@@ -628,7 +628,7 @@ def _validate_id_token(
 
 def _signing_key(
     jwks_uri: str, header: Mapping[str, Any], timeout: float, *, policy: OutboundPolicy
-) -> Any:
+) -> Any:  # PyJWT types a JWK's key as Any: a public key object (or bytes) by algorithm
     """The JWKS key that signed the id_token (by ``kid``, else the only key).
 
     Fetched under the outbound ``policy``: a redirect must stay on https, the address is vetted.

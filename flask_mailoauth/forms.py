@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask_wtf import FlaskForm
@@ -9,6 +10,7 @@ from wtforms import (
     BooleanField,
     DateField,
     Field,
+    Form,
     PasswordField,
     RadioField,
     SelectField,
@@ -44,7 +46,7 @@ class MaxLength(Length):
     def __init__(self, max: int) -> None:
         super().__init__(max=max)
 
-    def __call__(self, form: Any, field: Field) -> None:
+    def __call__(self, form: Form, field: Field) -> None:
         if field.data and len(field.data) > self.max:
             raise ValidationError(
                 ngettext(
@@ -58,7 +60,7 @@ class MaxLength(Length):
 class LocalDateField(DateField):
     """A date field whose parse error is in the admin's language (not WTForms' catalogue)."""
 
-    def process_formdata(self, valuelist: list[Any]) -> None:
+    def process_formdata(self, valuelist: list[str]) -> None:
         try:
             super().process_formdata(valuelist)
         except ValueError:
@@ -135,7 +137,7 @@ class AccountForm(FlaskForm):
 
 
 def _form_field(spec: ConfigField) -> Field:
-    validators: list[Any] = [MaxLength(2000)]
+    validators: list[Callable[[Form, Field], None]] = [MaxLength(2000)]
     if spec.required:
         validators.insert(
             0, DataRequired(message=lazy_gettext("%(label)s is required.", label=spec.label))
@@ -171,7 +173,7 @@ def account_form(provider: Provider, account: AccountView, **kwargs: Any) -> Acc
         "secret_expires_on": account.secret_expires_on,
         **{IDP_PREFIX + f.name: config.get(f.name, f.default) for f in provider.fields},
     }
-    form = form_class(data=data, **kwargs)
+    form: AccountForm = form_class(data=data, **kwargs)
     form.provider = provider
     _namespace_ids(form)
     return form

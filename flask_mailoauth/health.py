@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
 
 import sqlalchemy as sa
 
 from .config import Config
 from .errors import UnknownProvider
-from .i18n import gettext, lazy_gettext, ngettext
-from .models import own_session, utcnow
+from .i18n import LazyText, gettext, lazy_gettext, ngettext
+from .models import AccountMixin, CredentialMixin, own_session, utcnow
 from .providers import registry
+from .providers.base import Provider
 from .state import MailOAuthState
 from .vocabulary import REFUSED, CredentialStatus
 
@@ -28,7 +28,7 @@ CLOCK_SKEW_WARNING = 60
 #: its unusable-token notice already says so)
 CONFIG_CHANGED = lazy_gettext("The IdP Config changed since the token was issued: authorize again.")
 #: each status in words, for people (``flask mailoauth status``)
-STATUS_WORDS = {
+STATUS_WORDS: dict[str, LazyText] = {
     CredentialStatus.ACTIVE: lazy_gettext("active"),
     CredentialStatus.RETRYING: lazy_gettext("retrying"),
     CredentialStatus.REAUTHORIZATION_REQUIRED: lazy_gettext("reauthorization required"),
@@ -57,7 +57,7 @@ class AccountHealth:
         """True when an admin should act: a warning, or a status other than active."""
         return self.enabled and (bool(self.warnings) or self.status != CredentialStatus.ACTIVE)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         """JSON-ready, for ``status --json``."""
         return {
             "key": self.key,
@@ -93,7 +93,9 @@ def health(st: MailOAuthState) -> list[AccountHealth]:
         return [account_health(account, credential, st.config, now) for account, credential in rows]
 
 
-def account_health(account: Any, credential: Any, config: Config, now: datetime) -> AccountHealth:
+def account_health(
+    account: AccountMixin, credential: CredentialMixin | None, config: Config, now: datetime
+) -> AccountHealth:
     """One account's status and warnings from its rows (``credential`` may be ``None``)."""
     warnings = _secret_warnings(account.secret_expires_on, now.date(), config)
     try:
@@ -103,6 +105,7 @@ def account_health(account: Any, credential: Any, config: Config, now: datetime)
         warnings.append(
             gettext("The provider %(provider)s is not installed.", provider=repr(account.provider))
         )
+    status: str
     if credential is None:
         status = CredentialStatus.NOT_AUTHORIZED
         warnings.append(
@@ -149,7 +152,13 @@ def _secret_warnings(ends: date | None, today: date, config: Config) -> list[str
     return []
 
 
-def _credential_warnings(account, credential, provider, config: Config, now: datetime) -> list[str]:
+def _credential_warnings(
+    account: AccountMixin,
+    credential: CredentialMixin,
+    provider: Provider | None,
+    config: Config,
+    now: datetime,
+) -> list[str]:
     warnings: list[str] = []
     if credential.status in REFUSED:
         warnings.append(

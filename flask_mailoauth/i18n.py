@@ -12,7 +12,6 @@ import io
 import threading
 from functools import cache
 from importlib import resources
-from typing import Any
 
 from flask import current_app, has_app_context, has_request_context
 
@@ -28,7 +27,7 @@ except ImportError:  # pragma: no cover - exercised by the installed-wheel test
 #: the gettext domain of this extension's messages
 DOMAIN = "flask_mailoauth"
 _CATALOGUES = resources.files(__package__) / "translations"
-_loaded: dict[str, Any] = {}
+_loaded: dict[str, NullTranslations] = {}
 _loading = threading.Lock()
 
 
@@ -38,11 +37,11 @@ def available_locales() -> list[str]:
     return sorted(entry.name for entry in _CATALOGUES.iterdir() if entry.is_dir())
 
 
-def _catalogue(locale: str) -> Any:
+def _catalogue(locale: str) -> NullTranslations:
     """The translations for ``locale`` (``de_AT`` falls back to ``de``), compiled once."""
     with _loading:
         if locale not in _loaded:
-            translations: Any = NullTranslations()
+            translations = NullTranslations()
             for name in (locale, locale.split("_")[0]):
                 po = _CATALOGUES / name / "LC_MESSAGES" / f"{DOMAIN}.po"
                 if po.is_file():
@@ -57,7 +56,7 @@ def _catalogue(locale: str) -> Any:
         return _loaded[locale]
 
 
-def _locale() -> Any | None:
+def _locale() -> Locale | None:
     """The host's Flask-Babel locale when it is one we translate into, else ``None`` (English)."""
     if get_locale is None or not has_app_context():
         return None
@@ -73,7 +72,7 @@ def _locale() -> Any | None:
     return locale if locale.language in available_locales() else None
 
 
-def _translations() -> Any | None:
+def _translations() -> NullTranslations | None:
     """The catalogue of the current locale, or ``None`` to speak English."""
     locale = _locale()
     return None if locale is None else _catalogue(str(locale))

@@ -21,7 +21,7 @@ def _chain(start: logging.Logger | None) -> list[logging.Handler]:
     current = start
     while current is not None:
         found.extend(current.handlers)
-        current = current.parent if current.propagate else None  # type: ignore[assignment]
+        current = current.parent if current.propagate else None
     return found
 
 

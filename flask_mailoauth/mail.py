@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .errors import (
     TOKEN_STATUSES,
@@ -42,7 +42,7 @@ from .errors import (
 from .i18n import LazyText, gettext, lazy_gettext
 from .providers.base import MailServer, MailServers
 from .sasl import ErrorChallenge, decode_error_challenge, oauthbearer, xoauth2
-from .settings import MailboxSettings
+from .settings import MailboxSettings, ServerProtocol
 
 #: the SASL mechanisms spoken here, in order of preference
 MECHANISMS = ("OAUTHBEARER", "XOAUTH2")
@@ -127,7 +127,11 @@ def _connection_error(
         found = next((c for c in chain if isinstance(c, kind)), None)
         if found is not None:
             return MailConnectionError(
-                str(what) % {**where, "error": found}, **where, guidance=str(guidance)
+                str(what) % {**where, "error": found},
+                protocol=protocol,
+                host=host,
+                port=port,
+                guidance=str(guidance),
             )
     return MailConnectionError(
         gettext(
@@ -135,7 +139,9 @@ def _connection_error(
             **where,
             error=exc,
         ),
-        **where,
+        protocol=protocol,
+        host=host,
+        port=port,
     )
 
 
@@ -283,7 +289,7 @@ def _imap_authenticate(
     )
     conn.untagged_responses.pop("CAPABILITY", None)
     # imaplib calls a bound-method ``literal`` for every "+" continuation and sends what it returns.
-    conn.literal = conv.answer
+    conn.literal = conv.answer  # type: ignore[assignment]  # typeshed knows only str literals
     with _transport("IMAP", conn.host, conn.port):
         try:
             typ, data = conn._simple_command("AUTHENTICATE", conv.mechanism, conv.inline)
@@ -297,7 +303,8 @@ def _imap_authenticate(
     conn.state = "AUTH"
     capabilities = conn.untagged_responses.pop("CAPABILITY", None)
     if capabilities:
-        conn.capabilities = tuple(capabilities[-1].decode("ascii", "replace").upper().split())
+        line = cast(bytes, capabilities[-1])  # a CAPABILITY response is one line, no literal
+        conn.capabilities = tuple(line.decode("ascii", "replace").upper().split())
     return conv
 
 
@@ -345,8 +352,9 @@ def _pop3_authenticate(
 
 def _pop3_send(conn: poplib.POP3, line: bytes) -> _Reply:
     """Send one line; ``+OK`` accepts, ``+ ``/``+`` continues, anything else refuses."""
-    conn._putline(line)
-    reply, _octets = conn._getline()
+    # poplib's own line I/O: private, so typeshed leaves it out
+    conn._putline(line)  # type: ignore[attr-defined]
+    reply, _octets = conn._getline()  # type: ignore[attr-defined]
     if reply == b"+" or reply.startswith(b"+ "):
         return None, reply[2:]
     return reply.startswith(b"+OK"), reply
@@ -393,7 +401,8 @@ def _smtp_authenticate(
     mechanism: str | None,
 ) -> _Conversation:
     peer = conn.sock.getpeername() if conn.sock else ("", 0)
-    host, port = host or conn._host or peer[0], port or peer[1]
+    # smtplib keeps the connected host name only privately, so typeshed leaves it out
+    host, port = host or conn._host or peer[0], port or peer[1]  # type: ignore[attr-defined]
     with _transport("SMTP", host, port):
         conn.ehlo_or_helo_if_needed()
         offered = conn.esmtp_features.get("auth", "").split()
@@ -637,6 +646,11 @@ class _Check:
         )
 
 
+def _detail_only(probe: Callable[[T], str], conn: T) -> tuple[None, str]:
+    """A probe as a step: nothing to return but its detail."""
+    return None, probe(conn)
+
+
 def _run_check(
     protocol: str,
     server: MailServer,
@@ -662,7 +676,7 @@ def _run_check(
         conn = check.step(gettext("connect"), lambda: _connected(server, connect(), greeting))
         check.step(gettext("sign in"), lambda: (None, _signed_in(login(conn, check.token))))
         for name, probe in probes:
-            check.step(name, lambda probe=probe: (None, probe(conn)))
+            check.step(name, partial(_detail_only, probe, conn))
     except _StepFailed:
         pass
     finally:
@@ -823,7 +837,7 @@ def _sender_guidance(code: int, reply: str) -> str:
 
 
 def resolve_server(
-    settings: MailboxSettings, protocol: str, defaults: MailServers | None
+    settings: MailboxSettings, protocol: ServerProtocol, defaults: MailServers | None
 ) -> MailServer:
     """The server for ``protocol`` (imap, pop3, smtp): the host's settings over the provider's.
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 import jwt
 import requests
@@ -163,7 +163,8 @@ def _request_token(
                 url,
                 data=body,
                 headers={"Accept": "application/json"},
-                timeout=call_timeout(timeout, deadline),
+                # types-requests leaves out urllib3's Timeout, which requests passes through
+                timeout=call_timeout(timeout, deadline),  # type: ignore[arg-type]
                 allow_redirects=False,
             )
     except (RedirectRefused, AddressRefused) as exc:
@@ -272,6 +273,10 @@ def _parse(data: Mapping[str, Any], requested: list[str], date: str | None) -> T
     )
 
 
+@overload
+def _token(data: Mapping[str, Any], name: str, *, required: Literal[True]) -> str: ...
+@overload
+def _token(data: Mapping[str, Any], name: str, *, required: bool = False) -> str | None: ...
 def _token(data: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
     """A token field: absent (``None``) unless required, else a non-empty printable-ASCII string."""
     value = data.get(name)

@@ -268,7 +268,8 @@ class _VettedConnection(HTTPConnection):
         try:
             infos = socket.getaddrinfo(host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:  # a name IDNA cannot encode
-            raise NameResolutionError(self.host, self, exc) from exc
+            # urllib3 types the reason as a gaierror; it only formats it into the message
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
         vetted = [info for info in infos if self.policy.permits(host, _address(info[4]))]
         if not vetted:
             loopback = any(_address(info[4]).is_loopback for info in infos)
@@ -298,7 +299,8 @@ class _VettedConnection(HTTPConnection):
         try:
             for option in self.socket_options or ():
                 sock.setsockopt(*option)
-            if self.timeout is not _DEFAULT_TIMEOUT:
+            # urllib3 types the timeout as a float, yet its pools store the default sentinel
+            if self.timeout is not _DEFAULT_TIMEOUT:  # type: ignore[comparison-overlap]
                 sock.settimeout(self.timeout)
             if self.source_address:
                 sock.bind(self.source_address)
@@ -342,7 +344,9 @@ class _VettedPoolManager(PoolManager):
             "https": _VettedHTTPSConnectionPool,
         }
 
-    def _new_pool(self, scheme: str, host: str, port: int, request_context: Any = None) -> Any:
+    def _new_pool(
+        self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
+    ) -> HTTPConnectionPool:
         pool = super()._new_pool(scheme, host, port, request_context)
         pool.conn_kw["policy"] = self.policy
         return pool
@@ -367,7 +371,7 @@ class OutboundAdapter(HTTPAdapter):
             num_pools=connections, maxsize=maxsize, block=block, policy=self.policy, **pool_kwargs
         )
 
-    def send(  # type: ignore[override]
+    def send(
         self,
         request: requests.PreparedRequest,
         stream: bool = False,

@@ -55,7 +55,8 @@ class ErrorChallenge:
     status: str | None = None
     schemes: str | None = None
     scope: str | None = None
-    raw: dict = field(default_factory=dict)
+    #: the decoded JSON object
+    raw: dict[str, object] = field(default_factory=dict)
 
     def describe(self) -> str:
         """A readable sentence for the admin."""

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 MailProtocol = Literal["imap", "pop3"]
+#: a mail server's protocol: the mailbox's own, or SMTP
+ServerProtocol = MailProtocol | Literal["smtp"]
 Security = Literal["ssl", "starttls", "none"]
 Purpose = Literal["mailbox", "smtp"]
 PURPOSES: tuple[Purpose, ...] = ("mailbox", "smtp")

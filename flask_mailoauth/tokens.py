@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
@@ -47,7 +46,7 @@ from .errors import (
     TokenRequestFailed,
 )
 from .i18n import gettext
-from .models import own_session, row_lock, utcnow
+from .models import AccountMixin, CredentialMixin, own_session, row_lock, utcnow
 from .oauth import TokenResponse, request_token, unexpected_failure
 from .providers import registry
 from .providers.base import Provider
@@ -173,7 +172,9 @@ def _cached(
     return None if stale or entry.due(leeway) else entry.access_token
 
 
-def _select(session: Session, st: MailOAuthState, key: str, purpose: str, *, lock: bool):
+def _select(
+    session: Session, st: MailOAuthState, key: str, purpose: str, *, lock: bool
+) -> sa.Row[CredentialMixin, AccountMixin] | None:
     """``(credential, account)`` in one statement, or ``None``; ``lock`` adds FOR UPDATE."""
     m = st.models
     query = (
@@ -194,7 +195,7 @@ def _read(
     *,
     lock: bool = False,
     serving: bool = False,
-):
+) -> tuple[CredentialMixin, AccountMixin]:
     """The account's credential and account, in one statement; typed errors when unusable.
 
     ``serving``: a credential refused for good still passes while its token may be served
@@ -227,12 +228,14 @@ def _read(
     return credential, account
 
 
-def account_label(account: Any) -> str:
+def account_label(account: AccountMixin) -> str:
     """How errors name an account: its address and purpose, as the admin knows it."""
     return f"{account.address} ({account.purpose})"
 
 
-def _refused(name: str, credential: Any) -> ReauthorizationRequired | ConfigurationError:
+def _refused(
+    name: str, credential: CredentialMixin
+) -> ReauthorizationRequired | ConfigurationError:
     """The typed error for a credential the IdP refused for good."""
     error = credential.last_error or ""
     if credential.status == CredentialStatus.REAUTHORIZATION_REQUIRED:
@@ -260,7 +263,7 @@ def _expired(
     return token_due(expires_at, obtained_at, _LAST_SECONDS, now)
 
 
-def _obtained_at(credential: Any) -> datetime | None:
+def _obtained_at(credential: CredentialMixin) -> datetime | None:
     """When the token was obtained, on the IdP's clock when the answer told the skew (its
     ``expires_at`` is on that clock: the lifetime is their difference)."""
     obtained = credential.refreshed_at or credential.issued_at
@@ -269,7 +272,9 @@ def _obtained_at(credential: Any) -> datetime | None:
     return obtained - timedelta(seconds=credential.clock_skew)
 
 
-def _current(st: MailOAuthState, credential: Any, *, just_obtained: bool = False) -> str | None:
+def _current(
+    st: MailOAuthState, credential: CredentialMixin, *, just_obtained: bool = False
+) -> str | None:
     """The stored token while it is not expired (due or not), else ``None``.
 
     ``just_obtained``: the token was obtained while the caller waited (seconds ago), so the
@@ -283,7 +288,7 @@ def _current(st: MailOAuthState, credential: Any, *, just_obtained: bool = False
     return st.reveal(credential, "access_token")
 
 
-def _still_served(credential: Any) -> bool:
+def _still_served(credential: CredentialMixin) -> bool:
     """After a refresh of a due token failed for good: its token serves until it expires.
 
     The IdP refused a new token, not the current one. A refusal of a token that was not yet
@@ -294,7 +299,9 @@ def _still_served(credential: Any) -> bool:
     return until is not None and not _expired(until, _obtained_at(credential))
 
 
-def _usable(st: MailOAuthState, credential: Any, account: Any, leeway: timedelta) -> str | None:
+def _usable(
+    st: MailOAuthState, credential: CredentialMixin, account: AccountMixin, leeway: timedelta
+) -> str | None:
     """The stored token when valid beyond the leeway (and cache it), else ``None``."""
     if token_due(credential.expires_at, _obtained_at(credential), leeway):
         return None
@@ -304,7 +311,11 @@ def _usable(st: MailOAuthState, credential: Any, account: Any, leeway: timedelta
 
 
 def _remember(
-    st: MailOAuthState, credential: Any, account: Any, token: str, skew: float | None = None
+    st: MailOAuthState,
+    credential: CredentialMixin,
+    account: AccountMixin,
+    token: str,
+    skew: float | None = None,
 ) -> None:
     """Cache the stored ``token``; ``skew`` only when it was measured just now (see
     :meth:`CachedToken.now`)."""
@@ -629,7 +640,7 @@ def _store(
     purpose: str,
     claim: _Claim,
     answer: TokenResponse | ProviderFailure,
-) -> Any:
+) -> CredentialMixin | None:
     """Record the IdP's answer if it may still be stored (``_may_store``); ``None`` if not."""
     config = st.config
     with own_session(st.db) as s, row_lock(s, config.lock_timeout):
@@ -651,7 +662,7 @@ def _store(
         return credential
 
 
-def _may_store(credential: Any, claim: _Claim, *, success: bool) -> bool:
+def _may_store(credential: CredentialMixin, claim: _Claim, *, success: bool) -> bool:
     """Whether an answer to ``claim`` may still be stored on ``credential``.
 
     Yes when nothing changed since the claim. A success also wins over failures stored
@@ -668,7 +679,13 @@ def _may_store(credential: Any, claim: _Claim, *, success: bool) -> bool:
     return success and credential.refreshed_at == claim.refreshed_at and changes == failures > 0
 
 
-def _record_success(st, session: Session, credential: Any, account: Any, answer: Any) -> None:
+def _record_success(
+    st: MailOAuthState,
+    session: Session,
+    credential: CredentialMixin,
+    account: AccountMixin,
+    answer: TokenResponse,
+) -> None:
     now = utcnow()
     st.seal(credential, "access_token", answer.access_token)
     if answer.refresh_token:
@@ -704,7 +721,12 @@ def _record_success(st, session: Session, credential: Any, account: Any, answer:
 
 
 def _record_failure(
-    st, session, credential, account, failure: ProviderFailure, config: Config
+    st: MailOAuthState,
+    session: Session,
+    credential: CredentialMixin,
+    account: AccountMixin,
+    failure: ProviderFailure,
+    config: Config,
 ) -> None:
     """Store the failure on the credential (never deleting anything) and log the event."""
     leeway = timedelta(seconds=config.refresh_leeway)
@@ -746,12 +768,12 @@ def backoff(failures: int, retry_after: float | None, config: Config) -> float:
     earlier than ``retry_after``, and never beyond ``MAILOAUTH_RETRY_MAX`` (whatever the IdP's
     ``Retry-After`` says)."""
     base, ceiling = config.retry_base, config.retry_max
-    delay = min(ceiling, base * 2 ** min(failures - 1, 64))
+    delay: float = min(ceiling, base * 2 ** min(failures - 1, 64))
     delay = delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not a secret
     return min(max(delay, retry_after or 0), ceiling)
 
 
-def _unavailable(st, credential: Any, keep_valid_token: bool) -> str:
+def _unavailable(st: MailOAuthState, credential: CredentialMixin, keep_valid_token: bool) -> str:
     """After a failure: the still-valid token if wanted, else the typed error."""
     token = _current(st, credential) if keep_valid_token else None
     if token:
@@ -773,11 +795,13 @@ class _Failed:
     """A refresh the IdP refused: its failure, the credential as stored, the account's label."""
 
     failure: ProviderFailure
-    credential: Any
+    credential: CredentialMixin
     label: str
 
 
-def _after_failure(st, key: str, purpose: str, failed: _Failed, keep_valid_token: bool) -> str:
+def _after_failure(
+    st: MailOAuthState, key: str, purpose: str, failed: _Failed, keep_valid_token: bool
+) -> str:
     """Signal the stored failure, then raise the typed error, or (if wanted) return the
     current token while it may still serve: after a transient failure, or after a permanent
     one of a token that was due (``_still_served``)."""

@@ -8,6 +8,7 @@ the same view without script answers with a page or a redirect, so everything wo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 from flask import (
@@ -26,16 +27,18 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError, validate_csrf
 from markupsafe import Markup
+from werkzeug.wrappers import Response as BaseResponse
 from wtforms import ValidationError
 
 from . import accounts, connections, flow, i18n, tokens
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError, UnknownProvider
 from .flashes import flash_category
-from .forms import account_form
+from .forms import AccountForm, account_form
 from .health import CONFIG_CHANGED, STATUS_WORDS
 from .i18n import gettext, lazy_gettext
+from .mail import CheckResult
 from .providers import registry
-from .settings import PURPOSES
+from .settings import PURPOSES, MailboxSettings, Purpose
 from .state import MailOAuthState, state
 from .vocabulary import EventKind, FlashKind
 
@@ -139,7 +142,7 @@ def _scripted() -> bool:
     return request.headers.get("X-Requested-With") == SCRIPTED
 
 
-def _mailbox(key: str, purpose: str):
+def _mailbox(key: str, purpose: str) -> MailboxSettings:
     if purpose not in PURPOSES:
         abort(404)
     try:
@@ -148,7 +151,7 @@ def _mailbox(key: str, purpose: str):
         abort(404, description=gettext("No mailbox %(key)r.", key=key))
 
 
-def _address(mailbox, purpose: str) -> str:
+def _address(mailbox: MailboxSettings, purpose: str) -> str:
     return mailbox.sender if purpose == "smtp" else mailbox.address
 
 
@@ -229,7 +232,7 @@ def _last_error_shown(view: accounts.AccountView, notice: Notice | None) -> bool
 
 def _render_modal(
     view: accounts.AccountView,
-    form,
+    form: AccountForm,
     status: int = 200,
     notice: Notice | None = None,
     **extra: object,
@@ -266,7 +269,7 @@ def modal(key: str, purpose: str) -> Response:
 
 
 @blueprint.post("/<key>/<purpose>")
-def save(key: str, purpose: str) -> Response:
+def save(key: str, purpose: str) -> BaseResponse:
     """Save the modal; go to the IdP when the grant is missing or no longer matches."""
     mailbox = _mailbox(key, purpose)
     _check_csrf()
@@ -302,7 +305,7 @@ def save(key: str, purpose: str) -> Response:
 
 
 @blueprint.post("/<key>/<purpose>/authorize")
-def authorize(key: str, purpose: str) -> Response:
+def authorize(key: str, purpose: str) -> BaseResponse:
     """Start (again) the authorization of a saved account."""
     _mailbox(key, purpose)
     _check_csrf()
@@ -359,7 +362,7 @@ def same_origin_path(url: str | None) -> str | None:
     return parts.path + query + (f"#{parts.fragment}" if parts.fragment else "")
 
 
-def _go(url: str) -> Response:
+def _go(url: str) -> BaseResponse:
     """Send the browser to ``url``: JSON for the modal's script, a redirect without it."""
     if _scripted():
         return jsonify(redirect=url)
@@ -367,7 +370,7 @@ def _go(url: str) -> Response:
 
 
 @blueprint.get("/callback")
-def callback() -> Response:
+def callback() -> BaseResponse:
     """Where the IdP sends the admin back: finish, then return to the account's page."""
     st = state()
     try:
@@ -394,7 +397,7 @@ def callback() -> Response:
 
 
 @blueprint.post("/<key>/<purpose>/delete")
-def delete(key: str, purpose: str) -> Response:
+def delete(key: str, purpose: str) -> BaseResponse:
     """Delete the account's token (the configuration stays)."""
     _mailbox(key, purpose)
     _check_csrf()
@@ -411,12 +414,14 @@ def delete(key: str, purpose: str) -> Response:
     return _go(_return_url(key, purpose))
 
 
-def _token_tab(key: str, purpose: str, **extra: object) -> Response:
+def _token_tab(
+    key: str, purpose: str, *, notice: Notice | None = None, checks: list[CheckResult] | None = None
+) -> Response:
     """The modal reopened on its Token tab, with a notice or check results."""
     mailbox = _mailbox(key, purpose)
     view = accounts.view(state(), key, purpose, _address(mailbox, purpose), None)
     form = account_form(registry.get(view.provider), view, formdata=None)
-    return _render_modal(view, form, initial_tab="token", **extra)
+    return _render_modal(view, form, notice=notice, initial_tab="token", checks=checks)
 
 
 @blueprint.post("/<key>/<purpose>/refresh")
@@ -439,5 +444,8 @@ def test(key: str, purpose: str) -> Response:
     """Sign in to the mail server with the token and show each step's result."""
     _mailbox(key, purpose)
     _check_csrf()
-    checks = connections.check(state(), key, purpose, timeout=state().config.mail_timeout)
+    timeout = state().config.mail_timeout
+    checks = connections.check(
+        state(), key, cast(Purpose, purpose), timeout=timeout
+    )  # _mailbox checked it
     return _token_tab(key, purpose, checks=checks)
