@@ -100,7 +100,8 @@ def _uid() -> str:
 
 
 class _Row:
-    """What :func:`models_for`'s ``db.Model`` gives every mixin's class, told the type checker."""
+    """For the type checker: what the host's ``db.Model`` gives each class :func:`models_for`
+    makes (a keyword constructor, the table)."""
 
     if TYPE_CHECKING:
         __tablename__: ClassVar[str]
