@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -9,7 +12,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from click.testing import CliRunner
+from flask_sqlalchemy import SQLAlchemy
 
+from flask_mailoauth import models
 from flask_mailoauth.crypto import KeyRing, generate_key, parse_key
 from flask_mailoauth.errors import DecryptionError
 from flask_mailoauth.models import own_session
@@ -190,3 +195,35 @@ def _script_info(app):
     from flask.cli import ScriptInfo
 
     return ScriptInfo(create_app=lambda: app)
+
+
+def _typed_relationships() -> dict[str, dict[str, str]]:
+    """What each mixin tells the type checker about its relationships (its TYPE_CHECKING
+    block): mixin name -> relationship name -> annotation source."""
+    typed: dict[str, dict[str, str]] = {}
+    for node in ast.parse(inspect.getsource(models)).body:
+        if not (isinstance(node, ast.ClassDef) and node.name.endswith("Mixin")):
+            continue
+        for block in node.body:
+            if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING":
+                typed[node.name] = {
+                    ast.unparse(line.target): ast.unparse(line.annotation)
+                    for line in block.body
+                    if isinstance(line, ast.AnnAssign)
+                }
+    return typed
+
+
+def test_the_relationships_the_type_checker_is_told_are_the_ones_models_for_binds():
+    bound = models.models_for(SQLAlchemy())
+    typed = _typed_relationships()
+    assert set(typed) == {"AccountMixin", "CredentialMixin", "PendingAuthorizationMixin"}
+    for model in (bound.Account, bound.Credential, bound.PendingAuthorization, bound.Event):
+        mixin = next(c for c in model.__mro__ if c.__name__.endswith("Mixin"))
+        relationships = sa.inspect(model).relationships
+        declared = typed.get(mixin.__name__, {})
+        assert set(relationships.keys()) == set(declared), mixin.__name__
+        for name, annotation in declared.items():
+            target = getattr(models, re.findall(r"\w+Mixin", annotation)[0])
+            assert issubclass(relationships[name].mapper.class_, target), (mixin, name)
+            assert relationships[name].uselist == annotation.startswith("Mapped[list["), name
