@@ -25,6 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -71,6 +72,42 @@ def _process_lock(st: MailOAuthState, key: str, purpose: str) -> threading.Lock:
         return _process_locks.setdefault(name, threading.Lock())
 
 
+_reads: dict[tuple[int, str, str], Future[tuple[Any, Any]]] = {}
+
+
+def _read_once(st: MailOAuthState, key: str, purpose: str) -> tuple[Any, Any]:
+    """The credential and account (detached), read by one thread for every thread of this
+    process that wants them at the same moment: a storm of callers costs one read and one
+    connection per process, not one per thread. A thread whose shared read failed reads
+    again itself, so that it raises its own error."""
+    name = (id(st), key, purpose)
+    with _process_locks_guard:
+        flight = _reads.get(name)
+        leader = flight is None
+        if flight is None:
+            flight = _reads[name] = Future()
+    if not leader:
+        try:
+            return flight.result(timeout=st.config.lock_timeout)
+        except Exception:  # noqa: S110 - read below, and raise what that read raises
+            pass
+    try:
+        with own_session(st.db, lock_timeout=st.config.lock_timeout) as s:
+            row = _read(s, st, key, purpose, serving=True)
+    except BaseException as exc:
+        if leader:
+            flight.set_exception(exc)
+        raise
+    else:
+        if leader:
+            flight.set_result(row)
+        return row
+    finally:
+        if leader:
+            with _process_locks_guard:
+                _reads.pop(name, None)
+
+
 def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
     """A token valid for more than ``MAILOAUTH_REFRESH_LEEWAY`` seconds, or than half its
     lifetime when that is shorter (see module doc and ``token_due``).
@@ -87,21 +124,20 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
     entry: CachedToken | None = st.cache.get((key, purpose))  # past its TTL, or due
     current: str | None = None  # the stored token while it is valid, though due
     try:
-        with own_session(st.db, lock_timeout=config.lock_timeout) as s:
-            credential, account = _read(s, st, key, purpose, serving=True)
-            if credential.status in REFUSED:  # refused for good, but not expired yet
-                return st.reveal(credential, "access_token")
-            token = _usable(st, credential, account, leeway)
-            if token:
-                return token
-            current = _current(st, credential)
-            if entry is not None and entry.access_token == st.reveal(credential, "access_token"):
-                # This process obtained the stored token and knows the IdP's clock: a host
-                # clock running fast makes the row look due, the entry judges it rightly.
-                if not entry.due(leeway):
-                    st.cache[(key, purpose)] = replace(entry, cached_at=time.monotonic())
-                    return entry.access_token
-                current = current or (None if entry.due(_LAST_SECONDS) else entry.access_token)
+        credential, account = _read_once(st, key, purpose)
+        if credential.status in REFUSED:  # refused for good, but not expired yet
+            return st.reveal(credential, "access_token")
+        token = _usable(st, credential, account, leeway)
+        if token:
+            return token
+        current = _current(st, credential)
+        if entry is not None and entry.access_token == st.reveal(credential, "access_token"):
+            # This process obtained the stored token and knows the IdP's clock: a host
+            # clock running fast makes the row look due, the entry judges it rightly.
+            if not entry.due(leeway):
+                st.cache[(key, purpose)] = replace(entry, cached_at=time.monotonic())
+                return entry.access_token
+            current = current or (None if entry.due(_LAST_SECONDS) else entry.access_token)
         lock = _process_lock(st, key, purpose)
         if current is not None:
             if not lock.acquire(blocking=False):
@@ -350,7 +386,7 @@ class _Claim:
     account_id: int
     #: the lease this claim set: while the row holds it, the lease is this worker's
     lease_until: datetime
-    #: the credential as read when claimed (detached); updated to the stored state by ``_store``
+    #: the credential as read when claimed (detached, shared: never changed)
     credential: Any
     provider: Provider
     config: dict[str, str]
@@ -712,9 +748,7 @@ def _store(
         )
         _release(st, key, purpose, claim)
         return None
-    credential = claim.credential
-    for name, value in values.items():
-        setattr(credential, name, value)
+    credential = _as_stored(claim.credential, values)
     if isinstance(answer, TokenResponse):
         st.cache[(key, purpose)] = CachedToken(
             answer.access_token,
@@ -729,6 +763,13 @@ def _store(
             "Refresh failed for %s (%s): %s [%s]", key, purpose, answer.code, answer.kind
         )
     return credential
+
+
+def _as_stored(credential: Any, values: dict[str, Any]) -> Any:
+    """A new (transient) credential: ``credential`` with ``values``. The row read may be shared
+    by the threads of this process (``_read_once``), so it is never changed in place."""
+    columns = sa.inspect(type(credential)).column_attrs
+    return type(credential)(**{a.key: getattr(credential, a.key) for a in columns} | values)
 
 
 def _write(

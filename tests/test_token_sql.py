@@ -3,6 +3,8 @@ and PostgreSQL; the lock timeouts are set once per connection and never reach th
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -142,3 +144,31 @@ def test_the_lock_timeout_is_set_once_per_connection_and_never_reaches_the_host(
     with sql(host) as seen:
         assert token(host, key="other") == "at-2"
     assert len(seen) == len(["SELECT", "UPDATE"]) + (1 if db_url.startswith("postgresql") else 2)
+
+
+def test_threads_of_a_process_that_miss_the_cache_together_share_one_read(make_host, idp):
+    """A storm's threads cost one read (and one connection) per process, not one each."""
+    host = make_host()
+    store_account(host)
+    with sql(host) as seen:
+        with host.app.app_context():
+
+            def slow_read(*args):
+                time.sleep(0.3)  # every thread arrives while the first read is under way
+
+            sa.event.listen(host.db.engine, "before_cursor_execute", slow_read)
+        barrier, results = threading.Barrier(16), []
+
+        def call():
+            barrier.wait()
+            results.append(token(host))
+
+        threads = [threading.Thread(target=call) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with host.app.app_context():
+            sa.event.remove(host.db.engine, "before_cursor_execute", slow_read)
+    assert results == ["at-0"] * 16
+    assert verbs(seen) == ["SELECT"]
