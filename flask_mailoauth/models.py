@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -205,16 +205,28 @@ class PendingAuthorizationMixin(_Secretive):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+#: the events the Token tab shows for an account: its latest ones, which pruning always keeps
+EVENTS_SHOWN = 10
+
+
 class EventMixin:
-    """One line of an account's history: authorized, refreshed, a failure with its code..."""
+    """One line of an account's history: authorized, refreshed, a failure with its code...
+
+    Read by account, latest first (the Token tab), and pruned by age: hence the index on
+    (account, time), which also serves lookups by account alone.
+    """
 
     __tablename__ = "mailoauth_event"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple:
+        return (sa.Index("ix_mailoauth_event_account_id_at", "account_id", "at"),)
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
 
     @declared_attr
     def account_id(cls) -> Mapped[int]:
-        return mapped_column(sa.ForeignKey("mailoauth_account.id", ondelete="CASCADE"), index=True)
+        return mapped_column(sa.ForeignKey("mailoauth_account.id", ondelete="CASCADE"))
 
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(sa.String(40))
@@ -225,6 +237,23 @@ class EventMixin:
 
     def __repr__(self) -> str:
         return f"<Event {self.kind} {self.code or ''} at {self.at}>"
+
+
+def prune_events(db: SQLAlchemy, event: type, days: int, now: datetime | None = None) -> int:
+    """Delete the events older than ``days``, except each account's latest
+    :data:`EVENTS_SHOWN` (its history never goes blank); how many went."""
+    table = event.__table__  # type: ignore[attr-defined]
+    rank = (
+        sa.func.row_number()
+        .over(partition_by=table.c.account_id, order_by=(table.c.at.desc(), table.c.id.desc()))
+        .label("rank")
+    )
+    ranked = sa.select(table.c.id, rank).subquery()
+    shown = sa.select(ranked.c.id).where(ranked.c.rank <= EVENTS_SHOWN)
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    with own_session(db) as s:
+        done = s.execute(sa.delete(table).where(table.c.at < cutoff, table.c.id.not_in(shown)))
+        return done.rowcount
 
 
 @dataclass(frozen=True)

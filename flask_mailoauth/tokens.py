@@ -1,10 +1,11 @@
 """``access_token()``: a fresh token from memory, the database, or one refresh shared by all.
 
-Steady state costs no SQL: a valid token is served from a small per-process cache for at most
-``MAILOAUTH_CACHE_TTL`` seconds. Otherwise one statement reads the row. A refresh runs under a
-lock that holds across threads (a per-account ``threading.Lock``), processes and hosts: a
-lease on the credential row, taken in a short transaction under ``SELECT ... FOR UPDATE``
-(PostgreSQL) or ``BEGIN IMMEDIATE`` (SQLite) after re-reading the row. The lease holder calls
+Steady state costs no SQL: a valid token is served from a per-process LRU cache
+(``MAILOAUTH_CACHE_SIZE`` tokens) for at most ``MAILOAUTH_CACHE_TTL`` seconds. Otherwise one
+statement reads the row, once for all the threads of the process that want it. A refresh runs
+under a lock that holds across threads (a per-account ``threading.Lock``), processes and
+hosts: a lease on the credential row, taken by one ``UPDATE ... RETURNING`` that only matches
+the row at the version read with no live lease (a compare-and-set). The lease holder calls
 the IdP with no transaction open; N concurrent callers cause exactly one call to the IdP, and
 no database lock is held while the IdP answers. Only callers whose token has really expired
 wait for the holder's answer; the others keep using the current token meanwhile.
