@@ -21,6 +21,7 @@ refresh token and the account shows "reauthorization required" with the IdP's co
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -567,20 +568,29 @@ def _take_lease(st: MailOAuthState, credential: Any, now: datetime, until: datet
     """Set the lease in one statement if the row is still at the version read and its lease is
     free or ran out: an atomic compare-and-set on every backend, waiting at most
     ``MAILOAUTH_LOCK_TIMEOUT`` for another writer."""
-    table = st.models.Credential.__table__
+    claim = _claim_statement(st.models.Credential.__table__)
+    params = {"claim_id": credential.id, "claim_version": credential.version}
+    params |= {"claim_now": now, "claim_until": until}
+    with own_session(st.db, lock_timeout=st.config.lock_timeout) as s:
+        return s.execute(claim, params).first() is not None
+
+
+@functools.cache
+def _claim_statement(table: sa.Table) -> sa.UpdateBase:
+    """The claim's ``UPDATE ... RETURNING``, built once per table (parameters ``claim_id``,
+    ``_version``, ``_now``, ``_until``): building a statement costs more CPU than running it.
+    (A parameter may not have a column's name.)"""
     lease = table.c.refresh_lease_until
-    claim = (
+    return (
         sa.update(table)
         .where(
-            table.c.id == credential.id,
-            table.c.version == credential.version,
-            sa.or_(lease.is_(None), lease <= now),
+            table.c.id == sa.bindparam("claim_id"),
+            table.c.version == sa.bindparam("claim_version"),
+            sa.or_(lease.is_(None), lease <= sa.bindparam("claim_now", type_=lease.type)),
         )
-        .values(refresh_lease_until=until)
+        .values(refresh_lease_until=sa.bindparam("claim_until", type_=lease.type))
         .returning(table.c.id)
     )
-    with own_session(st.db, lock_timeout=st.config.lock_timeout) as s:
-        return s.execute(claim).first() is not None
 
 
 def _idp_deadline(config: Config) -> float:
@@ -740,7 +750,7 @@ def _store(
     else:
         values, event = _failure(claim, answer, config)
     with own_session(st.db, lock_timeout=config.lock_timeout) as s:
-        stored = _write(s, st, claim, _store_guard(st, claim, success=success), values, event)
+        stored = _write(s, st, claim, success, values, event)
     if not stored:
         logger.warning(
             "Refresh of %s (%s) finished after its credential changed; result dropped.",
@@ -777,53 +787,117 @@ def _write(
     session: Session,
     st: MailOAuthState,
     claim: _Claim,
-    guard: sa.ColumnElement[bool],
+    success: bool,
     values: dict[str, Any],
     event: dict[str, Any],
 ) -> bool:
-    """Update the credential where ``guard`` holds and add ``event`` for it; whether it held."""
+    """Update the credential where the claim still holds (``_store_statements``) and add
+    ``event`` for it; whether it held."""
     credentials, events = st.models.Credential.__table__, st.models.Event.__table__
-    update = (
-        sa.update(credentials)
-        .where(guard)
-        .values(**cleaned(credentials, values), version=credentials.c.version + 1)
-    )
-    event = cleaned(events, {"account_id": claim.account_id, "actor": None, **event})
-    if session.get_bind().dialect.name == "postgresql":
-        stored = update.returning(credentials.c.account_id).cte("stored")
-        columns = [c for c in event if c != "account_id"]
-        rows = sa.select(
-            stored.c.account_id,
-            *(sa.literal(event[c], events.c[c].type).label(c) for c in columns),
-        )
-        insert = sa.insert(events).from_select(["account_id", *columns], rows)
-        return session.execute(insert.returning(events.c.id)).first() is not None
-    if session.execute(update).rowcount != 1:
+    dialect = session.get_bind().dialect.name
+    update, insert = _store_statements(credentials, events, dialect, success)
+    params = {
+        "claim_uid": claim.uid,
+        "claim_version": claim.version,
+        "claim_refreshed_at": claim.refreshed_at,
+        "claim_failure_count": claim.failure_count,
+        "claim_account_id": claim.account_id,
+        **{f"v_{k}": v for k, v in cleaned(credentials, values).items()},
+        **{f"e_{k}": v for k, v in cleaned(events, event).items()},
+    }
+    if insert is None:  # PostgreSQL: one statement
+        return session.execute(update, params).first() is not None
+    if session.execute(update, params).rowcount != 1:
         return False
-    session.execute(sa.insert(events).values(**event))
+    session.execute(insert, params)
     return True
 
 
-def _store_guard(st: MailOAuthState, claim: _Claim, *, success: bool) -> sa.ColumnElement[bool]:
-    """Where an answer to ``claim`` may still be stored, as SQL.
+#: the credential columns a store sets (``_success``, ``_failure``); ``version`` goes up by one
+_SUCCESS_COLUMNS = (
+    "access_token",
+    "refresh_token",
+    "refresh_token_issued_at",
+    "scope",
+    "expires_at",
+    "refreshed_at",
+    "clock_skew",
+    "status",
+    "failure_count",
+    "last_error",
+    "last_error_code",
+    "next_retry_at",
+    "serve_until",
+    "refresh_lease_until",
+)
+_FAILURE_COLUMNS = (
+    "failure_count",
+    "status",
+    "last_error_code",
+    "last_error",
+    "next_retry_at",
+    "serve_until",
+    "refresh_lease_until",
+)
+#: the event columns a store sets (``_event``), and ``account_id``
+_EVENT_COLUMNS = ("at", "kind", "level", "code", "message")
+
+
+@functools.cache
+def _store_statements(
+    credentials: sa.Table, events: sa.Table, dialect: str, success: bool
+) -> tuple[sa.Executable, sa.Executable | None]:
+    """The store's statements, built once per table, dialect and outcome: the guarded
+    ``UPDATE`` and the event ``INSERT``; on PostgreSQL one ``INSERT`` selecting from the
+    ``UPDATE ... RETURNING`` (and ``None``). Parameters: the claim's ``claim_uid``,
+    ``_version``, ``_refreshed_at``, ``_failure_count``, ``_account_id``; the new values
+    ``v_<column>``, ``e_<column>``."""
+    c = credentials.c
+    names = _SUCCESS_COLUMNS if success else _FAILURE_COLUMNS
+    update = (
+        sa.update(credentials)
+        .where(_store_guard(credentials, success=success))
+        .values(
+            {c[n]: sa.bindparam(f"v_{n}", type_=c[n].type) for n in names}
+            | {c.version: c.version + 1}
+        )
+    )
+    values = [sa.bindparam(f"e_{n}", type_=events.c[n].type).label(n) for n in _EVENT_COLUMNS]
+    if dialect == "postgresql":
+        stored = update.returning(c.account_id).cte("stored")
+        rows = sa.select(stored.c.account_id, *values)
+        insert = sa.insert(events).from_select(["account_id", *_EVENT_COLUMNS], rows)
+        return insert.returning(events.c.id), None
+    insert = sa.insert(events).values(
+        {events.c.account_id: sa.bindparam("claim_account_id")}
+        | {events.c[n]: sa.bindparam(f"e_{n}", type_=events.c[n].type) for n in _EVENT_COLUMNS}
+    )
+    return update, insert
+
+
+def _store_guard(credentials: sa.Table, *, success: bool) -> sa.ColumnElement[bool]:
+    """Where an answer to a claim may still be stored, as SQL (the claim's ``claim_uid``,
+    ``_version``, ``_refreshed_at``, ``_failure_count`` as parameters).
 
     Yes when nothing changed since the claim. A success also wins over failures stored
     meanwhile by workers that claimed after this one's lease ran out: they sent a refresh
     token the IdP had already rotated, and this answer holds the new one. Anything else (a new
     credential, a newer success, an admin's change) is newer than this answer.
     """
-    c = st.models.Credential.__table__.c
-    unchanged = c.version == claim.version
+    c = credentials.c
+    version = sa.bindparam("claim_version", type_=c.version.type)
+    unchanged = c.version == version
+    mine = c.uid == sa.bindparam("claim_uid", type_=c.uid.type)
     if not success:
-        return sa.and_(c.uid == claim.uid, unchanged)
-    before = claim.refreshed_at
-    refreshed = c.refreshed_at.is_(None) if before is None else c.refreshed_at == before
+        return sa.and_(mine, unchanged)
+    refreshed = sa.bindparam("claim_refreshed_at", type_=c.refreshed_at.type)
+    failures = sa.bindparam("claim_failure_count", type_=c.failure_count.type)
     only_failures = sa.and_(
-        refreshed,
-        c.version > claim.version,
-        c.version - claim.version == c.failure_count - claim.failure_count,
+        c.refreshed_at.is_not_distinct_from(refreshed),
+        c.version > version,
+        c.version - version == c.failure_count - failures,
     )
-    return sa.and_(c.uid == claim.uid, sa.or_(unchanged, only_failures))
+    return sa.and_(mine, sa.or_(unchanged, only_failures))
 
 
 def _success(
@@ -845,14 +919,17 @@ def _success(
         "serve_until": None,
         "refresh_lease_until": None,
     }
+    # Microsoft rotates refresh tokens: always keep the newest. Google sends none: keep ours
+    # (failures stored since the claim never change it, nor the scope).
     if answer.refresh_token:
-        # Microsoft rotates refresh tokens: always keep the newest. Google sends none: keep ours.
         values["refresh_token"] = st.keyring.encrypt(
             answer.refresh_token, aad=credential.aad("refresh_token")
         )
         values["refresh_token_issued_at"] = now
-    if answer.raw.get("scope"):
-        values["scope"] = answer.scope
+    else:
+        values["refresh_token"] = credential.refresh_token
+        values["refresh_token_issued_at"] = credential.refresh_token_issued_at
+    values["scope"] = answer.scope if answer.raw.get("scope") else credential.scope
     until = f"{answer.expires_at:%Y-%m-%d %H:%M}"
     if answer.refresh_token:
         message = gettext(
