@@ -14,7 +14,15 @@ from . import signals
 from .errors import DecryptionError
 from .health import account_health
 from .i18n import gettext, lazy_gettext
-from .models import AccountMixin, CredentialMixin, EventMixin, Models, own_session, utcnow
+from .models import (
+    EVENTS_SHOWN,
+    AccountMixin,
+    CredentialMixin,
+    EventMixin,
+    Models,
+    own_session,
+    utcnow,
+)
 from .outbound import OutboundHTTP
 from .providers import registry
 from .state import MailOAuthState
@@ -144,7 +152,7 @@ def view(
             sa.select(m.Event)
             .where(m.Event.account_id == account.id)
             .order_by(m.Event.at.desc(), m.Event.id.desc())
-            .limit(10)
+            .limit(EVENTS_SHOWN)
         ).all()
         return AccountView(
             exists=True,

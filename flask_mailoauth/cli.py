@@ -18,7 +18,7 @@ from . import accounts, connections, tokens
 from .errors import MailOAuthError
 from .health import health, status_words
 from .i18n import gettext, ngettext
-from .models import SECRET_FIELDS, own_session, utcnow
+from .models import SECRET_FIELDS, own_session, prune_events, utcnow
 from .settings import PURPOSES, Purpose
 from .state import MailOAuthState, state
 from .vocabulary import CredentialStatus
@@ -78,7 +78,8 @@ def refresh(key: str | None, purpose: str | None, due: bool) -> None:
     """Refresh tokens now: one KEY, or every account (with --due, only those about to expire).
 
     Safe to run from several hosts at once: each account is refreshed under its row lease, and
-    a token another host refreshed meanwhile is not refreshed again.
+    a token another host refreshed meanwhile is not refreshed again. With --due, events older
+    than MAILOAUTH_EVENT_RETENTION_DAYS are pruned after the run (see ``prune``).
     """
     if key is None and not due:
         raise click.UsageError(
@@ -109,8 +110,40 @@ def refresh(key: str | None, purpose: str | None, due: bool) -> None:
     for r in failed:
         click.echo(f"{r.target.label}: {r.error}", err=True)
     click.echo(_summary(results, failed))
+    if due and st.config.event_retention_days is not None:
+        _prune(st.config.event_retention_days)
     if failed:
         sys.exit(1)
+
+
+@mailoauth_cli.command("prune")
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keep this many days of events (default: MAILOAUTH_EVENT_RETENTION_DAYS).",
+)
+def prune(days: int | None) -> None:
+    """Delete events older than the retention; each account keeps its latest ones."""
+    days = days or state().config.event_retention_days
+    if days is None:
+        click.echo(gettext("Events are kept forever (MAILOAUTH_EVENT_RETENTION_DAYS is 0)."))
+        return
+    _prune(days)
+
+
+def _prune(days: int) -> None:
+    """Delete events older than ``days`` and say how many went."""
+    st = state()
+    deleted = prune_events(st.db, st.models.Event, days)
+    click.echo(
+        ngettext(
+            "Deleted %(num)d event older than %(days)d days.",
+            "Deleted %(num)d events older than %(days)d days.",
+            deleted,
+            days=days,
+        )
+    )
 
 
 def _summary(results: list[Outcome], failed: list[Outcome]) -> str:

@@ -40,6 +40,8 @@ DEFAULTS: dict[str, object] = {
     "MAILOAUTH_REFRESH_LEEWAY": 300,
     # seconds a process may serve a token from memory without looking at the database
     "MAILOAUTH_CACHE_TTL": 60,
+    # tokens a process keeps in memory at most, least recently used dropped first
+    "MAILOAUTH_CACHE_SIZE": 1024,
     # seconds to wait for another worker's refresh before giving up
     "MAILOAUTH_LOCK_TIMEOUT": 30,
     # seconds for each call to the IdP
@@ -61,6 +63,9 @@ DEFAULTS: dict[str, object] = {
     "MAILOAUTH_SECRET_WARNING_DAYS": (30, 7),
     # accounts refreshed at once by `flask mailoauth refresh --due`
     "MAILOAUTH_REFRESH_CONCURRENCY": 8,
+    # days an account's events are kept; older ones go with `flask mailoauth prune` and after
+    # `flask mailoauth refresh --due`; 0 or None keeps them forever
+    "MAILOAUTH_EVENT_RETENTION_DAYS": 90,
     # the host's flash categories for our messages, e.g. {"error": "danger"} for Bootstrap
     "MAILOAUTH_FLASH_CATEGORIES": {},
 }
@@ -77,6 +82,7 @@ class Config:
     outbound: OutboundPolicy
     refresh_leeway: float
     cache_ttl: float
+    cache_size: int
     lock_timeout: float
     http_timeout: float
     store_retry: float
@@ -88,6 +94,8 @@ class Config:
     idle_warning_days: int
     secret_warning_days: tuple[int, ...]
     refresh_concurrency: int
+    #: days events are kept; ``None``: forever
+    event_retention_days: int | None
     flash_categories: Mapping[str, str]
 
     @property
@@ -113,6 +121,7 @@ class Config:
             outbound=_outbound(values),
             refresh_leeway=_seconds(values, "MAILOAUTH_REFRESH_LEEWAY"),
             cache_ttl=_seconds(values, "MAILOAUTH_CACHE_TTL"),
+            cache_size=_whole(values, "MAILOAUTH_CACHE_SIZE", minimum=1),
             lock_timeout=_seconds(values, "MAILOAUTH_LOCK_TIMEOUT", positive=True),
             http_timeout=_seconds(values, "MAILOAUTH_HTTP_TIMEOUT", positive=True),
             store_retry=_seconds(values, "MAILOAUTH_STORE_RETRY"),
@@ -126,6 +135,7 @@ class Config:
             idle_warning_days=_whole(values, "MAILOAUTH_IDLE_WARNING_DAYS", minimum=1),
             secret_warning_days=_days(values["MAILOAUTH_SECRET_WARNING_DAYS"]),
             refresh_concurrency=_whole(values, "MAILOAUTH_REFRESH_CONCURRENCY", minimum=1),
+            event_retention_days=_retention(values),
             flash_categories=_flash_categories(values["MAILOAUTH_FLASH_CATEGORIES"]),
         )
 
@@ -188,6 +198,13 @@ def _whole(values: Mapping[str, Any], key: str, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SetupError(f"{key} must be a whole number of at least {minimum}, not {value!r}.")
     return value
+
+
+def _retention(values: Mapping[str, Any]) -> int | None:
+    """``MAILOAUTH_EVENT_RETENTION_DAYS``: ``None`` (0 or ``None``: keep forever) or days."""
+    if values["MAILOAUTH_EVENT_RETENTION_DAYS"] is None:
+        return None
+    return _whole(values, "MAILOAUTH_EVENT_RETENTION_DAYS", minimum=0) or None
 
 
 def _url_prefix(value: object) -> str:

@@ -7,13 +7,15 @@ once per ``db`` instance. Every datetime is timezone-aware UTC. Secret columns h
 
 from __future__ import annotations
 
+import threading
 import unicodedata
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import sqlalchemy as sa
@@ -233,16 +235,28 @@ class PendingAuthorizationMixin(SecretRow):
         account: Mapped[AccountMixin]
 
 
+#: the events the Token tab shows for an account: its latest ones, which pruning always keeps
+EVENTS_SHOWN = 10
+
+
 class EventMixin(_Row):
-    """One line of an account's history: authorized, refreshed, a failure with its code..."""
+    """One line of an account's history: authorized, refreshed, a failure with its code...
+
+    Read by account, latest first (the Token tab), and pruned by age: hence the index on
+    (account, time), which also serves lookups by account alone.
+    """
 
     __tablename__ = "mailoauth_event"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[sa.Index]:
+        return (sa.Index("ix_mailoauth_event_account_id_at", "account_id", "at"),)
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
 
     @declared_attr
     def account_id(cls) -> Mapped[int]:
-        return mapped_column(sa.ForeignKey("mailoauth_account.id", ondelete="CASCADE"), index=True)
+        return mapped_column(sa.ForeignKey("mailoauth_account.id", ondelete="CASCADE"))
 
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(sa.String(40))
@@ -253,6 +267,23 @@ class EventMixin(_Row):
 
     def __repr__(self) -> str:
         return f"<Event {self.kind} {self.code or ''} at {self.at}>"
+
+
+def prune_events(db: SQLAlchemy, event: type, days: int, now: datetime | None = None) -> int:
+    """Delete the events older than ``days``, except each account's latest
+    :data:`EVENTS_SHOWN` (its history never goes blank); how many went."""
+    table = event.__table__  # type: ignore[attr-defined]
+    rank = (
+        sa.func.row_number()
+        .over(partition_by=table.c.account_id, order_by=(table.c.at.desc(), table.c.id.desc()))
+        .label("rank")
+    )
+    ranked = sa.select(table.c.id, rank).subquery()
+    shown = sa.select(ranked.c.id).where(ranked.c.rank <= EVENTS_SHOWN)
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    with own_session(db) as s:
+        statement = sa.delete(table).where(table.c.at < cutoff, table.c.id.not_in(shown))
+        return cast(sa.CursorResult[Any], s.execute(statement)).rowcount
 
 
 @dataclass(frozen=True)
@@ -315,8 +346,7 @@ def _clean_outside_text(model: type[_Row]) -> None:
     for column in model.__table__.columns:
         if OUTSIDE_TEXT not in column.info:
             continue
-        cap: int | None = column.info[OUTSIDE_TEXT]
-        length = cap or cast(sa.String, column.type).length or TEXT_CAP
+        length = _text_cap(column)
 
         def clean(
             target: _Row,
@@ -330,15 +360,105 @@ def _clean_outside_text(model: type[_Row]) -> None:
         sa.event.listen(getattr(model, column.key), "set", clean, retval=True)
 
 
+def cleaned(table: sa.Table, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` for a Core ``INSERT``/``UPDATE`` of ``table``, outside text cleaned as the
+    ORM's attribute events clean it (:func:`clean_text`): Core statements bypass those events."""
+    out = dict(values)
+    for name, value in values.items():
+        column = table.c[name]
+        if OUTSIDE_TEXT in column.info:
+            out[name] = clean_text(value, _text_cap(column))
+    return out
+
+
+def _text_cap(column: sa.Column[Any]) -> int:
+    """The characters an outside-text column keeps: its declared cap, else its length."""
+    cap: int | None = column.info[OUTSIDE_TEXT]
+    return cap or cast(sa.String, column.type).length or TEXT_CAP
+
+
+#: the lock timeout (seconds) the extension wants on the connection being checked out; ``None``
+#: for a checkout that is not the extension's (the host's own sessions)
+_wanted_timeout: ContextVar[float | None] = ContextVar("mailoauth_lock_timeout", default=None)
+#: ``ConnectionPoolEntry.info`` keys: the timeout this extension set, the host's SQLite one
+_SET_TIMEOUT = "mailoauth_lock_timeout"
+_HOST_BUSY_TIMEOUT = "mailoauth_host_busy_timeout"
+_watched: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+_watched_guard = threading.Lock()
+
+
+def _watch(engine: sa.Engine) -> None:
+    """Register the pool ``checkout`` listener that sets and resets the lock timeouts, once per
+    engine."""
+    if engine in _watched:
+        return
+    with _watched_guard:
+        if engine not in _watched:
+            sa.event.listen(engine, "checkout", _timeouts_for(engine.dialect.name))
+            _watched.add(engine)
+
+
+def _timeouts_for(dialect: str) -> Callable[[Any, Any, Any], None]:
+    """The ``checkout`` listener of an engine of ``dialect``.
+
+    A connection the extension checks out gets its lock timeout (PostgreSQL ``lock_timeout``,
+    SQLite ``busy_timeout``) once, and keeps it while the extension uses it again and again; a
+    connection so configured that the host checks out gets the server's default back first.
+    """
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        wanted, current = _wanted_timeout.get(), record.info.get(_SET_TIMEOUT)
+        if wanted == current:
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            if dialect == "postgresql":
+                cursor.execute(
+                    f"SET lock_timeout = '{int(wanted * 1000)}ms'"
+                    if wanted is not None
+                    else "RESET lock_timeout"
+                )
+                dbapi_connection.commit()  # a session-level SET: a rollback would undo it
+            elif dialect == "sqlite":
+                if current is None:
+                    cursor.execute("PRAGMA busy_timeout")
+                    record.info[_HOST_BUSY_TIMEOUT] = cursor.fetchone()[0]
+                ms = int(wanted * 1000) if wanted is not None else record.info[_HOST_BUSY_TIMEOUT]
+                cursor.execute(f"PRAGMA busy_timeout = {ms}")
+        finally:
+            cursor.close()
+        if wanted is None:
+            record.info.pop(_SET_TIMEOUT, None)
+        else:
+            record.info[_SET_TIMEOUT] = wanted
+
+    return checkout
+
+
+def _connect(session: Session, timeout: float) -> sa.Connection:
+    """Check ``session``'s connection out now, with the extension's lock timeout on it."""
+    bind = session.get_bind()
+    _watch(bind if isinstance(bind, sa.Engine) else bind.engine)
+    token = _wanted_timeout.set(timeout)
+    try:
+        return session.connection()
+    finally:
+        _wanted_timeout.reset(token)
+
+
 @contextmanager
-def own_session(db: SQLAlchemy) -> Iterator[Session]:
+def own_session(db: SQLAlchemy, *, lock_timeout: float | None = None) -> Iterator[Session]:
     """A session of our own on the host's engine: we commit our rows, never the host's.
 
     The host's ``db.session`` may hold unrelated pending changes; committing it would save
-    them behind its back. Ours commits on success and rolls back on any error.
+    them behind its back. Ours commits on success and rolls back on any error. With
+    ``lock_timeout`` (seconds), a statement waits at most that long for a lock held by another
+    transaction (set once per pooled connection, never left on one the host gets back).
     """
     session: Session = db.session.session_factory(expire_on_commit=False)
     try:
+        if lock_timeout is not None:
+            _connect(session, lock_timeout)
         yield session
         session.commit()
     except BaseException:
@@ -354,13 +474,9 @@ def row_lock(session: Session, timeout: float) -> Iterator[None]:
 
     PostgreSQL honours FOR UPDATE, bounded by ``lock_timeout``. SQLite ignores FOR UPDATE, so
     the transaction starts with ``BEGIN IMMEDIATE``: one writer at a time, waiting at most
-    ``busy_timeout``.
+    ``busy_timeout``. Both timeouts are ``timeout`` seconds (see :func:`own_session`).
     """
-    connection = session.connection()
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(timeout * 1000)}ms'")
-    elif dialect == "sqlite":
-        connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    connection = _connect(session, timeout)
+    if connection.dialect.name == "sqlite":
         connection.exec_driver_sql("BEGIN IMMEDIATE")
     yield

@@ -7,7 +7,9 @@ from here and never import the extension shell.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -91,6 +93,51 @@ class CachedToken:
         return f"<CachedToken expires_at={self.expires_at.isoformat()}>"
 
 
+class TokenCache:
+    """The tokens of one app's process, least recently used first out: at most ``size``
+    entries (``MAILOAUTH_CACHE_SIZE``), so a host with many mailboxes holds a bounded number of
+    tokens in memory. Safe to share between threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[CacheKey, CachedToken] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def get(self, key: CacheKey) -> CachedToken | None:
+        """The entry, now the most recently used; ``None`` if there is none."""
+        with self._guard:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def __setitem__(self, key: CacheKey, entry: CachedToken) -> None:
+        with self._guard:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def pop(self, key: CacheKey, default: CachedToken | None = None) -> CachedToken | None:
+        with self._guard:
+            return self._entries.pop(key, default)
+
+    def clear(self) -> None:
+        with self._guard:
+            self._entries.clear()
+
+    def keys(self) -> list[CacheKey]:
+        """The keys, least recently used first."""
+        with self._guard:
+            return list(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+
 @dataclass
 class Hooks:
     """The host's callbacks, registered with ``MailOAuth``'s decorators.
@@ -137,7 +184,11 @@ class MailOAuthState:
     #: the checked ``MAILOAUTH_*`` settings, built once by ``init_app``
     config: Config
     hooks: Hooks
-    cache: dict[CacheKey, CachedToken] = field(default_factory=dict)
+    #: this process's tokens, bounded by ``MAILOAUTH_CACHE_SIZE``
+    cache: TokenCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = TokenCache(self.config.cache_size)
 
     def seal(self, row: SecretRow, name: str, value: str) -> None:
         """Encrypt ``value`` into the secret column ``name`` of ``row``, bound to both."""

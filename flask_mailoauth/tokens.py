@@ -1,10 +1,11 @@
 """``access_token()``: a fresh token from memory, the database, or one refresh shared by all.
 
-Steady state costs no SQL: a valid token is served from a small per-process cache for at most
-``MAILOAUTH_CACHE_TTL`` seconds. Otherwise one statement reads the row. A refresh runs under a
-lock that holds across threads (a per-account ``threading.Lock``), processes and hosts: a
-lease on the credential row, taken in a short transaction under ``SELECT ... FOR UPDATE``
-(PostgreSQL) or ``BEGIN IMMEDIATE`` (SQLite) after re-reading the row. The lease holder calls
+Steady state costs no SQL: a valid token is served from a per-process LRU cache
+(``MAILOAUTH_CACHE_SIZE`` tokens) for at most ``MAILOAUTH_CACHE_TTL`` seconds. Otherwise one
+statement reads the row, once for all the threads of the process that want it. A refresh runs
+under a lock that holds across threads (a per-account ``threading.Lock``), processes and
+hosts: a lease on the credential row, taken by one ``UPDATE ... RETURNING`` that only matches
+the row at the version read with no live lease (a compare-and-set). The lease holder calls
 the IdP with no transaction open; N concurrent callers cause exactly one call to the IdP, and
 no database lock is held while the IdP answers. Only callers whose token has really expired
 wait for the holder's answer; the others keep using the current token meanwhile.
@@ -20,14 +21,17 @@ refresh token and the account shows "reauthorization required" with the IdP's co
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import sqlalchemy as sa
 from flask import current_app
@@ -46,7 +50,7 @@ from .errors import (
     TokenRequestFailed,
 )
 from .i18n import gettext
-from .models import AccountMixin, CredentialMixin, own_session, row_lock, utcnow
+from .models import AccountMixin, CredentialMixin, cleaned, own_session, utcnow
 from .oauth import TokenResponse, request_token, unexpected_failure
 from .providers import registry
 from .providers.base import Provider
@@ -70,6 +74,42 @@ def _process_lock(st: MailOAuthState, key: str, purpose: str) -> threading.Lock:
         return _process_locks.setdefault(name, threading.Lock())
 
 
+_reads: dict[tuple[int, str, str], Future[tuple[Any, Any]]] = {}
+
+
+def _read_once(st: MailOAuthState, key: str, purpose: str) -> tuple[Any, Any]:
+    """The credential and account (detached), read by one thread for every thread of this
+    process that wants them at the same moment: a storm of callers costs one read and one
+    connection per process, not one per thread. A thread whose shared read failed reads
+    again itself, so that it raises its own error."""
+    name = (id(st), key, purpose)
+    with _process_locks_guard:
+        flight = _reads.get(name)
+        leader = flight is None
+        if flight is None:
+            flight = _reads[name] = Future()
+    if not leader:
+        try:
+            return flight.result(timeout=st.config.lock_timeout)
+        except Exception:  # noqa: S110 - read below, and raise what that read raises
+            pass
+    try:
+        with own_session(st.db, lock_timeout=st.config.lock_timeout) as s:
+            row = _read(s, st, key, purpose, serving=True)
+    except BaseException as exc:
+        if leader:
+            flight.set_exception(exc)
+        raise
+    else:
+        if leader:
+            flight.set_result(row)
+        return row
+    finally:
+        if leader:
+            with _process_locks_guard:
+                _reads.pop(name, None)
+
+
 def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
     """A token valid for more than ``MAILOAUTH_REFRESH_LEEWAY`` seconds, or than half its
     lifetime when that is shorter (see module doc and ``token_due``).
@@ -86,21 +126,20 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
     entry: CachedToken | None = st.cache.get((key, purpose))  # past its TTL, or due
     current: str | None = None  # the stored token while it is valid, though due
     try:
-        with own_session(st.db) as s:
-            credential, account = _read(s, st, key, purpose, serving=True)
-            if credential.status in REFUSED:  # refused for good, but not expired yet
-                return st.reveal(credential, "access_token")
-            token = _usable(st, credential, account, leeway)
-            if token:
-                return token
-            current = _current(st, credential)
-            if entry is not None and entry.access_token == st.reveal(credential, "access_token"):
-                # This process obtained the stored token and knows the IdP's clock: a host
-                # clock running fast makes the row look due, the entry judges it rightly.
-                if not entry.due(leeway):
-                    st.cache[(key, purpose)] = replace(entry, cached_at=time.monotonic())
-                    return entry.access_token
-                current = current or (None if entry.due(_LAST_SECONDS) else entry.access_token)
+        credential, account = _read_once(st, key, purpose)
+        if credential.status in REFUSED:  # refused for good, but not expired yet
+            return st.reveal(credential, "access_token")
+        token = _usable(st, credential, account, leeway)
+        if token:
+            return token
+        current = _current(st, credential)
+        if entry is not None and entry.access_token == st.reveal(credential, "access_token"):
+            # This process obtained the stored token and knows the IdP's clock: a host
+            # clock running fast makes the row look due, the entry judges it rightly.
+            if not entry.due(leeway):
+                st.cache[(key, purpose)] = replace(entry, cached_at=time.monotonic())
+                return entry.access_token
+            current = current or (None if entry.due(_LAST_SECONDS) else entry.access_token)
         lock = _process_lock(st, key, purpose)
         if current is not None:
             if not lock.acquire(blocking=False):
@@ -112,7 +151,8 @@ def access_token(st: MailOAuthState, key: str, purpose: str) -> str:
             if cached:
                 return cached
             # Mail must go on: while the IdP is down, a still-valid token beats an error.
-            return _refresh(st, key, purpose, force=False, keep_valid_token=True).token
+            row = (credential, account)  # as read above: the lease is claimed without reading again
+            return _refresh(st, key, purpose, force=False, keep_valid_token=True, row=row).token
         finally:
             lock.release()
     except SQLAlchemyError as exc:
@@ -172,18 +212,15 @@ def _cached(
     return None if stale or entry.due(leeway) else entry.access_token
 
 
-def _select(
-    session: Session, st: MailOAuthState, key: str, purpose: str, *, lock: bool
-) -> sa.Row[CredentialMixin, AccountMixin] | None:
-    """``(credential, account)`` in one statement, or ``None``; ``lock`` adds FOR UPDATE."""
+def _select(session: Session, st: MailOAuthState, key: str, purpose: str) -> Any:
+    """``(credential, account)`` in one statement, or ``None``; no lock: a lease is taken by a
+    guarded ``UPDATE`` (``_take_lease``), not under a row lock."""
     m = st.models
     query = (
         sa.select(m.Credential, m.Account)
         .join(m.Account, m.Credential.account_id == m.Account.id)
         .where(m.Account.key == key, m.Account.purpose == purpose)
     )
-    if lock:
-        query = query.with_for_update(of=m.Credential)
     return session.execute(query).one_or_none()
 
 
@@ -193,15 +230,14 @@ def _read(
     key: str,
     purpose: str,
     *,
-    lock: bool = False,
     serving: bool = False,
-) -> tuple[CredentialMixin, AccountMixin]:
+) -> tuple[Any, Any]:
     """The account's credential and account, in one statement; typed errors when unusable.
 
     ``serving``: a credential refused for good still passes while its token may be served
     (see ``_still_served``); the caller serves it and does not refresh.
     """
-    row = _select(session, st, key, purpose, lock=lock)
+    row = _select(session, st, key, purpose)
     if row is None:
         raise NotConfigured(
             gettext(
@@ -352,13 +388,18 @@ class _Claim:
     """What the worker that holds an account's refresh lease needs for its call to the IdP.
 
     ``uid``, ``version``, ``failure_count`` and ``refreshed_at`` describe the credential as it
-    was when claimed: they decide whether the answer may still be stored (``_may_store``).
+    was when claimed: they decide whether the answer may still be stored (``_store_guard``).
     """
 
     uid: str
     version: int
     failure_count: int
     refreshed_at: datetime | None
+    account_id: int
+    #: the lease this claim set: while the row holds it, the lease is this worker's
+    lease_until: datetime
+    #: the credential as read when claimed (detached, shared: never changed)
+    credential: Any
     provider: Provider
     config: dict[str, str]
     client_secret: str
@@ -407,26 +448,34 @@ class _Refreshed:
 
 
 def _refresh(
-    st: MailOAuthState, key: str, purpose: str, *, force: bool, keep_valid_token: bool = False
+    st: MailOAuthState,
+    key: str,
+    purpose: str,
+    *,
+    force: bool,
+    keep_valid_token: bool = False,
+    row: tuple[Any, Any] | None = None,
 ) -> _Refreshed:
     """The token and whether this call asked the IdP for it.
 
-    Three short transactions instead of one long one: claim a lease on the row, call the IdP
-    with no transaction open, store the answer. Holding SQLite's write lock (or a PostgreSQL
-    row lock) through an HTTP call would stall every other writer for as long as the IdP takes.
-    Callers that find the lease taken use the current token while it is valid (unless
-    ``force``), else wait for the holder's answer: a forced caller accepts only a token
-    obtained after it started waiting (``since``). With ``keep_valid_token``, a failure that
-    leaves the current token valid returns it.
+    Short transactions instead of one long one: read the row, claim a lease on it with one
+    guarded ``UPDATE``, call the IdP with no transaction open, store the answer. Holding
+    SQLite's write lock (or a PostgreSQL row lock) through an HTTP call would stall every other
+    writer for as long as the IdP takes. Callers that find the lease taken use the current
+    token while it is valid (unless ``force``), else poll the row for the holder's answer
+    (``_POLLS``): a forced caller accepts only a token obtained after it started waiting
+    (``since``). With ``keep_valid_token``, a failure that leaves the current token valid
+    returns it. ``row``: the credential and account the caller has just read.
     """
     config = st.config
     deadline = time.monotonic() + config.lock_timeout
-    pause = 0.02
+    pauses = _pauses()
     since: Marker | None = None
     while True:
         claimed = _claim(
-            st, key, purpose, force=force, since=since, keep_valid_token=keep_valid_token
+            st, key, purpose, force=force, since=since, keep_valid_token=keep_valid_token, row=row
         )
+        row = None
         if isinstance(claimed, _Claim):
             settled = _settle(st, key, purpose, claimed, config)
             if isinstance(settled, _Failed):
@@ -441,12 +490,28 @@ def _refresh(
             if not force and claimed.current is not None:
                 return _Refreshed(claimed.current, asked_idp=False)
             since = since or claimed.marker
-            time.sleep(pause)
-            pause = min(pause * 2, 0.25)
-        else:
+            time.sleep(next(pauses))
+        elif isinstance(claimed, _Ready):
             return _Refreshed(claimed.token, asked_idp=False)
+        # else another worker changed the row between the read and the claim: read it again
         if time.monotonic() > deadline:
             raise _still_refreshing(key, purpose)
+
+
+#: how a waiter polls the row for the lease holder's answer: every ``_POLL_FIRST`` seconds for
+#: the ``_POLL_FAST`` seconds an IdP usually answers in, then less and less often, up to
+#: ``_POLL_MAX``. Each poll is one indexed ``SELECT``.
+_POLL_FIRST, _POLL_FAST, _POLL_MAX = 0.005, 1.0, 0.25
+
+
+def _pauses() -> Iterator[float]:
+    """The pauses between a waiter's polls (see ``_POLL_FIRST``)."""
+    for _ in range(int(_POLL_FAST / _POLL_FIRST)):
+        yield _POLL_FIRST
+    pause = _POLL_FIRST
+    while True:
+        pause = min(pause * 2, _POLL_MAX)
+        yield pause
 
 
 def _claim(
@@ -457,44 +522,85 @@ def _claim(
     force: bool,
     since: Marker | None,
     keep_valid_token: bool,
-) -> _Ready | _Busy | _Claim:
-    """In one short locked transaction: a token to use, ``_Busy``, or a new lease.
+    row: tuple[Any, Any] | None = None,
+) -> _Ready | _Busy | _Claim | None:
+    """A token to use, ``_Busy``, a new lease, or ``None`` when another worker changed the row
+    between the read and the claim.
 
-    A token is used when it is valid beyond the leeway (unless ``force``), or when it was
-    obtained after ``since`` (by the lease holder a caller waited for, or a new consent).
+    The row is read (one ``SELECT``, unless the caller passes the ``row`` it has just read) and
+    judged here; a lease is then taken with one ``UPDATE ... RETURNING`` that only matches while
+    the row is still at the version read and its lease free or run out. A token is used when it
+    is valid beyond the leeway (unless ``force``), or when it was obtained after ``since`` (by
+    the lease holder a caller waited for, or a new consent).
     """
     config = st.config
     leeway = timedelta(seconds=config.refresh_leeway)
-    with own_session(st.db) as s, row_lock(s, config.lock_timeout):
-        credential, account = _read(s, st, key, purpose, lock=True)
-        now = utcnow()
-        marker = (credential.uid, credential.refreshed_at)
-        if since is not None and marker != since:
-            token = _current(st, credential, just_obtained=True)
-            if token:
-                # Its skew was measured seconds ago: this process may judge it by it too.
-                _remember(st, credential, account, token, credential.clock_skew)
-                return _Ready(token)
-        if not force:
-            token = _usable(st, credential, account, leeway)
-            if token:
-                return _Ready(token)
-        if credential.refresh_lease_until and credential.refresh_lease_until > now:
-            return _Busy(marker, _current(st, credential))
-        if not force and credential.next_retry_at and credential.next_retry_at > now:
-            return _Ready(_unavailable(st, credential, keep_valid_token))
-        credential.refresh_lease_until = now + _lease(config)
-        return _Claim(
-            uid=credential.uid,
-            version=credential.version,
-            failure_count=credential.failure_count,
-            refreshed_at=credential.refreshed_at,
-            provider=registry.get(account.provider),
-            config=dict(account.config),
-            client_secret=st.reveal(account, "client_secret") if account.client_secret else "",
-            refresh_token=st.reveal(credential, "refresh_token"),
-            label=account_label(account),
+    if row is None:
+        with own_session(st.db, lock_timeout=config.lock_timeout) as s:
+            row = _read(s, st, key, purpose)
+    credential, account = row
+    now = utcnow()
+    marker = (credential.uid, credential.refreshed_at)
+    if since is not None and marker != since:
+        token = _current(st, credential, just_obtained=True)
+        if token:
+            # Its skew was measured seconds ago: this process may judge it by it too.
+            _remember(st, credential, account, token, credential.clock_skew)
+            return _Ready(token)
+    if not force:
+        token = _usable(st, credential, account, leeway)
+        if token:
+            return _Ready(token)
+    if credential.refresh_lease_until and credential.refresh_lease_until > now:
+        return _Busy(marker, _current(st, credential))
+    if not force and credential.next_retry_at and credential.next_retry_at > now:
+        return _Ready(_unavailable(st, credential, keep_valid_token))
+    until = now + _lease(config)
+    if not _take_lease(st, credential, now, until):
+        return None
+    return _Claim(
+        uid=credential.uid,
+        version=credential.version,
+        failure_count=credential.failure_count,
+        refreshed_at=credential.refreshed_at,
+        account_id=account.id,
+        lease_until=until,
+        credential=credential,
+        provider=registry.get(account.provider),
+        config=dict(account.config),
+        client_secret=st.reveal(account, "client_secret") if account.client_secret else "",
+        refresh_token=st.reveal(credential, "refresh_token"),
+        label=account_label(account),
+    )
+
+
+def _take_lease(st: MailOAuthState, credential: Any, now: datetime, until: datetime) -> bool:
+    """Set the lease in one statement if the row is still at the version read and its lease is
+    free or ran out: an atomic compare-and-set on every backend, waiting at most
+    ``MAILOAUTH_LOCK_TIMEOUT`` for another writer."""
+    claim = _claim_statement(st.models.Credential.__table__)
+    params = {"claim_id": credential.id, "claim_version": credential.version}
+    params |= {"claim_now": now, "claim_until": until}
+    with own_session(st.db, lock_timeout=st.config.lock_timeout) as s:
+        return s.execute(claim, params).first() is not None
+
+
+@functools.cache
+def _claim_statement(table: sa.Table) -> sa.UpdateBase:
+    """The claim's ``UPDATE ... RETURNING``, built once per table (parameters ``claim_id``,
+    ``_version``, ``_now``, ``_until``): building a statement costs more CPU than running it.
+    (A parameter may not have a column's name.)"""
+    lease = table.c.refresh_lease_until
+    return (
+        sa.update(table)
+        .where(
+            table.c.id == sa.bindparam("claim_id"),
+            table.c.version == sa.bindparam("claim_version"),
+            sa.or_(lease.is_(None), lease <= sa.bindparam("claim_now", type_=lease.type)),
         )
+        .values(refresh_lease_until=sa.bindparam("claim_until", type_=lease.type))
+        .returning(table.c.id)
+    )
 
 
 def _idp_deadline(config: Config) -> float:
@@ -540,14 +646,14 @@ def _settle(
 
 
 def _release(st: MailOAuthState, key: str, purpose: str, claim: _Claim) -> None:
-    """Clear this worker's lease unless the credential changed since the claim; a database
-    that refuses even this leaves the lease to run out."""
-    m = st.models
+    """Clear this worker's lease if the row still holds it (a lease taken since by another
+    worker is left alone); a database that refuses even this leaves the lease to run out."""
+    c = st.models.Credential.__table__.c
     try:
-        with own_session(st.db) as s:
+        with own_session(st.db, lock_timeout=st.config.lock_timeout) as s:
             s.execute(
-                sa.update(m.Credential)
-                .where(m.Credential.uid == claim.uid, m.Credential.version == claim.version)
+                sa.update(st.models.Credential.__table__)
+                .where(c.uid == claim.uid, c.refresh_lease_until == claim.lease_until)
                 .values(refresh_lease_until=None)
             )
     except SQLAlchemyError as exc:
@@ -640,68 +746,200 @@ def _store(
     purpose: str,
     claim: _Claim,
     answer: TokenResponse | ProviderFailure,
-) -> CredentialMixin | None:
-    """Record the IdP's answer if it may still be stored (``_may_store``); ``None`` if not."""
+) -> Any:
+    """Record the IdP's answer if it may still be stored (``_store_guard``): the credential as
+    stored (``claim.credential``, updated), or ``None`` if the answer came too late.
+
+    One guarded ``UPDATE`` of the credential and one event ``INSERT`` in one transaction;
+    on PostgreSQL one statement (the ``INSERT`` selects from the ``UPDATE ... RETURNING``).
+    """
     config = st.config
-    with own_session(st.db) as s, row_lock(s, config.lock_timeout):
-        row = _select(s, st, key, purpose, lock=True)
-        success = isinstance(answer, TokenResponse)
-        if row is None or not _may_store(row[0], claim, success=success):
-            logger.warning(
-                "Refresh of %s (%s) finished after its credential changed; result dropped.",
-                key,
-                purpose,
-            )
-            return None
-        credential, account = row
-        credential.refresh_lease_until = None
-        if isinstance(answer, TokenResponse):
-            _record_success(st, s, credential, account, answer)
-        else:
-            _record_failure(st, s, credential, account, answer, config)
-        return credential
+    success = isinstance(answer, TokenResponse)
+    if isinstance(answer, TokenResponse):
+        values, event = _success(st, claim, answer)
+    else:
+        values, event = _failure(claim, answer, config)
+    with own_session(st.db, lock_timeout=config.lock_timeout) as s:
+        stored = _write(s, st, claim, success, values, event)
+    if not stored:
+        logger.warning(
+            "Refresh of %s (%s) finished after its credential changed; result dropped.",
+            key,
+            purpose,
+        )
+        _release(st, key, purpose, claim)
+        return None
+    credential = _as_stored(claim.credential, values)
+    if isinstance(answer, TokenResponse):
+        st.cache[(key, purpose)] = CachedToken(
+            answer.access_token,
+            answer.expires_at,
+            time.monotonic(),
+            _obtained_at(credential),
+            clock_skew=answer.clock_skew,
+        )
+    else:
+        st.cache.pop((key, purpose), None)
+        logger.warning(
+            "Refresh failed for %s (%s): %s [%s]", key, purpose, answer.code, answer.kind
+        )
+    return credential
 
 
-def _may_store(credential: CredentialMixin, claim: _Claim, *, success: bool) -> bool:
-    """Whether an answer to ``claim`` may still be stored on ``credential``.
+def _as_stored(credential: Any, values: dict[str, Any]) -> Any:
+    """A new (transient) credential: ``credential`` with ``values``. The row read may be shared
+    by the threads of this process (``_read_once``), so it is never changed in place."""
+    columns = sa.inspect(type(credential)).column_attrs
+    return type(credential)(**{a.key: getattr(credential, a.key) for a in columns} | values)
+
+
+def _write(
+    session: Session,
+    st: MailOAuthState,
+    claim: _Claim,
+    success: bool,
+    values: dict[str, Any],
+    event: dict[str, Any],
+) -> bool:
+    """Update the credential where the claim still holds (``_store_statements``) and add
+    ``event`` for it; whether it held."""
+    credentials, events = st.models.Credential.__table__, st.models.Event.__table__
+    dialect = session.get_bind().dialect.name
+    update, insert = _store_statements(credentials, events, dialect, success)
+    params = {
+        "claim_uid": claim.uid,
+        "claim_version": claim.version,
+        "claim_refreshed_at": claim.refreshed_at,
+        "claim_failure_count": claim.failure_count,
+        "claim_account_id": claim.account_id,
+        **{f"v_{k}": v for k, v in cleaned(credentials, values).items()},
+        **{f"e_{k}": v for k, v in cleaned(events, event).items()},
+    }
+    if insert is None:  # PostgreSQL: one statement
+        return session.execute(update, params).first() is not None
+    if cast(sa.CursorResult[Any], session.execute(update, params)).rowcount != 1:
+        return False
+    session.execute(insert, params)
+    return True
+
+
+#: the credential columns a store sets (``_success``, ``_failure``); ``version`` goes up by one
+_SUCCESS_COLUMNS = (
+    "access_token",
+    "refresh_token",
+    "refresh_token_issued_at",
+    "scope",
+    "expires_at",
+    "refreshed_at",
+    "clock_skew",
+    "status",
+    "failure_count",
+    "last_error",
+    "last_error_code",
+    "next_retry_at",
+    "serve_until",
+    "refresh_lease_until",
+)
+_FAILURE_COLUMNS = (
+    "failure_count",
+    "status",
+    "last_error_code",
+    "last_error",
+    "next_retry_at",
+    "serve_until",
+    "refresh_lease_until",
+)
+#: the event columns a store sets (``_event``), and ``account_id``
+_EVENT_COLUMNS = ("at", "kind", "level", "code", "message")
+
+
+@functools.cache
+def _store_statements(
+    credentials: sa.Table, events: sa.Table, dialect: str, success: bool
+) -> tuple[sa.Executable, sa.Executable | None]:
+    """The store's statements, built once per table, dialect and outcome: the guarded
+    ``UPDATE`` and the event ``INSERT``; on PostgreSQL one ``INSERT`` selecting from the
+    ``UPDATE ... RETURNING`` (and ``None``). Parameters: the claim's ``claim_uid``,
+    ``_version``, ``_refreshed_at``, ``_failure_count``, ``_account_id``; the new values
+    ``v_<column>``, ``e_<column>``."""
+    c = credentials.c
+    names = _SUCCESS_COLUMNS if success else _FAILURE_COLUMNS
+    update = (
+        sa.update(credentials)
+        .where(_store_guard(credentials, success=success))
+        .values(
+            {c[n]: sa.bindparam(f"v_{n}", type_=c[n].type) for n in names}
+            | {c.version: c.version + 1}
+        )
+    )
+    values = [sa.bindparam(f"e_{n}", type_=events.c[n].type).label(n) for n in _EVENT_COLUMNS]
+    if dialect == "postgresql":
+        stored = update.returning(c.account_id).cte("stored")
+        rows = sa.select(stored.c.account_id, *values)
+        insert = sa.insert(events).from_select(["account_id", *_EVENT_COLUMNS], rows)
+        return insert.returning(events.c.id), None
+    insert = sa.insert(events).values(
+        {events.c.account_id: sa.bindparam("claim_account_id")}
+        | {events.c[n]: sa.bindparam(f"e_{n}", type_=events.c[n].type) for n in _EVENT_COLUMNS}
+    )
+    return update, insert
+
+
+def _store_guard(credentials: sa.Table, *, success: bool) -> sa.ColumnElement[bool]:
+    """Where an answer to a claim may still be stored, as SQL (the claim's ``claim_uid``,
+    ``_version``, ``_refreshed_at``, ``_failure_count`` as parameters).
 
     Yes when nothing changed since the claim. A success also wins over failures stored
     meanwhile by workers that claimed after this one's lease ran out: they sent a refresh
     token the IdP had already rotated, and this answer holds the new one. Anything else (a new
     credential, a newer success, an admin's change) is newer than this answer.
     """
-    if credential.uid != claim.uid:
-        return False
-    if credential.version == claim.version:
-        return True
-    changes = credential.version - claim.version
-    failures = credential.failure_count - claim.failure_count
-    return success and credential.refreshed_at == claim.refreshed_at and changes == failures > 0
+    c = credentials.c
+    version = sa.bindparam("claim_version", type_=c.version.type)
+    unchanged = c.version == version
+    mine = c.uid == sa.bindparam("claim_uid", type_=c.uid.type)
+    if not success:
+        return sa.and_(mine, unchanged)
+    refreshed = sa.bindparam("claim_refreshed_at", type_=c.refreshed_at.type)
+    failures = sa.bindparam("claim_failure_count", type_=c.failure_count.type)
+    only_failures = sa.and_(
+        c.refreshed_at.is_not_distinct_from(refreshed),
+        c.version > version,
+        c.version - version == c.failure_count - failures,
+    )
+    return sa.and_(mine, sa.or_(unchanged, only_failures))
 
 
-def _record_success(
-    st: MailOAuthState,
-    session: Session,
-    credential: CredentialMixin,
-    account: AccountMixin,
-    answer: TokenResponse,
-) -> None:
+def _success(
+    st: MailOAuthState, claim: _Claim, answer: TokenResponse
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The credential's new values and the event after a successful refresh."""
     now = utcnow()
-    st.seal(credential, "access_token", answer.access_token)
+    credential = claim.credential
+    values: dict[str, Any] = {
+        "access_token": st.keyring.encrypt(answer.access_token, aad=credential.aad("access_token")),
+        "expires_at": answer.expires_at,
+        "refreshed_at": now,
+        "clock_skew": answer.clock_skew,
+        "status": CredentialStatus.ACTIVE,
+        "failure_count": 0,
+        "last_error": None,
+        "last_error_code": None,
+        "next_retry_at": None,
+        "serve_until": None,
+        "refresh_lease_until": None,
+    }
+    # Microsoft rotates refresh tokens: always keep the newest. Google sends none: keep ours
+    # (failures stored since the claim never change it, nor the scope).
     if answer.refresh_token:
-        # Microsoft rotates refresh tokens: always keep the newest. Google sends none: keep ours.
-        st.seal(credential, "refresh_token", answer.refresh_token)
-        credential.refresh_token_issued_at = now
-    credential.expires_at = answer.expires_at
-    credential.refreshed_at = now
-    credential.clock_skew = answer.clock_skew
-    if answer.raw.get("scope"):
-        credential.scope = answer.scope
-    credential.status = CredentialStatus.ACTIVE
-    credential.failure_count = 0
-    credential.last_error = credential.last_error_code = None
-    credential.next_retry_at = credential.serve_until = None
-    credential.version += 1
+        values["refresh_token"] = st.keyring.encrypt(
+            answer.refresh_token, aad=credential.aad("refresh_token")
+        )
+        values["refresh_token_issued_at"] = now
+    else:
+        values["refresh_token"] = credential.refresh_token
+        values["refresh_token_issued_at"] = credential.refresh_token_issued_at
+    values["scope"] = answer.scope if answer.raw.get("scope") else credential.scope
     until = f"{answer.expires_at:%Y-%m-%d %H:%M}"
     if answer.refresh_token:
         message = gettext(
@@ -710,57 +948,45 @@ def _record_success(
         )
     else:
         message = gettext("Access token refreshed, valid until %(time)s UTC", time=until)
-    session.add(st.models.Event(account_id=account.id, kind=EventKind.REFRESHED, message=message))
-    st.cache[(account.key, account.purpose)] = CachedToken(
-        answer.access_token,
-        answer.expires_at,
-        time.monotonic(),
-        _obtained_at(credential),
-        clock_skew=answer.clock_skew,
-    )
+    event = _event(EventKind.REFRESHED, EventLevel.INFO, None, message, now)
+    return values, event
 
 
-def _record_failure(
-    st: MailOAuthState,
-    session: Session,
-    credential: CredentialMixin,
-    account: AccountMixin,
-    failure: ProviderFailure,
-    config: Config,
-) -> None:
-    """Store the failure on the credential (never deleting anything) and log the event."""
+def _failure(
+    claim: _Claim, failure: ProviderFailure, config: Config
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The credential's new values and the event after a refused refresh; nothing deleted.
+
+    Stored only while the row is as claimed (``_store_guard``), so the claim's view of it holds.
+    """
+    credential = claim.credential
     leeway = timedelta(seconds=config.refresh_leeway)
     was_due = token_due(credential.expires_at, _obtained_at(credential), leeway)
-    credential.failure_count += 1
-    credential.status = STATUS_AFTER[failure.kind]
-    credential.last_error_code = (failure.code or "")[:64] or None
-    credential.last_error = failure.summary()
-    credential.next_retry_at = (
-        utcnow() + timedelta(seconds=backoff(credential.failure_count, failure.retry_after, config))
-        if failure.kind == FailureKind.TRANSIENT
-        else None
-    )
-    credential.serve_until = (
-        credential.expires_at if failure.kind != FailureKind.TRANSIENT and was_due else None
-    )
-    credential.version += 1
-    session.add(
-        st.models.Event(
-            account_id=account.id,
-            kind=EventKind.REFRESH_FAILED,
-            level=EventLevel.WARNING if failure.kind == FailureKind.TRANSIENT else EventLevel.ERROR,
-            code=credential.last_error_code,
-            message=failure.summary(),
-        )
-    )
-    st.cache.pop((account.key, account.purpose), None)
-    logger.warning(
-        "Refresh failed for %s (%s): %s [%s]",
-        account.key,
-        account.purpose,
-        failure.code,
-        failure.kind,
-    )
+    failures = claim.failure_count + 1
+    code = (failure.code or "")[:64] or None
+    transient = failure.kind == FailureKind.TRANSIENT
+    values: dict[str, Any] = {
+        "failure_count": failures,
+        "status": STATUS_AFTER[failure.kind],
+        "last_error_code": code,
+        "last_error": failure.summary(),
+        "next_retry_at": (
+            utcnow() + timedelta(seconds=backoff(failures, failure.retry_after, config))
+            if transient
+            else None
+        ),
+        "serve_until": credential.expires_at if not transient and was_due else None,
+        "refresh_lease_until": None,
+    }
+    level = EventLevel.WARNING if transient else EventLevel.ERROR
+    return values, _event(EventKind.REFRESH_FAILED, level, code, failure.summary(), utcnow())
+
+
+def _event(
+    kind: EventKind, level: EventLevel, code: str | None, message: str, at: datetime
+) -> dict[str, Any]:
+    """An event row's values (its account is the claim's)."""
+    return {"at": at, "kind": kind, "level": level, "code": code, "message": message}
 
 
 def backoff(failures: int, retry_after: float | None, config: Config) -> float:

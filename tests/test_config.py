@@ -27,6 +27,10 @@ BAD_VALUES = [
     ("MAILOAUTH_REFRESH_LEEWAY", -1, "0 or more"),
     ("MAILOAUTH_REFRESH_LEEWAY", "300", "number"),
     ("MAILOAUTH_CACHE_TTL", -5, "0 or more"),
+    ("MAILOAUTH_CACHE_SIZE", 0, "at least 1"),
+    ("MAILOAUTH_CACHE_SIZE", 10.5, "whole number"),
+    ("MAILOAUTH_EVENT_RETENTION_DAYS", -1, "at least 0"),
+    ("MAILOAUTH_EVENT_RETENTION_DAYS", "90", "whole number"),
     ("MAILOAUTH_LOCK_TIMEOUT", 0, "more than 0"),
     ("MAILOAUTH_HTTP_TIMEOUT", "10", "number"),
     ("MAILOAUTH_HTTP_TIMEOUT", float("inf"), "finite"),
@@ -81,6 +85,10 @@ def test_the_defaults_and_what_environments_give_are_accepted():
     assert Config.from_mapping({"MAILOAUTH_ALLOW_INSECURE_HTTP": 1}).allow_insecure_http
     hosts = Config.from_mapping({"MAILOAUTH_ALLOWED_PRIVATE_HOSTS": "sso.corp.test 10.0.0.0/8"})
     assert hosts.outbound.allowed_private_hosts == frozenset({"sso.corp.test"})
+    assert (config.cache_size, config.event_retention_days) == (1024, 90)
+    for forever in (0, None):
+        kept = Config.from_mapping({"MAILOAUTH_EVENT_RETENTION_DAYS": forever})
+        assert kept.event_retention_days is None
 
 
 def test_the_settings_are_frozen_and_read_once(make_host, db_url):

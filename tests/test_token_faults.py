@@ -157,7 +157,7 @@ def test_an_exception_while_storing_releases_the_lease(make_host, db_url, idp, m
         raise RuntimeError("a bug while storing")
 
     with monkeypatch.context() as patch:
-        patch.setattr(tokens, "_record_success", broken)
+        patch.setattr(tokens, "_success", broken)
         with pytest.raises(RuntimeError):
             refresh_now(host)
     cred, access, refresh = credential(host)
