@@ -63,7 +63,8 @@ def main() -> None:
             {
                 # A fresh database each run: the local IdP keeps its grants in memory only.
                 "SQLALCHEMY_DATABASE_URI": f"sqlite:///{box.workdir.name}/sandbox.sqlite3",
-                "MAILOAUTH_ALLOW_INSECURE_HTTP": True,  # the local IdP speaks http on loopback
+                "MAILOAUTH_ALLOW_INSECURE_HTTP": True,  # the local IdP listens on loopback
+                "MAILOAUTH_CA_BUNDLE": str(box.idp.ca_file),  # and its certificate's CA
             }
         )
         sandbox.configure(app, box)

@@ -19,6 +19,7 @@ request that session sends it enforces DESIGN §7:
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import sys
 import threading
@@ -74,6 +75,13 @@ class OutboundPolicy:
     allowed_private_networks: tuple[Network, ...] = ()
     max_response_bytes: int = MAX_RESPONSE_BYTES
     max_redirects: int = MAX_REDIRECTS
+    #: the PEM file of CAs an IdP's certificate must chain to; ``None``: the default CA store
+    ca_bundle: str | None = None
+
+    @property
+    def verify(self) -> str | bool:
+        """``requests``' ``verify``: the configured CA bundle, else the default CA store."""
+        return self.ca_bundle or True
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> OutboundPolicy:
@@ -95,6 +103,7 @@ class OutboundPolicy:
             max_response_bytes=int(
                 config.get("MAILOAUTH_MAX_RESPONSE_BYTES") or MAX_RESPONSE_BYTES
             ),
+            ca_bundle=os.fspath(bundle) if (bundle := config.get("MAILOAUTH_CA_BUNDLE")) else None,
         )
 
     @classmethod
@@ -518,12 +527,14 @@ def mount(session: requests.Session, policy: OutboundPolicy) -> requests.Session
     """Put ``session``'s http:// and https:// traffic under ``policy`` and return it.
 
     Environment proxies are not used: the address policy must hold for the address connected.
+    Certificates are checked against ``MAILOAUTH_CA_BUNDLE`` when set.
     """
     adapter = OutboundAdapter(policy)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.max_redirects = policy.max_redirects
     session.trust_env = False
+    session.verify = policy.verify
     return session
 
 

@@ -51,10 +51,11 @@ class Dovecot:
             "mail_root": self.mail_root,
             "oauth2_conf": oauth2_conf,
             "introspection_url": (
-                f"http://{cid}:{secret}@{HOST}:{idp.port}"
+                f"https://{cid}:{secret}@{HOST}:{idp.port}"
                 + idp.introspection_endpoint.removeprefix(idp.base_url)
             ),
             "instance": name,
+            "idp_ca_file": idp.ca_file,
         }
         for template, target in (
             ("dovecot.conf", self.config),
