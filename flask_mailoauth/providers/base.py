@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from ..addresses import canonical_address, same_address
@@ -24,6 +24,9 @@ from ..errors import ProviderFailure
 from ..i18n import LazyText, gettext, lazy_gettext
 from ..settings import Security
 from ..vocabulary import FailureKind
+
+if TYPE_CHECKING:
+    from requests import Response
 
 FieldKind = Literal["text", "url", "select", "scopes", "date"]
 #: text an admin reads: plain, or a :func:`~flask_mailoauth.i18n.lazy_gettext` message that is
@@ -82,6 +85,32 @@ class Endpoints:
     #: the IdP advertises ``authorization_response_iss_parameter_supported`` (RFC 9207): the
     #: callback then refuses a response without ``iss``
     authorization_response_iss: bool = False
+
+
+#: a requests-oauthlib token response hook: gets the token endpoint's response, returns it fixed
+ResponseHook = Callable[["Response"], "Response"]
+#: a requests-oauthlib ``protected_request`` hook: ``(url, headers, body)`` in, the same out
+RequestHook = Callable[[str, dict[str, str], Any], tuple[str, dict[str, str], Any]]
+
+
+@dataclass(frozen=True)
+class ComplianceHooks:
+    """requests-oauthlib compliance hooks that fix a non-standard IdP, each run in order.
+
+    ``access_token_response`` sees the code exchange's answer, ``refresh_token_response`` the
+    refresh's, before anything reads them: a hook that changes the body sets
+    ``response._content`` (as requests-oauthlib's own compliance fixes do) and returns the
+    response. ``protected_request`` hooks change the calls made with the access token (the
+    userinfo and Resource Details endpoints). The fixed answer is then checked like any other.
+    """
+
+    access_token_response: tuple[ResponseHook, ...] = ()
+    refresh_token_response: tuple[ResponseHook, ...] = ()
+    protected_request: tuple[RequestHook, ...] = ()
+
+
+#: no compliance hooks: a standard IdP
+NO_HOOKS = ComplianceHooks()
 
 
 def claim_text(claims: Mapping[str, Any] | None, name: str) -> str | None:
@@ -474,6 +503,11 @@ class Provider:
         """The :meth:`required_scopes` that are not among the ``granted`` ones."""
         have = set(granted)
         return [s for s in self.required_scopes(config, protocols) if s not in have]
+
+    def compliance_hooks(self, config: Mapping[str, str]) -> ComplianceHooks:
+        """The requests-oauthlib compliance hooks that make this IdP's answers standard: the way
+        to fix a non-standard IdP (see :class:`ComplianceHooks`). None by default."""
+        return NO_HOOKS
 
     def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
         """Extra query parameters for the authorization request (``prompt``, ``access_type``...)."""
