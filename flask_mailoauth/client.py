@@ -25,7 +25,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -34,7 +33,7 @@ from requests.utils import getproxies
 from requests_oauthlib import OAuth2Session
 
 from .outbound import OutboundPolicy, mount
-from .providers.base import NO_HOOKS, ComplianceHooks, RequestHook, ResponseHook
+from .providers.base import NO_HOOKS, ComplianceHooks, ResponseHook
 
 logger = logging.getLogger("flask_mailoauth")
 
@@ -56,27 +55,21 @@ class PooledSession(OAuth2Session):
         self,
         client_id: str,
         *,
+        check: ResponseHook,
         hooks: ComplianceHooks = NO_HOOKS,
-        check: ResponseHook | None = None,
-        scope: list[str] | None = None,
-        redirect_uri: str | None = None,
     ) -> Iterator[PooledSession]:
-        """The session for one call of ``client_id``: the provider's compliance ``hooks`` run in
-        order, then ``check`` (the extension's own reading of a token answer)."""
+        """The session for one token call of ``client_id``: the provider's token response
+        ``hooks`` run in order, then ``check`` (the extension's own reading of the answer).
+        The call sets its scope and redirect URI; the loan takes them back with the rest."""
         # A fresh oauthlib client: the previous call's tokens stay with the previous client.
         self._client = WebApplicationClient(client_id)
         self.token = {}
-        self.scope = scope
-        self.redirect_uri = redirect_uri
-        tail = (check,) if check else ()
         self.compliance_hook["access_token_response"] = {
-            _responses(*hooks.access_token_response, *tail)
+            _responses(*hooks.access_token_response, check)
         }
         self.compliance_hook["refresh_token_response"] = {
-            _responses(*hooks.refresh_token_response, *tail)
+            _responses(*hooks.refresh_token_response, check)
         }
-        if hooks.protected_request:
-            self.compliance_hook["protected_request"] = {_requests(*hooks.protected_request)}
         try:
             yield self
         finally:
@@ -100,17 +93,6 @@ def _responses(*hooks: ResponseHook) -> ResponseHook:
         for hook in hooks:
             response = hook(response)
         return response
-
-    return run
-
-
-def _requests(*hooks: RequestHook) -> RequestHook:
-    """One ``protected_request`` hook running ``hooks`` in order."""
-
-    def run(url: str, headers: dict[str, str], body: Any) -> tuple[str, dict[str, str], Any]:
-        for hook in hooks:
-            url, headers, body = hook(url, headers, body)
-        return url, headers, body
 
     return run
 

@@ -50,7 +50,7 @@ from .errors import (
     UrlRefused,
 )
 from .i18n import gettext
-from .providers.base import check_endpoint_url
+from .providers.base import RequestHook, check_endpoint_url
 
 #: redirects a GET may follow (discovery, JWKS, userinfo, resource details)
 MAX_REDIRECTS = 3
@@ -551,21 +551,32 @@ class OutboundHTTP:
     session: requests.Session
     timeout: float
     deadline: float | None = None
+    #: the provider's requests-oauthlib ``protected_request`` compliance hooks, run in order on
+    #: every call that carries the access token (``Authorization: Bearer ...``)
+    protected: tuple[RequestHook, ...] = ()
 
     @classmethod
     @contextmanager
     def open(
-        cls, policy: OutboundPolicy, timeout: float, deadline: float | None = None
+        cls,
+        policy: OutboundPolicy,
+        timeout: float,
+        deadline: float | None = None,
+        protected: tuple[RequestHook, ...] = (),
     ) -> Iterator[OutboundHTTP]:
         """A fresh session under ``policy`` for the duration of a ``with`` block."""
         with session(policy) as http:
-            yield cls(http, timeout, deadline)
+            yield cls(http, timeout, deadline, protected)
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
         """``GET url``, following at most the policy's redirects, each hop under the rules."""
         kwargs.setdefault("timeout", call_timeout(self.timeout, self.deadline))
+        headers = dict(kwargs.pop("headers", None) or {})
+        if str(headers.get("Authorization", "")).startswith("Bearer "):
+            for hook in self.protected:
+                url, headers, _ = hook(url, headers, None)
         try:
-            return self.session.get(url, **kwargs)
+            return self.session.get(url, headers=headers, **kwargs)
         except requests.TooManyRedirects:
             raise RedirectRefused(
                 gettext(

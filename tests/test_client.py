@@ -19,7 +19,7 @@ from flask_mailoauth import client
 from flask_mailoauth.errors import TokenRequestFailed
 from flask_mailoauth.models import utcnow
 from flask_mailoauth.oauth import MAX_EXPIRES_IN, request_token
-from flask_mailoauth.outbound import OutboundPolicy
+from flask_mailoauth.outbound import OutboundHTTP, OutboundPolicy
 from flask_mailoauth.providers import ComplianceHooks, registry
 from flask_mailoauth.providers.generic import GenericProvider
 from peers.tls import TLSHTTPServer, test_ca
@@ -38,6 +38,7 @@ class TokenServer:
     url: str = ""
     connections: int = 0
     bodies: list[dict[str, list[str]]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     answer: dict = field(
         default_factory=lambda: {
@@ -62,6 +63,10 @@ def endpoint() -> Iterator[TokenServer]:
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
             seen.bodies.append(parse_qs(body))
+            self.do_GET()
+
+        def do_GET(self):
+            seen.paths.append(self.path)
             seen.headers.append(dict(self.headers))
             data = json.dumps(seen.answer).encode()
             self.send_response(200)
@@ -269,3 +274,19 @@ def test_requests_oauthlib_debug_lines_never_show_the_secret(endpoint, caplog):
     refresh(endpoint.url)
     assert SECRET not in caplog.text
     assert "rt-1" not in caplog.text
+
+
+def _userinfo_fix(url: str, headers: dict[str, str], body):
+    """A protected_request hook: this IdP wants the token in a header of its own."""
+    headers = {**headers, "X-Access-Token": headers["Authorization"].removeprefix("Bearer ")}
+    return f"{url}?schema=openid", headers, body
+
+
+def test_protected_request_hooks_change_only_calls_with_the_access_token(endpoint):
+    userinfo = endpoint.url.replace("/token", "/userinfo")
+    with OutboundHTTP.open(POLICY, 5, protected=(_userinfo_fix,)) as http:
+        http.get(userinfo, headers={"Authorization": "Bearer at-1"})
+        http.get(userinfo, headers={"Accept": "application/json"})
+    assert endpoint.paths == ["/userinfo?schema=openid", "/userinfo"]
+    assert endpoint.headers[0]["X-Access-Token"] == "at-1"
+    assert "X-Access-Token" not in endpoint.headers[1]

@@ -100,8 +100,9 @@ class ComplianceHooks:
     ``access_token_response`` sees the code exchange's answer, ``refresh_token_response`` the
     refresh's, before anything reads them: a hook that changes the body sets
     ``response._content`` (as requests-oauthlib's own compliance fixes do) and returns the
-    response. ``protected_request`` hooks change the calls made with the access token (the
-    userinfo and Resource Details endpoints). The fixed answer is then checked like any other.
+    response; the fixed answer is then checked like any other. ``protected_request`` hooks
+    change the calls made with the access token (``http.get`` with an ``Authorization: Bearer``
+    header: the userinfo and Resource Details endpoints); they see that header.
     """
 
     access_token_response: tuple[ResponseHook, ...] = ()
