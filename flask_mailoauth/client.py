@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -105,6 +106,15 @@ class _Pool(threading.local):
 
 
 _pool = _Pool()
+
+
+def _forget_after_fork() -> None:
+    """In a forked child (a pre-forking server's worker), the parent's connections are not
+    ours to use: start with no sessions. Dropping them closes only the child's copies."""
+    _pool.sessions = OrderedDict()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def session_for(policy: OutboundPolicy, url: str) -> PooledSession:

@@ -216,8 +216,9 @@ def _send(
     """The grant through requests-oauthlib, the client secret in the body (never Basic auth).
 
     oauthlib raises a ``Warning`` carrying the token when the granted scope differs from the
-    requested one (Microsoft leaves out ``offline_access``): that is an answer, not a failure,
-    and the extension compares scopes itself (:meth:`Provider.missing_scopes`).
+    requested one (Microsoft leaves out ``offline_access``): that is an answer, not a failure
+    (the extension compares scopes itself, :meth:`Provider.missing_scopes`), and its token is
+    the body :class:`_Answer` already read; no ``OAUTHLIB_RELAX_TOKEN_SCOPE`` is needed.
     """
     params = dict(grant)
     kind = params.pop("grant_type")

@@ -140,6 +140,16 @@ def test_sessions_are_per_origin_and_policy():
         client.close_sessions()
 
 
+def test_a_forked_child_starts_without_the_parents_sessions():
+    parent = client.session_for(POLICY, "https://login.example.test/token")
+    try:
+        client._forget_after_fork()  # what os.fork runs in the child
+        assert client.session_for(POLICY, "https://login.example.test/token") is not parent
+    finally:
+        parent.close()
+        client.close_sessions()
+
+
 def test_a_thread_keeps_at_most_a_few_origins():
     first = client.session_for(POLICY, "https://idp0.example.test/token")
     try:
