@@ -145,7 +145,7 @@ def close_sessions() -> None:
 def _environment_checked() -> None:
     """Once per process: say that IdP calls ignore the environment's proxies, and keep
     requests-oauthlib's debug lines (request bodies, tokens) out of the logs."""
-    proxies = {k: v for k, v in getproxies().items() if k in ("http", "https", "all")}
+    proxies = {scheme for scheme in getproxies() if scheme in ("http", "https", "all")}
     if proxies:
         logger.warning(
             "Proxy settings in the environment (%s) are not used for identity provider calls: "

@@ -23,7 +23,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-#: the names the server certificate is valid for
+#: the names and addresses the server certificate is valid for
 NAMES = ("localhost",)
 ADDRESSES = ("127.0.0.1", "::1")
 #: the files of a CA directory: the CA certificate, the server's chain, the server's key
@@ -66,10 +66,6 @@ class TestCA:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return base64.b64encode(hashlib.sha256(spki).digest()).decode()
-
-    def client_context(self) -> ssl.SSLContext:
-        """A client context that trusts only this CA."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
 
 
 #: names the directory of another process's CA to use instead of making one (a child process
