@@ -15,7 +15,8 @@ DOVECOT = "/usr/sbin/dovecot"
 
 
 class Dovecot:
-    """A Dovecot master process (``dovecot -F``) bound to 127.0.0.1, no TLS.
+    """A Dovecot master process (``dovecot -F``) bound to 127.0.0.1, no TLS; it introspects at
+    the IdP over https, trusting the test CA (``tls_ca_cert_file``).
 
     Attributes: ``imap_port``, ``pop3_port``, ``host``, ``idp`` (the IdP it asks),
     ``lmtp_socket`` and ``auth_postfix_socket`` (Paths, mode 0666), ``mail_root`` (homes are
