@@ -29,6 +29,7 @@ from peers import peer_missing
 from peers.dovecot import Dovecot
 from peers.idp import Client, IdP
 from peers.postgres import PostgresCluster
+from peers.tls import test_ca
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # every peer and proxy listens on loopback only
@@ -52,14 +53,19 @@ class Bench:
 def make_app(
     db_url: str, *, key: str | None = None, create: bool = True, name: str = "bench", **config: Any
 ) -> Bench:
-    """A Flask app with Flask-SQLAlchemy on ``db_url`` and the extension; tables created."""
+    """A Flask app with Flask-SQLAlchemy on ``db_url`` and the extension; tables created.
+
+    The local IdP's certificate is checked against this process's test CA unless ``config``
+    names another ``MAILOAUTH_CA_BUNDLE`` (a spawned child: its parent's CA)."""
     app = Flask(name)
     app.config.update(
         SECRET_KEY="bench-secret-key",
         SQLALCHEMY_DATABASE_URI=db_url,
         MAILOAUTH_ENCRYPTION_KEYS=[key or generate_key()],
-        MAILOAUTH_ALLOW_INSECURE_HTTP=True,  # the local IdP speaks http on 127.0.0.1
+        MAILOAUTH_ALLOW_INSECURE_HTTP=True,  # the local IdP listens on 127.0.0.1
     )
+    if "MAILOAUTH_CA_BUNDLE" not in config:
+        app.config["MAILOAUTH_CA_BUNDLE"] = str(test_ca().ca_file)
     app.config.update(config)
     db = SQLAlchemy()
     db.init_app(app)
@@ -250,6 +256,8 @@ class PerThreadSession:
         s = getattr(self._local, "session", None)
         if s is None:
             s = self._local.session = requests.Session()
+            s.trust_env = False  # REQUESTS_CA_BUNDLE would replace the CA below
+            s.verify = str(test_ca().ca_file)  # the local IdP's CA
             with self._guard:
                 self._all.append(s)
         return s

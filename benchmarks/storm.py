@@ -50,15 +50,13 @@ class Job:
     client_secret: str
     refresh_token: str
     threads: int
+    ca_bundle: str  # the parent's test CA: a spawned child would make another
 
 
 def _child(job: Job, ready: Any, go: Any, results: Any) -> None:
     """One process of the storm: K threads that wait for ``go`` then each want a token."""
     try:
         if job.mode == "naive":
-            # requests-oauthlib refuses http:// without this process-wide switch; it is set in
-            # the baseline's own child process only, never in the extension.
-            os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"
             from requests_oauthlib import OAuth2Session
 
             def cleanup() -> None:
@@ -76,6 +74,7 @@ def _child(job: Job, ready: Any, go: Any, results: Any) -> None:
                         client_id=job.client_id,
                         client_secret=job.client_secret,
                         timeout=60,
+                        verify=job.ca_bundle,
                     )
                 finally:
                     session.close()
@@ -86,6 +85,7 @@ def _child(job: Job, ready: Any, go: Any, results: Any) -> None:
                 key=job.encryption_key,
                 create=False,
                 MAILOAUTH_LOCK_TIMEOUT=60,
+                MAILOAUTH_CA_BUNDLE=job.ca_bundle,
                 SQLALCHEMY_ENGINE_OPTIONS={"pool_size": job.threads},
             )
             # connect once before the clock starts
@@ -213,6 +213,7 @@ def measure(
         client_secret=client.client_secret,
         refresh_token=grant["refresh_token"],
         threads=threads,
+        ca_bundle=str(idp.ca_file),
     )
     ours, theirs = [], []
     for _ in range(repeats):

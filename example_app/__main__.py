@@ -20,8 +20,9 @@ environment:
   DATABASE_URL              SQLAlchemy URL (default sqlite:///helpdesk.sqlite3 in instance/)
   SECRET_KEY                Flask's secret key (default: a development-only key)
   MAILOAUTH_*               any flask-mailoauth setting, e.g. MAILOAUTH_ALLOW_INSECURE_HTTP=1
-                            to try your own IdP on http://127.0.0.1 with --plain; values are
-                            read as JSON when they parse (1, true, 10, ["a", "b"])
+                            and MAILOAUTH_CA_BUNDLE=its-ca.pem to try your own IdP on
+                            https://127.0.0.1 with --plain; values are read as JSON when they
+                            parse (1, true, 10, ["a", "b"])
   FLASK_*                   any other Flask setting, prefix removed (FLASK_DEBUG=true)
 """
 
@@ -63,7 +64,8 @@ def main() -> None:
             {
                 # A fresh database each run: the local IdP keeps its grants in memory only.
                 "SQLALCHEMY_DATABASE_URI": f"sqlite:///{box.workdir.name}/sandbox.sqlite3",
-                "MAILOAUTH_ALLOW_INSECURE_HTTP": True,  # the local IdP speaks http on loopback
+                "MAILOAUTH_ALLOW_INSECURE_HTTP": True,  # the local IdP listens on loopback
+                "MAILOAUTH_CA_BUNDLE": str(box.idp.ca_file),  # and its certificate's CA
             }
         )
         sandbox.configure(app, box)

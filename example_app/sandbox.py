@@ -129,7 +129,8 @@ def banner(url: str, sandbox: Sandbox) -> str:
     Client Secret:          {sandbox.client_secret}
     Authorization Endpoint: {idp.authorize_url_for("common")}
     Token Endpoint:         {idp.token_url_for("common")}
-  Submit, then sign in at the local IdP as the mailbox:
+  Submit, then sign in at the local IdP as the mailbox (it serves https with a certificate of a
+  CA made for this run, {idp.ca_file}; your browser warns about it once: proceed to 127.0.0.1):
     Mailbox login:          {MAILBOX} (any password), then Continue to consent
   Back in the helpdesk: the green banner, Config > Token, and Fetch now on Remote Mailbox.
 """

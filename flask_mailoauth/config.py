@@ -9,6 +9,7 @@ raised while the app is built, never later in a request or a cron run. The domai
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -34,6 +35,8 @@ DEFAULTS: dict[str, object] = {
     "MAILOAUTH_ALLOW_INSECURE_HTTP": False,
     # host names and CIDR networks of on-premises IdPs that may resolve to private addresses
     "MAILOAUTH_ALLOWED_PRIVATE_HOSTS": (),
+    # a PEM file of the CAs IdP certificates are checked against (None: the default CA store)
+    "MAILOAUTH_CA_BUNDLE": None,
     # bytes read at most from any IdP answer; a larger one is refused
     "MAILOAUTH_MAX_RESPONSE_BYTES": 1024 * 1024,
     # seconds of validity below which an access token is refreshed before use
@@ -78,7 +81,7 @@ class Config:
     url_prefix: str
     callback_url: str | None
     #: what IdP calls may reach (``MAILOAUTH_ALLOW_INSECURE_HTTP``, ``..._ALLOWED_PRIVATE_HOSTS``,
-    #: ``..._MAX_RESPONSE_BYTES``)
+    #: ``..._MAX_RESPONSE_BYTES``, ``MAILOAUTH_CA_BUNDLE``)
     outbound: OutboundPolicy
     refresh_leeway: float
     cache_ttl: float
@@ -241,6 +244,7 @@ def _outbound(values: Mapping[str, Any]) -> OutboundPolicy:
             f"comma- or space-separated string; got {hosts!r}."
         )
     _whole(values, "MAILOAUTH_MAX_RESPONSE_BYTES", minimum=1)
+    _ca_bundle(values["MAILOAUTH_CA_BUNDLE"])
     return OutboundPolicy.from_config(
         {
             **values,
@@ -248,6 +252,17 @@ def _outbound(values: Mapping[str, Any]) -> OutboundPolicy:
             "MAILOAUTH_ALLOWED_PRIVATE_HOSTS": hosts,
         }
     )
+
+
+def _ca_bundle(value: object) -> None:
+    """Refuse a ``MAILOAUTH_CA_BUNDLE`` that is not a readable file: every IdP call would fail."""
+    if value is None:
+        return
+    if not isinstance(value, str | os.PathLike) or not os.path.isfile(value):
+        raise SetupError(
+            "MAILOAUTH_CA_BUNDLE must be the path of a PEM file of CA certificates (or None for "
+            f"the default CA store); {value!r} is not a file."
+        )
 
 
 def _days(value: object) -> tuple[int, ...]:

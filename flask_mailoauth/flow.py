@@ -675,8 +675,10 @@ def _identity(
     *,
     policy: OutboundPolicy,
 ) -> Identity:
-    """Who signed in, by the provider's rules; its HTTP calls go through the outbound policy."""
-    with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
+    """Who signed in, by the provider's rules; its HTTP calls go through the outbound policy,
+    those with the access token through the provider's ``protected_request`` hooks too."""
+    protected = provider.compliance_hooks(config).protected_request
+    with OutboundHTTP.open(policy, timeout, deadline=2 * timeout, protected=protected) as http:
         try:
             return provider.identity(config, claims=claims, token=token.raw, http=http)
         except (requests.RequestException, ValueError) as exc:

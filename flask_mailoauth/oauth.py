@@ -1,10 +1,12 @@
 """Talking to a token endpoint: one request, its classified failure, the parsed token.
 
 Both grants go through :func:`request_token`: the authorization code exchange (``flow``) and
-the refresh (``tokens``). The request goes through the outbound transport (:mod:`.outbound`:
-no redirect, vetted address, size cap, total deadline). The answer is data from outside: every
-field is checked here, and anything malformed becomes a :class:`TokenRequestFailed` carrying a
-classified :class:`ProviderFailure` — never another exception.
+the refresh (``tokens``), sent by requests-oauthlib (``fetch_token``, ``refresh_token``) on this
+thread's pooled session for the IdP (:mod:`.client`), under the outbound rules
+(:mod:`.outbound`: no redirect, vetted address, size cap, total deadline). The answer is data
+from outside: after the provider's compliance hooks, every field is checked here, and anything
+malformed becomes a :class:`TokenRequestFailed` carrying a classified :class:`ProviderFailure`
+— never another exception.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from typing import Any, Literal, overload
 
 import jwt
 import requests
+from oauthlib.oauth2 import InsecureTransportError
+from requests_oauthlib import OAuth2Session
 
+from .client import session_for
 from .errors import (
     AddressRefused,
     DeadlineExceeded,
@@ -33,7 +38,7 @@ from .errors import (
 )
 from .i18n import gettext, lazy_gettext
 from .models import utcnow
-from .outbound import OutboundPolicy, call_timeout, session
+from .outbound import OutboundPolicy, call_timeout
 from .providers.base import Provider
 
 logger = logging.getLogger("flask_mailoauth")
@@ -153,25 +158,32 @@ def _request_token(
 ) -> TokenResponse:
     """:func:`request_token` without its safety net."""
     policy = policy or OutboundPolicy.current()
-    body = dict(grant)
-    body.update(client_id=config["client_id"], client_secret=client_secret)
     url = provider.endpoints(config).token
+    answer = _Answer(provider, requested_scopes)
     started = time.monotonic()
     try:
-        with session(policy) as http:
-            response = http.post(
-                url,
-                data=body,
-                headers={"Accept": "application/json"},
-                # types-requests leaves out urllib3's Timeout, which requests passes through
-                timeout=call_timeout(timeout, deadline),  # type: ignore[arg-type]
-                allow_redirects=False,
-            )
+        with session_for(policy, url).lend(
+            config["client_id"], hooks=provider.compliance_hooks(config), check=answer.check
+        ) as oauth:
+            _send(oauth, url, config["client_id"], client_secret, grant, timeout, deadline)
     except (RedirectRefused, AddressRefused) as exc:
         code = "token_endpoint_redirect" if isinstance(exc, RedirectRefused) else "address_refused"
         raise TokenRequestFailed(
             ProviderFailure(
                 FailureKind.CONFIGURATION, code, str(exc), gettext("Fix the Token Endpoint.")
+            )
+        ) from None
+    except InsecureTransportError:
+        raise TokenRequestFailed(
+            ProviderFailure(
+                FailureKind.CONFIGURATION,
+                "insecure_transport",
+                gettext(
+                    "The token endpoint %(url)s is not https: tokens and the client secret are "
+                    "only sent over https.",
+                    url=url,
+                ),
+                gettext("Fix the Token Endpoint."),
             )
         ) from None
     except ResponseTooLarge as exc:
@@ -186,40 +198,108 @@ def _request_token(
     except requests.RequestException as exc:
         logger.warning("Token endpoint %s unreachable: %s", url, type(exc).__name__)
         raise TokenRequestFailed(provider.classify_error(None, None)) from None
-    logger.debug(
-        "Token endpoint %s answered %s in %.3f s",
-        url,
-        response.status_code,
-        time.monotonic() - started,
-    )
-    data = _json(response)
-    refused = data is not None and "access_token" not in data and "error" in data
-    if response.status_code != 200 or refused:
-        # A refusal sent with 200 (Zoho does) reaches the provider as 502: its code decides.
-        failure = provider.classify_error(
-            response.status_code if response.status_code != 200 else 502,
-            data,
-            retry_after=_retry_after(response.headers.get("Retry-After")),
-        )
-        raise TokenRequestFailed(failure)
-    if data is None:
-        raise TokenRequestFailed(
-            _malformed(
-                gettext(
-                    "The token endpoint answered HTTP 200 with something else than a JSON object."
+    logger.debug("Token endpoint %s answered in %.3f s", url, time.monotonic() - started)
+    if answer.token is None:  # the safety net makes this a transient failure
+        raise RuntimeError("the token answer was never checked")
+    return answer.token
+
+
+def _send(
+    oauth: OAuth2Session,
+    url: str,
+    client_id: str,
+    client_secret: str,
+    grant: Mapping[str, str],
+    timeout: float,
+    deadline: float | None,
+) -> None:
+    """The grant through requests-oauthlib, the client secret in the body (never Basic auth).
+
+    oauthlib raises a ``Warning`` carrying the token when the granted scope differs from the
+    requested one (Microsoft leaves out ``offline_access``): that is an answer, not a failure
+    (the extension compares scopes itself, :meth:`Provider.missing_scopes`), and its token is
+    the body :class:`_Answer` already read; no ``OAUTHLIB_RELAX_TOKEN_SCOPE`` is needed.
+    """
+    params: dict[str, Any] = dict(grant)
+    kind = params.pop("grant_type")
+    call = call_timeout(timeout, deadline)
+    try:
+        if kind == "authorization_code":
+            oauth.redirect_uri = params.pop("redirect_uri", None)
+            oauth.fetch_token(
+                url,
+                code=params.pop("code"),
+                client_secret=client_secret,
+                include_client_id=True,
+                timeout=call,
+                **params,
+            )
+        elif kind == "refresh_token":
+            scope = params.pop("scope", None)
+            oauth.scope = scope.split() if scope else None
+            oauth.refresh_token(
+                url,
+                refresh_token=params.pop("refresh_token"),
+                client_id=client_id,
+                client_secret=client_secret,
+                timeout=call,
+                **params,
+            )
+        else:
+            raise ValueError(f"unsupported grant type {kind!r}")
+    except Warning as changed:
+        if getattr(changed, "token", None) is None:
+            raise
+
+
+class _Answer:
+    """The extension's reading of one token answer: the last compliance hook of the call.
+
+    It runs before oauthlib parses the answer, so a refusal is classified by its HTTP status,
+    its ``error`` and ``Retry-After`` (:meth:`Provider.classify_error`), and a malformed answer
+    is refused field by field (:func:`_parse`), whatever oauthlib would make of it.
+    """
+
+    def __init__(self, provider: Provider, requested_scopes: list[str]) -> None:
+        self.provider = provider
+        self.requested_scopes = requested_scopes
+        self.token: TokenResponse | None = None
+
+    def check(self, response: requests.Response) -> requests.Response:
+        """Raise :class:`TokenRequestFailed` unless ``response`` is a usable token answer."""
+        data = _json(response)
+        refused = data is not None and "access_token" not in data and "error" in data
+        if response.status_code != 200 or refused:
+            # A refusal sent with 200 (Zoho does) reaches the provider as 502: its code decides.
+            raise TokenRequestFailed(
+                self.provider.classify_error(
+                    response.status_code if response.status_code != 200 else 502,
+                    data,
+                    retry_after=_retry_after(response.headers.get("Retry-After")),
                 )
             )
-        )
-    if "access_token" not in data:
-        raise TokenRequestFailed(
-            _malformed(
-                gettext("The token endpoint answered HTTP 200 with neither access_token nor error.")
+        if data is None:
+            raise TokenRequestFailed(
+                _malformed(
+                    gettext(
+                        "The token endpoint answered HTTP 200 with something else than a JSON "
+                        "object."
+                    )
+                )
             )
-        )
-    try:
-        return _parse(data, requested_scopes, response.headers.get("Date"))
-    except _Malformed as exc:
-        raise TokenRequestFailed(_malformed(str(exc), exc.kind)) from None
+        if "access_token" not in data:
+            raise TokenRequestFailed(
+                _malformed(
+                    gettext(
+                        "The token endpoint answered HTTP 200 with neither access_token nor error."
+                    )
+                )
+            )
+        try:
+            self.token = _parse(data, self.requested_scopes, response.headers.get("Date"))
+        except _Malformed as exc:
+            raise TokenRequestFailed(_malformed(str(exc), exc.kind)) from None
+        return response
 
 
 def _malformed(description: str, kind: FailureKind = FailureKind.TRANSIENT) -> ProviderFailure:

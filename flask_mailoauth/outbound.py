@@ -19,6 +19,7 @@ request that session sends it enforces DESIGN §7:
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import sys
 import threading
@@ -49,7 +50,7 @@ from .errors import (
     UrlRefused,
 )
 from .i18n import gettext
-from .providers.base import check_endpoint_url
+from .providers.base import RequestHook, check_endpoint_url
 
 #: redirects a GET may follow (discovery, JWKS, userinfo, resource details)
 MAX_REDIRECTS = 3
@@ -74,6 +75,13 @@ class OutboundPolicy:
     allowed_private_networks: tuple[Network, ...] = ()
     max_response_bytes: int = MAX_RESPONSE_BYTES
     max_redirects: int = MAX_REDIRECTS
+    #: the PEM file of CAs an IdP's certificate must chain to; ``None``: the default CA store
+    ca_bundle: str | None = None
+
+    @property
+    def verify(self) -> str | bool:
+        """``requests``' ``verify``: the configured CA bundle, else the default CA store."""
+        return self.ca_bundle or True
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> OutboundPolicy:
@@ -95,6 +103,7 @@ class OutboundPolicy:
             max_response_bytes=int(
                 config.get("MAILOAUTH_MAX_RESPONSE_BYTES") or MAX_RESPONSE_BYTES
             ),
+            ca_bundle=os.fspath(bundle) if (bundle := config.get("MAILOAUTH_CA_BUNDLE")) else None,
         )
 
     @classmethod
@@ -522,12 +531,14 @@ def mount(session: requests.Session, policy: OutboundPolicy) -> requests.Session
     """Put ``session``'s http:// and https:// traffic under ``policy`` and return it.
 
     Environment proxies are not used: the address policy must hold for the address connected.
+    Certificates are checked against ``MAILOAUTH_CA_BUNDLE`` when set.
     """
     adapter = OutboundAdapter(policy)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.max_redirects = policy.max_redirects
     session.trust_env = False
+    session.verify = policy.verify
     return session
 
 
@@ -544,21 +555,32 @@ class OutboundHTTP:
     session: requests.Session
     timeout: float
     deadline: float | None = None
+    #: the provider's requests-oauthlib ``protected_request`` compliance hooks, run in order on
+    #: every call that carries the access token (``Authorization: Bearer ...``)
+    protected: tuple[RequestHook, ...] = ()
 
     @classmethod
     @contextmanager
     def open(
-        cls, policy: OutboundPolicy, timeout: float, deadline: float | None = None
+        cls,
+        policy: OutboundPolicy,
+        timeout: float,
+        deadline: float | None = None,
+        protected: tuple[RequestHook, ...] = (),
     ) -> Iterator[OutboundHTTP]:
         """A fresh session under ``policy`` for the duration of a ``with`` block."""
         with session(policy) as http:
-            yield cls(http, timeout, deadline)
+            yield cls(http, timeout, deadline, protected)
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
         """``GET url``, following at most the policy's redirects, each hop under the rules."""
         kwargs.setdefault("timeout", call_timeout(self.timeout, self.deadline))
+        headers = dict(kwargs.pop("headers", None) or {})
+        if str(headers.get("Authorization", "")).startswith("Bearer "):
+            for hook in self.protected:
+                url, headers, _ = hook(url, headers, None)
         try:
-            return self.session.get(url, **kwargs)
+            return self.session.get(url, headers=headers, **kwargs)
         except requests.TooManyRedirects:
             raise RedirectRefused(
                 gettext(

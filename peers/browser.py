@@ -1,6 +1,15 @@
-"""Debian's chromium driven by Playwright (never `playwright install`)."""
+"""Debian's chromium driven by Playwright (never `playwright install`).
+
+The test IdPs serve https with a certificate of the test CA (:mod:`peers.tls`). Chromium on
+Linux reads its trust store from an NSS database, which this machine has no tool to write;
+the browser trusts exactly the IdPs' server key instead (``--ignore-certificate-errors-spki-list``,
+honoured because Playwright runs it with its own ``--user-data-dir``). Every other certificate is
+checked as usual: no ``ignore_https_errors``.
+"""
 
 from __future__ import annotations
+
+from .tls import test_ca
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -24,7 +33,13 @@ class Chromium:
         self._pw_cm = sync_playwright()
         self._pw = self._pw_cm.start()
         try:
-            self.browser = self._pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            self.browser = self._pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    *CHROMIUM_ARGS,
+                    f"--ignore-certificate-errors-spki-list={test_ca().server_spki()}",
+                ],
+            )
         except Exception:
             self._pw_cm.__exit__(None, None, None)
             raise

@@ -15,7 +15,8 @@ DOVECOT = "/usr/sbin/dovecot"
 
 
 class Dovecot:
-    """A Dovecot master process (``dovecot -F``) bound to 127.0.0.1, no TLS.
+    """A Dovecot master process (``dovecot -F``) bound to 127.0.0.1, no TLS; it introspects at
+    the IdP over https, trusting the test CA (``tls_ca_cert_file``).
 
     Attributes: ``imap_port``, ``pop3_port``, ``host``, ``idp`` (the IdP it asks),
     ``lmtp_socket`` and ``auth_postfix_socket`` (Paths, mode 0666), ``mail_root`` (homes are
@@ -51,10 +52,11 @@ class Dovecot:
             "mail_root": self.mail_root,
             "oauth2_conf": oauth2_conf,
             "introspection_url": (
-                f"http://{cid}:{secret}@{HOST}:{idp.port}"
+                f"https://{cid}:{secret}@{HOST}:{idp.port}"
                 + idp.introspection_endpoint.removeprefix(idp.base_url)
             ),
             "instance": name,
+            "idp_ca_file": idp.ca_file,
         }
         for template, target in (
             ("dovecot.conf", self.config),

@@ -1,6 +1,7 @@
 """A hostile OpenID Connect provider on 127.0.0.1, for tests that attack the product from outside.
 
-:class:`HostileIdP` is a real HTTP server (stdlib, one thread per request) that plays a working
+:class:`HostileIdP` is a real https server (stdlib, one thread per request, the certificate of
+:mod:`peers.tls`) that plays a working
 provider (discovery, authorize, token, JWKS, userinfo) and can be told to answer any route with
 any status, headers and body bytes, a redirect anywhere, a slow answer (a header line every so
 often, a body that trickles) or an id_token with any claims, algorithm and key. It records every
@@ -25,12 +26,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .tls import TLSHTTPServer
 
 CLIENT_ID = "hostile-client"
 #: a tweak value that removes the key from the default answer or claims
@@ -131,10 +134,9 @@ class HostileIdP:
         #: a key whose public half the JWKS never lists
         self.unpublished_key = rsa.generate_private_key(65537, 2048)
         self._lock = threading.RLock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = TLSHTTPServer(("127.0.0.1", 0), _handler(self))
         self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"https://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         self.reset()

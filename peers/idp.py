@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 import requests
 
 from .process import HOST, NODE_DIR, PeerError, Proc, free_port, wait_until
+from .tls import test_ca
 
 SERVER_JS = Path(__file__).with_name("idp") / "server.mjs"
 TENANT_ID = "9188040d-6c67-4c5b-b112-36a304b66dad"  # Microsoft's well-known consumer tenant id
@@ -60,11 +61,13 @@ def pkce_pair() -> tuple[str, str]:
 class IdP:
     """A running oidc-provider.
 
+    It serves https only, with the certificate of :mod:`peers.tls`.
     Attributes: ``shape`` ("generic" | "microsoft"), ``port``, ``base_url`` (scheme://host:port,
     Microsoft's "authority host"), ``issuer``, ``discovery_url``, ``metadata`` (discovery dict),
     ``tenant_id`` (Microsoft shape), ``introspection_client`` (a Client that may introspect any
-    token; Dovecot uses it), ``cookie_names``, ``log`` (Path), ``expiring_ttl`` (seconds an
-    access token of an account whose id starts with "expiring" lives).
+    token; Dovecot uses it), ``cookie_names``, ``ca_file`` (the CA its certificate chains to:
+    what ``MAILOAUTH_CA_BUNDLE`` names), ``log`` (Path), ``expiring_ttl`` (seconds an access
+    token of an account whose id starts with "expiring" lives).
     """
 
     def __init__(self, shape: str, log_dir: Path, expiring_ttl: int = 2) -> None:
@@ -72,7 +75,8 @@ class IdP:
             raise ValueError(shape)
         self.shape = shape
         self.port = free_port()
-        self.base_url = f"http://{HOST}:{self.port}"
+        self.ca_file = test_ca().ca_file
+        self.base_url = f"https://{HOST}:{self.port}"
         self.tenant_id = TENANT_ID
         self.issuer = f"{self.base_url}/{TENANT_ID}/v2.0" if shape == "microsoft" else self.base_url
         self.discovery_url = (
@@ -89,6 +93,8 @@ class IdP:
         self.expiring_ttl = expiring_ttl
         self.log = log_dir / f"idp-{shape}.log"
         self.http = requests.Session()
+        self.http.trust_env = False  # REQUESTS_CA_BUNDLE would replace the CA below
+        self.http.verify = str(self.ca_file)
         self._auth_methods: dict[str, str] = {}  # client id -> how it authenticates
         node = shutil.which("node") or "node"
         started = time.monotonic()
@@ -105,6 +111,8 @@ class IdP:
                 "IDP_INTROSPECTION_CLIENT_ID": self.introspection_client.client_id,
                 "IDP_INTROSPECTION_CLIENT_SECRET": self.introspection_client.client_secret,
                 "PEERS_NODE_DIR": str(NODE_DIR),
+                "IDP_TLS_CERT": str(test_ca().cert_file),
+                "IDP_TLS_KEY": str(test_ca().key_file),
             },
         )
         try:
@@ -195,6 +203,7 @@ class IdP:
 
         ``{"token": {"authorization_code": n, "refresh_token": m, ...}, "total": n+m,
         "injected": failures served by fail_next, "statuses": {"200": n, ...},
+        "forms": [{"grant_type": ..., "scope": ...}, ...] (as sent, Microsoft shape only),
         "pending_failures": k}``
         """
         return self.http.get(f"{self.base_url}/_test/stats", timeout=5).json()
@@ -375,7 +384,14 @@ def login_and_consent(
     method, data = "GET", None
     try:
         for _ in range(max_steps):
-            r = ua.request(method, url, data=data, allow_redirects=False, timeout=10)
+            r = ua.request(
+                method,
+                url,
+                data=data,
+                allow_redirects=False,
+                timeout=10,
+                verify=str(test_ca().ca_file),
+            )
             if r.is_redirect:
                 url, method, data = urljoin(url, r.headers["Location"]), "GET", None
                 if url.startswith(redirect_uri):

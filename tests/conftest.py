@@ -15,6 +15,7 @@ from flask_mailoauth import MailboxSettings, MailOAuth, i18n
 from flask_mailoauth.crypto import generate_key
 from peers.guard import GUARD
 from peers.hostile import FIGURES
+from peers.tls import test_ca
 
 from .pseudo_locale import PSEUDO, write_catalogues
 
@@ -61,6 +62,7 @@ def make_host(tmp_path) -> Callable[..., Host]:
             SQLALCHEMY_DATABASE_URI=db_url or f"sqlite:///{tmp_path / 'host.sqlite3'}",
             MAILOAUTH_ENCRYPTION_KEYS=[TEST_KEY],
             MAILOAUTH_ALLOW_INSECURE_HTTP=True,
+            MAILOAUTH_CA_BUNDLE=str(test_ca().ca_file),
         )
         app.config.update(config)
         db = SQLAlchemy()

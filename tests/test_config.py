@@ -22,6 +22,9 @@ BAD_VALUES = [
     ("MAILOAUTH_ENCRYPTION_KEYS", {"key": "value"}, "list of keys"),
     ("MAILOAUTH_ALLOW_INSECURE_HTTP", "yes", "True or False"),
     ("MAILOAUTH_ALLOWED_PRIVATE_HOSTS", 10, "host names"),
+    ("MAILOAUTH_CA_BUNDLE", "/nonexistent/ca.pem", "PEM file"),
+    ("MAILOAUTH_CA_BUNDLE", "/", "is not a file"),
+    ("MAILOAUTH_CA_BUNDLE", 42, "PEM file"),
     ("MAILOAUTH_MAX_RESPONSE_BYTES", 0, "at least 1"),
     ("MAILOAUTH_MAX_RESPONSE_BYTES", "1MB", "whole number"),
     ("MAILOAUTH_REFRESH_LEEWAY", -1, "0 or more"),
@@ -117,3 +120,10 @@ def test_domain_modules_never_read_the_flask_config(name):
         and node.value.id in ("current_app", "app")
     ]
     assert reads == []
+
+
+def test_the_ca_bundle_is_what_idp_certificates_are_checked_against(tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert Config.from_mapping({"MAILOAUTH_CA_BUNDLE": bundle}).outbound.verify == str(bundle)
+    assert Config.from_mapping({}).outbound.verify is True  # the default CA store

@@ -15,7 +15,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import jwt
 import pytest
@@ -50,12 +50,13 @@ from flask_mailoauth.outbound import (
     session,
 )
 from flask_mailoauth.providers import registry
+from peers.tls import TLSHTTPServer, test_ca
 
 from .flow_steps import banners, callback, credentials, start
 from .oauth_fakes import TOKEN_URL, FakeIdP
 from .stored import GENERIC, credential, store_account, token
 
-LOOPBACK = OutboundPolicy(allow_insecure_http=True)
+LOOPBACK = OutboundPolicy(allow_insecure_http=True, ca_bundle=str(test_ca().ca_file))
 SECRET = "client-secret-xyz"
 
 
@@ -105,10 +106,9 @@ def server() -> Iterator[Server]:
         do_GET = do_POST = _handle
 
     httpd = _QuietServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    state.url = f"https://127.0.0.1:{httpd.server_address[1]}"
     try:
         yield state
     finally:
@@ -116,7 +116,7 @@ def server() -> Iterator[Server]:
         httpd.server_close()
 
 
-class _QuietServer(ThreadingHTTPServer):
+class _QuietServer(TLSHTTPServer):
     def handle_error(self, request, client_address):
         """A client that hung up on a trickle or a redirect is expected here."""
 
@@ -387,8 +387,7 @@ def test_a_body_over_the_cap_is_refused(server, net):
     big = b"[" + b"1," * 700_000 + b"1]"
     server.routes["/big"] = answer(body=big)
     server.routes["/chunked"] = _chunked(big)
-    policy = OutboundPolicy(allow_insecure_http=True)
-    with OutboundHTTP.open(policy, 5) as http:
+    with OutboundHTTP.open(LOOPBACK, 5) as http:
         for path in ("/big", "/chunked"):
             with pytest.raises(ResponseTooLarge, match="MAILOAUTH_MAX_RESPONSE_BYTES"):
                 http.get(f"{server.url}{path}")

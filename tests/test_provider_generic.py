@@ -9,8 +9,11 @@ import requests
 import responses
 
 from flask_mailoauth.errors import AuthorizationFailed, DeadlineExceeded, ResponseTooLarge
-from flask_mailoauth.outbound import OutboundHTTP
-from flask_mailoauth.providers import registry
+from flask_mailoauth.flow import _identity
+from flask_mailoauth.models import utcnow
+from flask_mailoauth.oauth import TokenResponse
+from flask_mailoauth.outbound import OutboundHTTP, OutboundPolicy
+from flask_mailoauth.providers import ComplianceHooks, registry
 from flask_mailoauth.providers.base import check_endpoint_url
 from flask_mailoauth.providers.generic import GenericProvider
 
@@ -292,6 +295,38 @@ def test_identity_falls_back_to_userinfo(provider, http, idp):
         manual(userinfo_endpoint=USERINFO), claims=claims, token=TOKEN, http=http
     )
     assert (found.email, found.subject, found.name) == ("help@example.com", "u1", "Help")
+
+
+class HeaderTokenProvider(GenericProvider):
+    """An IdP whose userinfo wants the access token in a header of its own."""
+
+    id = "header-token"
+
+    def compliance_hooks(self, config):
+        def fix(url, headers, body):
+            token = headers["Authorization"].removeprefix("Bearer ")
+            return url, {**headers, "X-Access-Token": token}, body
+
+        return ComplianceHooks(protected_request=(fix,))
+
+
+def test_the_identity_step_runs_the_providers_protected_request_hooks(idp):
+    """``protected_request`` hooks reach the userinfo call of the callback's identity step."""
+    idp.get(
+        USERINFO,
+        json={"sub": "u1", "email": "help@example.com", "email_verified": True},
+        match=[responses.matchers.header_matcher({"X-Access-Token": "at-123"})],
+    )
+    token = TokenResponse("at-123", None, utcnow(), "openid", "Bearer", None, TOKEN)
+    found = _identity(
+        HeaderTokenProvider(),
+        manual(userinfo_endpoint=USERINFO),
+        {"sub": "u1"},
+        token,
+        5,
+        policy=OutboundPolicy(),
+    )
+    assert found.email == "help@example.com"
 
 
 def test_userinfo_for_another_subject_is_refused(provider, http, idp):

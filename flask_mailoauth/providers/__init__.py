@@ -3,6 +3,7 @@ built-in Microsoft, Google and generic OAuth2/OIDC providers."""
 
 from . import registry
 from .base import (
+    ComplianceHooks,
     ConfigField,
     Endpoints,
     ErrorAdvice,
@@ -20,6 +21,7 @@ from .google import GoogleProvider
 from .microsoft import MicrosoftProvider
 
 __all__ = [
+    "ComplianceHooks",
     "ConfigField",
     "Endpoints",
     "ErrorAdvice",

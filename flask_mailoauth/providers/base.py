@@ -27,6 +27,7 @@ from ..vocabulary import FailureKind
 
 if TYPE_CHECKING:
     import requests
+    from requests import Response
 
 FieldKind = Literal["text", "url", "select", "scopes", "date"]
 #: text an admin reads: plain, or a :func:`~flask_mailoauth.i18n.lazy_gettext` message that is
@@ -95,6 +96,33 @@ class Endpoints:
     #: the IdP advertises ``authorization_response_iss_parameter_supported`` (RFC 9207): the
     #: callback then refuses a response without ``iss``
     authorization_response_iss: bool = False
+
+
+#: a requests-oauthlib token response hook: gets the token endpoint's response, returns it fixed
+ResponseHook = Callable[["Response"], "Response"]
+#: a requests-oauthlib ``protected_request`` hook: ``(url, headers, body)`` in, the same out
+RequestHook = Callable[[str, dict[str, str], Any], tuple[str, dict[str, str], Any]]
+
+
+@dataclass(frozen=True)
+class ComplianceHooks:
+    """requests-oauthlib compliance hooks that fix a non-standard IdP, each run in order.
+
+    ``access_token_response`` sees the code exchange's answer, ``refresh_token_response`` the
+    refresh's, before anything reads them: a hook that changes the body sets
+    ``response._content`` (as requests-oauthlib's own compliance fixes do) and returns the
+    response; the fixed answer is then checked like any other. ``protected_request`` hooks
+    change the calls made with the access token (``http.get`` with an ``Authorization: Bearer``
+    header: the userinfo and Resource Details endpoints); they see that header.
+    """
+
+    access_token_response: tuple[ResponseHook, ...] = ()
+    refresh_token_response: tuple[ResponseHook, ...] = ()
+    protected_request: tuple[RequestHook, ...] = ()
+
+
+#: no compliance hooks: a standard IdP
+NO_HOOKS = ComplianceHooks()
 
 
 def claim_text(claims: Mapping[str, Any] | None, name: str) -> str | None:
@@ -488,6 +516,11 @@ class Provider:
         """The :meth:`required_scopes` that are not among the ``granted`` ones."""
         have = set(granted)
         return [s for s in self.required_scopes(config, protocols) if s not in have]
+
+    def compliance_hooks(self, config: Mapping[str, str]) -> ComplianceHooks:
+        """The requests-oauthlib compliance hooks that make this IdP's answers standard: the way
+        to fix a non-standard IdP (see :class:`ComplianceHooks`). None by default."""
+        return NO_HOOKS
 
     def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
         """Extra query parameters for the authorization request (``prompt``, ``access_type``...)."""

@@ -1,8 +1,8 @@
 // Test-only OpenID Connect provider for flask-mailoauth's end-to-end tests (npm oidc-provider).
 //
 // One file, two shapes (IDP_SHAPE):
-//   generic    issuer http://127.0.0.1:PORT, standard oidc-provider routes.
-//   microsoft  issuer http://127.0.0.1:PORT/{tid}/v2.0, routes /{tenant}/oauth2/v2.0/authorize|token,
+//   generic    issuer https://127.0.0.1:PORT, standard oidc-provider routes.
+//   microsoft  issuer https://127.0.0.1:PORT/{tid}/v2.0, routes /{tenant}/oauth2/v2.0/authorize|token,
 //              /{tenant}/discovery/v2.0/keys, Microsoft-like token responses (no email claim in
 //              the id_token, scope without offline_access, rotated refresh tokens) and AADSTS errors.
 // Both: devInteractions login/consent pages, refresh tokens always issued, open dynamic client
@@ -11,8 +11,11 @@
 // starts with "expiring", and test instrumentation under /_test/ (see handleTestRoute).
 //
 // Environment: IDP_PORT, IDP_SHAPE, IDP_TENANT_ID, IDP_EXPIRING_TTL (seconds, default 2),
-// IDP_INTROSPECTION_CLIENT_ID / _SECRET, PEERS_NODE_DIR (where node_modules lives).
+// IDP_INTROSPECTION_CLIENT_ID / _SECRET, PEERS_NODE_DIR (where node_modules lives),
+// IDP_TLS_CERT / IDP_TLS_KEY (PEM files: it serves https only, as real IdPs do; peers/tls.py).
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import * as https from 'node:https';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import * as querystring from 'node:querystring';
@@ -40,7 +43,8 @@ const introspector = {
   client_id: process.env.IDP_INTROSPECTION_CLIENT_ID || 'dovecot',
   client_secret: process.env.IDP_INTROSPECTION_CLIENT_SECRET || 'dovecot-secret',
 };
-const base = `http://127.0.0.1:${port}`;
+const tls = { cert: readFileSync(process.env.IDP_TLS_CERT), key: readFileSync(process.env.IDP_TLS_KEY) };
+const base = `https://127.0.0.1:${port}`;
 const issuer = microsoft ? `${base}/${tid}/v2.0` : base;
 const OUTLOOK = 'https://outlook.office.com/';
 const outlookScopes = ['IMAP.AccessAsUser.All', 'POP.AccessAsUser.All', 'SMTP.Send'].map((s) => OUTLOOK + s);
@@ -122,7 +126,9 @@ const provider = new Provider(issuer, {
 provider.proxy = false;
 
 // ---------------------------------------------------------------- test instrumentation
-const stats = { token: {}, total: 0, injected: 0, statuses: {} };
+// `forms`: grant_type and scope of each token request whose body was read (Microsoft shape, or a
+// failure pending), as the client sent them: what a test would otherwise read on the wire.
+const stats = { token: {}, total: 0, injected: 0, statuses: {}, forms: [] };
 let failures = []; // queue of { count, status, body, retry_after, grant_type }
 
 function resetStats() {
@@ -130,6 +136,7 @@ function resetStats() {
   stats.total = 0;
   stats.injected = 0;
   stats.statuses = {};
+  stats.forms = [];
 }
 
 async function readRaw(req) {
@@ -250,6 +257,7 @@ provider.use(async (ctx, next) => {
     const raw = await readRaw(ctx.req);
     ctx.req.body = raw;
     form = querystring.parse(raw);
+    stats.forms.push({ grant_type: form.grant_type, scope: form.scope });
     if (microsoft && form.grant_type === 'refresh_token' && typeof form.scope === 'string') {
       // Microsoft accepts the reserved scopes on a refresh (MSAL always sends offline_access
       // openid profile); oidc-provider refuses offline_access, which its refresh tokens lack.
@@ -281,7 +289,7 @@ provider.use(async (ctx, next) => {
   }
 });
 
-const server = provider.listen(port, '127.0.0.1', () => {
+const server = https.createServer(tls, provider.callback()).listen(port, '127.0.0.1', () => {
   console.log(`oidc-provider (${shape}) listening on ${base}, issuer ${issuer}`);
 });
 for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => process.exit(0));

@@ -17,6 +17,7 @@ from example_app import create_app
 from example_app.extensions import db
 from peers import browser_login_and_consent, require_peer
 from peers.availability import AXE_JS
+from peers.tls import test_ca
 
 from ..conftest import TEST_KEY
 from .flows import authorize
@@ -32,6 +33,7 @@ def helpdesk(db_url, serve_app):
             "SQLALCHEMY_DATABASE_URI": db_url,
             "MAILOAUTH_ENCRYPTION_KEYS": [TEST_KEY],
             "MAILOAUTH_ALLOW_INSECURE_HTTP": True,
+            "MAILOAUTH_CA_BUNDLE": str(test_ca().ca_file),
         }
     )
     yield app, serve_app(app)

@@ -15,6 +15,7 @@ from example_app import create_app
 from example_app.extensions import db
 from example_app.models import SystemEmail
 from peers import browser_login_and_consent
+from peers.tls import test_ca
 
 from ..conftest import TEST_KEY
 
@@ -34,6 +35,7 @@ def helpdesk(db_url, serve_app):
             "SQLALCHEMY_DATABASE_URI": db_url,
             "MAILOAUTH_ENCRYPTION_KEYS": [TEST_KEY],
             "MAILOAUTH_ALLOW_INSECURE_HTTP": True,
+            "MAILOAUTH_CA_BUNDLE": str(test_ca().ca_file),
         }
     )
     yield app, serve_app(app)

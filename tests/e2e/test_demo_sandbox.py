@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from peers import REPO_ROOT, browser_login_and_consent, free_port, require_peer
+from peers.tls import SHARED_DIR_ENV, test_ca
 
 from .browser_steps import open_config, open_remote_mailbox, shot
 
@@ -25,7 +26,13 @@ def demo():
     proc = subprocess.Popen(
         [sys.executable, "-m", "example_app"],
         cwd=REPO_ROOT,
-        env={**os.environ, "PORT": str(port), "PYTHONUNBUFFERED": "1"},
+        # the demo's IdP uses this process's test CA, whose key the browser trusts
+        env={
+            **os.environ,
+            "PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+            SHARED_DIR_ENV: str(test_ca().directory),
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -37,6 +37,7 @@ from flask_mailoauth.models import utcnow
 from flask_mailoauth.providers.base import MailServer
 from flask_mailoauth.sasl import xoauth2
 from peers import ARTIFACTS_DIR, HOST, Client
+from peers.tls import test_ca
 from tests.conftest import TEST_KEY
 
 from .flows import authorize, point_at
@@ -489,6 +490,7 @@ def test_token_tab_test_connection_in_chromium(
         {
             "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'helpdesk.sqlite3'}",
             "MAILOAUTH_ALLOW_INSECURE_HTTP": True,
+            "MAILOAUTH_CA_BUNDLE": str(test_ca().ca_file),
             "MAILOAUTH_ENCRYPTION_KEYS": [TEST_KEY],
         }
     )

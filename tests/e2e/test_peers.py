@@ -163,13 +163,14 @@ def test_pkce_is_checked(generic_idp, clients):
         },
         auth=client,
         timeout=5,
+        verify=generic_idp.ca_file,
     )
     assert r.status_code == 400
     assert r.json()["error"] == "invalid_grant"
 
 
 def test_generic_discovery(generic_idp):
-    meta = requests.get(generic_idp.discovery_url, timeout=5).json()
+    meta = requests.get(generic_idp.discovery_url, timeout=5, verify=generic_idp.ca_file).json()
     assert meta["issuer"] == generic_idp.issuer
     assert meta["code_challenge_methods_supported"] == ["S256"]
     for key in (
@@ -188,12 +189,14 @@ def test_microsoft_shape(ms_idp, clients):
     idp = ms_idp
     tid = idp.tenant_id
     meta = requests.get(
-        f"{idp.base_url}/{tid}/v2.0/.well-known/openid-configuration", timeout=5
+        f"{idp.base_url}/{tid}/v2.0/.well-known/openid-configuration",
+        timeout=5,
+        verify=idp.ca_file,
     ).json()
     assert meta["issuer"] == f"{idp.base_url}/{tid}/v2.0"
     assert meta["authorization_endpoint"] == f"{idp.base_url}/common/oauth2/v2.0/authorize"
     for tenant in ("common", "organizations", tid):
-        keys = requests.get(f"{idp.base_url}/{tenant}/discovery/v2.0/keys", timeout=5).json()
+        keys = idp.http.get(f"{idp.base_url}/{tenant}/discovery/v2.0/keys", timeout=5).json()
         assert keys["keys"][0]["kty"] == "RSA"
 
     client = clients(idp)
@@ -239,7 +242,7 @@ def test_microsoft_shape(ms_idp, clients):
     assert err.value.body["error_codes"] == [7000215]
     assert err.value.body["error_description"].startswith("AADSTS7000215")
 
-    r = requests.get(f"{idp.base_url}/not-a-tenant/oauth2/v2.0/authorize", timeout=5)
+    r = idp.http.get(f"{idp.base_url}/not-a-tenant/oauth2/v2.0/authorize", timeout=5)
     assert r.status_code == 400
 
 
@@ -253,6 +256,7 @@ def test_token_stats_and_injected_failures(any_idp, clients):
             idp.token_endpoint,
             auth=client,
             timeout=5,
+            verify=idp.ca_file,
             data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"]},
         )
 

@@ -17,7 +17,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -28,6 +27,7 @@ from flask_mailoauth.errors import ReauthorizationRequired, TemporarilyUnavailab
 from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.testing import seed_account
 from peers import HOST
+from peers.tls import test_ca
 
 from ..conftest import TEST_KEY
 from ..faults import TcpProxy, row_locked
@@ -62,14 +62,6 @@ def update_credential(host, key="support", **values):
     st.cache.clear()
 
 
-def update_config(host, key="support", **values):
-    """Change fields of an account's stored IdP Config (not its signature)."""
-    st = host.app.extensions["mailoauth"]
-    with host.app.app_context(), own_session(st.db) as s:
-        account = s.scalars(sa.select(st.models.Account).where(st.models.Account.key == key)).one()
-        account.config = {**account.config, **values}
-
-
 def events(host, kind=None):
     st = host.app.extensions["mailoauth"]
     Event = st.models.Event
@@ -93,7 +85,10 @@ def imap_select(host, key="support"):
 def token_post(idp, client_id, client_secret, url, **data):
     """POST to an IdP endpoint with client_secret_post auth (how ``authorize`` registers)."""
     r = requests.post(
-        url, data={**data, "client_id": client_id, "client_secret": client_secret}, timeout=10
+        url,
+        data={**data, "client_id": client_id, "client_secret": client_secret},
+        timeout=10,
+        verify=idp.ca_file,
     )
     r.raise_for_status()
     return r.json() if r.content else {}
@@ -256,7 +251,10 @@ def test_one_refresh_for_16_threads_in_each_of_4_processes(make_host, generic_id
     from .lifecycle_app import race_for_token
 
     children = [
-        ctx.Process(target=race_for_token, args=(db_url, TEST_KEY, start, THREADS, results))
+        ctx.Process(
+            target=race_for_token,
+            args=(db_url, TEST_KEY, str(test_ca().ca_file), start, THREADS, results),
+        )
         for _ in range(PROCESSES)
     ]
     for child in children:
@@ -291,7 +289,7 @@ def test_idp_unreachable_mid_run_keeps_the_token_then_recovers(
         host,
         generic_idp,
         "support@example.test",
-        idp_token_endpoint=f"http://{HOST}:{proxy.port}/token",
+        idp_token_endpoint=f"https://{HOST}:{proxy.port}/token",
     )
     assert proxy.connections == 1  # the code exchange went through the typed endpoint
     point_at(host, dovecot)
@@ -343,7 +341,8 @@ def test_idp_unreachable_mid_run_keeps_the_token_then_recovers(
     assert fresh == access != current
     assert (cred.status, cred.failure_count, cred.next_retry_at) == ("active", 0, None)
     assert generic_idp.refresh_count() == 2  # the 503 and the recovery; none while down
-    assert proxy.connections == 3
+    # the exchange's connection, then one kept alive for the 503 and the recovery
+    assert proxy.connections == 2
     assert imap_select(host) == "SELECTED"
 
 
@@ -398,20 +397,13 @@ def test_microsoft_refresh_sends_scope_accepts_no_offline_access_and_shows_aadst
     done = authorize(host, ms_idp, "support@example.test")  # Microsoft rotates by default
     point_at(host, ms_dovecot)
     _, access_before, refresh_before = credential(host)
-    # Watch the refresh on the wire: the stored Token Endpoint now goes through a proxy.
-    wire = TcpProxy(ms_idp.port).start()
-    try:
-        update_config(host, token_endpoint=f"http://{HOST}:{wire.port}/common/oauth2/v2.0/token")
-        ms_idp.reset()
-        with host.app.app_context():
-            fresh = host.ext.refresh("support")
-        (sent,) = wire.requests()
-    finally:
-        wire.stop()
-        update_config(host, token_endpoint=ms_idp.token_url_for("common"))
-    body = parse_qs(sent.split("\r\n\r\n", 1)[1])
-    assert body["grant_type"] == ["refresh_token"]
-    sent_scope = body["scope"][0].split()
+    # The refresh as the IdP received it (over TLS the wire shows nothing readable).
+    ms_idp.reset()
+    with host.app.app_context():
+        fresh = host.ext.refresh("support")
+    (sent,) = ms_idp.stats()["forms"]
+    assert sent["grant_type"] == "refresh_token"
+    sent_scope = sent["scope"].split()
     assert "offline_access" in sent_scope
     assert "https://outlook.office.com/IMAP.AccessAsUser.All" in sent_scope
     assert ms_idp.refresh_count() == 1
@@ -487,7 +479,12 @@ def test_refresh_due_from_two_processes_refreshes_each_of_200_accounts_once(
     host = make_host(db_url=db_url)
     store_bulk_accounts(host, generic_idp, client, grants)
     generic_idp.reset()
-    env = {**os.environ, "MAILOAUTH_E2E_DB_URL": db_url, "MAILOAUTH_E2E_KEY": TEST_KEY}
+    env = {
+        **os.environ,
+        "MAILOAUTH_E2E_DB_URL": db_url,
+        "MAILOAUTH_E2E_KEY": TEST_KEY,
+        "MAILOAUTH_E2E_CA_BUNDLE": str(test_ca().ca_file),
+    }
     command = [
         sys.executable,
         "-m",
@@ -555,7 +552,7 @@ def test_a_slow_rotated_answer_the_database_refuses_is_kept_and_the_grant_surviv
         generic_idp,
         "support@example.test",
         rotate=True,
-        idp_token_endpoint=f"http://{HOST}:{proxy.port}/token",
+        idp_token_endpoint=f"https://{HOST}:{proxy.port}/token",
     )
     _, current, first_refresh = credential(host)
     update_credential(

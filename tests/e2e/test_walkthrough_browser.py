@@ -14,6 +14,7 @@ from example_app import create_app
 from example_app.extensions import db, mailoauth
 from example_app.models import SystemEmail
 from peers import browser_login_and_consent
+from peers.tls import test_ca
 
 from ..conftest import TEST_KEY
 from .browser_steps import open_config, open_remote_mailbox, shot
@@ -26,6 +27,7 @@ def helpdesk(tmp_path, serve_app):
             "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'helpdesk.sqlite3'}",
             "MAILOAUTH_ENCRYPTION_KEYS": [TEST_KEY],
             "MAILOAUTH_ALLOW_INSECURE_HTTP": True,
+            "MAILOAUTH_CA_BUNDLE": str(test_ca().ca_file),
         }
     )
     return app, serve_app(app)

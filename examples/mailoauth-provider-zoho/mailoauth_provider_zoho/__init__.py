@@ -6,12 +6,14 @@ point declared in this package's ``setup.cfg``; nothing in the host application 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from flask_mailoauth.errors import ProviderFailure
 from flask_mailoauth.providers import (
+    ComplianceHooks,
     ConfigField,
     Endpoints,
     ErrorAdvice,
@@ -24,7 +26,17 @@ from flask_mailoauth.providers import (
 from flask_mailoauth.providers.base import OAUTH_ERRORS
 from flask_mailoauth.vocabulary import FailureKind
 
-__all__ = ["DATA_CENTERS", "ERRORS", "PROTOCOL_SCOPES", "ZohoProvider"]
+if TYPE_CHECKING:
+    from requests import Response
+
+__all__ = [
+    "COMPLIANCE_HOOKS",
+    "DATA_CENTERS",
+    "ERRORS",
+    "PROTOCOL_SCOPES",
+    "ZohoProvider",
+    "seconds_expires_in",
+]
 __version__ = "0.1.0"
 
 
@@ -95,6 +107,44 @@ ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
 
 #: what flask-mailoauth reports for an HTTP 200 that carries no access token
 _NO_TOKEN_STATUS = 502
+#: Zoho's access tokens live an hour: an ``expires_in`` above a day can only be milliseconds
+_MILLISECONDS_ABOVE = 24 * 3600
+
+
+def seconds_expires_in(response: Response) -> Response:
+    """A requests-oauthlib token response hook: ``expires_in`` in seconds.
+
+    Older Zoho answers give ``expires_in`` in milliseconds, some with ``expires_in_sec`` beside
+    it. The seconds win when Zoho sends them; otherwise a lifetime above a day is divided by
+    1000. Anything else (a refusal, a body that is not JSON) passes unchanged, for
+    flask-mailoauth's own checks.
+    """
+    try:
+        data = response.json()
+    except ValueError:
+        return response
+    if not isinstance(data, dict):
+        return response
+    seconds, given = data.get("expires_in_sec"), data.get("expires_in")
+    if _whole(seconds):
+        data["expires_in"] = seconds
+    elif _whole(given) and given > _MILLISECONDS_ABOVE:
+        data["expires_in"] = given // 1000
+    else:
+        return response
+    response._content = json.dumps(data).encode()
+    return response
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+#: Zoho's answers made standard, for the code exchange and the refresh
+COMPLIANCE_HOOKS = ComplianceHooks(
+    access_token_response=(seconds_expires_in,),
+    refresh_token_response=(seconds_expires_in,),
+)
 
 
 class ZohoProvider(Provider):
@@ -170,6 +220,10 @@ class ZohoProvider(Provider):
             userinfo=f"{server}/oauth/v2/userinfo",
             revocation=f"{server}/oauth/v2/token/revoke",
         )
+
+    def compliance_hooks(self, config: Mapping[str, str]) -> ComplianceHooks:
+        """``expires_in`` in seconds, whatever Zoho sent (:func:`seconds_expires_in`)."""
+        return COMPLIANCE_HOOKS
 
     def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
         """A refresh token on every consent, and the scopes comma separated as Zoho shows them."""

@@ -28,7 +28,7 @@ from flask_mailoauth.flow import _validate_id_token
 from flask_mailoauth.models import utcnow
 from flask_mailoauth.oauth import TokenResponse, request_token
 from flask_mailoauth.outbound import OutboundPolicy
-from flask_mailoauth.providers import check_endpoint_url, registry
+from flask_mailoauth.providers import ComplianceHooks, check_endpoint_url, registry
 
 ACCOUNTS = {
     "com": "https://accounts.zoho.com",
@@ -399,3 +399,65 @@ def test_the_modal_saves_and_sends_the_admin_to_zoho(helpdesk):
     assert (query["access_type"], query["prompt"]) == ("offline", "consent")
     assert (query["client_id"], query["response_type"]) == (CLIENT_ID, "code")
     assert query["code_challenge_method"] == "S256"
+
+
+# --- compliance hooks -----------------------------------------------------------------------
+
+
+def refresh_answer(provider, config, answer):
+    """A refresh through the extension's token request, Zoho answering ``answer``."""
+    responses.post("https://accounts.zoho.com/oauth/v2/token", json=answer)
+    return request_token(
+        provider,
+        config,
+        "secret",
+        {"grant_type": "refresh_token", "refresh_token": "1000.refresh"},
+        timeout=5,
+        requested_scopes=provider.scopes(config),
+    )
+
+
+@pytest.mark.parametrize(
+    "lifetime",
+    [
+        {"expires_in": 3600},
+        {"expires_in": 3_600_000},  # milliseconds, as older answers have it
+        {"expires_in": 3_600_000, "expires_in_sec": 3600},
+        {"expires_in_sec": 3600},
+    ],
+)
+@responses.activate
+def test_expires_in_is_read_in_seconds_whatever_zoho_sends(provider, config, lifetime):
+    answer = refresh_answer(
+        provider, config, {"access_token": "1000.at", "token_type": "Bearer", **lifetime}
+    )
+    assert (answer.expires_at - utcnow()).total_seconds() == pytest.approx(3600, abs=5)
+
+
+@responses.activate
+def test_without_the_hook_milliseconds_would_be_read_as_seconds(config):
+    class Unfixed(ZohoProvider):
+        def compliance_hooks(self, config):
+            return ComplianceHooks()
+
+    answer = refresh_answer(
+        Unfixed(),
+        config,
+        {"access_token": "1000.at", "token_type": "Bearer", "expires_in": 3_600_000},
+    )
+    assert (answer.expires_at - utcnow()).total_seconds() > 3600 * 2
+
+
+@responses.activate
+def test_the_hook_leaves_refusals_to_the_extension(provider, config):
+    responses.post("https://accounts.zoho.com/oauth/v2/token", body="<html>busy</html>", status=503)
+    with pytest.raises(TokenRequestFailed) as refused:
+        request_token(
+            provider,
+            config,
+            "secret",
+            {"grant_type": "refresh_token", "refresh_token": "1000.refresh"},
+            timeout=5,
+            requested_scopes=provider.scopes(config),
+        )
+    assert refused.value.failure.kind == "transient"
