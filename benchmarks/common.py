@@ -262,21 +262,27 @@ class PerThreadSession:
 # ---------------------------------------------------------------------- latency
 class DelayProxy:
     """A TCP proxy on 127.0.0.1 delaying every chunk by ``delay`` seconds in each direction
-    (latency, not bandwidth: chunks queue up in order). It runs in a process of its own, so the
-    benchmark's own CPU use cannot slow it down. ``round_trips`` counts the times a client spoke
-    after the server (or first): each such turn waits for the server's answer."""
+    (latency, not bandwidth: chunks queue up in order), charging one round trip for each new
+    TCP connection and, with ``tls=True``, one more for a TLS 1.3 handshake (the model is in
+    ``benchmarks/proxy.py``). It runs in a process of its own, so the benchmark's own CPU use
+    cannot slow it down. ``round_trips`` counts the times a client spoke after the server (or
+    first): each such turn waits for the server's answer; ``connections`` the connections."""
 
-    def __init__(self, upstream: tuple[str, int], delay: float = 0.020) -> None:
+    def __init__(self, upstream: tuple[str, int], delay: float = 0.020, tls: bool = False) -> None:
         import multiprocessing
 
         from . import proxy
 
         ctx = multiprocessing.get_context("spawn")
         self.delay = delay
+        self.tls = tls
         self._trips = ctx.Value("q", 0)
+        self._connections = ctx.Value("q", 0)
         parent, child = ctx.Pipe()
         self._process = ctx.Process(
-            target=proxy.serve, args=(upstream, delay, self._trips, child), daemon=True
+            target=proxy.serve,
+            args=(upstream, delay, tls, self._trips, self._connections, child),
+            daemon=True,
         )
         self._process.start()
         child.close()
@@ -289,6 +295,10 @@ class DelayProxy:
     @property
     def round_trips(self) -> int:
         return self._trips.value
+
+    @property
+    def connections(self) -> int:
+        return self._connections.value
 
     def close(self) -> None:
         if self._process.is_alive():
