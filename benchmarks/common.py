@@ -28,7 +28,7 @@ from flask_mailoauth.testing import seed_account
 from peers import peer_missing
 from peers.dovecot import Dovecot
 from peers.idp import Client, IdP
-from peers.postgres import PostgresCluster
+from peers.postgres import DURABLE_SETTINGS, PostgresCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # every peer and proxy listens on loopback only
@@ -337,7 +337,7 @@ class Peers:
     def postgres(self) -> PostgresCluster:
         if self._postgres is None:
             _require("postgresql")
-            self._postgres = PostgresCluster(self.workdir, self.logs)
+            self._postgres = PostgresCluster(self.workdir, self.logs, DURABLE_SETTINGS)
             self.started.append(self._postgres)
         return self._postgres
 
