@@ -8,7 +8,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -147,6 +147,50 @@ class StatementCounter:
 # ---------------------------------------------------------------------- timing
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Several runs of one measurement, shown everywhere the same way: median [min, max]."""
+
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Spread:
+        found = tuple(values)
+        if not found:
+            raise ValueError("a spread needs at least one run")
+        return cls(found)
+
+    @property
+    def runs(self) -> int:
+        return len(self.values)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def min(self) -> float:
+        return min(self.values)
+
+    @property
+    def max(self) -> float:
+        return max(self.values)
+
+    def map(self, fn: Callable[[float], float]) -> Spread:
+        """The same runs seen through ``fn`` (seconds per run to refreshes/s, say)."""
+        return Spread(tuple(fn(v) for v in self.values))
+
+    def fmt(self, render: Callable[[float], str] | None = None) -> str:
+        show = render or fmt_ms
+        return f"{show(self.median)} [{show(self.min)}, {show(self.max)}]"
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (another one: the IdP, say) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------- the table
