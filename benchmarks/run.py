@@ -33,9 +33,8 @@ class Sizes:
     imap_delay: float = 0.020
     page_renders: int = 200
     callbacks: int = 20
-    bulk_sizes: tuple[int, ...] = (100, 1000, 5000)
-    bulk_repeats: tuple[tuple[int, int], ...] = ((100, 3), (1000, 3), (5000, 1))
-    latency_accounts: int = 100
+    bulk_repeats: tuple[tuple[int, int], ...] = ((100, 3), (1000, 3), (5000, 3))  # size, runs
+    latency_repeats: tuple[tuple[int, int], ...] = ((100, 3), (1000, 3))
     latency_delay: float = 0.050
 
 
@@ -48,9 +47,8 @@ QUICK = Sizes(
     imap_logins=3,
     page_renders=20,
     callbacks=3,
-    bulk_sizes=(20, 50),
-    bulk_repeats=(),
-    latency_accounts=10,
+    bulk_repeats=((20, 1), (50, 1)),
+    latency_repeats=((10, 1), (20, 1)),
 )
 BACKENDS = ("SQLite", "PostgreSQL")
 
@@ -96,23 +94,22 @@ def run_pages(p: Peers, sizes: Sizes) -> list[Row]:
 
 
 def run_bulk(p: Peers, sizes: Sizes) -> list[Row]:
-    count = max(*sizes.bulk_sizes, sizes.latency_accounts)
+    count = max(size for size, _ in sizes.bulk_repeats + sizes.latency_repeats)
     _progress(f"bulk refresh: making {count:,} real grants at the IdP")
     grants = bulk.prepare(p, count)
     _progress(f"bulk refresh: {count:,} grants in {grants.seconds:.0f} s")
     out = []
     for backend in BACKENDS:
-        _progress(f"bulk refresh ({backend}): {', '.join(map(str, sizes.bulk_sizes))} accounts")
-        result = bulk.measure(p, backend, grants, sizes.bulk_sizes, dict(sizes.bulk_repeats))
-        out += bulk.rows(result, backend)
+        local = dict(sizes.bulk_repeats)
+        _progress(f"bulk refresh ({backend}), same machine: {_sizes(local)}")
+        out += bulk.rows(bulk.measure(p, backend, grants, local), backend)
+        away = dict(sizes.latency_repeats)
         _progress(
-            f"bulk refresh ({backend}): {sizes.latency_accounts} accounts, IdP "
-            f"{sizes.latency_delay * 1000:.0f} ms away"
+            f"bulk refresh ({backend}), IdP {sizes.latency_delay * 1000:.0f} ms away: "
+            f"{_sizes(away)}"
         )
-        latency = bulk.measure_latency(
-            p, backend, grants, sizes.latency_accounts, sizes.latency_delay
-        )
-        out += bulk.latency_rows(latency, backend, sizes.latency_delay)
+        latency = bulk.measure_latency(p, backend, grants, away, sizes.latency_delay)
+        out += bulk.latency_rows(latency, backend)
     out.append(
         Row(
             "bulk refresh",
@@ -121,6 +118,10 @@ def run_bulk(p: Peers, sizes: Sizes) -> list[Row]:
         )
     )
     return out
+
+
+def _sizes(repeats: dict[int, int]) -> str:
+    return ", ".join(f"{size:,} accounts x {runs}" for size, runs in repeats.items())
 
 
 BENCHMARKS: dict[str, Callable[[Peers, Sizes], list[Row]]] = {
