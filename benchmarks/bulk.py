@@ -41,6 +41,7 @@ from .common import (
     add_accounts,
     fmt_ms,
     fmt_ratio,
+    fmt_runs,
     generic_config,
     make_app,
     proc_cpu_seconds,
@@ -81,6 +82,10 @@ class SizeResult:
     idp_cpu: list[float] = field(default_factory=list)  # the IdP process, baseline runs
     statements: list[int] = field(default_factory=list)  # per run
     idp_refreshes: int = 0  # the IdP's count for the last extension run
+
+    @property
+    def runs(self) -> int:
+        return len(self.ours.seconds)
 
     @property
     def ratio(self) -> float:
@@ -268,10 +273,6 @@ def _rate(r: SizeResult, side: Side) -> str:
     return side.rate(r.accounts).fmt(lambda v: f"{v:.0f}/s")
 
 
-def _runs(r: SizeResult) -> str:
-    return f"{len(r.ours.seconds)} run{'s' if len(r.ours.seconds) > 1 else ''}"
-
-
 def _linearity(name: str, sizes: list[SizeResult], where: str) -> Row:
     ours = [r.ours.per_account(r.accounts) for r in sizes]
     theirs = [r.idp.per_account(r.accounts) for r in sizes]
@@ -301,7 +302,7 @@ def rows(result: BulkResult, backend: str) -> list[Row]:
         out.append(
             Row(
                 name,
-                f"same machine, {r.accounts:,} due accounts: refreshes/s ({_runs(r)})",
+                f"same machine, {r.accounts:,} due accounts: refreshes/s ({fmt_runs(r.runs)})",
                 _rate(r, r.ours),
                 f"{_rate(r, r.idp)} IdP keep-alive",
                 f"{fmt_ratio(r.ratio)} the IdP's",
@@ -365,7 +366,7 @@ def latency_rows(result: BulkResult, backend: str) -> list[Row]:
         out.append(
             Row(
                 name,
-                f"{away}, {r.accounts:,} due accounts: refreshes/s ({_runs(r)})",
+                f"{away}, {r.accounts:,} due accounts: refreshes/s ({fmt_runs(r.runs)})",
                 _rate(r, r.ours),
                 f"{_rate(r, r.idp)} IdP keep-alive",
                 f"{fmt_ratio(r.ratio)} the IdP's",

@@ -219,6 +219,10 @@ def fmt_ms(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+def fmt_runs(count: int) -> str:
+    return f"{count} run{'' if count == 1 else 's'}"
+
+
 def fmt_ratio(value: float) -> str:
     return f"{value:.2f}x" if value < 10 else f"{value:.0f}x"
 
