@@ -397,6 +397,16 @@ class Peers:
             self.started.append(self._dovecot)
         return self._dovecot
 
+    @property
+    def postgres_version(self) -> str | None:
+        """The started cluster's major version, or None when no benchmark needed one."""
+        return self._postgres.version if self._postgres is not None else None
+
+    @property
+    def idp_scheme(self) -> str | None:
+        """ "http" or "https" for the started IdP, or None when no benchmark needed one."""
+        return self._idp.base_url.split(":", 1)[0] if self._idp is not None else None
+
     def postgres_url(self) -> str:
         return self.postgres.url(self.postgres.create_database("bench"))
 

@@ -1,26 +1,24 @@
 """Run every benchmark and print one table: ``.venv/bin/python -m benchmarks.run [--quick]``.
 
 ``--quick`` shrinks every size for a smoke run (about a minute); ``--only NAME`` runs some of
-them (hot-path, storm, imap, pages, bulk). Peers (oidc-provider, PostgreSQL, Dovecot) are
-started on 127.0.0.1 in a temp dir with the real-peer harness (``peers``) and stopped by PID at
-the end; a benchmark whose peer is not installed is reported as skipped.
+them (hot-path, storm, imap, pages, bulk); ``--write-readme`` (a full run of everything only)
+also puts the output in the generated "Latest results" blocks (``report.py``). Peers
+(oidc-provider, PostgreSQL, Dovecot) are started on 127.0.0.1 in a temp dir with the real-peer
+harness (``peers``) and stopped by PID at the end; a benchmark whose peer is not installed is
+reported as skipped.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from . import bulk, hot_path, imap_login, pages, storm
-from .common import REPO_ROOT, Peers, PeerUnavailable, Row, format_table, peers
+from . import bulk, hot_path, imap_login, pages, report, storm
+from .common import Peers, PeerUnavailable, Row, format_table, peers
 
 
 @dataclass(frozen=True)
@@ -133,25 +131,6 @@ BENCHMARKS: dict[str, Callable[[Peers, Sizes], list[Row]]] = {
 }
 
 
-def _describe(quick: bool) -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"flask-mailoauth benchmarks ({'quick' if quick else 'full'}), "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit}\n"
-        f"{platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, load average {load} at start"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -161,9 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(BENCHMARKS),
         help="run only this benchmark (repeatable)",
     )
+    parser.add_argument(
+        "--write-readme",
+        action="store_true",
+        help="write the output into the Latest results blocks (a full run of everything)",
+    )
     args = parser.parse_args(argv)
+    if args.write_readme and (args.quick or args.only):
+        parser.error("--write-readme needs one full run of every benchmark")
     sizes = QUICK if args.quick else FULL
-    header = _describe(args.quick)
+    header = report.header("quick" if args.quick else "full", report.commit())
     started = time.monotonic()
     rows: list[Row] = []
     failed = False
@@ -179,14 +165,24 @@ def main(argv: list[str] | None = None) -> int:
                 failed = p.failed = True
                 traceback.print_exc()
                 rows.append(Row(name, "FAILED", "-", note=f"{type(exc).__name__}: {exc}"[:300]))
+        postgres, idp_scheme = p.postgres_version, p.idp_scheme
     elapsed = time.monotonic() - started
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    output = "\n\n".join(
+        [
+            header,
+            report.settings(sizes.imap_delay, sizes.latency_delay, postgres, idp_scheme),
+            format_table(rows),
+            f"Total {elapsed:.0f} s; load average {report.load()} at the end.",
+        ]
+    )
     print()
-    print(header)
-    print()
-    print(format_table(rows))
-    print()
-    print(f"Total {elapsed:.0f} s; load average {load} at the end.")
+    print(output)
+    if args.write_readme:
+        if failed:
+            print("not written: a benchmark failed", file=sys.stderr)
+        else:
+            for path in report.write_results(output):
+                _progress(f"wrote the results into {path}")
     return 1 if failed else 0
 
 

@@ -9,12 +9,13 @@ import time
 
 import pytest
 
-from benchmarks import hot_path
+from benchmarks import hot_path, report
 from benchmarks.common import DelayProxy
 
 
 @pytest.mark.parametrize(
-    "module", ["run", "common", "hot_path", "storm", "imap_login", "pages", "bulk", "proxy"]
+    "module",
+    ["run", "common", "hot_path", "storm", "imap_login", "pages", "bulk", "proxy", "report"],
 )
 def test_every_benchmark_module_imports(module):
     importlib.import_module(f"benchmarks.{module}")
@@ -94,3 +95,33 @@ def test_a_real_tls_handshake_through_the_proxy_is_not_charged_twice(echo_server
         assert 2 * (2 * delay) <= first < 2.75 * (2 * delay)
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("target", report.TARGETS, ids=lambda t: t.path.name)
+def test_the_generator_replaces_exactly_the_marked_block(target):
+    before, after = "# Title\n\nkept above\n\n", "\n\nkept below\n"
+    old = target.render("old figures\n\nmore old figures")
+    new = report.replace_block(before + old + after, target, "new figures\nline two")
+    assert new.startswith(before)
+    assert new.endswith(after)
+    block = new[len(before) : -len(after)]
+    assert block.startswith(target.begin)
+    assert block.endswith(target.end)
+    assert "old" not in block
+    assert f"{target.indent}new figures\n{target.indent}line two\n" in block
+    # generating again from the generated document is stable
+    assert report.replace_block(new, target, "new figures\nline two") == new
+
+
+@pytest.mark.parametrize("target", report.TARGETS, ids=lambda t: t.path.name)
+def test_the_real_documents_hold_one_marked_block(target):
+    document = target.path.read_text()
+    assert report.replace_block(document, target, "x").count(target.begin) == 1
+
+
+def test_the_generator_refuses_a_missing_or_doubled_marker():
+    target = report.TARGETS[0]
+    with pytest.raises(ValueError, match="expected one"):
+        report.replace_block("no markers here", target, "x")
+    with pytest.raises(ValueError, match="expected one"):
+        report.replace_block(target.render("a") + target.render("b"), target, "x")
