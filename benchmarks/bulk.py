@@ -17,6 +17,7 @@ where waiting, not CPU, is what concurrency and keep-alive have to hide.
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -341,15 +342,19 @@ def rows(result: BulkResult, backend: str) -> list[Row]:
     largest = result.sizes[-1]
     idp_cpu = Spread.of(largest.idp_cpu).map(lambda c: c / largest.accounts)
     bare = largest.idp.cpu_per_account(largest.accounts)
+    cpus = os.cpu_count() or 1
+    ceiling = min(1 / idp_cpu.median, cpus / (idp_cpu.median + bare.median))
     out.append(
         Row(
             name,
             f"physical limit at {largest.accounts:,}: IdP CPU per grant + bare client CPU",
             f"{idp_cpu.fmt()} + {fmt_ms(bare.median)}",
             "-",
-            "-",
+            f"<= {ceiling:.0f}/s on {cpus} CPUs",
             "-",
             None,
+            "the IdP (one node process) serves at most 1/its CPU per grant; the IdP and a "
+            "bare keep-alive client together at most CPUs/(their CPU per refresh)",
         )
     )
     if len(result.sizes) > 1:

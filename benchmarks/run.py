@@ -32,7 +32,7 @@ class Sizes:
     page_renders: int = 200
     callbacks: int = 20
     bulk_repeats: tuple[tuple[int, int], ...] = ((100, 3), (1000, 3), (5000, 3))  # size, runs
-    latency_repeats: tuple[tuple[int, int], ...] = ((100, 3), (1000, 3))
+    latency_repeats: tuple[tuple[int, int], ...] = ((100, 3), (1000, 3), (5000, 3))
     latency_delay: float = 0.050
 
 
