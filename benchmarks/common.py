@@ -8,7 +8,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,7 +28,7 @@ from flask_mailoauth.testing import seed_account
 from peers import peer_missing
 from peers.dovecot import Dovecot
 from peers.idp import Client, IdP
-from peers.postgres import PostgresCluster
+from peers.postgres import DURABLE_SETTINGS, PostgresCluster
 from peers.tls import test_ca
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +155,50 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 
 
+@dataclass(frozen=True)
+class Spread:
+    """Several runs of one measurement, shown everywhere the same way: median [min, max]."""
+
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Spread:
+        found = tuple(values)
+        if not found:
+            raise ValueError("a spread needs at least one run")
+        return cls(found)
+
+    @property
+    def runs(self) -> int:
+        return len(self.values)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def min(self) -> float:
+        return min(self.values)
+
+    @property
+    def max(self) -> float:
+        return max(self.values)
+
+    def map(self, fn: Callable[[float], float]) -> Spread:
+        """The same runs seen through ``fn`` (seconds per run to refreshes/s, say)."""
+        return Spread(tuple(fn(v) for v in self.values))
+
+    def fmt(self, render: Callable[[float], str] | None = None) -> str:
+        show = render or fmt_ms
+        return f"{show(self.median)} [{show(self.min)}, {show(self.max)}]"
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (another one: the IdP, say) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # ---------------------------------------------------------------------- the table
 @dataclass
 class Row:
@@ -179,6 +223,10 @@ def fmt_ms(seconds: float) -> str:
     if ms < 10_000:
         return f"{ms:.0f} ms"
     return f"{seconds:.1f} s"
+
+
+def fmt_runs(count: int) -> str:
+    return f"{count} run{'' if count == 1 else 's'}"
 
 
 def fmt_ratio(value: float) -> str:
@@ -270,21 +318,27 @@ class PerThreadSession:
 # ---------------------------------------------------------------------- latency
 class DelayProxy:
     """A TCP proxy on 127.0.0.1 delaying every chunk by ``delay`` seconds in each direction
-    (latency, not bandwidth: chunks queue up in order). It runs in a process of its own, so the
-    benchmark's own CPU use cannot slow it down. ``round_trips`` counts the times a client spoke
-    after the server (or first): each such turn waits for the server's answer."""
+    (latency, not bandwidth: chunks queue up in order), charging one round trip for each new
+    TCP connection and, with ``tls=True``, one more for a TLS 1.3 handshake (the model is in
+    ``benchmarks/proxy.py``). It runs in a process of its own, so the benchmark's own CPU use
+    cannot slow it down. ``round_trips`` counts the times a client spoke after the server (or
+    first): each such turn waits for the server's answer; ``connections`` the connections."""
 
-    def __init__(self, upstream: tuple[str, int], delay: float = 0.020) -> None:
+    def __init__(self, upstream: tuple[str, int], delay: float = 0.020, tls: bool = False) -> None:
         import multiprocessing
 
         from . import proxy
 
         ctx = multiprocessing.get_context("spawn")
         self.delay = delay
+        self.tls = tls
         self._trips = ctx.Value("q", 0)
+        self._connections = ctx.Value("q", 0)
         parent, child = ctx.Pipe()
         self._process = ctx.Process(
-            target=proxy.serve, args=(upstream, delay, self._trips, child), daemon=True
+            target=proxy.serve,
+            args=(upstream, delay, tls, self._trips, self._connections, child),
+            daemon=True,
         )
         self._process.start()
         child.close()
@@ -297,6 +351,10 @@ class DelayProxy:
     @property
     def round_trips(self) -> int:
         return self._trips.value
+
+    @property
+    def connections(self) -> int:
+        return self._connections.value
 
     def close(self) -> None:
         if self._process.is_alive():
@@ -335,7 +393,7 @@ class Peers:
     def postgres(self) -> PostgresCluster:
         if self._postgres is None:
             _require("postgresql")
-            self._postgres = PostgresCluster(self.workdir, self.logs)
+            self._postgres = PostgresCluster(self.workdir, self.logs, DURABLE_SETTINGS)
             self.started.append(self._postgres)
         return self._postgres
 
@@ -346,6 +404,16 @@ class Peers:
             self._dovecot = Dovecot("dovecot-bench", self.idp, self.workdir, self.logs)
             self.started.append(self._dovecot)
         return self._dovecot
+
+    @property
+    def postgres_version(self) -> str | None:
+        """The started cluster's major version, or None when no benchmark needed one."""
+        return self._postgres.version if self._postgres is not None else None
+
+    @property
+    def idp_scheme(self) -> str | None:
+        """ "http" or "https" for the started IdP, or None when no benchmark needed one."""
+        return self._idp.base_url.split(":", 1)[0] if self._idp is not None else None
 
     def postgres_url(self) -> str:
         return self.postgres.url(self.postgres.create_database("bench"))

@@ -20,8 +20,9 @@ from .common import (
     DelayProxy,
     Peers,
     Row,
-    fmt_ms,
+    Spread,
     fmt_ratio,
+    fmt_runs,
     median,
     register_post_client,
 )
@@ -32,8 +33,8 @@ USER = "bench@example.test"
 @dataclass(frozen=True)
 class ImapResult:
     logins: int
-    sasl_ir: float  # median seconds
-    imaplib: float
+    sasl_ir: Spread  # seconds per sign-in
+    imaplib: Spread
     sasl_ir_trips: int  # round trips per login (median)
     imaplib_trips: int
     delay: float
@@ -76,8 +77,8 @@ def measure(peers: Peers, logins: int = 20, delay: float = 0.020) -> ImapResult:
         proxy.close()
     return ImapResult(
         logins=logins,
-        sasl_ir=median(times["sasl-ir"]),
-        imaplib=median(times["imaplib"]),
+        sasl_ir=Spread.of(times["sasl-ir"]),
+        imaplib=Spread.of(times["imaplib"]),
         sasl_ir_trips=round(median(trips["sasl-ir"])),
         imaplib_trips=round(median(trips["imaplib"])),
         delay=delay,
@@ -85,15 +86,15 @@ def measure(peers: Peers, logins: int = 20, delay: float = 0.020) -> ImapResult:
 
 
 def rows(result: ImapResult) -> list[Row]:
-    ratio = result.sasl_ir / result.imaplib
+    ratio = result.sasl_ir.median / result.imaplib.median
     name = "IMAP login"
     delay = f"{result.delay * 1000:.0f} ms"
     return [
         Row(
             name,
-            f"sign-in via a {delay}-each-way proxy, median of {result.logins}",
-            f"{fmt_ms(result.sasl_ir)} imap_login (SASL-IR)",
-            f"{fmt_ms(result.imaplib)} IMAP4.authenticate",
+            f"sign-in via a {delay}-each-way proxy ({fmt_runs(result.logins)})",
+            f"{result.sasl_ir.fmt()} imap_login (SASL-IR)",
+            f"{result.imaplib.fmt()} IMAP4.authenticate",
             f"{fmt_ratio(ratio)} the time",
             "about 0.5x",
             ratio <= 0.6,

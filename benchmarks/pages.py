@@ -24,11 +24,11 @@ from peers.idp import login_and_consent
 from .common import (
     Peers,
     Row,
+    Spread,
     StatementCounter,
-    fmt_ms,
     fmt_ratio,
+    fmt_runs,
     make_app,
-    median,
 )
 
 CALLBACK = "http://localhost/mailoauth/callback"
@@ -39,13 +39,13 @@ EMAIL = f"{KEY}@example.test"
 @dataclass(frozen=True)
 class PagesResult:
     renders: int
-    modal: float
+    modal: Spread  # seconds per render
     modal_statements: int
-    bare_page: float
+    bare_page: Spread
     callbacks: int
-    callback: float
+    callback: Spread
     callback_statements: int
-    code_exchange: float
+    code_exchange: Spread
 
 
 def _csrf(client, provider: str = "generic") -> str:
@@ -126,13 +126,13 @@ def measure(peers: Peers, renders: int = 200, callbacks: int = 20) -> PagesResul
         bench.db.engine.dispose()
     return PagesResult(
         renders=renders,
-        modal=median(modal_times),
+        modal=Spread.of(modal_times),
         modal_statements=modal_statements,
-        bare_page=median(bare_times),
+        bare_page=Spread.of(bare_times),
         callbacks=callbacks,
-        callback=median(callback_times),
+        callback=Spread.of(callback_times),
         callback_statements=callback_statements,
-        code_exchange=median(exchange_times),
+        code_exchange=Spread.of(exchange_times),
     )
 
 
@@ -141,19 +141,19 @@ def rows(result: PagesResult) -> list[Row]:
     return [
         Row(
             name,
-            f"modal render, authorized account (median of {result.renders})",
-            f"{fmt_ms(result.modal)}, {result.modal_statements} SQL",
-            f"{fmt_ms(result.bare_page)} bare Flask page",
-            f"{fmt_ratio(result.modal / result.bare_page)} the time",
+            f"modal render, authorized account ({fmt_runs(result.renders)})",
+            f"{result.modal.fmt()}, {result.modal_statements} SQL",
+            f"{result.bare_page.fmt()} bare Flask page",
+            f"{fmt_ratio(result.modal.median / result.bare_page.median)} the time",
             "-",
             None,
         ),
         Row(
             name,
-            f"callback, real local IdP (median of {result.callbacks})",
-            f"{fmt_ms(result.callback)}, {result.callback_statements} SQL",
-            f"{fmt_ms(result.code_exchange)} bare code exchange",
-            f"{fmt_ratio(result.callback / result.code_exchange)} the time",
+            f"callback, real local IdP ({fmt_runs(result.callbacks)})",
+            f"{result.callback.fmt()}, {result.callback_statements} SQL",
+            f"{result.code_exchange.fmt()} bare code exchange",
+            f"{fmt_ratio(result.callback.median / result.code_exchange.median)} the time",
             "-",
             None,
         ),

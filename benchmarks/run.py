@@ -1,26 +1,24 @@
 """Run every benchmark and print one table: ``.venv/bin/python -m benchmarks.run [--quick]``.
 
 ``--quick`` shrinks every size for a smoke run (about a minute); ``--only NAME`` runs some of
-them (hot-path, storm, imap, pages, bulk). Peers (oidc-provider, PostgreSQL, Dovecot) are
-started on 127.0.0.1 in a temp dir with the real-peer harness (``peers``) and stopped by PID at
-the end; a benchmark whose peer is not installed is reported as skipped.
+them (hot-path, storm, imap, pages, bulk); ``--write-readme`` (a full run of everything only)
+also puts the output in the generated "Latest results" blocks (``report.py``). Peers
+(oidc-provider, PostgreSQL, Dovecot) are started on 127.0.0.1 in a temp dir with the real-peer
+harness (``peers``) and stopped by PID at the end; a benchmark whose peer is not installed is
+reported as skipped.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from . import bulk, hot_path, imap_login, pages, storm
-from .common import REPO_ROOT, Peers, PeerUnavailable, Row, format_table, peers
+from . import bulk, hot_path, imap_login, pages, report, storm
+from .common import Peers, PeerUnavailable, Row, format_table, peers
 
 
 @dataclass(frozen=True)
@@ -33,9 +31,8 @@ class Sizes:
     imap_delay: float = 0.020
     page_renders: int = 200
     callbacks: int = 20
-    bulk_sizes: tuple[int, ...] = (100, 1000, 5000)
-    bulk_repeats: tuple[tuple[int, int], ...] = ((100, 3), (1000, 3), (5000, 1))
-    latency_accounts: int = 100
+    bulk_repeats: tuple[tuple[int, int], ...] = ((100, 3), (1000, 3), (5000, 3))  # size, runs
+    latency_repeats: tuple[tuple[int, int], ...] = ((100, 3), (1000, 3), (5000, 3))
     latency_delay: float = 0.050
 
 
@@ -48,9 +45,8 @@ QUICK = Sizes(
     imap_logins=3,
     page_renders=20,
     callbacks=3,
-    bulk_sizes=(20, 50),
-    bulk_repeats=(),
-    latency_accounts=10,
+    bulk_repeats=((20, 1), (50, 1)),
+    latency_repeats=((10, 1), (20, 1)),
 )
 BACKENDS = ("SQLite", "PostgreSQL")
 
@@ -96,23 +92,22 @@ def run_pages(p: Peers, sizes: Sizes) -> list[Row]:
 
 
 def run_bulk(p: Peers, sizes: Sizes) -> list[Row]:
-    count = max(*sizes.bulk_sizes, sizes.latency_accounts)
+    count = max(size for size, _ in sizes.bulk_repeats + sizes.latency_repeats)
     _progress(f"bulk refresh: making {count:,} real grants at the IdP")
     grants = bulk.prepare(p, count)
     _progress(f"bulk refresh: {count:,} grants in {grants.seconds:.0f} s")
     out = []
     for backend in BACKENDS:
-        _progress(f"bulk refresh ({backend}): {', '.join(map(str, sizes.bulk_sizes))} accounts")
-        result = bulk.measure(p, backend, grants, sizes.bulk_sizes, dict(sizes.bulk_repeats))
-        out += bulk.rows(result, backend)
+        local = dict(sizes.bulk_repeats)
+        _progress(f"bulk refresh ({backend}), same machine: {_sizes(local)}")
+        out += bulk.rows(bulk.measure(p, backend, grants, local), backend)
+        away = dict(sizes.latency_repeats)
         _progress(
-            f"bulk refresh ({backend}): {sizes.latency_accounts} accounts, IdP "
-            f"{sizes.latency_delay * 1000:.0f} ms away"
+            f"bulk refresh ({backend}), IdP {sizes.latency_delay * 1000:.0f} ms away: "
+            f"{_sizes(away)}"
         )
-        latency = bulk.measure_latency(
-            p, backend, grants, sizes.latency_accounts, sizes.latency_delay
-        )
-        out += bulk.latency_rows(latency, backend, sizes.latency_delay)
+        latency = bulk.measure_latency(p, backend, grants, away, sizes.latency_delay)
+        out += bulk.latency_rows(latency, backend)
     out.append(
         Row(
             "bulk refresh",
@@ -121,6 +116,10 @@ def run_bulk(p: Peers, sizes: Sizes) -> list[Row]:
         )
     )
     return out
+
+
+def _sizes(repeats: dict[int, int]) -> str:
+    return ", ".join(f"{size:,} accounts x {runs}" for size, runs in repeats.items())
 
 
 BENCHMARKS: dict[str, Callable[[Peers, Sizes], list[Row]]] = {
@@ -132,25 +131,6 @@ BENCHMARKS: dict[str, Callable[[Peers, Sizes], list[Row]]] = {
 }
 
 
-def _describe(quick: bool) -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"flask-mailoauth benchmarks ({'quick' if quick else 'full'}), "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit}\n"
-        f"{platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, load average {load} at start"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -160,9 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(BENCHMARKS),
         help="run only this benchmark (repeatable)",
     )
+    parser.add_argument(
+        "--write-readme",
+        action="store_true",
+        help="write the output into the Latest results blocks (a full run of everything)",
+    )
     args = parser.parse_args(argv)
+    if args.write_readme and (args.quick or args.only):
+        parser.error("--write-readme needs one full run of every benchmark")
     sizes = QUICK if args.quick else FULL
-    header = _describe(args.quick)
+    header = report.header("quick" if args.quick else "full", report.commit())
     started = time.monotonic()
     rows: list[Row] = []
     failed = False
@@ -178,14 +165,24 @@ def main(argv: list[str] | None = None) -> int:
                 failed = p.failed = True
                 traceback.print_exc()
                 rows.append(Row(name, "FAILED", "-", note=f"{type(exc).__name__}: {exc}"[:300]))
+        postgres, idp_scheme = p.postgres_version, p.idp_scheme
     elapsed = time.monotonic() - started
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    output = "\n\n".join(
+        [
+            header,
+            report.settings(sizes.imap_delay, sizes.latency_delay, postgres, idp_scheme),
+            format_table(rows),
+            f"Total {elapsed:.0f} s; load average {report.load()} at the end.",
+        ]
+    )
     print()
-    print(header)
-    print()
-    print(format_table(rows))
-    print()
-    print(f"Total {elapsed:.0f} s; load average {load} at the end.")
+    print(output)
+    if args.write_readme:
+        if failed:
+            print("not written: a benchmark failed", file=sys.stderr)
+        else:
+            for path in report.write_results(output):
+                _progress(f"wrote the results into {path}")
     return 1 if failed else 0
 
 

@@ -6,15 +6,30 @@ import secrets
 import shutil
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from .availability import initdb_path
 from .process import HOST, PeerError, free_port, pid_alive, run, stop_pid, track_pid, wait_until
 
+# Tests throw the cluster away, so they skip the disk flushes; benchmarks pay them, as a
+# production server does (PostgreSQL's defaults).
+FAST_SETTINGS: Mapping[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+}
+DURABLE_SETTINGS: Mapping[str, str] = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+}
+
 
 class PostgresCluster:
     """Attributes: ``host``, ``port``, ``user`` ("postgres", trust auth), ``datadir``,
-    ``socket_dir``, ``log``, ``pid`` (postmaster), ``version``.
+    ``socket_dir``, ``log``, ``pid`` (postmaster), ``version``, ``settings`` (the server
+    settings it was started with: ``FAST_SETTINGS`` unless told ``DURABLE_SETTINGS``).
 
     ``url(dbname)`` is a SQLAlchemy URL ``postgresql+psycopg://postgres@127.0.0.1:PORT/dbname``;
     ``create_database()`` makes a fresh empty database and returns its name;
@@ -23,12 +38,15 @@ class PostgresCluster:
 
     user = "postgres"
 
-    def __init__(self, workdir: Path, log_dir: Path) -> None:
+    def __init__(
+        self, workdir: Path, log_dir: Path, settings: Mapping[str, str] = FAST_SETTINGS
+    ) -> None:
         initdb = initdb_path()
         if initdb is None:
             raise PeerError("no initdb under /usr/lib/postgresql/*/bin")
         bindir = Path(initdb).parent
         self.version = bindir.parent.name
+        self.settings = dict(settings)
         self.host = HOST
         self.port = free_port()
         base = workdir / "postgresql"
@@ -59,9 +77,11 @@ class PostgresCluster:
             ],
             "initdb",
         )
-        opts = (
-            f"-c listen_addresses={HOST} -p {self.port} -k {self.socket_dir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        opts = " ".join(
+            [
+                f"-c listen_addresses={HOST} -p {self.port} -k {self.socket_dir}",
+                *(f"-c {name}={value}" for name, value in self.settings.items()),
+            ]
         )
         run(
             [
