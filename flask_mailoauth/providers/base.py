@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol, get_args
 from urllib.parse import urlsplit
 
 from ..addresses import canonical_address, same_address
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     import requests
 
 FieldKind = Literal["text", "url", "select", "scopes", "date"]
+#: the kinds a :class:`ConfigField` may have
+FIELD_KINDS: frozenset[str] = frozenset(get_args(FieldKind))
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: text an admin reads: plain, or a :func:`~flask_mailoauth.i18n.lazy_gettext` message that is
 #: translated when it is shown (``str()``-ed)
 Text = str | LazyText
@@ -61,6 +64,34 @@ class ConfigField:
     help: Text = ""
     choices: tuple[tuple[str, Text], ...] = ()
     signed: bool = True
+
+
+def field_problems(fields: Collection[ConfigField]) -> list[str]:
+    """What is wrong with a provider's field declarations (empty when nothing is).
+
+    A name must be lowercase ``[a-z][a-z0-9_]*`` (it becomes a form field and a config key)
+    and unique; the kind one of :data:`FIELD_KINDS`; a select's default one of its choices.
+    """
+    problems: list[str] = []
+    seen: set[str] = set()
+    for f in fields:
+        if not isinstance(f, ConfigField):
+            problems.append(f"{f!r} is not a ConfigField")
+            continue
+        if not (isinstance(f.name, str) and _FIELD_NAME.fullmatch(f.name)):
+            problems.append(f"field name {f.name!r} is not lowercase [a-z][a-z0-9_]*")
+        elif f.name in seen:
+            problems.append(f"field name {f.name!r} is declared twice")
+        seen.add(str(f.name))
+        if f.kind not in FIELD_KINDS:
+            known = ", ".join(sorted(FIELD_KINDS))
+            problems.append(f"field {f.name!r} has unknown kind {f.kind!r} (known: {known})")
+        values = [value for value, _ in f.choices]
+        if f.choices and f.default not in values:
+            problems.append(f"field {f.name!r} has default {f.default!r}, not among its choices")
+        if f.kind == "select" and not f.choices:
+            problems.append(f"select field {f.name!r} has no choices")
+    return problems
 
 
 @dataclass(frozen=True)
