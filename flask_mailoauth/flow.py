@@ -308,7 +308,13 @@ def _complete(
     policy = st.config.outbound
     token = _exchange(account, pending, code, timeout, policy)
     claims = _validate_id_token(
-        account.provider, account.config, token, pending.nonce, timeout, issuer, policy=policy
+        account.provider,
+        account.config,
+        token.id_token,
+        pending.nonce,
+        timeout,
+        issuer,
+        policy=policy,
     )
     identity = _identity(account.provider, account.config, claims, token, timeout, policy=policy)
     _check_identity(account, identity)
@@ -554,7 +560,7 @@ def _origin(url: str) -> str:
 def _validate_id_token(
     provider: Provider,
     config: Mapping[str, str],
-    token: TokenResponse,
+    id_token: str | None,
     nonce: str,
     timeout: float,
     callback_issuer: str | None,
@@ -568,15 +574,15 @@ def _validate_id_token(
     """
     if not _requests_openid(provider.scopes(config)):
         return None
-    if not token.id_token:
+    if not id_token:
         raise AuthorizationFailed(
             gettext("The identity provider returned no id_token although openid was requested."),
             gettext("Check that the application may use OpenID Connect."),
             code="no_id_token",
         )
     try:
-        unverified = jwt.decode(token.id_token, options={"verify_signature": False})
-        header = jwt.get_unverified_header(token.id_token)
+        unverified = jwt.decode(id_token, options={"verify_signature": False})
+        header = jwt.get_unverified_header(id_token)
     except jwt.PyJWTError:
         raise AuthorizationFailed(
             gettext("The id_token could not be verified: it is malformed."),
@@ -593,7 +599,7 @@ def _validate_id_token(
     key = _signing_key(jwks_uri, header, timeout, policy=policy)
     try:
         claims = jwt.decode(
-            token.id_token,
+            id_token,
             key=key,
             algorithms=ID_TOKEN_ALGORITHMS,
             audience=config["client_id"],
