@@ -540,7 +540,20 @@ class Provider:
         token: Mapping[str, Any],
         http: HTTPClient,
     ) -> Identity:
-        """Who authorized, from the validated id_token ``claims`` (or other sources)."""
+        """Who authorized, read once at the callback, after the code exchange.
+
+        Receives the account's ``config``; ``claims``, the id_token's claims after validation
+        (signature, ``iss``, ``aud``, ``exp``, nonce), or ``None`` when the scopes lack
+        ``openid``; ``token``, the token endpoint's JSON answer as received (``access_token``
+        for a userinfo or resource call); ``http``, for those calls (outbound policy applied).
+
+        Returns an :class:`Identity`: only addresses the IdP vouches for go in ``addresses``
+        (:meth:`Identity.from_verified_email` heeds ``email_verified``); Strict Matching
+        compares them with the mailbox. Raise
+        :class:`~flask_mailoauth.errors.AuthorizationFailed` (message and guidance for the
+        admin) to refuse; a ``ValueError`` or ``requests.RequestException`` is shown as "could
+        not be identified". Nothing is stored when it raises.
+        """
         raise NotImplementedError
 
     def mail_servers(self, config: Mapping[str, str]) -> MailServers | None:
