@@ -135,7 +135,7 @@ def claim_text(claims: Mapping[str, Any] | None, name: str) -> str | None:
 
 
 def usable_address(value: Any) -> str | None:
-    """``value`` when it is a usable mail address (see :mod:`..addresses`), else ``None``."""
+    """``value`` when it is a usable mail address (see ``addresses``), else ``None``."""
     return value if isinstance(value, str) and canonical_address(value) else None
 
 
@@ -186,7 +186,7 @@ class Identity:
         )
 
     def matches(self, address: str) -> bool:
-        """True when ``address`` is one of the verified addresses (see :mod:`..addresses`)."""
+        """True when ``address`` is one of the verified addresses (see ``addresses``)."""
         return any(same_address(a, address) for a in self.addresses)
 
     def names_unverified(self, address: str) -> bool:

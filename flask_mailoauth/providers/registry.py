@@ -44,7 +44,8 @@ _lock = threading.RLock()
 
 
 def register(cls: type[Provider]) -> type[Provider]:
-    """Register a :class:`Provider` subclass under its ``id``; usable as a class decorator.
+    """Register a :class:`~flask_mailoauth.providers.base.Provider` subclass under its ``id``;
+    usable as a class decorator.
 
     Registering the same class again is a no-op; another class under a taken id is refused,
     and so are invalid field declarations (see :func:`~.base.field_problems`): ``ValueError``.
@@ -72,7 +73,10 @@ def register(cls: type[Provider]) -> type[Provider]:
 
 
 def get(provider_id: str) -> Provider:
-    """The provider registered under ``provider_id``; :class:`UnknownProvider` if there is none."""
+    """The provider registered under ``provider_id``.
+
+    Raises :class:`~flask_mailoauth.errors.UnknownProvider` if there is none.
+    """
     _load_plugins()
     try:
         return _providers[provider_id]
