@@ -10,9 +10,12 @@ from ..flow_steps import credentials
 from .flows import CALLBACK, csrf_token, idp_fields
 
 
-def test_without_openid_no_nonce_is_sent_and_the_idp_grants_the_code(make_host, generic_idp):
-    host = make_host()
+def test_without_openid_no_nonce_is_sent_and_the_idp_grants_the_code(
+    make_host, generic_idp, db_url
+):
+    host = make_host(db_url=db_url)
     client = host.app.test_client()
+    exchanged = generic_idp.stats()["token"].get("authorization_code", 0)
     registered = generic_idp.register_client(CALLBACK, auth_method="client_secret_post")
     fields = idp_fields(generic_idp, registered.client_id, scopes="email")
     fields["idp_userinfo_endpoint"] = f"{generic_idp.issuer}/me"
@@ -46,5 +49,5 @@ def test_without_openid_no_nonce_is_sent_and_the_idp_grants_the_code(make_host, 
     [(kind, message)] = flashes
     assert kind == "error"
     assert f"{generic_idp.issuer}/me did not return the mailbox details" in message
-    assert generic_idp.stats()["token"].get("authorization_code") == 1
+    assert generic_idp.stats()["token"].get("authorization_code") == exchanged + 1
     assert not credentials(host)
