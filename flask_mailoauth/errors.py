@@ -66,7 +66,7 @@ class ConfigurationError(MailOAuthError):
 
 
 class TemporarilyUnavailable(MailOAuthError):
-    """The IdP cannot be reached right now; try again at :attr:`retry_at`."""
+    """The IdP cannot be reached right now; try again at ``retry_at``."""
 
     def __init__(self, message: str, retry_at: datetime | None = None) -> None:
         super().__init__(message)
@@ -74,7 +74,7 @@ class TemporarilyUnavailable(MailOAuthError):
 
 
 class AuthorizationFailed(MailOAuthError):
-    """The authorization (callback) failed; :attr:`guidance` tells the admin what to do."""
+    """The authorization (callback) failed; ``guidance`` tells the admin what to do."""
 
     def __init__(self, message: str, guidance: str = "", code: str | None = None) -> None:
         super().__init__(message)
@@ -156,7 +156,7 @@ class DeadlineExceeded(OutboundError, requests.Timeout):
 
 
 class TokenRequestFailed(MailOAuthError):
-    """The token endpoint refused or could not be reached; :attr:`failure` says which."""
+    """The token endpoint refused or could not be reached; ``failure`` says which."""
 
     def __init__(self, failure: ProviderFailure) -> None:
         super().__init__(failure.summary())
@@ -182,10 +182,10 @@ class MailConnectionError(MailOAuthError):
 class MailAuthenticationError(MailOAuthError):
     """The mail server refused the token; carries its final reply and decoded error challenge.
 
-    :attr:`token_refused` is True when the server refused the token itself (after it was sent:
+    ``token_refused`` is True when the server refused the token itself (after it was sent:
     an ``invalid_token`` challenge, a plain IMAP ``NO``, POP3 ``-ERR`` or SMTP ``535``), so a
     refreshed token may be accepted; False for protocol errors and refusals a new token would
-    not change. :attr:`refreshed` is True when the token was refreshed for this attempt.
+    not change. ``refreshed`` is True when the token was refreshed for this attempt.
     """
 
     def __init__(

@@ -14,7 +14,7 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -160,19 +160,26 @@ def begin(
         )
         st.seal(pending, "code_verifier", verifier)
         s.add(pending)
+    scopes = provider.scopes(config)
     params = {
         "response_type": "code",
         "client_id": config["client_id"],
         "redirect_uri": redirect_uri,
-        "scope": " ".join(provider.scopes(config)),
+        "scope": " ".join(scopes),
         "state": state,
         "code_challenge": challenge.rstrip(b"=").decode(),
         "code_challenge_method": "S256",
-        "nonce": nonce,
+        # OpenID Connect's nonce: an OIDC server refuses it on a request without openid.
+        **({"nonce": nonce} if _requests_openid(scopes) else {}),
         "login_hint": account.address,
         **provider.authorize_params(config),
     }
     return _with_query(provider.endpoints(config).authorization, params)
+
+
+def _requests_openid(scopes: Sequence[str]) -> bool:
+    """Whether the request is OpenID Connect: only then is a nonce sent and an id_token used."""
+    return "openid" in scopes
 
 
 def _with_query(url: str, params: Mapping[str, str]) -> str:
@@ -301,7 +308,13 @@ def _complete(
     policy = st.config.outbound
     token = _exchange(account, pending, code, timeout, policy)
     claims = _validate_id_token(
-        account.provider, account.config, token, pending.nonce, timeout, issuer, policy=policy
+        account.provider,
+        account.config,
+        token.id_token,
+        pending.nonce,
+        timeout,
+        issuer,
+        policy=policy,
     )
     identity = _identity(account.provider, account.config, claims, token, timeout, policy=policy)
     _check_identity(account, identity)
@@ -547,27 +560,29 @@ def _origin(url: str) -> str:
 def _validate_id_token(
     provider: Provider,
     config: Mapping[str, str],
-    token: TokenResponse,
+    id_token: str | None,
     nonce: str,
     timeout: float,
     callback_issuer: str | None,
     *,
     policy: OutboundPolicy,
 ) -> dict[str, Any] | None:
-    """Verify the id_token (signature by JWKS, iss, aud, exp, nonce); ``None`` without one."""
-    if not token.id_token:
-        if "openid" in provider.scopes(config):
-            raise AuthorizationFailed(
-                gettext(
-                    "The identity provider returned no id_token although openid was requested."
-                ),
-                gettext("Check that the application may use OpenID Connect."),
-                code="no_id_token",
-            )
+    """Verify the id_token (signature by JWKS, iss, aud, exp, nonce); ``None`` without one.
+
+    Without openid in the scopes no nonce was sent, so an id_token cannot be bound to this
+    request: it is ignored, and the identity comes from userinfo or the resource endpoint.
+    """
+    if not _requests_openid(provider.scopes(config)):
         return None
+    if not id_token:
+        raise AuthorizationFailed(
+            gettext("The identity provider returned no id_token although openid was requested."),
+            gettext("Check that the application may use OpenID Connect."),
+            code="no_id_token",
+        )
     try:
-        unverified = jwt.decode(token.id_token, options={"verify_signature": False})
-        header = jwt.get_unverified_header(token.id_token)
+        unverified = jwt.decode(id_token, options={"verify_signature": False})
+        header = jwt.get_unverified_header(id_token)
     except jwt.PyJWTError:
         raise AuthorizationFailed(
             gettext("The id_token could not be verified: it is malformed."),
@@ -584,7 +599,7 @@ def _validate_id_token(
     key = _signing_key(jwks_uri, header, timeout, policy=policy)
     try:
         claims = jwt.decode(
-            token.id_token,
+            id_token,
             key=key,
             algorithms=ID_TOKEN_ALGORITHMS,
             audience=config["client_id"],

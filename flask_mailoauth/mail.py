@@ -11,8 +11,8 @@ run one SASL exchange (OAUTHBEARER when the server offers it, XOAUTH2 otherwise)
 
 An error challenge (base64 JSON, RFC 7628 §3.2.2) is acknowledged without the token: an empty
 response for XOAUTH2, a single ``^A`` for OAUTHBEARER (RFC 7628 §3.2.3). The server's final reply
-and the decoded challenge end up in :class:`MailAuthenticationError`. No token ever appears in an
-exception message or a check's detail.
+and the decoded challenge end up in :class:`~flask_mailoauth.errors.MailAuthenticationError`.
+No token ever appears in an exception message or a check's detail.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Blinker signals a host can subscribe to; the sender is the :class:`MailOAuth` instance.
+"""Blinker signals a host can subscribe to; the sender is the :class:`~flask_mailoauth.MailOAuth`
+instance.
 
 Every signal carries ``key`` and ``purpose`` of the account; none carries a secret.
 """

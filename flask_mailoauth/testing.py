@@ -4,16 +4,26 @@ A host's tests fetch and send mail through ``connect_imap()`` & co. and need an 
 the admin "has already authorized". :func:`seed_account` stores one the way the callback does
 (the secrets sealed with the app's own keys, the grant's config signature), and
 :func:`token_answer` is the JSON body of a token endpoint answer, for ``responses`` or any fake.
+
+Provider authors test their hooks through the extension's own code paths, never private
+names: :func:`validate_id_token` checks an id_token as the callback does, and
+:func:`request_token` sends a grant through the token client (a refusal raises
+:class:`~flask_mailoauth.errors.TokenRequestFailed` with the provider's classification).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from . import flow, oauth
 from .models import own_session, utcnow
+from .oauth import TokenResponse
+from .outbound import OutboundPolicy
 from .providers import registry
+from .providers.base import Provider
 from .settings import Purpose
 from .state import state
 
@@ -104,3 +114,49 @@ def token_answer(
     if refresh_token is not None:
         body["refresh_token"] = refresh_token
     return {**body, **extra}
+
+
+def validate_id_token(
+    provider: Provider,
+    config: Mapping[str, str],
+    id_token: str,
+    *,
+    nonce: str,
+    callback_issuer: str | None = None,
+    timeout: float = 5.0,
+) -> dict[str, Any] | None:
+    """The claims of ``id_token`` validated as the callback validates them (JWKS signature,
+    ``iss`` from :meth:`~.Provider.expected_issuer`, ``aud``, ``exp``, ``nonce``, ``azp``).
+
+    ``None`` when ``config``'s scopes lack ``openid`` (no nonce was sent, the token is not used);
+    a refusal raises :class:`~flask_mailoauth.errors.AuthorizationFailed`.
+    """
+    return flow._validate_id_token(
+        provider, config, id_token, nonce, timeout, callback_issuer, policy=OutboundPolicy()
+    )
+
+
+def request_token(
+    provider: Provider,
+    config: Mapping[str, str],
+    grant: Mapping[str, str],
+    *,
+    client_secret: str = "client-secret",
+    timeout: float = 5.0,
+) -> TokenResponse:
+    """Send ``grant`` (``grant_type`` and its parameters) to the provider's token endpoint
+    through the extension's token client, as a refresh or the callback does.
+
+    The answer is parsed and checked as in production; a refusal raises
+    :class:`~flask_mailoauth.errors.TokenRequestFailed` whose ``failure`` is what the
+    provider's :meth:`~.Provider.classify_error` made of it.
+    """
+    return oauth.request_token(
+        provider,
+        config,
+        client_secret,
+        grant,
+        timeout=timeout,
+        requested_scopes=provider.scopes(config),
+        policy=OutboundPolicy(),
+    )

@@ -181,6 +181,7 @@ def not_an_oauth_choice(exc: _NotAnOAuthChoice) -> Response:
         "mailoauth/not_oauth.html",
         wanted=exc.wanted,
         providers=registry.all(),
+        failed_plugins=sorted(registry.failed_plugins()),
         standalone=not _scripted(),
         return_url=_host_page(**request.view_args) if request.view_args else "/",
     )
@@ -245,6 +246,7 @@ def _render_modal(
         "status_labels": STATUS_WORDS,
         "event_labels": EVENT_LABELS,
         "account": view,
+        "failed_plugins": sorted(registry.failed_plugins()),
         "form": form,
         "provider": form.provider,
         "providers": registry.all(),

@@ -204,6 +204,21 @@ def test_microsoft_walkthrough_reads_identity_from_the_id_token(client, host):
     assert "oid-1" in page
 
 
+def test_without_openid_no_nonce_is_sent_and_the_identity_comes_from_userinfo(client, idp, host):
+    userinfo = "https://idp.example.test/userinfo"
+    idp.mock.get(
+        userinfo, json={"sub": "u1", "email": "support@example.test", "email_verified": True}
+    )
+    query = start(client, idp_scopes="email offline_access", idp_userinfo_endpoint=userinfo)
+    assert query["scope"] == "email offline_access"
+    assert "nonce" not in query  # an OpenID Connect server refuses a nonce without openid
+    # the fake still answers with an id_token (carrying no nonce): unbound, it is ignored
+    response = callback(client, idp, query)
+    assert response.status_code == 303
+    assert ("success", "OAuth2 Authorization Successful.") in banners(client), banners(client)
+    assert credentials(host)
+
+
 # -- every failure: a clear banner, the old credentials untouched ------------------------------
 
 

@@ -16,6 +16,7 @@ from flask_mailoauth.providers import (
     Provider,
     registry,
 )
+from flask_mailoauth.providers.base import field_problems
 
 PLUGIN_MODULE = "mailoauth_test_plugin"
 
@@ -26,6 +27,7 @@ def isolated_registry(monkeypatch):
     builtins = {i: registry._providers[i] for i in registry.BUILTIN_IDS}
     monkeypatch.setattr(registry, "_providers", builtins)
     monkeypatch.setattr(registry, "_plugin_ids", set())
+    monkeypatch.setattr(registry, "_failed", {})
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     # Only this module's fake distribution: provider packages installed in the virtualenv
     # (scripts/test installs examples/*) must not leak into these exact listings.
@@ -103,7 +105,7 @@ def install_plugin_distribution(root: Path, entry_points: str) -> None:
     (root / f"{PLUGIN_MODULE}.py").write_text(
         textwrap.dedent(
             """
-            from flask_mailoauth.providers import Provider
+            from flask_mailoauth.providers import ConfigField, Provider
 
             class AcmeProvider(Provider):
                 id = "acme"
@@ -115,6 +117,30 @@ def install_plugin_distribution(root: Path, entry_points: str) -> None:
 
             class Nameless(Provider):
                 id = "nameless"
+
+            class BadKind(Provider):
+                id = "bad-kind"
+                display_name = "OAuth2 - Bad kind"
+                fields = (ConfigField("colour", "Colour", kind="colour"),)
+
+            class Twice(Provider):
+                id = "twice"
+                display_name = "OAuth2 - Twice"
+                fields = (ConfigField("tenant", "Tenant"), ConfigField("tenant", "Tenant"))
+
+            class BadName(Provider):
+                id = "bad-name"
+                display_name = "OAuth2 - Bad name"
+                fields = (ConfigField("Client-ID", "Client ID"),)
+
+            class BadDefault(Provider):
+                id = "bad-default"
+                display_name = "OAuth2 - Bad default"
+                fields = (
+                    ConfigField(
+                        "mode", "Mode", kind="select", default="c", choices=(("a", "A"),)
+                    ),
+                )
 
             NOT_A_PROVIDER = object()
             """
@@ -159,6 +185,50 @@ def test_broken_plugins_are_logged_and_skipped(tmp_path, monkeypatch, caplog):
     assert "already registered" in skipped["shadow"].getMessage()
     assert isinstance(registry.get("microsoft"), MicrosoftProvider)
     assert [p.id for p in registry.all()] == ["microsoft", "google", "generic", "acme"]
+
+
+@pytest.mark.parametrize(
+    ("cls", "problem"),
+    [
+        ("BadKind", "field 'colour' has unknown kind 'colour' (known: date, scopes, select, "),
+        ("Twice", "field name 'tenant' is declared twice"),
+        ("BadName", "field name 'Client-ID' is not lowercase [a-z][a-z0-9_]*"),
+        ("BadDefault", "field 'mode' has default 'c', not among its choices"),
+    ],
+)
+def test_invalid_field_declarations_skip_the_plugin_with_one_log_line(
+    tmp_path, monkeypatch, caplog, cls, problem
+):
+    install_plugin_distribution(tmp_path, f"broken = {PLUGIN_MODULE}:{cls}")
+    monkeypatch.syspath_prepend(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="flask_mailoauth"):
+        assert registry.reload_plugins() == []
+    [record] = [r for r in caplog.records if r.name == "flask_mailoauth"]
+    assert record.levelno == logging.WARNING
+    assert problem in record.getMessage()
+    assert "'broken'" in record.getMessage()
+    assert problem in registry.failed_plugins()["broken"]
+    assert "broken" not in {p.id for p in registry.all()}
+
+
+def test_the_admin_page_says_a_provider_failed_to_load(tmp_path, monkeypatch, host):
+    install_plugin_distribution(tmp_path, f"broken = {PLUGIN_MODULE}:Twice")
+    monkeypatch.syspath_prepend(tmp_path)
+    registry.reload_plugins()
+    client = host.app.test_client()
+    page = client.get("/mailoauth/support/mailbox").get_data(as_text=True)
+    assert "A provider plugin failed to load and is not offered (broken)" in page
+    refused = client.get("/mailoauth/support/mailbox?provider=basic").get_data(as_text=True)
+    assert "A provider plugin failed to load and is not offered (broken)" in refused
+
+
+def test_no_failure_no_notice(host):
+    page = host.app.test_client().get("/mailoauth/support/mailbox").get_data(as_text=True)
+    assert "mailoauth-failed-plugins" not in page
+
+
+def test_the_builtin_field_declarations_are_valid():
+    assert all(not field_problems(p.fields) for p in registry.all())
 
 
 def test_reload_plugins_forgets_uninstalled_plugins_but_keeps_registered_classes(

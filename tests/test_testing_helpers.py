@@ -7,9 +7,13 @@ import pytest
 import responses
 import sqlalchemy as sa
 
-from flask_mailoauth.errors import NotConfigured
+from flask_mailoauth import testing
+from flask_mailoauth.errors import AuthorizationFailed, NotConfigured, TokenRequestFailed
 from flask_mailoauth.models import own_session
+from flask_mailoauth.providers import registry
 from flask_mailoauth.testing import seed_account, token_answer
+
+from .oauth_fakes import GENERIC_CONFIG, FakeIdP
 
 TOKEN_URL = "https://idp.example.test/token"
 
@@ -53,3 +57,44 @@ def test_token_answer_leaves_out_what_is_none():
         "expires_in": 3600,
         "id_token": "x",
     }
+
+
+# -- the provider author's API: the extension's own validator and token client ---------------
+
+PLUGIN_CONFIG = {k.removeprefix("idp_"): v for k, v in GENERIC_CONFIG.items()}
+
+
+@pytest.fixture
+def fake_idp():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield FakeIdP(mock)
+
+
+def test_validate_id_token_checks_as_the_callback_does(fake_idp):
+    provider = registry.get("generic")
+    fake_idp.nonce = "n-1"
+    claims = testing.validate_id_token(provider, PLUGIN_CONFIG, fake_idp.id_token(), nonce="n-1")
+    assert claims["email"] == "support@example.test"
+    with pytest.raises(AuthorizationFailed, match="nonce does not match"):
+        testing.validate_id_token(provider, PLUGIN_CONFIG, fake_idp.id_token(), nonce="n-2")
+    with pytest.raises(AuthorizationFailed, match="Invalid issuer"):
+        testing.validate_id_token(
+            provider, PLUGIN_CONFIG, fake_idp.id_token(iss="https://evil.test"), nonce="n-1"
+        )
+    without_openid = {**PLUGIN_CONFIG, "scopes": "email offline_access"}
+    assert testing.validate_id_token(provider, without_openid, "not-even-a-jwt", nonce="") is None
+
+
+def test_request_token_parses_an_answer_and_classifies_a_refusal(fake_idp):
+    provider = registry.get("generic")
+    grant = {"grant_type": "refresh_token", "refresh_token": "rt"}
+    answer = testing.request_token(provider, PLUGIN_CONFIG, grant)
+    assert answer.access_token
+    assert answer.refresh_token == "refresh-token-1"
+    fake_idp.mock.replace(responses.POST, TOKEN_URL, json={"error": "invalid_grant"}, status=400)
+    with pytest.raises(TokenRequestFailed) as refused:
+        testing.request_token(provider, PLUGIN_CONFIG, grant)
+    assert (refused.value.failure.kind, refused.value.failure.code) == (
+        "reauthorize",
+        "invalid_grant",
+    )

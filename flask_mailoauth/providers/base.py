@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol, get_args
 from urllib.parse import urlsplit
 
 from ..addresses import canonical_address, same_address
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from requests import Response
 
 FieldKind = Literal["text", "url", "select", "scopes", "date"]
+#: the kinds a :class:`ConfigField` may have
+FIELD_KINDS: frozenset[str] = frozenset(get_args(FieldKind))
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: text an admin reads: plain, or a :func:`~flask_mailoauth.i18n.lazy_gettext` message that is
 #: translated when it is shown (``str()``-ed)
 Text = str | LazyText
@@ -62,6 +65,34 @@ class ConfigField:
     help: Text = ""
     choices: tuple[tuple[str, Text], ...] = ()
     signed: bool = True
+
+
+def field_problems(fields: Collection[ConfigField]) -> list[str]:
+    """What is wrong with a provider's field declarations (empty when nothing is).
+
+    A name must be lowercase ``[a-z][a-z0-9_]*`` (it becomes a form field and a config key)
+    and unique; the kind one of :data:`FIELD_KINDS`; a select's default one of its choices.
+    """
+    problems: list[str] = []
+    seen: set[str] = set()
+    for f in fields:
+        if not isinstance(f, ConfigField):
+            problems.append(f"{f!r} is not a ConfigField")
+            continue
+        if not (isinstance(f.name, str) and _FIELD_NAME.fullmatch(f.name)):
+            problems.append(f"field name {f.name!r} is not lowercase [a-z][a-z0-9_]*")
+        elif f.name in seen:
+            problems.append(f"field name {f.name!r} is declared twice")
+        seen.add(str(f.name))
+        if f.kind not in FIELD_KINDS:
+            known = ", ".join(sorted(FIELD_KINDS))
+            problems.append(f"field {f.name!r} has unknown kind {f.kind!r} (known: {known})")
+        values = [value for value, _ in f.choices]
+        if f.choices and f.default not in values:
+            problems.append(f"field {f.name!r} has default {f.default!r}, not among its choices")
+        if f.kind == "select" and not f.choices:
+            problems.append(f"select field {f.name!r} has no choices")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -132,7 +163,7 @@ def claim_text(claims: Mapping[str, Any] | None, name: str) -> str | None:
 
 
 def usable_address(value: Any) -> str | None:
-    """``value`` when it is a usable mail address (see :mod:`..addresses`), else ``None``."""
+    """``value`` when it is a usable mail address (see ``addresses``), else ``None``."""
     return value if isinstance(value, str) and canonical_address(value) else None
 
 
@@ -183,7 +214,7 @@ class Identity:
         )
 
     def matches(self, address: str) -> bool:
-        """True when ``address`` is one of the verified addresses (see :mod:`..addresses`)."""
+        """True when ``address`` is one of the verified addresses (see ``addresses``)."""
         return any(same_address(a, address) for a in self.addresses)
 
     def names_unverified(self, address: str) -> bool:
@@ -542,7 +573,20 @@ class Provider:
         token: Mapping[str, Any],
         http: HTTPClient,
     ) -> Identity:
-        """Who authorized, from the validated id_token ``claims`` (or other sources)."""
+        """Who authorized, read once at the callback, after the code exchange.
+
+        Receives the account's ``config``; ``claims``, the id_token's claims after validation
+        (signature, ``iss``, ``aud``, ``exp``, nonce), or ``None`` when the scopes lack
+        ``openid``; ``token``, the token endpoint's JSON answer as received (``access_token``
+        for a userinfo or resource call); ``http``, for those calls (outbound policy applied).
+
+        Returns an :class:`Identity`: only addresses the IdP vouches for go in ``addresses``
+        (:meth:`Identity.from_verified_email` heeds ``email_verified``); Strict Matching
+        compares them with the mailbox. Raise
+        :class:`~flask_mailoauth.errors.AuthorizationFailed` (message and guidance for the
+        admin) to refuse; a ``ValueError`` or ``requests.RequestException`` is shown as "could
+        not be identified". Nothing is stored when it raises.
+        """
         raise NotImplementedError
 
     def mail_servers(self, config: Mapping[str, str]) -> MailServers | None:

@@ -13,12 +13,20 @@ from importlib.metadata import EntryPoint, entry_points
 
 from ..errors import UnknownProvider
 from ..i18n import gettext
-from .base import Provider
+from .base import Provider, field_problems
 from .generic import GenericProvider
 from .google import GoogleProvider
 from .microsoft import MicrosoftProvider
 
-__all__ = ["ENTRY_POINT_GROUP", "UnknownProvider", "all", "get", "register", "reload_plugins"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "UnknownProvider",
+    "all",
+    "failed_plugins",
+    "get",
+    "register",
+    "reload_plugins",
+]
 
 #: the entry point group third-party provider packages declare their ``Provider`` subclass in
 ENTRY_POINT_GROUP = "flask_mailoauth.providers"
@@ -30,20 +38,26 @@ logger = logging.getLogger("flask_mailoauth")
 
 _providers: dict[str, Provider] = {}
 _plugin_ids: set[str] = set()
+_failed: dict[str, str] = {}
 _plugins_loaded = False
 _lock = threading.RLock()
 
 
 def register(cls: type[Provider]) -> type[Provider]:
-    """Register a :class:`Provider` subclass under its ``id``; usable as a class decorator.
+    """Register a :class:`~flask_mailoauth.providers.base.Provider` subclass under its ``id``;
+    usable as a class decorator.
 
-    Registering the same class again is a no-op; another class under a taken id is refused.
+    Registering the same class again is a no-op; another class under a taken id is refused,
+    and so are invalid field declarations (see :func:`~.base.field_problems`): ``ValueError``.
     """
     if not (isinstance(cls, type) and issubclass(cls, Provider)):
         raise TypeError(f"{cls!r} is not a flask_mailoauth Provider subclass.")
     for attribute in ("id", "display_name"):
         if not isinstance(getattr(cls, attribute, None), str) or not getattr(cls, attribute):
             raise ValueError(f"{cls.__qualname__} must set a non-empty {attribute!r}.")
+    problems = field_problems(cls.fields)
+    if problems:
+        raise ValueError(f"{cls.__qualname__} declares invalid fields: {'; '.join(problems)}.")
     with _lock:
         existing = _providers.get(cls.id)
         if existing is not None:
@@ -59,7 +73,10 @@ def register(cls: type[Provider]) -> type[Provider]:
 
 
 def get(provider_id: str) -> Provider:
-    """The provider registered under ``provider_id``; :class:`UnknownProvider` if there is none."""
+    """The provider registered under ``provider_id``.
+
+    Raises :class:`~flask_mailoauth.errors.UnknownProvider` if there is none.
+    """
     _load_plugins()
     try:
         return _providers[provider_id]
@@ -80,6 +97,13 @@ def all() -> list[Provider]:
         return [_providers[i] for i in (*BUILTIN_IDS, *others) if i in _providers]
 
 
+def failed_plugins() -> dict[str, str]:
+    """The entry points that could not be loaded: their name -> why (as logged)."""
+    _load_plugins()
+    with _lock:
+        return dict(_failed)
+
+
 def reload_plugins() -> list[str]:
     """Forget the providers loaded from entry points and load them again; their ids, sorted.
 
@@ -90,6 +114,7 @@ def reload_plugins() -> list[str]:
         for provider_id in _plugin_ids:
             _providers.pop(provider_id, None)
         _plugin_ids.clear()
+        _failed.clear()
         _plugins_loaded = False
         _load_plugins()
         return sorted(_plugin_ids)
@@ -116,13 +141,14 @@ def _load_plugin(entry_point: EntryPoint) -> None:
         register(cls)
     except Exception as exc:
         source = entry_point.dist.name if entry_point.dist else "an unknown distribution"
+        reason = f"{type(exc).__name__}: {exc}"
+        _failed[entry_point.name] = reason
         logger.warning(
-            "Skipping provider plugin %r (%s, from %s): %s: %s",
+            "Skipping provider plugin %r (%s, from %s): %s",
             entry_point.name,
             entry_point.value,
             source,
-            type(exc).__name__,
-            exc,
+            reason,
         )
         return
     if cls.id in before and cls.id not in _plugin_ids:

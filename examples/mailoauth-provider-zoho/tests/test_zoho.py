@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import timedelta
 from importlib.metadata import distribution, entry_points
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,13 +20,10 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from mailoauth_provider_zoho import DATA_CENTERS, ZohoProvider
 
-from flask_mailoauth import MailboxSettings, MailOAuth
+from flask_mailoauth import MailboxSettings, MailOAuth, testing
 from flask_mailoauth.crypto import generate_key
 from flask_mailoauth.errors import AuthorizationFailed, TokenRequestFailed
-from flask_mailoauth.flow import _validate_id_token
 from flask_mailoauth.models import utcnow
-from flask_mailoauth.oauth import TokenResponse, request_token
-from flask_mailoauth.outbound import OutboundPolicy
 from flask_mailoauth.providers import ComplianceHooks, check_endpoint_url, registry
 
 ACCOUNTS = {
@@ -211,18 +207,6 @@ def signed_id_token(key, **claims) -> str:
     return jwt.encode(payload, key, algorithm="RS256", headers={"kid": "zoho-1"})
 
 
-def token_response(id_token: str) -> TokenResponse:
-    return TokenResponse(
-        access_token="1000.access",
-        refresh_token="1000.refresh",
-        expires_at=utcnow() + timedelta(hours=1),
-        scope="",
-        token_type="Bearer",
-        id_token=id_token,
-        raw={},
-    )
-
-
 def publish(key, jwks_uri: str) -> None:
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     responses.get(jwks_uri, json={"keys": [{**jwk, "kid": "zoho-1", "alg": "RS256"}]})
@@ -241,9 +225,7 @@ def test_the_id_token_validates_against_the_data_center_issuer_and_keys(provider
         email="help@example.eu",
         email_verified=True,
     )
-    claims = _validate_id_token(
-        provider, config, token_response(id_token), "n-1", 5, None, policy=OutboundPolicy()
-    )
+    claims = testing.validate_id_token(provider, config, id_token, nonce="n-1")
     found = provider.identity(config, claims=claims, token={}, http=None)
     assert found.email == "help@example.eu"
 
@@ -255,9 +237,7 @@ def test_an_id_token_from_another_data_center_is_refused(provider, config):
     publish(key, "https://accounts.zoho.eu/oauth/v2/keys")
     id_token = signed_id_token(key, iss="https://accounts.zoho.com", nonce="n-1")
     with pytest.raises(AuthorizationFailed, match="Invalid issuer"):
-        _validate_id_token(
-            provider, config, token_response(id_token), "n-1", 5, None, policy=OutboundPolicy()
-        )
+        testing.validate_id_token(provider, config, id_token, nonce="n-1")
 
 
 # --- mail servers ----------------------------------------------------------------------------
@@ -331,13 +311,8 @@ def test_a_refusal_sent_with_http_200_is_not_retried_for_ever(provider, config):
     """Zoho may answer ``{"error": "invalid_code"}`` with 200: the grant is gone, not the IdP."""
     responses.post("https://accounts.zoho.com/oauth/v2/token", json={"error": "invalid_code"})
     with pytest.raises(TokenRequestFailed) as refused:
-        request_token(
-            provider,
-            config,
-            "secret",
-            {"grant_type": "refresh_token", "refresh_token": "1000.refresh"},
-            timeout=5,
-            requested_scopes=provider.scopes(config),
+        testing.request_token(
+            provider, config, {"grant_type": "refresh_token", "refresh_token": "1000.refresh"}
         )
     assert (refused.value.failure.kind, refused.value.failure.code) == (
         "reauthorize",
@@ -407,13 +382,8 @@ def test_the_modal_saves_and_sends_the_admin_to_zoho(helpdesk):
 def refresh_answer(provider, config, answer):
     """A refresh through the extension's token request, Zoho answering ``answer``."""
     responses.post("https://accounts.zoho.com/oauth/v2/token", json=answer)
-    return request_token(
-        provider,
-        config,
-        "secret",
-        {"grant_type": "refresh_token", "refresh_token": "1000.refresh"},
-        timeout=5,
-        requested_scopes=provider.scopes(config),
+    return testing.request_token(
+        provider, config, {"grant_type": "refresh_token", "refresh_token": "1000.refresh"}
     )
 
 
@@ -452,12 +422,7 @@ def test_without_the_hook_milliseconds_would_be_read_as_seconds(config):
 def test_the_hook_leaves_refusals_to_the_extension(provider, config):
     responses.post("https://accounts.zoho.com/oauth/v2/token", body="<html>busy</html>", status=503)
     with pytest.raises(TokenRequestFailed) as refused:
-        request_token(
-            provider,
-            config,
-            "secret",
-            {"grant_type": "refresh_token", "refresh_token": "1000.refresh"},
-            timeout=5,
-            requested_scopes=provider.scopes(config),
+        testing.request_token(
+            provider, config, {"grant_type": "refresh_token", "refresh_token": "1000.refresh"}
         )
     assert refused.value.failure.kind == "transient"
