@@ -4,7 +4,7 @@ A token request on a new connection pays TCP and TLS setup each time; with the I
 that halves refresh throughput. Each worker thread keeps one :class:`PooledSession` per outbound
 policy and ``scheme://host:port``, whose connections stay alive between calls.
 
-Every pooled session is under the outbound rules (:func:`.outbound.mount`: URL rules, no
+Every pooled session is under the outbound rules (``outbound.mount``: URL rules, no
 redirect for the token POST, vetted addresses, size cap, deadline; certificates checked against
 ``MAILOAUTH_CA_BUNDLE``). ``trust_env`` is off, so ``requests`` never scans the environment
 per request: the environment's proxies are looked at once per process, only to warn that IdP
