@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeGuard
 
 from flask_mailoauth.errors import ProviderFailure
 from flask_mailoauth.providers import (
@@ -136,7 +136,8 @@ def seconds_expires_in(response: Response) -> Response:
     return response
 
 
-def _whole(value: Any) -> bool:
+def _whole(value: object) -> TypeGuard[int]:
+    """A positive whole number (JSON's ``true`` is not one)."""
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
