@@ -192,7 +192,12 @@ class MailOAuthState:
 
     def seal(self, row: SecretRow, name: str, value: str) -> None:
         """Encrypt ``value`` into the secret column ``name`` of ``row``, bound to both."""
-        setattr(row, name, self.keyring.encrypt(value, aad=row.aad(name)))
+        setattr(row, name, self.sealed(row, name, value))
+
+    def sealed(self, row: SecretRow, name: str, value: str) -> bytes:
+        """``value`` encrypted for the secret column ``name`` of ``row``, for a Core statement
+        that writes the column without the ORM."""
+        return self.keyring.encrypt(value, aad=row.aad(name))
 
     def reveal(self, row: SecretRow, name: str) -> str:
         """Decrypt the secret column ``name`` of ``row``."""

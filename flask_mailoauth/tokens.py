@@ -74,10 +74,10 @@ def _process_lock(st: MailOAuthState, key: str, purpose: str) -> threading.Lock:
         return _process_locks.setdefault(name, threading.Lock())
 
 
-_reads: dict[tuple[int, str, str], Future[tuple[Any, Any]]] = {}
+_reads: dict[tuple[int, str, str], Future[tuple[CredentialMixin, AccountMixin]]] = {}
 
 
-def _read_once(st: MailOAuthState, key: str, purpose: str) -> tuple[Any, Any]:
+def _read_once(st: MailOAuthState, key: str, purpose: str) -> tuple[CredentialMixin, AccountMixin]:
     """The credential and account (detached), read by one thread for every thread of this
     process that wants them at the same moment: a storm of callers costs one read and one
     connection per process, not one per thread. A thread whose shared read failed reads
@@ -212,7 +212,9 @@ def _cached(
     return None if stale or entry.due(leeway) else entry.access_token
 
 
-def _select(session: Session, st: MailOAuthState, key: str, purpose: str) -> Any:
+def _select(
+    session: Session, st: MailOAuthState, key: str, purpose: str
+) -> sa.Row[CredentialMixin, AccountMixin] | None:
     """``(credential, account)`` in one statement, or ``None``; no lock: a lease is taken by a
     guarded ``UPDATE`` (``_take_lease``), not under a row lock."""
     m = st.models
@@ -231,7 +233,7 @@ def _read(
     purpose: str,
     *,
     serving: bool = False,
-) -> tuple[Any, Any]:
+) -> tuple[CredentialMixin, AccountMixin]:
     """The account's credential and account, in one statement; typed errors when unusable.
 
     ``serving``: a credential refused for good still passes while its token may be served
@@ -399,7 +401,7 @@ class _Claim:
     #: the lease this claim set: while the row holds it, the lease is this worker's
     lease_until: datetime
     #: the credential as read when claimed (detached, shared: never changed)
-    credential: Any
+    credential: CredentialMixin
     provider: Provider
     config: dict[str, str]
     client_secret: str
@@ -454,7 +456,7 @@ def _refresh(
     *,
     force: bool,
     keep_valid_token: bool = False,
-    row: tuple[Any, Any] | None = None,
+    row: tuple[CredentialMixin, AccountMixin] | None = None,
 ) -> _Refreshed:
     """The token and whether this call asked the IdP for it.
 
@@ -522,7 +524,7 @@ def _claim(
     force: bool,
     since: Marker | None,
     keep_valid_token: bool,
-    row: tuple[Any, Any] | None = None,
+    row: tuple[CredentialMixin, AccountMixin] | None = None,
 ) -> _Ready | _Busy | _Claim | None:
     """A token to use, ``_Busy``, a new lease, or ``None`` when another worker changed the row
     between the read and the claim.
@@ -574,12 +576,14 @@ def _claim(
     )
 
 
-def _take_lease(st: MailOAuthState, credential: Any, now: datetime, until: datetime) -> bool:
+def _take_lease(
+    st: MailOAuthState, credential: CredentialMixin, now: datetime, until: datetime
+) -> bool:
     """Set the lease in one statement if the row is still at the version read and its lease is
     free or ran out: an atomic compare-and-set on every backend, waiting at most
     ``MAILOAUTH_LOCK_TIMEOUT`` for another writer."""
     claim = _claim_statement(st.models.Credential.__table__)
-    params = {"claim_id": credential.id, "claim_version": credential.version}
+    params: dict[str, object] = {"claim_id": credential.id, "claim_version": credential.version}
     params |= {"claim_now": now, "claim_until": until}
     with own_session(st.db, lock_timeout=st.config.lock_timeout) as s:
         return s.execute(claim, params).first() is not None
@@ -648,12 +652,12 @@ def _settle(
 def _release(st: MailOAuthState, key: str, purpose: str, claim: _Claim) -> None:
     """Clear this worker's lease if the row still holds it (a lease taken since by another
     worker is left alone); a database that refuses even this leaves the lease to run out."""
-    c = st.models.Credential.__table__.c
+    table = st.models.Credential.__table__
     try:
         with own_session(st.db, lock_timeout=st.config.lock_timeout) as s:
             s.execute(
-                sa.update(st.models.Credential.__table__)
-                .where(c.uid == claim.uid, c.refresh_lease_until == claim.lease_until)
+                sa.update(table)
+                .where(table.c.uid == claim.uid, table.c.refresh_lease_until == claim.lease_until)
                 .values(refresh_lease_until=None)
             )
     except SQLAlchemyError as exc:
@@ -746,7 +750,7 @@ def _store(
     purpose: str,
     claim: _Claim,
     answer: TokenResponse | ProviderFailure,
-) -> Any:
+) -> CredentialMixin | None:
     """Record the IdP's answer if it may still be stored (``_store_guard``): the credential as
     stored (``claim.credential``, updated), or ``None`` if the answer came too late.
 
@@ -786,7 +790,7 @@ def _store(
     return credential
 
 
-def _as_stored(credential: Any, values: dict[str, Any]) -> Any:
+def _as_stored(credential: CredentialMixin, values: dict[str, Any]) -> CredentialMixin:
     """A new (transient) credential: ``credential`` with ``values``. The row read may be shared
     by the threads of this process (``_read_once``), so it is never changed in place."""
     columns = sa.inspect(type(credential)).column_attrs
@@ -917,7 +921,7 @@ def _success(
     now = utcnow()
     credential = claim.credential
     values: dict[str, Any] = {
-        "access_token": st.keyring.encrypt(answer.access_token, aad=credential.aad("access_token")),
+        "access_token": st.sealed(credential, "access_token", answer.access_token),
         "expires_at": answer.expires_at,
         "refreshed_at": now,
         "clock_skew": answer.clock_skew,
@@ -932,9 +936,7 @@ def _success(
     # Microsoft rotates refresh tokens: always keep the newest. Google sends none: keep ours
     # (failures stored since the claim never change it, nor the scope).
     if answer.refresh_token:
-        values["refresh_token"] = st.keyring.encrypt(
-            answer.refresh_token, aad=credential.aad("refresh_token")
-        )
+        values["refresh_token"] = st.sealed(credential, "refresh_token", answer.refresh_token)
         values["refresh_token_issued_at"] = now
     else:
         values["refresh_token"] = credential.refresh_token
