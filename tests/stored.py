@@ -5,6 +5,7 @@ Accounts are stored with the extension's own ``flask_mailoauth.testing.seed_acco
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -79,3 +80,20 @@ def events(host):
 def token(host, key="support", purpose="mailbox"):
     with host.app.app_context():
         return host.ext.access_token(key, purpose)
+
+
+def tokens_at_once(*hosts, callers=16):
+    """``token()`` from ``callers`` threads released together, taking ``hosts`` in turn (two
+    app states on one database stand for two processes); the tokens in the order they came."""
+    barrier, results = threading.Barrier(callers), []
+
+    def call(host):
+        barrier.wait()
+        results.append(token(host))
+
+    threads = [threading.Thread(target=call, args=(hosts[n % len(hosts)],)) for n in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

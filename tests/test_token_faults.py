@@ -34,7 +34,7 @@ from flask_mailoauth.providers import registry
 
 from .faults import TcpProxy, row_locked
 from .oauth_fakes import TOKEN_URL, TokenEndpoint
-from .stored import GENERIC, credential, events, store_account, token
+from .stored import GENERIC, credential, events, store_account, token, tokens_at_once
 
 
 def set_credential(host, **values):
@@ -590,16 +590,6 @@ def test_waiters_of_a_fast_host_take_the_holders_token(make_host, db_url):
     store_account(one, expires_in=-5)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         idp = SkewedIdP(mock, 7200, 3600, delay=0.5)
-        barrier, results = threading.Barrier(8), []
-
-        def call(host):
-            barrier.wait()
-            results.append(token(host))
-
-        threads = [threading.Thread(target=call, args=(h,)) for h in [one, two] * 4]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = tokens_at_once(one, two, callers=8)
     assert results == ["at-1"] * 8
     assert idp.calls == 1

@@ -3,7 +3,6 @@ and PostgreSQL; the lock timeouts are set once per connection and never reach th
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from flask_mailoauth import tokens
 from flask_mailoauth.models import own_session
 
 from .oauth_fakes import TokenEndpoint
-from .stored import credential, events, store_account, token
+from .stored import credential, events, store_account, token, tokens_at_once
 
 #: statements per refresh at most (issue 14): the read, the claim, the store
 TARGET = {"sqlite": 5, "postgresql": 3}
@@ -157,17 +156,7 @@ def test_threads_of_a_process_that_miss_the_cache_together_share_one_read(make_h
                 time.sleep(0.3)  # every thread arrives while the first read is under way
 
             sa.event.listen(host.db.engine, "before_cursor_execute", slow_read)
-        barrier, results = threading.Barrier(16), []
-
-        def call():
-            barrier.wait()
-            results.append(token(host))
-
-        threads = [threading.Thread(target=call) for _ in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = tokens_at_once(host)
         with host.app.app_context():
             sa.event.remove(host.db.engine, "before_cursor_execute", slow_read)
     assert results == ["at-0"] * 16

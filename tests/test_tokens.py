@@ -28,7 +28,7 @@ from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.tokens import _Ready, _Refreshed, backoff
 
 from .oauth_fakes import TokenEndpoint
-from .stored import credential, events, store_account, token
+from .stored import credential, events, store_account, token, tokens_at_once
 
 MS_TOKEN_URL = "https://login.microsoftonline.com/common/oauth2/v2.0/token"
 
@@ -277,17 +277,7 @@ def test_concurrent_callers_cause_exactly_one_refresh(make_host, tmp_path):
     store_account(host, expires_in=-5)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         idp = TokenEndpoint(mock, delay=0.2)
-        results, barrier = [], threading.Barrier(16)
-
-        def call():
-            barrier.wait()
-            results.append(token(host))
-
-        threads = [threading.Thread(target=call) for _ in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = tokens_at_once(host)
     assert len(idp.calls) == 1
     assert results == ["at-1"] * 16
 
@@ -315,17 +305,7 @@ def test_concurrent_callers_refresh_a_short_lived_token_once(make_host, tmp_path
         idp = TokenEndpoint(mock, delay=0.2)
         for _ in range(16):
             idp.rotate(lifetime=120)  # shorter than the 300 s leeway
-        results, barrier = [], threading.Barrier(16)
-
-        def call():
-            barrier.wait()
-            results.append(token(host))
-
-        threads = [threading.Thread(target=call) for _ in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = tokens_at_once(host)
     assert len(idp.calls) == 1
     assert results == ["at-1"] * 16
 
@@ -378,17 +358,7 @@ def test_two_processes_sharing_one_database_cause_one_refresh(make_host, tmp_pat
     store_account(one, expires_in=-5)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         idp = TokenEndpoint(mock, delay=0.3)
-        results, barrier = [], threading.Barrier(16)
-
-        def call(host):
-            barrier.wait()
-            results.append(token(host))
-
-        threads = [threading.Thread(target=call, args=(h,)) for h in [one, two] * 8]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = tokens_at_once(one, two)
     assert len(idp.calls) == 1
     assert results == ["at-1"] * 16
 
