@@ -55,6 +55,10 @@ class TestCA:
         context.load_cert_chain(self.cert_file, self.key_file)
         return context
 
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts this CA alone (certificate and host name checked)."""
+        return ssl.create_default_context(cafile=self.ca_file)
+
     def server_spki(self) -> str:
         """The base64 SHA-256 of the server key (what Chromium's
         ``--ignore-certificate-errors-spki-list`` takes: trust this one key, nothing else)."""

@@ -42,6 +42,7 @@ from flask_mailoauth.mail import (
 from flask_mailoauth.models import own_session
 from flask_mailoauth.providers.base import MailServer
 from flask_mailoauth.sasl import oauthbearer
+from peers.tls import test_ca
 from tests.mail_scripts import (
     IMAP_GUIDANCE,
     IMAP_LOGIN,
@@ -57,7 +58,7 @@ from tests.mail_scripts import (
     pop3_login_script,
 )
 from tests.oauth_fakes import TokenEndpoint
-from tests.scripted_server import ScriptedServer, Turn, make_tls_contexts
+from tests.scripted_server import ScriptedServer, Turn
 from tests.stored import store_account
 
 CHALLENGE = base64.b64encode(
@@ -77,9 +78,10 @@ EHLO = re.compile(rb"ehlo helpdesk\.test")
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting it) for 127.0.0.1."""
-    return make_tls_contexts(tmp_path_factory.mktemp("tls"))
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting it) for 127.0.0.1: the harness's test CA."""
+    ca = test_ca()
+    return ca.server_context(), ca.client_context()
 
 
 def sent_token(srv: ScriptedServer) -> int:
