@@ -46,6 +46,32 @@ STATUS_AFTER: dict[FailureKind, CredentialStatus] = {
 }
 
 
+class AccessKind(StrEnum):
+    """Whose authority an account's tokens carry (the IdP Config's ``access`` value)."""
+
+    #: a user signs in and consents; a refresh token keeps the grant (the seed's flow)
+    DELEGATED = "delegated"
+    #: the application's own credentials (client credentials grant) after an admin's consent;
+    #: no refresh token, a new token when due
+    APPLICATION = "application"
+    #: a service account's signed assertion naming the mailbox (RFC 7523 JWT-bearer grant)
+    SERVICE_ACCOUNT = "service_account"
+
+
+class ClientAuth(StrEnum):
+    """How the client proves itself at the token endpoint (the IdP Config's ``client_auth``
+    value; the names are RFC 7591's ``token_endpoint_auth_method`` values)."""
+
+    #: a public client: only its ``client_id``, and PKCE guards the code
+    NONE = "none"
+    #: HTTP Basic with the client id and secret
+    SECRET_BASIC = "client_secret_basic"  # noqa: S105 - a method name, not a secret
+    #: the client id and secret in the request body
+    SECRET_POST = "client_secret_post"  # noqa: S105 - a method name, not a secret
+    #: a client assertion signed with the application's private key (RFC 7523)
+    PRIVATE_KEY_JWT = "private_key_jwt"
+
+
 class EventKind(StrEnum):
     """What one line of an account's history records (``Event.kind``)."""
 

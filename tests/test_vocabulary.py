@@ -8,9 +8,17 @@ import sqlalchemy as sa
 
 from flask_mailoauth.errors import FailureKind as ErrorsFailureKind
 from flask_mailoauth.providers import registry
+from flask_mailoauth.providers.base import Provider
 from flask_mailoauth.settings import PURPOSES
 from flask_mailoauth.testing import seed_account
-from flask_mailoauth.vocabulary import CredentialStatus, EventKind, EventLevel, FailureKind
+from flask_mailoauth.vocabulary import (
+    AccessKind,
+    ClientAuth,
+    CredentialStatus,
+    EventKind,
+    EventLevel,
+    FailureKind,
+)
 
 
 def test_the_stored_values_are_the_ones_rows_already_hold():
@@ -65,3 +73,28 @@ def test_the_config_signature_is_the_providers():
     signature = provider.config_signature(config)
     assert provider.config_signature(config | {unsigned: "other"}) == signature
     assert provider.config_signature(config | {"client_id": "d"}) != signature
+
+
+def test_a_provider_reads_its_access_and_client_auth_falling_back_to_its_default():
+    """Issue 15 point 6: the stored ``access`` and ``client_auth`` values count only when the
+    provider declares them; anything else (missing, unknown, unsupported) is the default."""
+
+    class Both(Provider):
+        id = "both"
+        display_name = "Both"
+        access_kinds = (AccessKind.DELEGATED, AccessKind.APPLICATION)
+        client_auths = (ClientAuth.SECRET_BASIC, ClientAuth.NONE)
+
+    p = Both()
+    assert p.access({}) is AccessKind.DELEGATED
+    assert p.access({"access": " application "}) is AccessKind.APPLICATION
+    assert p.access({"access": "service_account"}) is AccessKind.DELEGATED
+    assert p.client_auth({"client_auth": "none"}) is ClientAuth.NONE
+    assert p.client_auth({"client_auth": "client_secret_post"}) is ClientAuth.SECRET_BASIC
+    assert p.client_auth({"client_auth": 'none"'}) is ClientAuth.SECRET_BASIC
+    assert [a.value for a in ClientAuth] == [
+        "none",
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+    ]

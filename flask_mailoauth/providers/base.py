@@ -23,7 +23,7 @@ from ..addresses import canonical_address, same_address
 from ..errors import ProviderFailure
 from ..i18n import LazyText, gettext, lazy_gettext
 from ..settings import Security
-from ..vocabulary import FailureKind
+from ..vocabulary import AccessKind, ClientAuth, FailureKind
 
 if TYPE_CHECKING:
     import requests
@@ -473,11 +473,27 @@ class Provider:
     fields: ClassVar[tuple[ConfigField, ...]] = ()
     #: error code -> kind and guidance; :meth:`classify_error` and :meth:`guidance` read it
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = OAUTH_ERRORS
+    #: whose authority the tokens may carry, the first the default (see :class:`AccessKind`)
+    access_kinds: ClassVar[tuple[AccessKind, ...]] = (AccessKind.DELEGATED,)
+    #: how the client may authenticate at the token endpoint, the first the default
+    client_auths: ClassVar[tuple[ClientAuth, ...]] = (ClientAuth.SECRET_POST,)
 
     @staticmethod
     def value(config: Mapping[str, str], name: str) -> str:
         """The field ``name`` of ``config`` without surrounding blanks; empty when unset."""
         return (config.get(name) or "").strip()
+
+    def access(self, config: Mapping[str, str]) -> AccessKind:
+        """The account's access kind: its ``access`` value when this provider supports it,
+        else the default."""
+        chosen = self.value(config, "access")
+        return next((k for k in self.access_kinds if k == chosen), self.access_kinds[0])
+
+    def client_auth(self, config: Mapping[str, str]) -> ClientAuth:
+        """The account's client authentication: its ``client_auth`` value when this provider
+        supports it, else the default."""
+        chosen = self.value(config, "client_auth")
+        return next((a for a in self.client_auths if a == chosen), self.client_auths[0])
 
     def defaults(self) -> dict[str, str]:
         """Field name -> prefilled value."""
