@@ -38,7 +38,7 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import signals
+from . import metrics, signals
 from .config import Config
 from .errors import (
     AccountDisabled,
@@ -629,7 +629,9 @@ def _settle(
     own short transaction, then propagates.
     """
     try:
+        started = time.monotonic()
         answer = _ask_idp(claim, config)
+        _count(st, claim, answer, time.monotonic() - started)
         credential = _store(st, key, purpose, claim, answer)
     except SQLAlchemyError:
         if isinstance(answer, ProviderFailure):
@@ -647,6 +649,14 @@ def _settle(
         return _Failed(answer, credential, claim.label)
     signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
     return answer
+
+
+def _count(
+    st: MailOAuthState, claim: _Claim, answer: TokenResponse | ProviderFailure, seconds: float
+) -> None:
+    """Count the token request in this process's metrics, by provider and outcome."""
+    outcome = answer.kind.value if isinstance(answer, ProviderFailure) else metrics.SUCCESS
+    st.metrics.observe(claim.provider.id, outcome, seconds)
 
 
 def _release(st: MailOAuthState, key: str, purpose: str, claim: _Claim) -> None:
