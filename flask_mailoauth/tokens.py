@@ -864,7 +864,7 @@ _FAILURE_COLUMNS = (
     "refresh_lease_until",
 )
 #: the event columns a store sets (``_event``), and ``account_id``
-_EVENT_COLUMNS = ("at", "kind", "level", "code", "message")
+_EVENT_COLUMNS = ("at", "kind", "level", "code", "message", "diagnostics")
 
 
 @functools.cache
@@ -991,14 +991,22 @@ def _failure(
         "refresh_lease_until": None,
     }
     level = EventLevel.WARNING if transient else EventLevel.ERROR
-    return values, _event(EventKind.REFRESH_FAILED, level, code, failure.summary(), utcnow())
+    event = _event(EventKind.REFRESH_FAILED, level, code, failure.summary(), utcnow())
+    return values, event | {"diagnostics": dict(failure.diagnostics) or None}
 
 
 def _event(
     kind: EventKind, level: EventLevel, code: str | None, message: str, at: datetime
 ) -> dict[str, Any]:
-    """An event row's values (its account is the claim's)."""
-    return {"at": at, "kind": kind, "level": level, "code": code, "message": message}
+    """An event row's values (its account is the claim's); no diagnostics."""
+    return {
+        "at": at,
+        "kind": kind,
+        "level": level,
+        "code": code,
+        "message": message,
+        "diagnostics": None,
+    }
 
 
 def backoff(failures: int, retry_after: float | None, config: Config) -> float:

@@ -66,6 +66,12 @@ EVENT_LABELS = {
     EventKind.REFRESH_FAILED: lazy_gettext("refresh failed"),
     EventKind.TOKEN_DELETED: lazy_gettext("token deleted"),
 }
+#: the names of an IdP's error identifiers (``ProviderFailure.diagnostics``), for people
+DIAGNOSTIC_LABELS = {
+    "trace_id": lazy_gettext("Trace ID (Request ID)"),
+    "correlation_id": lazy_gettext("Correlation ID"),
+    "timestamp": lazy_gettext("Timestamp"),
+}
 SCRIPTED = "mailoauth"
 
 
@@ -249,6 +255,7 @@ def _render_modal(
         "last_error_shown": _last_error_shown(view, notice),
         "status_labels": STATUS_WORDS,
         "event_labels": EVENT_LABELS,
+        "diagnostic_labels": DIAGNOSTIC_LABELS,
         "account": view,
         "failed_plugins": sorted(registry.failed_plugins()),
         "form": form,
