@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import signals
-from .errors import DecryptionError
+from .errors import DecryptionError, UnknownProvider
 from .health import account_health
 from .i18n import gettext, lazy_gettext
 from .models import (
@@ -118,6 +118,8 @@ class AccountView:
     token: TokenDetails | None = None
     events: list[EventMixin] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: where to search the IdP's logs for an event's diagnostics (``Provider.diagnostics_help``)
+    diagnostics_help: str = ""
 
 
 def default_name(address: str, purpose: str) -> str:
@@ -172,7 +174,17 @@ def view(
             warnings=account_health(account, account.credential, st.config, utcnow()).warnings
             if account.credential is not None
             else [],
+            diagnostics_help=_diagnostics_help(account.provider),
         )
+
+
+def _diagnostics_help(provider: str) -> str:
+    """The provider's :attr:`~flask_mailoauth.providers.base.Provider.diagnostics_help` in the
+    admin's language; empty for a provider that is not installed."""
+    try:
+        return str(registry.get(provider).diagnostics_help)
+    except UnknownProvider:
+        return ""
 
 
 def find(session: Session, m: Models, key: str, purpose: str) -> AccountMixin | None:

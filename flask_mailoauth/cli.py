@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import accounts, connections, tokens
+from . import accounts, connections, monitoring, tokens
 from .errors import MailOAuthError
 from .health import health, status_words
 from .i18n import gettext, ngettext
@@ -44,16 +44,28 @@ def list_accounts() -> None:
 
 
 @mailoauth_cli.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(as_json: bool) -> None:
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["text", "json", "openmetrics"]),
+    default="text",
+    help="text for people, json for scripts, openmetrics for a monitoring system.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
+def status(output: str, as_json: bool) -> None:
     """Each account's status and warnings; exits 1 when an enabled one needs attention.
 
     A disabled account is shown as ``[off]`` with its stored status and never fails the exit
-    code: the admin turned it off on purpose (for monitoring; see docs/operations.rst).
+    code: the admin turned it off on purpose (for monitoring; see docs/operations.rst). The
+    exit code is the same in every format.
     """
     accounts = health(state())
-    if as_json:
+    if as_json or output == "json":
         click.echo(json.dumps([h.as_dict() for h in accounts], indent=2))
+    elif output == "openmetrics":
+        gauges = monitoring.AccountCollector(lambda: accounts, utcnow)
+        body, _ = monitoring.scrape(gauges, None, monitoring.ASK_OPENMETRICS)
+        click.echo(body.decode(), nl=False)
     else:
         for h in accounts:
             words = status_words(h.status)

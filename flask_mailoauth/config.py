@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,7 +71,13 @@ DEFAULTS: dict[str, object] = {
     "MAILOAUTH_EVENT_RETENTION_DAYS": 90,
     # the host's flash categories for our messages, e.g. {"error": "danger"} for Bootstrap
     "MAILOAUTH_FLASH_CATEGORIES": {},
+    # serve the accounts' metrics at <prefix>/metrics (Prometheus text or OpenMetrics)
+    "MAILOAUTH_METRICS": False,
+    # a bearer token the metrics endpoint requires instead of the host's access_check
+    "MAILOAUTH_METRICS_TOKEN": None,
 }
+#: the fewest characters a metrics bearer token may have
+METRICS_TOKEN_MIN_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,10 @@ class Config:
     #: days events are kept; ``None``: forever
     event_retention_days: int | None
     flash_categories: Mapping[str, str]
+    #: whether ``<prefix>/metrics`` answers (``MAILOAUTH_METRICS``)
+    metrics_endpoint: bool = False
+    #: the bearer token the metrics endpoint requires; ``None``: the host's access_check
+    metrics_token: str | None = field(default=None, repr=False)
 
     @property
     def allow_insecure_http(self) -> bool:
@@ -140,6 +150,8 @@ class Config:
             refresh_concurrency=_whole(values, "MAILOAUTH_REFRESH_CONCURRENCY", minimum=1),
             event_retention_days=_retention(values),
             flash_categories=_flash_categories(values["MAILOAUTH_FLASH_CATEGORIES"]),
+            metrics_endpoint=_flag(values, "MAILOAUTH_METRICS"),
+            metrics_token=_metrics_token(values["MAILOAUTH_METRICS_TOKEN"]),
         )
 
 
@@ -208,6 +220,28 @@ def _retention(values: Mapping[str, Any]) -> int | None:
     if values["MAILOAUTH_EVENT_RETENTION_DAYS"] is None:
         return None
     return _whole(values, "MAILOAUTH_EVENT_RETENTION_DAYS", minimum=0) or None
+
+
+def _flag(values: Mapping[str, Any], key: str) -> bool:
+    """A switch: ``True``/``False``, or ``1``/``0`` as Flask's ``from_prefixed_env`` reads
+    them from the environment."""
+    value = values[key]
+    if value not in (True, False) or not isinstance(value, int):
+        raise SetupError(f"{key} must be True or False, not {value!r}.")
+    return bool(value)
+
+
+def _metrics_token(value: object) -> str | None:
+    """``MAILOAUTH_METRICS_TOKEN``: ``None``, or a token long enough not to be guessed (the
+    error never repeats it)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value.strip()) < METRICS_TOKEN_MIN_LENGTH:
+        raise SetupError(
+            f"MAILOAUTH_METRICS_TOKEN must be a string of at least {METRICS_TOKEN_MIN_LENGTH} "
+            "characters (for example secrets.token_urlsafe()), or None."
+        )
+    return value.strip()
 
 
 def _url_prefix(value: object) -> str:

@@ -76,10 +76,18 @@ class TemporarilyUnavailable(MailOAuthError):
 class AuthorizationFailed(MailOAuthError):
     """The authorization (callback) failed; ``guidance`` tells the admin what to do."""
 
-    def __init__(self, message: str, guidance: str = "", code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        guidance: str = "",
+        code: str | None = None,
+        diagnostics: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(message)
         self.guidance = guidance
         self.code = code
+        #: the IdP's identifiers of the error (``ProviderFailure.diagnostics``)
+        self.diagnostics = diagnostics
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,9 @@ class ProviderFailure:
     description: str
     guidance: str
     retry_after: float | None = None
+    #: the IdP's own identifiers of this error, ``(name, value)`` pairs (Microsoft:
+    #: ``trace_id``, ``correlation_id``, ``timestamp``): what its sign-in logs are searched by
+    diagnostics: tuple[tuple[str, str], ...] = ()
 
     def summary(self) -> str:
         """One line for the event log and the Token tab: code, the IdP's words, the fix.

@@ -223,6 +223,7 @@ def finish(
             EventLevel.ERROR,
             failure.code,
             f"{failure} {failure.guidance}".strip(),
+            failure.diagnostics,
         )
         return replace(outcome, error=failure)
     return replace(outcome, authorized_by=who)
@@ -253,6 +254,7 @@ def _banner_safe(failure: AuthorizationFailed) -> AuthorizationFailed:
         clean_text(str(failure), BANNER_CHARACTERS) or "",
         clean_text(failure.guidance, BANNER_CHARACTERS) or "",
         clean_text(failure.code, 64),
+        failure.diagnostics,
     )
 
 
@@ -430,6 +432,7 @@ def _exchange(
             ),
             guidance,
             code=failure.code,
+            diagnostics=failure.diagnostics,
         ) from None
 
 
@@ -549,7 +552,8 @@ def _idp_error(provider: Provider, args: Mapping[str, str]) -> AuthorizationFail
         )
     else:
         text = gettext("The identity provider answered %(error)s", error=error)
-    return AuthorizationFailed(text, guidance, code)
+    raw = {"error": error, "error_description": args.get("error_description", "")[:4000]}
+    return AuthorizationFailed(text, guidance, code, provider.diagnostics(raw))
 
 
 def _origin(url: str) -> str:
@@ -787,10 +791,16 @@ def _log_event(
     level: EventLevel,
     code: str | None,
     message: str,
+    diagnostics: tuple[tuple[str, str], ...] = (),
 ) -> None:
     with own_session(st.db) as s:
         s.add(
             st.models.Event(
-                account_id=account_id, kind=kind, level=level, code=code, message=message[:2000]
+                account_id=account_id,
+                kind=kind,
+                level=level,
+                code=code,
+                message=message[:2000],
+                diagnostics=dict(diagnostics) or None,
             )
         )

@@ -51,6 +51,12 @@ class AccountHealth:
     expires_at: datetime | None
     #: plain text in the language of whoever asked (``status --json`` serialises it)
     warnings: list[str] = field(default_factory=list)
+    #: refresh attempts failed in a row (0 after a success)
+    failure_count: int = 0
+    #: when the current refresh token was issued (``None`` without a credential)
+    refresh_token_issued_at: datetime | None = None
+    #: the client secret's end date, as the admin entered it
+    secret_expires_on: date | None = None
 
     @property
     def needs_attention(self) -> bool:
@@ -70,6 +76,13 @@ class AccountHealth:
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "needs_attention": self.needs_attention,
             "warnings": self.warnings,
+            "failure_count": self.failure_count,
+            "refresh_token_issued_at": (
+                self.refresh_token_issued_at.isoformat() if self.refresh_token_issued_at else None
+            ),
+            "secret_expires_on": (
+                self.secret_expires_on.isoformat() if self.secret_expires_on else None
+            ),
         }
 
 
@@ -124,6 +137,11 @@ def account_health(
         status=status,
         expires_at=credential.expires_at if credential is not None else None,
         warnings=warnings,
+        failure_count=credential.failure_count if credential is not None else 0,
+        refresh_token_issued_at=(
+            credential.refresh_token_issued_at if credential is not None else None
+        ),
+        secret_expires_on=account.secret_expires_on,
     )
 
 

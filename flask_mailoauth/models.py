@@ -264,6 +264,8 @@ class EventMixin(_Row):
     code: Mapped[str | None] = mapped_column(sa.String(64), nullable=True, info=outside_text())
     message: Mapped[str] = mapped_column(sa.Text, default="", info=outside_text(TEXT_CAP))
     actor: Mapped[str | None] = mapped_column(sa.String(320), nullable=True, info=outside_text())
+    #: the IdP's identifiers of a failure, name -> value (``ProviderFailure.diagnostics``)
+    diagnostics: Mapped[dict[str, str] | None] = mapped_column(sa.JSON, nullable=True)
 
     def __repr__(self) -> str:
         return f"<Event {self.kind} {self.code or ''} at {self.at}>"

@@ -21,6 +21,7 @@ from flask_sqlalchemy import SQLAlchemy
 from . import crypto
 from .config import Config
 from .errors import MailboxNotFound, SetupError
+from .metrics import RefreshMetrics
 from .models import Models, SecretRow, utcnow
 from .settings import MailboxSettings
 
@@ -186,6 +187,8 @@ class MailOAuthState:
     hooks: Hooks
     #: this process's tokens, bounded by ``MAILOAUTH_CACHE_SIZE``
     cache: TokenCache = field(init=False)
+    #: this process's token request counts and durations (the metrics endpoint)
+    metrics: RefreshMetrics = field(init=False, default_factory=RefreshMetrics)
 
     def __post_init__(self) -> None:
         self.cache = TokenCache(self.config.cache_size)

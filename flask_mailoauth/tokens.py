@@ -38,7 +38,7 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import signals
+from . import metrics, signals
 from .config import Config
 from .errors import (
     AccountDisabled,
@@ -629,7 +629,9 @@ def _settle(
     own short transaction, then propagates.
     """
     try:
+        started = time.monotonic()
         answer = _ask_idp(claim, config)
+        _count(st, claim, answer, time.monotonic() - started)
         credential = _store(st, key, purpose, claim, answer)
     except SQLAlchemyError:
         if isinstance(answer, ProviderFailure):
@@ -647,6 +649,14 @@ def _settle(
         return _Failed(answer, credential, claim.label)
     signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
     return answer
+
+
+def _count(
+    st: MailOAuthState, claim: _Claim, answer: TokenResponse | ProviderFailure, seconds: float
+) -> None:
+    """Count the token request in this process's metrics, by provider and outcome."""
+    outcome = answer.kind.value if isinstance(answer, ProviderFailure) else metrics.SUCCESS
+    st.metrics.observe(claim.provider.id, outcome, seconds)
 
 
 def _release(st: MailOAuthState, key: str, purpose: str, claim: _Claim) -> None:
@@ -854,7 +864,7 @@ _FAILURE_COLUMNS = (
     "refresh_lease_until",
 )
 #: the event columns a store sets (``_event``), and ``account_id``
-_EVENT_COLUMNS = ("at", "kind", "level", "code", "message")
+_EVENT_COLUMNS = ("at", "kind", "level", "code", "message", "diagnostics")
 
 
 @functools.cache
@@ -981,14 +991,22 @@ def _failure(
         "refresh_lease_until": None,
     }
     level = EventLevel.WARNING if transient else EventLevel.ERROR
-    return values, _event(EventKind.REFRESH_FAILED, level, code, failure.summary(), utcnow())
+    event = _event(EventKind.REFRESH_FAILED, level, code, failure.summary(), utcnow())
+    return values, event | {"diagnostics": dict(failure.diagnostics) or None}
 
 
 def _event(
     kind: EventKind, level: EventLevel, code: str | None, message: str, at: datetime
 ) -> dict[str, Any]:
-    """An event row's values (its account is the claim's)."""
-    return {"at": at, "kind": kind, "level": level, "code": code, "message": message}
+    """An event row's values (its account is the claim's); no diagnostics."""
+    return {
+        "at": at,
+        "kind": kind,
+        "level": level,
+        "code": code,
+        "message": message,
+        "diagnostics": None,
+    }
 
 
 def backoff(failures: int, retry_after: float | None, config: Config) -> float:

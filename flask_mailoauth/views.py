@@ -7,6 +7,7 @@ the same view without script answers with a page or a redirect, so everything wo
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -30,13 +31,14 @@ from markupsafe import Markup
 from werkzeug.wrappers import Response as BaseResponse
 from wtforms import ValidationError
 
-from . import accounts, connections, flow, i18n, tokens
+from . import accounts, connections, flow, i18n, monitoring, tokens
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError, UnknownProvider
 from .flashes import flash_category
 from .forms import AccountForm, account_form
-from .health import CONFIG_CHANGED, STATUS_WORDS
+from .health import CONFIG_CHANGED, STATUS_WORDS, health
 from .i18n import gettext, lazy_gettext
 from .mail import CheckResult
+from .models import utcnow
 from .providers import registry
 from .settings import PURPOSES, MailboxSettings, Purpose
 from .state import MailOAuthState, state
@@ -63,6 +65,12 @@ EVENT_LABELS = {
     EventKind.REFRESHED: lazy_gettext("refreshed"),
     EventKind.REFRESH_FAILED: lazy_gettext("refresh failed"),
     EventKind.TOKEN_DELETED: lazy_gettext("token deleted"),
+}
+#: the names of an IdP's error identifiers (``ProviderFailure.diagnostics``), for people
+DIAGNOSTIC_LABELS = {
+    "trace_id": lazy_gettext("Trace ID (Request ID)"),
+    "correlation_id": lazy_gettext("Correlation ID"),
+    "timestamp": lazy_gettext("Timestamp"),
 }
 SCRIPTED = "mailoauth"
 
@@ -93,6 +101,8 @@ def require_access() -> None:
     """Every view but the static files is behind the host's ``access_check`` (403 without)."""
     if request.endpoint == "mailoauth.static":
         return
+    if request.endpoint == "mailoauth.metrics" and state().config.metrics_token is not None:
+        return  # the scraper's bearer token stands in for a user (``metrics`` checks it)
     hooks = state().hooks
     if hooks.access_check is None:
         abort(403, description=NO_ACCESS_CHECK)
@@ -245,6 +255,7 @@ def _render_modal(
         "last_error_shown": _last_error_shown(view, notice),
         "status_labels": STATUS_WORDS,
         "event_labels": EVENT_LABELS,
+        "diagnostic_labels": DIAGNOSTIC_LABELS,
         "account": view,
         "failed_plugins": sorted(registry.failed_plugins()),
         "form": form,
@@ -449,3 +460,28 @@ def test(key: str, purpose: str) -> Response:
     checked = cast(Purpose, purpose)  # _mailbox answered 404 for any other purpose
     checks = connections.check(state(), key, checked, timeout=state().config.mail_timeout)
     return _token_tab(key, purpose, checks=checks)
+
+
+@blueprint.get("/metrics")
+def metrics() -> Response:
+    """Every account's gauges and this process's token request counts, for Prometheus
+    (``MAILOAUTH_METRICS``); with ``MAILOAUTH_METRICS_TOKEN``, for its bearer only."""
+    st = state()
+    if not st.config.metrics_endpoint:
+        abort(404)
+    if st.config.metrics_token is not None and not _bearer_is(st.config.metrics_token):
+        response = Response(gettext("A valid bearer token is required."), status=401)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="mailoauth-metrics"'
+        return response
+    accounts_now = monitoring.AccountCollector(lambda: health(st), utcnow)
+    body, content_type = monitoring.scrape(accounts_now, st.metrics, request.headers.get("Accept"))
+    return Response(body, content_type=content_type)
+
+
+def _bearer_is(token: str) -> bool:
+    """Whether the request's ``Authorization: Bearer`` value is ``token`` (compared in
+    constant time)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    )

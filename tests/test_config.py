@@ -52,6 +52,10 @@ BAD_VALUES = [
     ("MAILOAUTH_SECRET_WARNING_DAYS", (30, -1), "0 or more"),
     ("MAILOAUTH_REFRESH_CONCURRENCY", 0, "at least 1"),
     ("MAILOAUTH_FLASH_CATEGORIES", {"danger": "error"}, "'success' and/or 'error'"),
+    ("MAILOAUTH_METRICS", "yes", "True or False"),
+    ("MAILOAUTH_METRICS", 2, "True or False"),
+    ("MAILOAUTH_METRICS_TOKEN", "short", "at least 16"),
+    ("MAILOAUTH_METRICS_TOKEN", 1234567890123456789, "at least 16"),
 ]
 
 
@@ -77,6 +81,16 @@ def test_a_bad_key_is_not_quoted_in_the_error(make_host, db_url):
     with pytest.raises(SetupError, match="key 2 of 2") as info:
         make_host(db_url=db_url, MAILOAUTH_ENCRYPTION_KEYS=f"{GOOD_KEY},{secret}")
     assert secret not in str(info.value)
+
+
+def test_the_metrics_token_is_not_quoted_in_the_error_nor_in_the_config_repr(make_host, db_url):
+    with pytest.raises(SetupError) as info:
+        make_host(db_url=db_url, MAILOAUTH_METRICS_TOKEN="tooshort-secret")
+    assert "tooshort-secret" not in str(info.value)
+    token = "a-long-enough-scrape-token"
+    config = Config.from_mapping({"MAILOAUTH_METRICS": 1, "MAILOAUTH_METRICS_TOKEN": token})
+    assert (config.metrics_endpoint, config.metrics_token) == (True, token)
+    assert token not in repr(config)
 
 
 def test_the_defaults_and_what_environments_give_are_accepted():

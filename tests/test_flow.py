@@ -731,7 +731,11 @@ def test_a_microsoft_callback_error_gets_the_guidance_of_its_aadsts_code(make_ho
         )
         assert response.status_code == 303, response.get_data(as_text=True)
         state = parse_qs(urlsplit(response.headers["Location"]).query)["state"][0]
-        description = "AADSTS7000215: Invalid client secret provided."
+        description = (
+            "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: "
+            "0a1b2c3d-0000-4e5f-9a8b-112233445566\r\nCorrelation ID: "
+            "9f8e7d6c-1111-4a2b-8c3d-aabbccddeeff\r\nTimestamp: 2026-12-01 05:40:11Z"
+        )
         query = {"state": state, "error": "invalid_client", "error_description": description}
         response = client.get("/mailoauth/callback?" + urlencode(query))
     assert response.status_code == 303
@@ -740,7 +744,16 @@ def test_a_microsoft_callback_error_gets_the_guidance_of_its_aadsts_code(make_ho
     assert "paste the secret's Value, not its Secret ID" in message
     with host.app.app_context(), host.db.engine.connect() as conn:
         codes = conn.execute(sa.text("select kind, code from mailoauth_event")).all()
+        event = host.app.extensions["mailoauth"].models.Event.__table__
+        (kept,) = conn.execute(
+            sa.select(event.c.diagnostics).where(event.c.kind == "authorization_failed")
+        ).one()
     assert ("authorization_failed", "AADSTS7000215") in [tuple(c) for c in codes]
+    assert kept == {
+        "trace_id": "0a1b2c3d-0000-4e5f-9a8b-112233445566",
+        "correlation_id": "9f8e7d6c-1111-4a2b-8c3d-aabbccddeeff",
+        "timestamp": "2026-12-01 05:40:11Z",
+    }
     assert credentials(host) == []
 
 

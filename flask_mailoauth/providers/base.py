@@ -419,6 +419,7 @@ def classify_oauth_error(
     retry_after: float | None = None,
     code: str | None = None,
     advice: Callable[[str], ErrorAdvice | None] = OAUTH_ERRORS.get,
+    diagnostics: tuple[tuple[str, str], ...] = (),
 ) -> ProviderFailure:
     """Classify a token-endpoint error the way RFC 6749 allows every provider to.
 
@@ -455,7 +456,21 @@ def classify_oauth_error(
         description=description,
         guidance=found.guidance if found else str(_DEFAULT_GUIDANCE[kind]),
         retry_after=retry_after if kind == FailureKind.TRANSIENT else None,
+        diagnostics=diagnostics,
     )
+
+
+#: an IdP's error identifier as kept: letters, digits and ``-:.`` (a GUID, a timestamp), short
+_DIAGNOSTIC_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .:_-]{0,63}")
+
+
+def diagnostic_value(value: Any) -> str | None:
+    """``value`` when it can be an IdP's error identifier (up to 64 letters, digits, spaces
+    and ``.:_-``, such as a GUID or a timestamp), else ``None``: it comes from outside and is
+    shown and stored."""
+    if isinstance(value, str) and _DIAGNOSTIC_VALUE.fullmatch(value.strip()):
+        return value.strip()
+    return None
 
 
 class Provider:
@@ -478,6 +493,8 @@ class Provider:
     access_kinds: ClassVar[tuple[AccessKind, ...]] = (AccessKind.DELEGATED,)
     #: how the client may authenticate at the token endpoint, the first the default
     client_auths: ClassVar[tuple[ClientAuth, ...]] = (ClientAuth.SECRET_POST,)
+    #: where an admin searches the IdP's logs for :meth:`diagnostics` (shown beside them)
+    diagnostics_help: ClassVar[Text] = ""
 
     @staticmethod
     def value(config: Mapping[str, str], name: str) -> str:
@@ -622,7 +639,19 @@ class Provider:
         ``status`` is the HTTP status (``None`` for a network error or timeout) and ``body`` the
         decoded JSON error response, when there was one.
         """
-        return classify_oauth_error(status, body, retry_after=retry_after, advice=self.advice)
+        return classify_oauth_error(
+            status,
+            body,
+            retry_after=retry_after,
+            advice=self.advice,
+            diagnostics=self.diagnostics(body),
+        )
+
+    def diagnostics(self, body: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+        """The IdP's identifiers of an error (``(name, value)``: a trace ID, a timestamp) from
+        its error ``body`` (a token endpoint's JSON, or the callback's ``error`` and
+        ``error_description``), for its support and sign-in logs; none by default."""
+        return ()
 
     def advice(self, code: str) -> ErrorAdvice | None:
         """The :attr:`error_advice` entry for ``code``, or ``None`` when the code is unknown."""

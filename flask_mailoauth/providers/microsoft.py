@@ -28,6 +28,7 @@ from .base import (
     claim_address,
     claim_text,
     classify_oauth_error,
+    diagnostic_value,
 )
 
 
@@ -100,6 +101,14 @@ _GRAPH_RESOURCES = (
 _RETIRED_API = re.compile(r"outlook\.office(365)?\.com/api/v2\.0", re.IGNORECASE)
 #: the AADSTS code Microsoft puts in an error description ("AADSTS7000215: Invalid client...")
 _AADSTS = re.compile(r"\bAADSTS(\d+)")
+#: the error identifiers Microsoft's JSON errors carry, and the words its error descriptions
+#: name them with ("Trace ID: ...\r\nCorrelation ID: ...\r\nTimestamp: ..."), as the
+#: callback receives them
+_DIAGNOSTICS = (
+    ("trace_id", re.compile(r"Trace ID:\s*(\S+)")),
+    ("correlation_id", re.compile(r"Correlation ID:\s*(\S+)")),
+    ("timestamp", re.compile(r"Timestamp:\s*(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\dZ?)")),
+)
 #: the host in the ``iss`` of tokens issued through a login host, where the two differ
 _ISSUER_HOSTS = MappingProxyType({"login.chinacloudapi.cn": "login.partner.microsoftonline.cn"})
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
@@ -275,6 +284,11 @@ class MicrosoftProvider(Provider):
     id = "microsoft"
     display_name = "OAuth2 - Microsoft"
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = ERRORS
+    diagnostics_help = lazy_gettext(
+        "Search for the Correlation ID or the Request ID (the trace ID) in the Microsoft Entra "
+        "admin center, Monitoring & health > Sign-in logs (add the filter, or widen the date "
+        "range to the timestamp): the log names the policy or setting that refused."
+    )
     fields = (
         ConfigField(
             "cloud",
@@ -567,10 +581,30 @@ class MicrosoftProvider(Provider):
         description = str(body.get("error_description") or "").strip()
         if code and description.startswith(f"{code}:"):
             description = description[len(code) + 1 :]
+        diagnostics = self.diagnostics(body)
         body["error_description"] = description.splitlines()[0] if description else ""
         return classify_oauth_error(
-            status, body, retry_after=retry_after, code=code, advice=self.advice
+            status,
+            body,
+            retry_after=retry_after,
+            code=code,
+            advice=self.advice,
+            diagnostics=diagnostics,
         )
+
+    def diagnostics(self, body: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+        """Microsoft's ``trace_id``, ``correlation_id`` and ``timestamp``: the JSON fields of a
+        token error, else the lines of the description that name them (a callback error)."""
+        body = body or {}
+        description = str(body.get("error_description") or "")
+        found = []
+        for name, in_description in _DIAGNOSTICS:
+            value = diagnostic_value(body.get(name))
+            if value is None and (match := in_description.search(description)):
+                value = diagnostic_value(match.group(1))
+            if value is not None:
+                found.append((name, value))
+        return tuple(found)
 
     def callback_error_code(self, error: str, description: str) -> str:
         """The first AADSTS code in the description (it names the precise cause), else ``error``."""
