@@ -55,6 +55,8 @@ DEFAULTS: dict[str, object] = {
     "MAILOAUTH_MAIL_TIMEOUT": 30,
     # seconds a started authorization stays valid
     "MAILOAUTH_PENDING_TTL": 600,
+    # days a re-consent link works (once) after the admin creates it
+    "MAILOAUTH_RECONSENT_DAYS": 7,
     # first and longest wait, in seconds, between retries after transient refresh failures
     "MAILOAUTH_RETRY_BASE": 30,
     "MAILOAUTH_RETRY_MAX": 3600,
@@ -97,6 +99,7 @@ class Config:
     store_retry: float
     mail_timeout: float
     pending_ttl: int
+    reconsent_days: int
     retry_base: float
     retry_max: float
     failure_warning_threshold: int
@@ -140,6 +143,7 @@ class Config:
             store_retry=_seconds(values, "MAILOAUTH_STORE_RETRY"),
             mail_timeout=_seconds(values, "MAILOAUTH_MAIL_TIMEOUT", positive=True),
             pending_ttl=_whole(values, "MAILOAUTH_PENDING_TTL", minimum=1),
+            reconsent_days=_whole(values, "MAILOAUTH_RECONSENT_DAYS", minimum=1),
             retry_base=retry_base,
             retry_max=retry_max,
             failure_warning_threshold=_whole(

@@ -25,7 +25,7 @@ import jwt
 import requests
 import sqlalchemy as sa
 
-from . import signals
+from . import reconsent, signals
 from .errors import (
     AuthorizationFailed,
     DecryptionError,
@@ -39,6 +39,7 @@ from .oauth import TokenResponse, request_token
 from .outbound import OutboundHTTP, OutboundPolicy
 from .providers import registry
 from .providers.base import Identity, Provider
+from .reconsent import ReconsentLink
 from .state import MailOAuthState
 from .vocabulary import CredentialStatus, EventKind, EventLevel, FailureKind
 
@@ -86,6 +87,8 @@ class PendingAuthorization:
     expires_at: datetime
     session_id: str = field(repr=False)
     verifier: str = field(repr=False)
+    #: the re-consent link it was started from (``reconsent``), if any
+    reconsent_id: int | None = None
 
     def started_in(self, session_id: str) -> bool:
         """Whether it was started in the browser session ``session_id`` (constant time)."""
@@ -136,8 +139,13 @@ def begin(
     redirect_uri: str,
     return_url: str,
     ttl: int,
+    link: ReconsentLink | None = None,
 ) -> str:
-    """Store a pending authorization for ``account`` and return the IdP's authorize URL."""
+    """Store a pending authorization for ``account`` and return the IdP's authorize URL.
+
+    Started from a re-consent ``link``, it remembers the link (the callback then wants its
+    pinned address, and uses the link up) and hints the IdP at the pinned address.
+    """
     provider = registry.get(account.provider)
     config = account.config
     state, verifier, nonce = (secrets.token_urlsafe(32) for _ in range(3))
@@ -157,6 +165,7 @@ def begin(
             redirect_uri=redirect_uri,
             return_url=return_url,
             expires_at=utcnow() + timedelta(seconds=ttl),
+            reconsent_id=link.id if link else None,
         )
         st.seal(pending, "code_verifier", verifier)
         s.add(pending)
@@ -171,7 +180,7 @@ def begin(
         "code_challenge_method": "S256",
         # OpenID Connect's nonce: an OIDC server refuses it on a request without openid.
         **({"nonce": nonce} if _requests_openid(scopes) else {}),
-        "login_hint": account.address,
+        "login_hint": link.pinned if link else account.address,
         **provider.authorize_params(config),
     }
     return _with_query(provider.endpoints(config).authorization, params)
@@ -189,12 +198,19 @@ def _with_query(url: str, params: Mapping[str, str]) -> str:
 
 
 def finish(
-    st: MailOAuthState, args: Mapping[str, str], *, session_id: str, timeout: float
+    st: MailOAuthState,
+    args: Mapping[str, str],
+    *,
+    session_id: str,
+    timeout: float,
+    may_manage: bool = True,
 ) -> CallbackOutcome:
     """Complete the authorization from the callback's query ``args``.
 
-    Raises :class:`AuthorizationFailed` when the response matches no pending authorization;
-    otherwise the outcome names the account and its page, with the error that stopped it if any.
+    Raises :class:`AuthorizationFailed` when the response matches no pending authorization,
+    or when one started from the modal returns to someone who may not manage (``may_manage``:
+    the host's access check; only a re-consent link's authorization needs none); otherwise
+    the outcome names the account and its page, with the error that stopped it if any.
     """
     state = args.get("state") or ""
     if not state:
@@ -210,6 +226,12 @@ def finish(
         raise AuthorizationFailed(
             gettext("This sign-in response is unknown or was already used."),
             gettext("Start again from the Config button; each authorization link works once."),
+        )
+    if pending.reconsent_id is None and not may_manage:
+        raise AuthorizationFailed(
+            gettext("You are not allowed to manage mail OAuth settings."),
+            gettext("Sign in to the helpdesk as an administrator and start again."),
+            code="not_allowed",
         )
     outcome = CallbackOutcome(pending.key, pending.purpose, pending.return_url)
     try:
@@ -289,6 +311,7 @@ def _take_pending(st: MailOAuthState, state: str) -> PendingAuthorization | None
             expires_at=row.expires_at,
             session_id=row.session_id,
             verifier=verifier,
+            reconsent_id=row.reconsent_id,
         )
         s.delete(row)
     return pending
@@ -304,6 +327,7 @@ def _complete(
 ) -> str | None:
     """Validate the callback step by step, then store the credentials; returns who signed in."""
     _check_pending(pending, session_id)
+    pinned = reconsent.pinned_for(st, pending.reconsent_id) if pending.reconsent_id else None
     account = _load_account(st, pending.account_id)
     issuer = _check_issuer(account, args)
     code = _authorization_code(account.provider, args)
@@ -319,9 +343,12 @@ def _complete(
         policy=policy,
     )
     identity = _identity(account.provider, account.config, claims, token, timeout, policy=policy)
-    _check_identity(account, identity)
+    if pinned is not None:
+        _check_pinned(pinned, identity)
+    else:
+        _check_identity(account, identity)
     _check_grant(st, account, token)
-    _store(st, account, token, identity)
+    _store(st, account, token, identity, pending.reconsent_id)
     signals.authorized.send(
         st.extension,
         key=account.key,
@@ -440,6 +467,22 @@ def _check_identity(account: AccountSnapshot, identity: Identity) -> None:
     """Strict Matching: the IdP must vouch that whoever signed in is the mailbox address."""
     if account.strict_matching and not identity.matches(account.address):
         raise _identity_mismatch(account.address, identity)
+
+
+def _check_pinned(pinned: str, identity: Identity) -> None:
+    """A re-consent link's authorization: the IdP must vouch for the pinned address, whatever
+    Strict Matching says (the admin named who signs in when creating the link)."""
+    if not identity.matches(pinned):
+        raise AuthorizationFailed(
+            gettext(
+                "This re-consent link is for %(pinned)s; the identity provider vouched for "
+                "%(actor)s.",
+                pinned=pinned,
+                actor=identity.email or gettext("an account whose address could not be read"),
+            ),
+            gettext("Open the link again and sign in as %(pinned)s.", pinned=pinned),
+            code="identity_mismatch",
+        )
 
 
 def _identity_mismatch(address: str, identity: Identity) -> AuthorizationFailed:
@@ -723,9 +766,14 @@ def _audience(token: TokenResponse) -> str | None:
 
 
 def _store(
-    st: MailOAuthState, account: AccountSnapshot, token: TokenResponse, identity: Identity
+    st: MailOAuthState,
+    account: AccountSnapshot,
+    token: TokenResponse,
+    identity: Identity,
+    reconsent_id: int | None = None,
 ) -> None:
-    """Replace the account's credentials and log the event, in one transaction."""
+    """Replace the account's credentials and log the event, in one transaction; with
+    ``reconsent_id``, that transaction also uses the link up, or stores nothing."""
     m = st.models
     now = utcnow()
     with own_session(st.db) as s:
@@ -735,6 +783,8 @@ def _store(
                 gettext("The account was deleted during the authorization."),
                 gettext("Open Config and submit the IdP Config again."),
             )
+        if reconsent_id is not None:
+            reconsent.claim(s, m, reconsent_id, identity.email)
         if row.credential is not None:
             s.delete(row.credential)
             s.flush()
@@ -762,7 +812,13 @@ def _store(
                 account_id=row.id,
                 kind=EventKind.AUTHORIZED,
                 actor=identity.email,
-                message=_authorized_message(identity, row.address, token.scope),
+                message=_authorized_message(identity, row.address, token.scope)
+                if reconsent_id is None
+                else gettext(
+                    "Authorized again through a re-consent link by %(actor)s; scopes: %(scopes)s",
+                    actor=identity.email or "?",
+                    scopes=token.scope,
+                ),
             )
         )
     st.cache.pop((account.key, account.purpose), None)

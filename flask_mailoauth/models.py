@@ -157,6 +157,7 @@ class AccountMixin(SecretRow):
         credential: Mapped[CredentialMixin | None]
         events: Mapped[list[EventMixin]]
         pending: Mapped[list[PendingAuthorizationMixin]]
+        reconsent_links: Mapped[list[ReconsentLinkMixin]]
 
 
 class CredentialMixin(SecretRow):
@@ -231,8 +232,40 @@ class PendingAuthorizationMixin(SecretRow):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
+    @declared_attr
+    def reconsent_id(cls) -> Mapped[int | None]:
+        """The re-consent link this authorization was started from, if any."""
+        return mapped_column(
+            sa.ForeignKey("mailoauth_reconsent.id", ondelete="CASCADE"), nullable=True
+        )
+
     if TYPE_CHECKING:  # bound by models_for, typed here
         account: Mapped[AccountMixin]
+
+
+class ReconsentLinkMixin(_Row):
+    """A re-consent link: whoever holds it may authorize one account again, once, before it
+    expires, signed in as the identity it is pinned to. Only its token's hash is stored."""
+
+    __tablename__ = "mailoauth_reconsent"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+
+    @declared_attr
+    def account_id(cls) -> Mapped[int]:
+        return mapped_column(sa.ForeignKey("mailoauth_account.id", ondelete="CASCADE"), index=True)
+
+    #: the address that must sign in: the mailbox, or a delegate of a shared mailbox
+    pinned: Mapped[str] = mapped_column(sa.String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: who signed in through it, as the IdP vouched
+    used_by: Mapped[str | None] = mapped_column(sa.String(320), nullable=True, info=outside_text())
+
+    if TYPE_CHECKING:  # bound by models_for, typed here
+        pending: Mapped[list[PendingAuthorizationMixin]]
 
 
 #: the events the Token tab shows for an account: its latest ones, which pruning always keeps
@@ -296,6 +329,7 @@ class Models:
     Credential: type[CredentialMixin]
     PendingAuthorization: type[PendingAuthorizationMixin]
     Event: type[EventMixin]
+    ReconsentLink: type[ReconsentLinkMixin]
 
 
 _models_by_db: weakref.WeakKeyDictionary[SQLAlchemy, Models] = weakref.WeakKeyDictionary()
@@ -321,6 +355,7 @@ def models_for(db: SQLAlchemy) -> Models:
         pending = relationship(
             "MailOAuthPendingAuthorization", cascade="all, delete-orphan", back_populates="account"
         )
+        reconsent_links = relationship("MailOAuthReconsentLink", cascade="all, delete-orphan")
 
     class MailOAuthCredential(CredentialMixin, db.Model):  # type: ignore[name-defined,misc]
         account = relationship(MailOAuthAccount, back_populates="credential")
@@ -331,10 +366,17 @@ def models_for(db: SQLAlchemy) -> Models:
     class MailOAuthEvent(EventMixin, db.Model):  # type: ignore[name-defined,misc]
         pass
 
+    class MailOAuthReconsentLink(ReconsentLinkMixin, db.Model):  # type: ignore[name-defined,misc]
+        pending = relationship("MailOAuthPendingAuthorization", cascade="all, delete-orphan")
+
     models = Models(
-        MailOAuthAccount, MailOAuthCredential, MailOAuthPendingAuthorization, MailOAuthEvent
+        MailOAuthAccount,
+        MailOAuthCredential,
+        MailOAuthPendingAuthorization,
+        MailOAuthEvent,
+        MailOAuthReconsentLink,
     )
-    for model in (MailOAuthCredential, MailOAuthEvent):
+    for model in (MailOAuthCredential, MailOAuthEvent, MailOAuthReconsentLink):
         _clean_outside_text(model)
     _models_by_db[db] = models
     return models

@@ -26,12 +26,12 @@ from flask import (
     session,
     url_for,
 )
-from flask_wtf.csrf import CSRFError, validate_csrf
+from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
 from markupsafe import Markup
 from werkzeug.wrappers import Response as BaseResponse
 from wtforms import ValidationError
 
-from . import accounts, connections, flow, i18n, monitoring, tokens
+from . import accounts, connections, flow, i18n, monitoring, reconsent, tokens
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError, UnknownProvider
 from .flashes import flash_category
 from .forms import AccountForm, account_form
@@ -42,7 +42,7 @@ from .models import utcnow
 from .providers import registry
 from .settings import PURPOSES, MailboxSettings, Purpose
 from .state import MailOAuthState, state
-from .vocabulary import EventKind, FlashKind
+from .vocabulary import EventKind, FlashKind, ReconsentState
 
 blueprint = Blueprint(
     "mailoauth",
@@ -65,6 +65,7 @@ EVENT_LABELS = {
     EventKind.REFRESHED: lazy_gettext("refreshed"),
     EventKind.REFRESH_FAILED: lazy_gettext("refresh failed"),
     EventKind.TOKEN_DELETED: lazy_gettext("token deleted"),
+    EventKind.RECONSENT_LINK_CREATED: lazy_gettext("re-consent link created"),
 }
 #: the names of an IdP's error identifiers (``ProviderFailure.diagnostics``), for people
 DIAGNOSTIC_LABELS = {
@@ -73,6 +74,17 @@ DIAGNOSTIC_LABELS = {
     "timestamp": lazy_gettext("Timestamp"),
 }
 SCRIPTED = "mailoauth"
+#: the views a re-consent link's holder reaches without the host's access check: the link's
+#: page, the start of its authorization, the callback (which demands the access check for any
+#: authorization not started from a link) and the page that says how it ended
+_OPEN_TO_LINK_HOLDERS = frozenset(
+    {
+        "mailoauth.reconsent_page",
+        "mailoauth.reconsent_start",
+        "mailoauth.reconsent_done",
+        "mailoauth.callback",
+    }
+)
 
 
 #: headers on every page of the blueprint: no framing by another site (the host's own pages may,
@@ -103,6 +115,8 @@ def require_access() -> None:
         return
     if request.endpoint == "mailoauth.metrics" and state().config.metrics_token is not None:
         return  # the scraper's bearer token stands in for a user (``metrics`` checks it)
+    if request.endpoint in _OPEN_TO_LINK_HOLDERS:
+        return  # a re-consent link is the key; the callback checks the rest (``flow.finish``)
     hooks = state().hooks
     if hooks.access_check is None:
         abort(403, description=NO_ACCESS_CHECK)
@@ -392,6 +406,7 @@ def callback() -> BaseResponse:
             request.args,
             session_id=flow.session_binding(session),
             timeout=st.config.http_timeout,
+            may_manage=st.hooks.access_check is not None and st.hooks.may_manage(),
         )
     except AuthorizationFailed as failure:
         return Response(_render("mailoauth/callback_error.html", failure=failure), status=400)
@@ -485,3 +500,85 @@ def _bearer_is(token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(
         value.strip().encode(), token.encode()
     )
+
+
+@blueprint.post("/<key>/<purpose>/reconsent")
+def create_reconsent(key: str, purpose: str) -> Response:
+    """Create a re-consent link for this account and show it, once, on the Token tab."""
+    _mailbox(key, purpose)
+    _check_csrf()
+    st = state()
+    account = accounts.account_for_authorization(st, key, purpose)
+    if account is None:
+        abort(404, description=gettext("Save the IdP Config first."))
+    try:
+        token, link = reconsent.create(
+            st, account, request.form.get("pinned"), st.config.reconsent_days
+        )
+    except ValueError as exc:
+        return _token_tab(key, purpose, notice=Notice("error", str(exc)))
+    url = url_for("mailoauth.reconsent_page", token=token, _external=True)
+    text = gettext(
+        "Send this link to %(pinned)s. It works once, until %(time)s UTC, and only to "
+        "authorize %(address)s again: %(url)s",
+        pinned=link.pinned,
+        time=link.expires_at.strftime("%Y-%m-%d %H:%M"),
+        address=link.address,
+        url=url,
+    )
+    return _token_tab(key, purpose, notice=Notice("success", text))
+
+
+@blueprint.get("/reconsent/<string(minlength=40, maxlength=100):token>")
+def reconsent_page(token: str) -> Response:
+    """The page a re-consent link opens: which mailbox, who signs in, a button to start.
+
+    A token is 43 characters: the length rule leaves ``/reconsent/mailbox`` to the modal of a
+    mailbox whose key is ``reconsent``."""
+    link = reconsent.find(state(), token)
+    return _reconsent_page(token, link)
+
+
+@blueprint.post("/reconsent/<string(minlength=40, maxlength=100):token>")
+def reconsent_start(token: str) -> BaseResponse:
+    """Start the link's authorization: to the IdP, hinting the pinned address."""
+    _check_csrf()
+    st = state()
+    link = reconsent.find(st, token)
+    if link is None or link.account is None or link.state(utcnow()) != ReconsentState.USABLE:
+        return _reconsent_page(token, link)
+    return redirect(
+        flow.begin(
+            st,
+            link.account,
+            session_id=flow.session_binding(session, create=True),
+            redirect_uri=callback_url(),
+            return_url=url_for("mailoauth.reconsent_done"),
+            ttl=st.config.pending_ttl,
+            link=link,
+        ),
+        code=303,
+    )
+
+
+@blueprint.get("/reconsent/done")
+def reconsent_done() -> Response:
+    """Where a re-consent link's authorization ends: its outcome (flashed), nothing else."""
+    return Response(_render("mailoauth/reconsent.html", link=None, done=True))
+
+
+def _reconsent_page(token: str, link: reconsent.ReconsentLink | None) -> Response:
+    """The link's page, or why it cannot be used (404 unknown, 410 used or expired)."""
+    if link is None:
+        return Response(_render("mailoauth/reconsent.html", link=None, done=False), status=404)
+    link_state = link.state(utcnow())
+    status = 200 if link_state == ReconsentState.USABLE else 410
+    page = _render(
+        "mailoauth/reconsent.html",
+        link=link,
+        state=link_state,
+        token=token,
+        done=False,
+        csrf_token=generate_csrf(),
+    )
+    return Response(page, status=status)

@@ -81,6 +81,7 @@ class EventKind(StrEnum):
     REFRESHED = "refreshed"
     REFRESH_FAILED = "refresh_failed"
     TOKEN_DELETED = "token_deleted"  # noqa: S105 - an event kind, not a secret
+    RECONSENT_LINK_CREATED = "reconsent_link_created"
 
 
 class EventLevel(StrEnum):
@@ -96,3 +97,11 @@ class FlashKind(StrEnum):
 
     SUCCESS = "success"
     ERROR = "error"
+
+
+class ReconsentState(StrEnum):
+    """Whether a re-consent link may still start an authorization (its page says which)."""
+
+    USABLE = "usable"
+    USED = "used"
+    EXPIRED = "expired"

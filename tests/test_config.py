@@ -52,6 +52,8 @@ BAD_VALUES = [
     ("MAILOAUTH_SECRET_WARNING_DAYS", (30, -1), "0 or more"),
     ("MAILOAUTH_REFRESH_CONCURRENCY", 0, "at least 1"),
     ("MAILOAUTH_FLASH_CATEGORIES", {"danger": "error"}, "'success' and/or 'error'"),
+    ("MAILOAUTH_RECONSENT_DAYS", 0, "at least 1"),
+    ("MAILOAUTH_RECONSENT_DAYS", "7", "whole number"),
     ("MAILOAUTH_METRICS", "yes", "True or False"),
     ("MAILOAUTH_METRICS", 2, "True or False"),
     ("MAILOAUTH_METRICS_TOKEN", "short", "at least 16"),

@@ -136,15 +136,19 @@ def test_smtp_connection_test_signs_in_as_smtp_address_and_tries_the_mailbox_as_
 def test_without_access_check_every_view_is_403_and_says_how_to_register_one(make_host):
     h = make_host(access=None)
     client = h.app.test_client()
-    for url in ("/mailoauth/callback", "/mailoauth/support/mailbox"):
+    for url in ("/mailoauth/support/mailbox", "/mailoauth/support/smtp"):
         response = client.get(url)
         assert response.status_code == 403
         assert b"@mailoauth.access_check" in response.data
+    # The callback is open to a re-consent link's holder; it refuses anything else itself.
+    refused = client.get("/mailoauth/callback")
+    assert refused.status_code == 400
+    assert b"carries no state" in refused.data
 
 
 def test_access_check_returning_false_is_403(make_host):
     client = make_host(access=False).app.test_client()
-    response = client.get("/mailoauth/callback")
+    response = client.get("/mailoauth/support/mailbox")
     assert response.status_code == 403
     assert b"not allowed" in response.data
 

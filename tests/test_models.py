@@ -51,6 +51,7 @@ def test_tables_are_prefixed_and_seen_by_alembic_autogenerate(make_host, tmp_pat
         "mailoauth_account",
         "mailoauth_credential",
         "mailoauth_pending",
+        "mailoauth_reconsent",
         "mailoauth_event",
     }
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
@@ -217,8 +218,19 @@ def _typed_relationships() -> dict[str, dict[str, str]]:
 def test_the_relationships_the_type_checker_is_told_are_the_ones_models_for_binds():
     bound = models.models_for(SQLAlchemy())
     typed = _typed_relationships()
-    assert set(typed) == {"AccountMixin", "CredentialMixin", "PendingAuthorizationMixin"}
-    for model in (bound.Account, bound.Credential, bound.PendingAuthorization, bound.Event):
+    assert set(typed) == {
+        "AccountMixin",
+        "CredentialMixin",
+        "PendingAuthorizationMixin",
+        "ReconsentLinkMixin",
+    }
+    for model in (
+        bound.Account,
+        bound.Credential,
+        bound.PendingAuthorization,
+        bound.Event,
+        bound.ReconsentLink,
+    ):
         mixin = next(c for c in model.__mro__ if c.__name__.endswith("Mixin"))
         relationships = sa.inspect(model).relationships
         declared = typed.get(mixin.__name__, {})
