@@ -32,7 +32,16 @@ class Authorized:
 
 
 def idp_fields(idp: IdP, client_id: str, *, scopes: str | None = None) -> dict[str, str]:
-    """The modal's IdP Config fields for ``idp`` (Microsoft-shaped or generic)."""
+    """The modal's IdP Config fields for ``idp`` (Microsoft-shaped, Google-shaped or generic)."""
+    if idp.shape == "google":
+        return {
+            "provider": "google",
+            "idp_client_id": client_id,
+            "idp_authorization_endpoint": idp.authorization_endpoint,
+            "idp_token_endpoint": idp.token_endpoint,
+            "idp_scopes": scopes or " ".join(idp.default_scope),
+            "idp_publishing_status": "production",
+        }
     if idp.shape == "microsoft":
         return {
             "provider": "microsoft",
