@@ -25,7 +25,7 @@ from .models import (
 )
 from .outbound import OutboundHTTP
 from .providers import registry
-from .revocation import Revoked, revoke
+from .revocation import Revoked, revocation_endpoint, revoke
 from .state import MailOAuthState
 from .vocabulary import CredentialStatus, EventKind, EventLevel, RevocationOutcome
 
@@ -388,15 +388,17 @@ def _revoke(
 ) -> Revoked:
     """Revoke the deleted grant: the client secret, refresh and access token ``revealed``,
     ``None`` when they could not be decrypted."""
-    if revealed is None:
-        return Revoked(
-            RevocationOutcome.FAILED,
-            gettext("The stored token cannot be decrypted, so it could not be sent."),
-        )
     try:
         provider = registry.get(provider_id)
     except UnknownProvider as exc:
         return Revoked(RevocationOutcome.FAILED, str(exc))
+    if revealed is None:
+        if not revocation_endpoint(provider, config):
+            return Revoked(RevocationOutcome.NOT_SUPPORTED)
+        return Revoked(
+            RevocationOutcome.FAILED,
+            gettext("The stored token cannot be decrypted, so it could not be sent."),
+        )
     client_secret, refresh_token, access_token = revealed
     timeout = st.config.http_timeout
     return revoke(

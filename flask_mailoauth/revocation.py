@@ -63,7 +63,7 @@ def revoke(
     ``deadline`` the whole call. Never raises.
     """
     try:
-        url = provider.endpoints(config).revocation
+        url = revocation_endpoint(provider, config)
         if not url:
             return Revoked(RevocationOutcome.NOT_SUPPORTED)
         token, hint = (
@@ -83,6 +83,11 @@ def revoke(
             RevocationOutcome.FAILED,
             gettext("The revocation request failed unexpectedly (%(error)s).", error=name),
         )
+
+
+def revocation_endpoint(provider: Provider, config: Mapping[str, str]) -> str | None:
+    """The account's revocation endpoint; ``None`` when the provider offers none."""
+    return provider.endpoints(config).revocation or None
 
 
 def _send(
