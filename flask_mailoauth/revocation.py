@@ -2,9 +2,9 @@
 
 One POST of the refresh token (or, without one, the access token) to the provider's revocation
 endpoint, on this thread's pooled session for the IdP (:mod:`.client`), under the outbound rules
-(:mod:`.outbound`: no redirect, vetted address, size cap, total deadline). Whatever the IdP
-answers, or fails to, is a :class:`Revoked` outcome to report, never an exception: the caller
-deletes the token locally either way.
+(:class:`~.outbound.OutboundPolicy`: no redirect, vetted address, size cap, total deadline).
+Whatever the IdP answers, or fails to, is a :class:`Revoked` outcome to report, never an
+exception: the caller deletes the token locally either way.
 """
 
 from __future__ import annotations
