@@ -22,9 +22,7 @@ import pytest
 from flask_mailoauth.sasl import xoauth2
 from peers.idp import GMAIL_SCOPE, GOOGLE_OFFLINE, Client, IdPError
 
-from .flows import authorize, csrf_token, point_at
-from .test_mail_e2e import wait_for_subject
-from .test_token_lifecycle import credential, events
+from .flows import authorize, credential, csrf_token, events, point_at, wait_for_subject
 
 SUPPORT = "support@example.test"
 
