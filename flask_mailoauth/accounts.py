@@ -25,8 +25,9 @@ from .models import (
 )
 from .outbound import OutboundHTTP
 from .providers import registry
+from .revocation import Revoked, revocation_endpoint, revoke
 from .state import MailOAuthState
-from .vocabulary import CredentialStatus, EventKind
+from .vocabulary import CredentialStatus, EventKind, EventLevel, RevocationOutcome
 
 #: characters of a token the Token tab shows; the rest is shrouded
 SHOWN_CHARACTERS = 2
@@ -348,21 +349,93 @@ def account_for_authorization(st: MailOAuthState, key: str, purpose: str) -> Acc
         return account
 
 
-def delete_token(st: MailOAuthState, key: str, purpose: str) -> bool:
-    """Delete the account's credentials (not its configuration); ``False`` when there were none."""
+def delete_token(st: MailOAuthState, key: str, purpose: str) -> Revoked | None:
+    """Delete the account's credentials (not its configuration) and revoke the grant at the
+    identity provider when the provider can (RFC 7009); ``None`` when there were none.
+
+    The row goes first, in its own transaction, so that no refresh can bring the grant back
+    and no transaction waits on the IdP; whatever the IdP then answers, the token stays
+    deleted, and the event log says what the IdP made of it.
+    """
     m = st.models
     with own_session(st.db) as s:
         account = find(s, m, key, purpose)
         if account is None or account.credential is None:
-            return False
-        s.delete(account.credential)
-        s.add(
-            m.Event(
-                account_id=account.id,
-                kind=EventKind.TOKEN_DELETED,
-                message=gettext("Token deleted by an admin"),
+            return None
+        provider_id, config = account.provider, dict(account.config)
+        try:
+            revealed: tuple[str, str, str] | None = (
+                st.reveal(account, "client_secret") if account.client_secret else "",
+                st.reveal(account.credential, "refresh_token"),
+                st.reveal(account.credential, "access_token"),
             )
-        )
+        except DecryptionError:
+            revealed = None
+        s.delete(account.credential)
     st.cache.pop((key, purpose), None)
+    revoked = _revoke(st, provider_id, config, revealed)
+    with own_session(st.db) as s:
+        account = find(s, m, key, purpose)
+        if account is not None:
+            s.add(
+                m.Event(
+                    account_id=account.id,
+                    kind=EventKind.TOKEN_DELETED,
+                    level=EventLevel.INFO if revoked.settled else EventLevel.WARNING,
+                    message=gettext(
+                        "Token deleted by an admin. %(revocation)s",
+                        revocation=revocation_report(revoked),
+                    ),
+                )
+            )
     signals.token_deleted.send(st.extension, key=key, purpose=purpose)
-    return True
+    return revoked
+
+
+def _revoke(
+    st: MailOAuthState,
+    provider_id: str,
+    config: Mapping[str, str],
+    revealed: tuple[str, str, str] | None,
+) -> Revoked:
+    """Revoke the deleted grant: the client secret, refresh and access token ``revealed``,
+    ``None`` when they could not be decrypted."""
+    try:
+        provider = registry.get(provider_id)
+    except UnknownProvider as exc:
+        return Revoked(RevocationOutcome.FAILED, str(exc))
+    if revealed is None:
+        if not revocation_endpoint(provider, config):
+            return Revoked(RevocationOutcome.NOT_SUPPORTED)
+        return Revoked(
+            RevocationOutcome.FAILED,
+            gettext("The stored token cannot be decrypted, so it could not be sent."),
+        )
+    client_secret, refresh_token, access_token = revealed
+    timeout = st.config.http_timeout
+    return revoke(
+        provider,
+        config,
+        client_secret,
+        refresh_token=refresh_token,
+        access_token=access_token,
+        policy=st.config.outbound,
+        timeout=timeout,
+        deadline=2 * timeout,
+    )
+
+
+def revocation_report(revoked: Revoked) -> str:
+    """One or two sentences on what the identity provider made of the revocation request."""
+    if revoked.outcome == RevocationOutcome.REVOKED:
+        return gettext("The identity provider confirmed the revocation.")
+    if revoked.outcome == RevocationOutcome.NOT_SUPPORTED:
+        return gettext(
+            "The provider offers no revocation: the grant stays valid at the identity provider "
+            "until it expires or is revoked there."
+        )
+    return gettext(
+        "The identity provider did not confirm the revocation: %(detail)s The grant may stay "
+        "valid until it expires; revoke it at the identity provider if it must stop working now.",
+        detail=revoked.detail,
+    )

@@ -252,6 +252,16 @@ def _send(
             raise
 
 
+def client_authentication(config: Mapping[str, str], client_secret: str) -> dict[str, str]:
+    """The body parameters that authenticate the client on a request beside the grants (the
+    revocation request): as :func:`_send` does for the grants, ``client_id`` and
+    ``client_secret`` in the body (never Basic auth); a public client sends its id alone."""
+    body = {"client_id": config["client_id"]}
+    if client_secret:
+        body["client_secret"] = client_secret
+    return body
+
+
 class _Answer:
     """The extension's reading of one token answer: the last compliance hook of the call.
 

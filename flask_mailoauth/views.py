@@ -426,19 +426,22 @@ def callback() -> BaseResponse:
 
 @blueprint.post("/<key>/<purpose>/delete")
 def delete(key: str, purpose: str) -> BaseResponse:
-    """Delete the account's token (the configuration stays)."""
+    """Delete the account's token (the configuration stays), revoking it at the IdP first
+    when the provider can; the banner says what the IdP made of it."""
     _mailbox(key, purpose)
     _check_csrf()
-    if accounts.delete_token(state(), key, purpose):
+    revoked = accounts.delete_token(state(), key, purpose)
+    if revoked is None:
+        flash(gettext("There was no token to delete."), flash_category(FlashKind.ERROR))
+    else:
         flash(
             gettext(
-                "Token deleted. Open Config and press Submit to authorize again; until then "
-                "mail is neither fetched nor sent with OAuth2."
+                "Token deleted. %(revocation)s Open Config and press Submit to authorize again; "
+                "until then mail is neither fetched nor sent with OAuth2.",
+                revocation=accounts.revocation_report(revoked),
             ),
-            flash_category(FlashKind.SUCCESS),
+            flash_category(FlashKind.SUCCESS if revoked.settled else FlashKind.ERROR),
         )
-    else:
-        flash(gettext("There was no token to delete."), flash_category(FlashKind.ERROR))
     return _go(_return_url(key, purpose))
 
 

@@ -84,6 +84,19 @@ class EventKind(StrEnum):
     RECONSENT_LINK_CREATED = "reconsent_link_created"
 
 
+class RevocationOutcome(StrEnum):
+    """What the identity provider made of a revocation request (RFC 7009) on Delete Token."""
+
+    #: the IdP answered 200: the token (and, at most IdPs, its grant) no longer works
+    REVOKED = "revoked"
+    #: the provider has no revocation endpoint: nothing was sent
+    NOT_SUPPORTED = "not_supported"
+    #: the IdP refused the request (4xx, e.g. ``unsupported_token_type`` or ``invalid_client``)
+    REFUSED = "refused"
+    #: no answer to go by: 5xx, unreachable, too slow, or an outbound rule stopped the call
+    FAILED = "failed"
+
+
 class EventLevel(StrEnum):
     """How much a history line matters (``Event.level``; the Token tab styles it)."""
 

@@ -1,4 +1,4 @@
-"""The test IdPs: npm oidc-provider in a generic and a Microsoft-shaped instance.
+"""The test IdPs: npm oidc-provider in a generic, a Microsoft-shaped and a Google-shaped instance.
 
 The server is ``idp/server.mjs`` beside this file (see its header); ``node_modules`` lives in
 ``<repo>/.peers/node`` (installed by ``scripts/install-peers``).
@@ -30,6 +30,11 @@ OUTLOOK_SCOPES = (
 )
 MS_SCOPE = ("openid", "profile", "email", "offline_access", *OUTLOOK_SCOPES)
 GENERIC_SCOPE = ("openid", "email", "profile", "offline_access")
+GMAIL_SCOPE = "https://mail.google.com/"
+GOOGLE_SCOPE = ("openid", "email", GMAIL_SCOPE)
+#: what Google needs to issue a refresh token: offline access and a consent prompt
+GOOGLE_OFFLINE = {"access_type": "offline", "prompt": "consent"}
+SHAPES = ("generic", "microsoft", "google")
 UNUSED_REDIRECT = "http://127.0.0.1:9/callback"  # nothing listens there; helpers stop before it
 
 
@@ -62,7 +67,7 @@ class IdP:
     """A running oidc-provider.
 
     It serves https only, with the certificate of :mod:`peers.tls`.
-    Attributes: ``shape`` ("generic" | "microsoft"), ``port``, ``base_url`` (scheme://host:port,
+    Attributes: ``shape`` ("generic" | "microsoft" | "google"), ``port``, ``base_url`` (scheme://host:port,
     Microsoft's "authority host"), ``issuer``, ``discovery_url``, ``metadata`` (discovery dict),
     ``tenant_id`` (Microsoft shape), ``introspection_client`` (a Client that may introspect any
     token; Dovecot uses it), ``cookie_names``, ``ca_file`` (the CA its certificate chains to:
@@ -71,7 +76,7 @@ class IdP:
     """
 
     def __init__(self, shape: str, log_dir: Path, expiring_ttl: int = 2) -> None:
-        if shape not in ("generic", "microsoft"):
+        if shape not in SHAPES:
             raise ValueError(shape)
         self.shape = shape
         self.port = free_port()
@@ -85,10 +90,9 @@ class IdP:
             else f"{self.base_url}/.well-known/openid-configuration"
         )
         self.introspection_client = Client(f"{shape}-introspector", secrets.token_urlsafe(16))
-        self.cookie_names = (
-            ("_ms_session", "_ms_interaction", "_ms_interaction_resume")
-            if shape == "microsoft"
-            else ("_session", "_interaction", "_interaction_resume")
+        prefix = {"microsoft": "_ms", "google": "_g"}.get(shape, "")
+        self.cookie_names = tuple(
+            f"{prefix}{name}" for name in ("_session", "_interaction", "_interaction_resume")
         )
         self.expiring_ttl = expiring_ttl
         self.log = log_dir / f"idp-{shape}.log"
@@ -163,7 +167,7 @@ class IdP:
 
     @property
     def default_scope(self) -> tuple[str, ...]:
-        return MS_SCOPE if self.shape == "microsoft" else GENERIC_SCOPE
+        return {"microsoft": MS_SCOPE, "google": GOOGLE_SCOPE}.get(self.shape, GENERIC_SCOPE)
 
     # ------------------------------------------------------------------ clients
     def register_client(

@@ -30,7 +30,17 @@ from .process import ARTIFACTS_DIR, REPO_ROOT, tail
 E2E_DIR = REPO_ROOT / "tests" / "e2e"
 
 # fixture name -> the attribute of its value that holds the log to show when a test fails
-PEER_FIXTURES = ("generic_idp", "ms_idp", "dovecot", "ms_dovecot", "postfix", "postgres")
+PEER_FIXTURES = (
+    "generic_idp",
+    "ms_idp",
+    "google_idp",
+    "dovecot",
+    "ms_dovecot",
+    "google_dovecot",
+    "postfix",
+    "google_postfix",
+    "postgres",
+)
 
 
 class _Session:
@@ -138,6 +148,20 @@ def ms_idp(peer_workdir: Path, peer_logs: Path) -> Iterator[IdP]:
     _stop("ms_idp", idp)
 
 
+@pytest.fixture(scope="session")
+def google_idp(peer_workdir: Path, peer_logs: Path) -> Iterator[IdP]:
+    """A Google-shaped OIDC provider: ``/o/oauth2/v2/auth``, ``/token``, ``/revoke``,
+    ``/oauth2/v3/certs``, ``/v1/userinfo`` under the issuer ``https://127.0.0.1:PORT``, the
+    scope ``https://mail.google.com/``, refresh tokens for ``access_type=offline`` with
+    ``prompt=consent`` only, never rotated."""
+    require_peer("idp")
+    t = time.monotonic()
+    idp = IdP("google", peer_logs)
+    _timed("google_idp", t)
+    yield idp
+    _stop("google_idp", idp)
+
+
 # ---------------------------------------------------------------------- Dovecot, Postfix
 @pytest.fixture(scope="session")
 def make_dovecot(peer_workdir: Path, peer_logs: Path) -> Iterator[Callable]:
@@ -179,6 +203,12 @@ def ms_dovecot(make_dovecot: Callable, ms_idp: IdP):
 
 
 @pytest.fixture(scope="session")
+def google_dovecot(make_dovecot: Callable, google_idp: IdP):
+    """Dovecot IMAP/POP3/LMTP validating tokens of ``google_idp``."""
+    return make_dovecot(google_idp, "google_dovecot")
+
+
+@pytest.fixture(scope="session")
 def postfix(dovecot, peer_workdir: Path, peer_logs: Path):
     """Postfix submission (SASL by ``dovecot``, delivery to it over LMTP).
 
@@ -193,6 +223,19 @@ def postfix(dovecot, peer_workdir: Path, peer_logs: Path):
     _timed("postfix", t)
     yield pf
     _stop("postfix", pf)
+
+
+@pytest.fixture(scope="session")
+def google_postfix(google_dovecot, peer_workdir: Path, peer_logs: Path):
+    """Postfix submission whose SASL is ``google_dovecot`` (tokens of ``google_idp``)."""
+    from .postfix import Postfix
+
+    require_peer("postfix")
+    t = time.monotonic()
+    pf = Postfix(google_dovecot, peer_workdir, peer_logs, name="google_postfix")
+    _timed("google_postfix", t)
+    yield pf
+    _stop("google_postfix", pf)
 
 
 # ---------------------------------------------------------------------- databases

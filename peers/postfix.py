@@ -54,7 +54,8 @@ class Postfix:
     """A Postfix master (``master -d``, stopped by PID) with one submission listener.
 
     Attributes: ``host``, ``port`` (SMTP submission, plaintext, AUTH XOAUTH2/OAUTHBEARER via
-    ``dovecot``), ``dovecot``, ``config_dir``, ``log`` (Path).
+    ``dovecot``), ``dovecot``, ``name`` (its directories' and logs' names: one per instance),
+    ``config_dir``, ``log`` (Path).
 
     Send-As (``smtpd_sender_login_maps`` + ``reject_sender_login_mismatch``, refused at MAIL
     FROM with 553 5.7.1): every address may send as itself; ``delegate@example.test`` may also
@@ -62,18 +63,21 @@ class Postfix:
     delivered to ``dovecot`` over LMTP; mail for other domains stays deferred in the queue.
     """
 
-    def __init__(self, dovecot: Dovecot, workdir: Path, log_dir: Path) -> None:
+    def __init__(
+        self, dovecot: Dovecot, workdir: Path, log_dir: Path, name: str = "postfix"
+    ) -> None:
+        self.name = name
         self.dovecot = dovecot
         self.host = HOST
         self.port = free_port()
-        self.config_dir = workdir / "postfix"
-        queue_dir = workdir / "postfix-spool"
-        data_dir = workdir / "postfix-data"
+        self.config_dir = workdir / name
+        queue_dir = workdir / f"{name}-spool"
+        data_dir = workdir / f"{name}-data"
         for d in (self.config_dir, queue_dir, data_dir):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o755)
         shutil.chown(data_dir, "postfix")
-        self.log = log_dir / "postfix.log"
+        self.log = log_dir / f"{name}.log"
         values = {
             "queue_dir": queue_dir,
             "data_dir": data_dir,
@@ -97,9 +101,9 @@ class Postfix:
         # the foreground so that its PID is ours to stop.
         make_queue_dirs(queue_dir)
         self.proc = Proc(
-            "postfix",
+            name,
             [MASTER, "-c", str(self.config_dir), "-d"],
-            log_dir / "postfix-stdout.log",
+            log_dir / f"{name}-stdout.log",
             env={"MAIL_CONFIG": str(self.config_dir)},
         )
         try:

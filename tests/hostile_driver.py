@@ -208,6 +208,17 @@ class Driver:
         kind, text = banners[0]
         return Outcome("success" if kind == "success" else "error", text)
 
+    def delete_token(self) -> Outcome:
+        """Press Delete Token; the banner shown back on the host's page."""
+        FIGURES.bump("inputs")
+        response = self.send("POST", f"{MODAL}/delete", data={"csrf_token": self.csrf()})
+        assert response.status_code == 303
+        with self.client.session_transaction() as session:
+            flashes = session.pop("_flashes", [])
+        self.shown.extend(text for _, text in flashes)
+        (kind, text), *_ = flashes
+        return Outcome("success" if kind == "success" else "error", text)
+
     # -- the API and the database ------------------------------------------------------------
     def access_token(self) -> str | MailOAuthError:
         """``ext.access_token("support")``: the token, or the typed error it raised."""

@@ -70,6 +70,7 @@ def test_fields_and_defaults(provider):
         ("jwks_uri", "JWKS URI"),
         ("userinfo_endpoint", "Userinfo Endpoint"),
         ("resource_endpoint", "Resource Details Endpoint"),
+        ("revocation_endpoint", "Revocation Endpoint"),
         ("scopes", "Scopes"),
         ("email_attribute", "Email Address Attribute"),
         ("iss_parameter", "Issuer in Response"),
@@ -83,6 +84,7 @@ def test_fields_and_defaults(provider):
     assert provider.field("email_attribute").signed
     assert not provider.field("prompt").signed
     assert not provider.field("iss_parameter").signed
+    assert not provider.field("revocation_endpoint").signed  # revoking needs no new consent
 
 
 def test_manual_endpoints_are_valid(provider):
@@ -151,6 +153,15 @@ def test_discovery_fills_blank_endpoints_and_keeps_typed_ones(provider, http, id
     }
     assert config["token_endpoint"] == "https://typed.example/token"
     assert idp.calls[0].request.headers["Accept"] == "application/json"
+
+
+def test_discovery_fills_the_revocation_endpoint(provider, http, idp):
+    """RFC 8414's revocation_endpoint becomes the endpoint Delete Token revokes at."""
+    idp.get(OIDC_URL, json={**METADATA, "revocation_endpoint": f"{ISSUER}/revoke"})
+    completed = provider.complete({"issuer": ISSUER, "client_id": "c"}, http)
+    assert completed["revocation_endpoint"] == f"{ISSUER}/revoke"
+    assert provider.endpoints(completed).revocation == f"{ISSUER}/revoke"
+    assert provider.endpoints(manual()).revocation is None
 
 
 def test_discovery_falls_back_to_rfc_8414(provider, http, idp):

@@ -76,6 +76,40 @@ def test_endpoints(provider, config):
     assert provider.expected_issuer(config, {}) == "https://accounts.google.com"
 
 
+def test_a_loopback_token_endpoint_is_a_google_shaped_test_idp(provider, config):
+    """Issuer, keys, userinfo and revocation follow a loopback token endpoint's origin, at
+    Google's paths, so that a local Google-shaped IdP can stand in for Google."""
+    config["authorization_endpoint"] = "https://127.0.0.1:8443/o/oauth2/v2/auth"
+    config["token_endpoint"] = "https://127.0.0.1:8443/token"
+    endpoints = provider.endpoints(config)
+    assert endpoints.issuer == "https://127.0.0.1:8443"
+    assert endpoints.jwks_uri == "https://127.0.0.1:8443/oauth2/v3/certs"
+    assert endpoints.userinfo == "https://127.0.0.1:8443/v1/userinfo"
+    assert endpoints.revocation == "https://127.0.0.1:8443/revoke"
+    assert provider.expected_issuer(config, {}) == "https://127.0.0.1:8443"
+    assert provider.validate(config, allow_insecure_http=True) == {}
+
+
+def test_a_loopback_token_endpoint_needs_the_test_switch(provider, config):
+    config["token_endpoint"] = "https://localhost:8443/token"
+    errors = provider.validate(config, allow_insecure_http=False)
+    assert errors == {
+        "token_endpoint": "A loopback token endpoint is a local test IdP; set "
+        "MAILOAUTH_ALLOW_INSECURE_HTTP to use one."
+    }
+
+
+def test_any_other_token_endpoint_keeps_googles_fixed_endpoints(provider, config):
+    """Only loopback counts as a test IdP: a token endpoint elsewhere never moves the issuer
+    (an id_token must still come from Google)."""
+    config["token_endpoint"] = "https://idp.example.com/token"
+    endpoints = provider.endpoints(config)
+    assert (endpoints.issuer, endpoints.revocation) == (
+        "https://accounts.google.com",
+        "https://oauth2.googleapis.com/revoke",
+    )
+
+
 def test_authorize_params_ask_for_a_refresh_token(provider, config):
     assert provider.authorize_params(config) == {"access_type": "offline", "prompt": "consent"}
     assert provider.refresh_params(config) == {}

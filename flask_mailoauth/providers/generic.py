@@ -32,6 +32,7 @@ _DISCOVERED = {
     "token_endpoint": "token_endpoint",
     "jwks_uri": "jwks_uri",
     "userinfo_endpoint": "userinfo_endpoint",
+    "revocation_endpoint": "revocation_endpoint",
 }
 
 
@@ -160,6 +161,16 @@ class GenericProvider(Provider):
             ),
         ),
         ConfigField(
+            "revocation_endpoint",
+            lazy_gettext("Revocation Endpoint"),
+            kind="url",
+            help=lazy_gettext(
+                "Where Delete Token revokes the grant (RFC 7009); discovery fills it when the "
+                "provider lists one."
+            ),
+            signed=False,
+        ),
+        ConfigField(
             "scopes", lazy_gettext("Scopes"), default="openid email offline_access", kind="scopes"
         ),
         ConfigField(
@@ -258,6 +269,7 @@ class GenericProvider(Provider):
             jwks_uri=self.value(config, "jwks_uri") or None,
             userinfo=self.value(config, "userinfo_endpoint") or None,
             resource=self.value(config, "resource_endpoint") or None,
+            revocation=self.value(config, "revocation_endpoint") or None,
             authorization_response_iss=self.value(config, "iss_parameter") == ISS_REQUIRED,
         )
 

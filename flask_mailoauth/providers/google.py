@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from ..i18n import gettext, lazy_gettext
 from ..vocabulary import FailureKind
@@ -19,6 +21,7 @@ from .base import (
     MailServer,
     MailServers,
     Provider,
+    is_loopback_host,
 )
 
 #: the one scope Gmail's IMAP, POP and SMTP accept
@@ -59,6 +62,14 @@ ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
     }
 )
 
+
+#: Google's OpenID Connect issuer, signing keys, userinfo and revocation endpoints
+GOOGLE_ISSUER = "https://accounts.google.com"
+GOOGLE_JWKS = "https://www.googleapis.com/oauth2/v3/certs"
+GOOGLE_USERINFO = "https://openidconnect.googleapis.com/v1/userinfo"
+GOOGLE_REVOCATION = "https://oauth2.googleapis.com/revoke"
+#: the same endpoints' paths under a loopback test IdP's origin (see :meth:`endpoints`)
+LOCAL_PATHS = {"jwks": "/oauth2/v3/certs", "userinfo": "/v1/userinfo", "revocation": "/revoke"}
 
 #: Google refresh tokens of apps in Testing mode stop working after this long
 TESTING_REFRESH_TOKEN_LIFETIME = timedelta(days=7)
@@ -115,7 +126,8 @@ class GoogleProvider(Provider):
     )
 
     def validate(self, config: Mapping[str, str], *, allow_insecure_http: bool) -> dict[str, str]:
-        """Base checks plus the Gmail scope and the scopes that reveal who authorized."""
+        """Base checks plus the Gmail scope and the scopes that reveal who authorized; a
+        loopback (test) IdP only with ``MAILOAUTH_ALLOW_INSECURE_HTTP``."""
         errors = super().validate(config, allow_insecure_http=allow_insecure_http)
         scopes = set(self.scopes(config))
         if MAIL_SCOPE not in scopes:
@@ -131,18 +143,48 @@ class GoogleProvider(Provider):
                 "scopes",
                 gettext("Add openid and email: without them the mailbox address cannot be read."),
             )
+        if self._local(config) and not allow_insecure_http:
+            errors.setdefault(
+                "token_endpoint",
+                gettext(
+                    "A loopback token endpoint is a local test IdP; set "
+                    "MAILOAUTH_ALLOW_INSECURE_HTTP to use one."
+                ),
+            )
         return errors
 
     def endpoints(self, config: Mapping[str, str]) -> Endpoints:
-        """The configured authorize/token endpoints and Google's fixed OIDC endpoints."""
-        return Endpoints(
+        """The configured authorize/token endpoints and Google's fixed OIDC endpoints.
+
+        A token endpoint on a loopback host is a local Google-shaped test IdP (it validates
+        only with ``MAILOAUTH_ALLOW_INSECURE_HTTP``, and only then may IdP calls reach
+        loopback): issuer, keys, userinfo and revocation are then Google's paths under its
+        origin.
+        """
+        token = self.value(config, "token_endpoint")
+        endpoints = Endpoints(
             authorization=self.value(config, "authorization_endpoint"),
-            token=self.value(config, "token_endpoint"),
-            issuer="https://accounts.google.com",
-            jwks_uri="https://www.googleapis.com/oauth2/v3/certs",
-            userinfo="https://openidconnect.googleapis.com/v1/userinfo",
-            revocation="https://oauth2.googleapis.com/revoke",
+            token=token,
+            issuer=GOOGLE_ISSUER,
+            jwks_uri=GOOGLE_JWKS,
+            userinfo=GOOGLE_USERINFO,
+            revocation=GOOGLE_REVOCATION,
         )
+        if not self._local(config):
+            return endpoints
+        parts = urlsplit(token)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        return replace(
+            endpoints,
+            issuer=origin,
+            jwks_uri=origin + LOCAL_PATHS["jwks"],
+            userinfo=origin + LOCAL_PATHS["userinfo"],
+            revocation=origin + LOCAL_PATHS["revocation"],
+        )
+
+    def _local(self, config: Mapping[str, str]) -> bool:
+        """Whether the token endpoint is on a loopback host: a local test IdP."""
+        return is_loopback_host(urlsplit(self.value(config, "token_endpoint")).hostname)
 
     def required_scopes(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
         """Gmail's one mail scope serves IMAP, POP and SMTP alike."""

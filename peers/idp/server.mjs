@@ -1,11 +1,15 @@
 // Test-only OpenID Connect provider for flask-mailoauth's end-to-end tests (npm oidc-provider).
 //
-// One file, two shapes (IDP_SHAPE):
+// One file, three shapes (IDP_SHAPE):
 //   generic    issuer https://127.0.0.1:PORT, standard oidc-provider routes.
+//   google     issuer https://127.0.0.1:PORT, Google's routes (/o/oauth2/v2/auth, /token, /revoke,
+//              /oauth2/v3/certs, /v1/userinfo), the scope https://mail.google.com/, refresh tokens
+//              only for access_type=offline with prompt=consent, never rotated, and token answers
+//              whose scope leaves out offline_access, as Google's do.
 //   microsoft  issuer https://127.0.0.1:PORT/{tid}/v2.0, routes /{tenant}/oauth2/v2.0/authorize|token,
 //              /{tenant}/discovery/v2.0/keys, Microsoft-like token responses (no email claim in
 //              the id_token, scope without offline_access, rotated refresh tokens) and AADSTS errors.
-// Both: devInteractions login/consent pages, refresh tokens always issued, open dynamic client
+// All: devInteractions login/consent pages, refresh tokens always issued, open dynamic client
 // registration (client metadata `rotate_refresh_token` picks rotation per client), introspection
 // with the `email` claim (for Dovecot), revocation, short-lived access tokens for accounts whose id
 // starts with "expiring", and test instrumentation under /_test/ (see handleTestRoute).
@@ -37,6 +41,7 @@ const store = new LRU({ maxSize: 10_000_000 });
 const port = Number(process.env.IDP_PORT || 0);
 const shape = process.env.IDP_SHAPE || 'generic';
 const microsoft = shape === 'microsoft';
+const google = shape === 'google';
 const tid = process.env.IDP_TENANT_ID || '9188040d-6c67-4c5b-b112-36a304b66dad';
 const expiringTtl = Number(process.env.IDP_EXPIRING_TTL || 2);
 const introspector = {
@@ -55,8 +60,17 @@ const msRoutes = {
   jwks: '/common/discovery/v2.0/keys',
   end_session: '/common/oauth2/v2.0/logout',
 };
-const tokenPath = microsoft ? msRoutes.token : '/token';
-const authPath = microsoft ? msRoutes.authorization : '/auth';
+const GMAIL = 'https://mail.google.com/';
+const googleRoutes = {
+  authorization: '/o/oauth2/v2/auth',
+  token: '/token',
+  revocation: '/revoke',
+  jwks: '/oauth2/v3/certs',
+  userinfo: '/v1/userinfo',
+};
+const routes = microsoft ? msRoutes : google ? googleRoutes : {};
+const tokenPath = routes.token || '/token';
+const authPath = routes.authorization || '/auth';
 
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 
@@ -69,10 +83,12 @@ const provider = new Provider(issuer, {
     // Cookies ignore ports: give the second shape its own names so both IdPs work in one browser.
     names: microsoft
       ? { session: '_ms_session', interaction: '_ms_interaction', resume: '_ms_interaction_resume' }
-      : { session: '_session', interaction: '_interaction', resume: '_interaction_resume' },
+      : google
+        ? { session: '_g_session', interaction: '_g_interaction', resume: '_g_interaction_resume' }
+        : { session: '_session', interaction: '_interaction', resume: '_interaction_resume' },
   },
-  routes: microsoft ? msRoutes : {},
-  scopes: ['openid', 'offline_access', 'email', 'profile', 'mail', ...outlookScopes],
+  routes,
+  scopes: ['openid', 'offline_access', 'email', 'profile', 'mail', GMAIL, ...outlookScopes],
   claims: microsoft
     ? { openid: ['sub', 'oid', 'tid'], email: [], profile: ['preferred_username', 'name'] }
     : { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'preferred_username'] },
@@ -100,7 +116,9 @@ const provider = new Provider(issuer, {
     Interaction: 3600,
   },
   expiresWithSession: async () => false,
-  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'), // Microsoft-like
+  // Microsoft-like: always. Google: only for offline access (see the authorization rewrite below).
+  issueRefreshToken: async (ctx, client, code) =>
+    client.grantTypeAllowed('refresh_token') && (!google || code.scopes.has('offline_access')),
   rotateRefreshToken: (ctx) => {
     const setting = ctx.oidc.entities.Client?.rotate_refresh_token;
     return setting === undefined ? microsoft : setting; // Microsoft rotates, Google does not
@@ -250,6 +268,13 @@ provider.use(async (ctx, next) => {
     const prompts = new Set(ctx.query.prompt.split(' ').map((p) => (p === 'select_account' ? 'login' : p)));
     ctx.query = { ...ctx.query, prompt: [...prompts].join(' ') };
   }
+  if (google && ctx.path === authPath) {
+    // Google knows no offline_access scope: access_type=offline asks for a refresh token, and
+    // only a consent prompt issues one (what oidc-provider does for offline_access).
+    const scope = String(ctx.query.scope || '').split(' ').filter((s) => s && s !== 'offline_access');
+    if (ctx.query.access_type === 'offline') scope.push('offline_access');
+    ctx.query = { ...ctx.query, scope: scope.join(' ') };
+  }
   const isToken = ctx.path === tokenPath && ctx.method === 'POST';
   let form;
   if (isToken && (failures.length || microsoft)) {
@@ -285,6 +310,9 @@ provider.use(async (ctx, next) => {
   if (isToken) {
     const grantType = ctx.oidc?.params?.grant_type;
     if (microsoft) microsoftTokenResponse(ctx, grantType);
+    if (google && ctx.status === 200 && typeof ctx.body?.scope === 'string') {
+      ctx.body.scope = ctx.body.scope.split(' ').filter((s) => s && s !== 'offline_access').join(' ');
+    }
     count(grantType, ctx.status);
   }
 });

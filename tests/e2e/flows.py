@@ -6,11 +6,19 @@ mailbox user at oidc-provider's login and consent pages.
 
 from __future__ import annotations
 
+import email
+import email.policy
+import imaplib
 import re
+import time
 from dataclasses import dataclass
+from email.message import EmailMessage
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
+
 from flask_mailoauth import MailboxSettings
+from flask_mailoauth.models import own_session
 from peers import login_and_consent
 from peers.idp import IdP
 
@@ -32,7 +40,16 @@ class Authorized:
 
 
 def idp_fields(idp: IdP, client_id: str, *, scopes: str | None = None) -> dict[str, str]:
-    """The modal's IdP Config fields for ``idp`` (Microsoft-shaped or generic)."""
+    """The modal's IdP Config fields for ``idp`` (Microsoft-shaped, Google-shaped or generic)."""
+    if idp.shape == "google":
+        return {
+            "provider": "google",
+            "idp_client_id": client_id,
+            "idp_authorization_endpoint": idp.authorization_endpoint,
+            "idp_token_endpoint": idp.token_endpoint,
+            "idp_scopes": scopes or " ".join(idp.default_scope),
+            "idp_publishing_status": "production",
+        }
     if idp.shape == "microsoft":
         return {
             "provider": "microsoft",
@@ -118,3 +135,42 @@ def point_at(
         smtp_security="none" if postfix else None,
         **settings,
     )
+
+
+def credential(host, key="support", purpose="mailbox"):
+    """(credential row, access token, refresh token) as stored now."""
+    st = host.app.extensions["mailoauth"]
+    m = st.models
+    with host.app.app_context(), own_session(st.db) as s:
+        cred = s.scalars(
+            sa.select(m.Credential)
+            .join(m.Account)
+            .where(m.Account.key == key, m.Account.purpose == purpose)
+        ).one()
+        return cred, st.reveal(cred, "access_token"), st.reveal(cred, "refresh_token")
+
+
+def events(host, kind=None):
+    """The account events stored now, oldest first; only those of ``kind`` when given."""
+    st = host.app.extensions["mailoauth"]
+    Event = st.models.Event
+    with host.app.app_context(), own_session(st.db) as s:
+        query = sa.select(Event).order_by(Event.id)
+        if kind:
+            query = query.where(Event.kind == kind)
+        return list(s.scalars(query))
+
+
+def wait_for_subject(conn: imaplib.IMAP4, subject: str, timeout: float = 10.0) -> EmailMessage:
+    """Poll the selected INBOX of a signed-in ``conn`` until ``subject`` arrives (LMTP)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        typ, _ = conn.select("INBOX")
+        assert typ == "OK"
+        hits = conn.search(None, "SUBJECT", f'"{subject}"')[1][0].split()
+        if hits or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert hits, f"{subject!r} was not delivered"
+    raw = conn.fetch(hits[-1], "(RFC822)")[1][0][1]
+    return email.message_from_bytes(raw, policy=email.policy.default)

@@ -31,25 +31,12 @@ from peers.tls import test_ca
 
 from ..conftest import TEST_KEY
 from ..faults import TcpProxy, row_locked
-from .flows import authorize, point_at
+from .flows import authorize, credential, events, point_at
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------- helpers
-def credential(host, key="support", purpose="mailbox"):
-    """(credential row, access token, refresh token) as stored now."""
-    st = host.app.extensions["mailoauth"]
-    m = st.models
-    with host.app.app_context(), own_session(st.db) as s:
-        cred = s.scalars(
-            sa.select(m.Credential)
-            .join(m.Account)
-            .where(m.Account.key == key, m.Account.purpose == purpose)
-        ).one()
-        return cred, st.reveal(cred, "access_token"), st.reveal(cred, "refresh_token")
-
-
 def update_credential(host, key="support", **values):
     """Change the stored credential behind the extension's back (as another process would), and
     drop this process's cache so that the change is seen at once."""
@@ -60,16 +47,6 @@ def update_credential(host, key="support", **values):
         for name, value in values.items():
             setattr(cred, name, value)
     st.cache.clear()
-
-
-def events(host, kind=None):
-    st = host.app.extensions["mailoauth"]
-    Event = st.models.Event
-    with host.app.app_context(), own_session(st.db) as s:
-        query = sa.select(Event).order_by(Event.id)
-        if kind:
-            query = query.where(Event.kind == kind)
-        return list(s.scalars(query))
 
 
 def imap_select(host, key="support"):
