@@ -10,8 +10,8 @@ from datetime import date, datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import signals
-from .errors import DecryptionError
+from . import signals, tenant_setup
+from .errors import DecryptionError, UnknownProvider
 from .health import account_health
 from .i18n import gettext, lazy_gettext
 from .models import (
@@ -26,7 +26,8 @@ from .models import (
 from .outbound import OutboundHTTP
 from .providers import registry
 from .state import MailOAuthState
-from .vocabulary import CredentialStatus, EventKind
+from .tenant_setup import SetupCommand
+from .vocabulary import AccessKind, CredentialStatus, EventKind
 
 #: characters of a token the Token tab shows; the rest is shrouded
 SHOWN_CHARACTERS = 2
@@ -100,6 +101,18 @@ class TokenDetails:
 
 
 @dataclass(frozen=True)
+class ApplicationAccess:
+    """The Token tab of an account with application access: the roles its token carries,
+    those the mail protocols need but it lacks, and the tenant setup for this mailbox."""
+
+    roles: tuple[str, ...]
+    missing_roles: tuple[str, ...]
+    service_principal_known: bool
+    setup: tuple[SetupCommand, ...]
+    script: str
+
+
+@dataclass(frozen=True)
 class AccountView:
     """Everything the modal renders for one account (never a secret in clear)."""
 
@@ -118,6 +131,8 @@ class AccountView:
     token: TokenDetails | None = None
     events: list[EventMixin] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: set when the account uses application access
+    application: ApplicationAccess | None = None
 
 
 def default_name(address: str, purpose: str) -> str:
@@ -172,7 +187,35 @@ def view(
             warnings=account_health(account, account.credential, st.config, utcnow()).warnings
             if account.credential is not None
             else [],
+            application=_application(st, account, address),
         )
+
+
+def _application(
+    st: MailOAuthState, account: AccountMixin, address: str
+) -> ApplicationAccess | None:
+    """The application access details of ``account``, or ``None`` when it is delegated."""
+    try:
+        provider = registry.get(account.provider)
+    except UnknownProvider:
+        return None
+    config = account.config
+    if provider.access(config) != AccessKind.APPLICATION:
+        return None
+    cred = account.credential
+    readable = _readable(st, cred) if cred is not None else None
+    roles = tuple(tenant_setup.token_roles(readable[0])) if readable else ()
+    protocols = tenant_setup.served_protocols(st, account.key, account.purpose)
+    required = provider.required_roles(config, protocols)
+    sp_id = provider.value(config, "service_principal_id")
+    setup = tenant_setup.commands(provider.value(config, "client_id"), sp_id, address, protocols)
+    return ApplicationAccess(
+        roles=roles,
+        missing_roles=tuple(r for r in required if r not in roles) if readable else (),
+        service_principal_known=bool(sp_id),
+        setup=tuple(setup),
+        script=tenant_setup.script(setup),
+    )
 
 
 def find(session: Session, m: Models, key: str, purpose: str) -> AccountMixin | None:

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from urllib.request import getproxies
 
 import requests
-from oauthlib.oauth2 import WebApplicationClient
+from oauthlib.oauth2 import BackendApplicationClient, WebApplicationClient
 from requests_oauthlib import OAuth2Session
 
 from .outbound import OutboundPolicy, mount
@@ -46,6 +46,8 @@ _LIBRARY_LOGGER = "requests_oauthlib.oauth2_session"
 
 class PooledSession(OAuth2Session):
     """An ``OAuth2Session`` under an outbound policy, lent to one call at a time."""
+
+    _client: WebApplicationClient | BackendApplicationClient
 
     def __init__(self, policy: OutboundPolicy) -> None:
         super().__init__()
@@ -80,6 +82,11 @@ class PooledSession(OAuth2Session):
             self.compliance_hook["access_token_response"].clear()
             self.compliance_hook["refresh_token_response"].clear()
             self.compliance_hook["protected_request"].clear()
+
+    def use_backend_client(self) -> None:
+        """This loan's call is a client_credentials grant: oauthlib's backend client builds
+        its body (the loan puts the web client back)."""
+        self._client = BackendApplicationClient(self._client.client_id)
 
     def __del__(self) -> None:
         # A worker thread's sessions go when the thread ends: close their sockets then, not

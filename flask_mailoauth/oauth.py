@@ -1,7 +1,8 @@
 """Talking to a token endpoint: one request, its classified failure, the parsed token.
 
-Both grants go through :func:`request_token`: the authorization code exchange (``flow``) and
-the refresh (``tokens``), sent by requests-oauthlib (``fetch_token``, ``refresh_token``) on this
+Every grant goes through :func:`request_token`: the authorization code exchange (``flow``), the
+refresh and the client credentials grant of application access (``tokens``), sent by
+requests-oauthlib (``fetch_token``, ``refresh_token``) on this
 thread's pooled session for the IdP (:mod:`.client`), under the outbound rules
 (:mod:`.outbound`: no redirect, vetted address, size cap, total deadline). The answer is data
 from outside: after the provider's compliance hooks, every field is checked here, and anything
@@ -24,9 +25,8 @@ from typing import Any, Literal, overload
 import jwt
 import requests
 from oauthlib.oauth2 import InsecureTransportError
-from requests_oauthlib import OAuth2Session
 
-from .client import session_for
+from .client import PooledSession, session_for
 from .errors import (
     AddressRefused,
     DeadlineExceeded,
@@ -205,7 +205,7 @@ def _request_token(
 
 
 def _send(
-    oauth: OAuth2Session,
+    oauth: PooledSession,
     url: str,
     client_id: str,
     client_secret: str,
@@ -242,6 +242,15 @@ def _send(
                 refresh_token=params.pop("refresh_token"),
                 client_id=client_id,
                 client_secret=client_secret,
+                timeout=call,
+                **params,
+            )
+        elif kind == "client_credentials":
+            oauth.use_backend_client()
+            oauth.fetch_token(
+                url,
+                client_secret=client_secret,
+                include_client_id=True,
                 timeout=call,
                 **params,
             )

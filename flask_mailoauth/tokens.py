@@ -722,11 +722,13 @@ def _keep_storing(
 
 
 def _ask_idp(claim: _Claim, config: Config) -> TokenResponse | ProviderFailure:
-    """The refresh_token grant: the IdP's answer or the failure; any exception in the
-    provider's hooks or the call is a failure, recorded like any other."""
+    """The account's grant (:meth:`Provider.token_grant`: refresh_token when delegated,
+    client_credentials for application access...): the IdP's answer or the failure; any
+    exception in the provider's hooks or the call is a failure, recorded like any other."""
     try:
-        grant = {"grant_type": "refresh_token", "refresh_token": claim.refresh_token}
-        grant.update(claim.provider.refresh_params(claim.config))
+        grant = claim.provider.token_grant(
+            claim.config, refresh_token=claim.refresh_token, client_secret=claim.client_secret
+        )
         answer = request_token(
             claim.provider,
             claim.config,

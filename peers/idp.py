@@ -197,6 +197,32 @@ class IdP:
         self._auth_methods[data["client_id"]] = auth_method
         return Client(data["client_id"], data["client_secret"])
 
+    def register_app(self, redirect_uri: str | list[str] = UNUSED_REDIRECT) -> Client:
+        """A client that may also use the client_credentials grant (application access; the
+        Microsoft shape), authenticating with client_secret_post."""
+        return self.register_client(
+            redirect_uri,
+            auth_method="client_secret_post",
+            grant_types=["authorization_code", "refresh_token", "client_credentials"],
+        )
+
+    def grant_app_mailbox(self, client_id: str, mailbox: str | None) -> str:
+        """Let the application open ``mailbox`` (Add-MailboxPermission; ``None`` removes it);
+        returns its service principal's object id."""
+        body = {"client_id": client_id, "mailbox": mailbox}
+        r = self.http.post(f"{self.base_url}/_test/app_mailbox", json=body, timeout=5)
+        r.raise_for_status()
+        return str(r.json()["service_principal"])
+
+    def set_app_roles(self, client_id: str, roles: list[str]) -> None:
+        """The application permissions consented for ``client_id`` (its tokens' ``roles``)."""
+        body = {"client_id": client_id, "roles": roles}
+        self.http.post(f"{self.base_url}/_test/app_roles", json=body, timeout=5).raise_for_status()
+
+    def consents(self) -> list[dict[str, str]]:
+        """The admin consents given so far (client_id, tenant, at)."""
+        return list(self.http.get(f"{self.base_url}/_test/consents", timeout=5).json()["consents"])
+
     # ------------------------------------------------------------------ instrumentation
     def stats(self) -> dict[str, Any]:
         """Token-endpoint calls since the last reset.

@@ -30,7 +30,15 @@ from .process import ARTIFACTS_DIR, REPO_ROOT, tail
 E2E_DIR = REPO_ROOT / "tests" / "e2e"
 
 # fixture name -> the attribute of its value that holds the log to show when a test fails
-PEER_FIXTURES = ("generic_idp", "ms_idp", "dovecot", "ms_dovecot", "postfix", "postgres")
+PEER_FIXTURES = (
+    "generic_idp",
+    "ms_idp",
+    "dovecot",
+    "ms_dovecot",
+    "postfix",
+    "ms_postfix",
+    "postgres",
+)
 
 
 class _Session:
@@ -193,6 +201,20 @@ def postfix(dovecot, peer_workdir: Path, peer_logs: Path):
     _timed("postfix", t)
     yield pf
     _stop("postfix", pf)
+
+
+@pytest.fixture(scope="session")
+def ms_postfix(ms_dovecot, peer_workdir: Path, peer_logs: Path):
+    """Postfix submission as ``postfix``, with SASL by and delivery to ``ms_dovecot`` (tokens of
+    ``ms_idp``, application tokens included)."""
+    from .postfix import Postfix
+
+    require_peer("postfix")
+    t = time.monotonic()
+    pf = Postfix(ms_dovecot, peer_workdir, peer_logs, name="ms_postfix")
+    _timed("ms_postfix", t)
+    yield pf
+    _stop("ms_postfix", pf)
 
 
 # ---------------------------------------------------------------------- databases

@@ -62,18 +62,21 @@ class Postfix:
     delivered to ``dovecot`` over LMTP; mail for other domains stays deferred in the queue.
     """
 
-    def __init__(self, dovecot: Dovecot, workdir: Path, log_dir: Path) -> None:
+    def __init__(
+        self, dovecot: Dovecot, workdir: Path, log_dir: Path, name: str = "postfix"
+    ) -> None:
         self.dovecot = dovecot
+        self.name = name
         self.host = HOST
         self.port = free_port()
-        self.config_dir = workdir / "postfix"
-        queue_dir = workdir / "postfix-spool"
-        data_dir = workdir / "postfix-data"
+        self.config_dir = workdir / name
+        queue_dir = workdir / f"{name}-spool"
+        data_dir = workdir / f"{name}-data"
         for d in (self.config_dir, queue_dir, data_dir):
             d.mkdir(parents=True, exist_ok=True)
             d.chmod(0o755)
         shutil.chown(data_dir, "postfix")
-        self.log = log_dir / "postfix.log"
+        self.log = log_dir / f"{name}.log"
         values = {
             "queue_dir": queue_dir,
             "data_dir": data_dir,
@@ -99,7 +102,7 @@ class Postfix:
         self.proc = Proc(
             "postfix",
             [MASTER, "-c", str(self.config_dir), "-d"],
-            log_dir / "postfix-stdout.log",
+            log_dir / f"{name}-stdout.log",
             env={"MAIL_CONFIG": str(self.config_dir)},
         )
         try:
