@@ -413,3 +413,19 @@ def test_test_connection_names_the_missing_setup_step_for_application_access(
         st = host.app.extensions["mailoauth"]
         (result,) = connections.check(st, "support", "mailbox", timeout=1)
     assert "Add-MailboxPermission ... FullAccess" in result.steps[-1].guidance
+
+
+def test_application_access_has_no_idle_refresh_token_warning(host, idp):
+    from flask_mailoauth import accounts
+
+    client = host.app.test_client()
+    link = consent_link(client)
+    answer(client, admin_consent="True", tenant=TID, state=link["state"])
+    with host.app.app_context(), host.db.engine.begin() as conn:
+        conn.execute(sa.text("update mailoauth_credential set issued_at = '2000-01-01 00:00:00'"))
+    with host.app.test_request_context():
+        st = host.app.extensions["mailoauth"]
+        view = accounts.view(st, "support", "mailbox", "support@example.test", None)
+    assert view.application is not None
+    assert view.application.roles == tuple(ALL_ROLES)
+    assert not [w for w in view.warnings if "has not been used" in w]

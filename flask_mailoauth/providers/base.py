@@ -500,7 +500,8 @@ class Provider:
     fields: ClassVar[tuple[ConfigField, ...]] = ()
     #: error code -> kind and guidance; :meth:`classify_error` and :meth:`guidance` read it
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = OAUTH_ERRORS
-    #: whose authority the tokens may carry, the first the default (see :class:`AccessKind`)
+    #: whose authority the tokens may carry, the first the default
+    #: (see :class:`~flask_mailoauth.vocabulary.AccessKind`)
     access_kinds: ClassVar[tuple[AccessKind, ...]] = (AccessKind.DELEGATED,)
     #: how the client may authenticate at the token endpoint, the first the default
     client_auths: ClassVar[tuple[ClientAuth, ...]] = (ClientAuth.SECRET_POST,)
