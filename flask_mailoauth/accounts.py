@@ -316,6 +316,10 @@ def save(
             errors["client_secret"] = gettext(
                 "Client Secret is required (paste the secret's Value)."
             )
+        elif data.client_secret and "client_secret" not in errors:
+            problem = provider.secret_problem(config, data.client_secret)
+            if problem:
+                errors["client_secret"] = problem
         if errors:
             return SaveResult(errors=errors)
         created = account is None

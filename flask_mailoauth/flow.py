@@ -372,16 +372,56 @@ def _complete_consent(
     )
 
 
+def needs_consent(account: AccountMixin) -> bool:
+    """Whether ``account`` is connected through the IdP in the browser (a sign-in or an admin
+    consent); a service account is not: its token is fetched at once (:func:`connect`)."""
+    return registry.get(account.provider).access(account.config) != AccessKind.SERVICE_ACCOUNT
+
+
+def connect(st: MailOAuthState, account_id: int, *, timeout: float) -> None:
+    """Connect an access that needs no consent in the browser (a service account): fetch its
+    first token and store it, or raise :class:`AuthorizationFailed` (logged) storing nothing."""
+    account = _load_account(st, account_id)
+    try:
+        token = first_token(st, account, timeout)
+    except AuthorizationFailed as exc:
+        failure = _banner_safe(exc)
+        message = f"{failure} {failure.guidance}".strip()
+        _log_event(
+            st, account.id, EventKind.AUTHORIZATION_FAILED, EventLevel.ERROR, failure.code, message
+        )
+        raise failure from None
+    message = gettext(
+        "Token obtained for %(mailbox)s without a sign-in (%(access)s access)",
+        mailbox=account.address,
+        access=account.provider.access(account.config),
+    )
+    _store(st, account, token, Identity(email=None), message=message)
+    signals.authorized.send(
+        st.extension,
+        key=account.key,
+        purpose=account.purpose,
+        provider=account.provider.id,
+        resource_owner=None,
+    )
+
+
 def first_token(st: MailOAuthState, account: AccountSnapshot, timeout: float) -> TokenResponse:
-    """The first token of an access nobody signs in for (application access): the account's
-    grant, then the roles the mail protocols need; a refusal raises what the banner says."""
+    """The first token of an access nobody signs in for (application access, a service
+    account): the account's grant, then the roles the mail protocols need; a refusal raises
+    what the banner says."""
     provider, config = account.provider, account.config
     try:
         token = request_token(
             provider,
             config,
             account.client_secret,
-            provider.token_grant(config, refresh_token="", client_secret=account.client_secret),
+            provider.token_grant(
+                config,
+                refresh_token="",
+                client_secret=account.client_secret,
+                mailbox=account.address,
+            ),
             timeout=timeout,
             deadline=2 * timeout,
             policy=st.config.outbound,

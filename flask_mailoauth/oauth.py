@@ -26,7 +26,7 @@ import jwt
 import requests
 from oauthlib.oauth2 import InsecureTransportError
 
-from .client import PooledSession, session_for
+from .client import JWT_BEARER, PooledSession, session_for
 from .errors import (
     AddressRefused,
     DeadlineExceeded,
@@ -126,8 +126,8 @@ def request_token(
             deadline=deadline,
             policy=policy,
         )
-    except TokenRequestFailed:
-        raise
+    except TokenRequestFailed as exc:
+        raise TokenRequestFailed(provider.explain(config, exc.failure)) from None
     except Exception as exc:  # the safety net: never an untyped exception
         raise TokenRequestFailed(unexpected_failure(exc)) from None
 
@@ -254,11 +254,21 @@ def _send(
                 timeout=call,
                 **params,
             )
+        elif kind == JWT_BEARER:
+            # The signed assertion is the client's proof (RFC 7523 §2.1): no client secret,
+            # and no Basic header (requests-oauthlib would add an empty one without ``auth``).
+            oauth.use_assertion_client()
+            oauth.fetch_token(url, auth=_no_client_auth, timeout=call, **params)
         else:
             raise ValueError(f"unsupported grant type {kind!r}")
     except Warning as changed:
         if getattr(changed, "token", None) is None:
             raise
+
+
+def _no_client_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """A ``requests`` auth that adds nothing: the grant authenticates the client itself."""
+    return request
 
 
 class _Answer:

@@ -408,6 +408,8 @@ class _Claim:
     refresh_token: str
     #: the account as errors name it (``account_label``)
     label: str
+    #: the mailbox address (a service account's assertion names it)
+    mailbox: str
 
     @property
     def marker(self) -> Marker:
@@ -573,6 +575,7 @@ def _claim(
         client_secret=st.reveal(account, "client_secret") if account.client_secret else "",
         refresh_token=st.reveal(credential, "refresh_token"),
         label=account_label(account),
+        mailbox=account.address,
     )
 
 
@@ -727,7 +730,10 @@ def _ask_idp(claim: _Claim, config: Config) -> TokenResponse | ProviderFailure:
     exception in the provider's hooks or the call is a failure, recorded like any other."""
     try:
         grant = claim.provider.token_grant(
-            claim.config, refresh_token=claim.refresh_token, client_secret=claim.client_secret
+            claim.config,
+            refresh_token=claim.refresh_token,
+            client_secret=claim.client_secret,
+            mailbox=claim.mailbox,
         )
         answer = request_token(
             claim.provider,

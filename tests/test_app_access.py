@@ -127,7 +127,7 @@ def test_microsoft_shows_the_access_select_and_a_change_invalidates_the_grant():
     assert [c[0] for c in access.choices] == ["delegated", "application"]
     assert access.signed
     assert access.default == "delegated"
-    assert "access" not in {f.name for f in registry.get("google").fields}
+    assert "access" not in {f.name for f in registry.get("generic").fields}
     config = {"client_id": "x", "tenant": TID}
     delegated = provider.config_signature({**config, "access": "delegated"})
     assert delegated != provider.config_signature({**config, "access": "application"})
@@ -150,10 +150,13 @@ def test_application_access_asks_the_clouds_exchange_resource(cloud, scope):
     provider = MicrosoftProvider()
     config = {"access": "application", "cloud": cloud, "tenant": TID, "client_id": "c"}
     assert provider.scopes(config) == [scope]
-    grant = provider.token_grant(config, refresh_token="", client_secret="s")
+    grant = provider.token_grant(config, refresh_token="", client_secret="s", mailbox="m")
     assert grant == {"grant_type": "client_credentials", "scope": scope}
     delegated = provider.token_grant(
-        {**config, "access": "delegated", "scopes": "openid"}, refresh_token="rt", client_secret=""
+        {**config, "access": "delegated", "scopes": "openid"},
+        refresh_token="rt",
+        client_secret="",
+        mailbox="m",
     )
     assert delegated == {"grant_type": "refresh_token", "refresh_token": "rt", "scope": "openid"}
 
@@ -186,7 +189,7 @@ def test_grants_and_consent_follow_the_declared_access_kinds():
         access_kinds = (AccessKind.SERVICE_ACCOUNT,)
 
     with pytest.raises(NotImplementedError):
-        ServiceAccountOnly().token_grant({}, refresh_token="", client_secret="")
+        ServiceAccountOnly().token_grant({}, refresh_token="", client_secret="", mailbox="m")
     with pytest.raises(NotImplementedError):
         registry.get("google").consent_url({}, redirect_uri="https://h/cb", state="s")
     # a value the provider does not offer falls back to its default

@@ -463,7 +463,7 @@ ACCESS_LABELS: Mapping[AccessKind, LazyText] = MappingProxyType(
     {
         AccessKind.DELEGATED: lazy_gettext("Delegated (the mailbox user signs in)"),
         AccessKind.APPLICATION: lazy_gettext("Application (admin consent, nobody signs in)"),
-        AccessKind.SERVICE_ACCOUNT: lazy_gettext("Service account"),
+        AccessKind.SERVICE_ACCOUNT: lazy_gettext("Service account (nobody signs in)"),
     }
 )
 
@@ -475,7 +475,7 @@ def access_field(kinds: Collection[AccessKind]) -> ConfigField:
     return ConfigField(
         "access",
         lazy_gettext("Access"),
-        default=ordered[0],
+        default=ordered[0].value,
         kind="select",
         choices=tuple((k.value, ACCESS_LABELS[k]) for k in ordered),
         help=lazy_gettext(
@@ -612,13 +612,14 @@ class Provider:
         return {}
 
     def token_grant(
-        self, config: Mapping[str, str], *, refresh_token: str, client_secret: str
+        self, config: Mapping[str, str], *, refresh_token: str, client_secret: str, mailbox: str
     ) -> dict[str, str]:
         """The grant that obtains the next token with nobody present, by access kind.
 
         Delegated: the refresh_token grant. Application: the client_credentials grant for the
-        :meth:`scopes`. A provider offering service accounts overrides this for them (a
-        JWT-bearer assertion, signed with the key stored as ``client_secret``).
+        :meth:`scopes`. A provider offering service accounts overrides this for them (an RFC
+        7523 JWT-bearer assertion for ``mailbox``, signed with the key stored as
+        ``client_secret``).
         """
         access = self.access(config)
         if access == AccessKind.DELEGATED:
@@ -639,6 +640,16 @@ class Provider:
         """Check the admin consent answer ``args`` (its ``error`` already handled): the tenant
         that consented. Raise :class:`~flask_mailoauth.errors.AuthorizationFailed` to refuse."""
         raise NotImplementedError(f"{type(self).__name__} has no admin consent")
+
+    def secret_problem(self, config: Mapping[str, str], secret: str) -> str | None:
+        """Why a newly entered client secret cannot be used with ``config`` (a service
+        account's key of another client, say), or ``None``. Any secret is fine by default."""
+        return None
+
+    def explain(self, config: Mapping[str, str], failure: ProviderFailure) -> ProviderFailure:
+        """A token endpoint ``failure`` with guidance that may name ``config``'s values (a
+        client id to paste somewhere); unchanged by default."""
+        return failure
 
     def required_roles(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
         """The application roles (``roles`` claim) an application token needs for
