@@ -133,6 +133,8 @@ class AccountView:
     warnings: list[str] = field(default_factory=list)
     #: set when the account uses application access
     application: ApplicationAccess | None = None
+    #: whether a user's grant (with a refresh token) stands behind the token
+    delegated: bool = True
 
 
 def default_name(address: str, purpose: str) -> str:
@@ -188,7 +190,17 @@ def view(
             if account.credential is not None
             else [],
             application=_application(st, account, address),
+            delegated=_delegated(account),
         )
+
+
+def _delegated(account: AccountMixin) -> bool:
+    """Whether ``account`` uses delegated access (an unknown provider counts as delegated)."""
+    try:
+        provider = registry.get(account.provider)
+    except UnknownProvider:
+        return True
+    return provider.access(account.config) == AccessKind.DELEGATED
 
 
 def _application(

@@ -38,7 +38,7 @@ from .models import AccountMixin, clean_text, own_session, row_lock, utcnow
 from .oauth import TokenResponse, request_token
 from .outbound import OutboundHTTP, OutboundPolicy
 from .providers import registry
-from .providers.base import Identity, Provider
+from .providers.base import ACCESS_LABELS, Identity, Provider
 from .state import MailOAuthState
 from .tenant_setup import served_protocols, token_roles
 from .vocabulary import AccessKind, CredentialStatus, EventKind, EventLevel, FailureKind
@@ -392,9 +392,9 @@ def connect(st: MailOAuthState, account_id: int, *, timeout: float) -> None:
         )
         raise failure from None
     message = gettext(
-        "Token obtained for %(mailbox)s without a sign-in (%(access)s access)",
+        "Token obtained for %(mailbox)s without a sign-in; access: %(access)s",
         mailbox=account.address,
-        access=account.provider.access(account.config),
+        access=ACCESS_LABELS[account.provider.access(account.config)],
     )
     _store(st, account, token, Identity(email=None), message=message)
     signals.authorized.send(

@@ -131,6 +131,8 @@ def test_microsoft_shows_the_access_select_and_a_change_invalidates_the_grant():
     config = {"client_id": "x", "tenant": TID}
     delegated = provider.config_signature({**config, "access": "delegated"})
     assert delegated != provider.config_signature({**config, "access": "application"})
+    # grants stored before the choice existed stay valid
+    assert delegated == provider.config_signature(config)
     # the service principal's object id only fills the PowerShell: no new consent
     assert delegated == provider.config_signature(
         {**config, "access": "delegated", "service_principal_id": SP_ID}

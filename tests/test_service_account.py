@@ -131,9 +131,11 @@ def test_submit_fetches_the_first_token_with_a_signed_assertion_for_the_mailbox(
         # the key is stored encrypted like every secret, and never shown again
         assert EMAIL not in str(account.client_secret)
         assert json.loads(st.reveal(account, "client_secret"))["client_email"] == EMAIL
-    page = client.get(MODAL).get_data(as_text=True)
+    page = client.get(MODAL + "?tab=token").get_data(as_text=True)
     assert "BEGIN PRIVATE KEY" not in page
     assert EMAIL not in page
+    assert "Token obtained for support@example.test without a sign-in" in page
+    assert "Refresh Token</dt>" not in page  # there is none to show
 
 
 def test_a_due_token_is_fetched_again_with_a_new_assertion(host, google):

@@ -563,6 +563,10 @@ class Provider:
         """A digest of what a grant depends on: this provider and its signed fields, never the
         secret. A grant stored under another signature was issued for another IdP Config."""
         signed = {f.name: self.value(config, f.name) for f in self.fields if f.signed}
+        if signed.get("access") in ("", self.access_kinds[0]):
+            # The default access signs like no choice at all: grants stored before a provider
+            # offered the choice stay valid.
+            del signed["access"]
         payload = json.dumps({"provider": self.id, **signed}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
