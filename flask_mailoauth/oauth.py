@@ -1,8 +1,8 @@
 """Talking to a token endpoint: one request, its classified failure, the parsed token.
 
 Every grant goes through :func:`request_token`: the authorization code exchange (``flow``), the
-refresh and the client credentials grant of application access (``tokens``), sent by
-requests-oauthlib (``fetch_token``, ``refresh_token``) on this
+refresh, the client credentials grant of application access and a service account's JWT-bearer
+grant (``tokens``), sent by requests-oauthlib (``fetch_token``, ``refresh_token``) on this
 thread's pooled session for the IdP (:mod:`.client`), under the outbound rules
 (:mod:`.outbound`: no redirect, vetted address, size cap, total deadline). The answer is data
 from outside: after the provider's compliance hooks, every field is checked here, and anything
@@ -213,7 +213,8 @@ def _send(
     timeout: float,
     deadline: float | None,
 ) -> None:
-    """The grant through requests-oauthlib, the client secret in the body (never Basic auth).
+    """The grant through requests-oauthlib, the client secret in the body (never Basic auth;
+    a JWT-bearer grant sends none: its signed assertion authenticates the client).
 
     oauthlib raises a ``Warning`` carrying the token when the granted scope differs from the
     requested one (Microsoft leaves out ``offline_access``): that is an answer, not a failure
