@@ -4,24 +4,43 @@ the tenant setup with its Copy button, and tests the connection against Dovecot.
 
 from __future__ import annotations
 
-from .test_admin_walkthrough_browser import (  # noqa: F401 - helpdesk is a fixture
-    SUPPORT,
-    banner,
-    helpdesk,
-    open_config,
-    open_email,
-    save_with_basic,
-    shot,
-    sign_in,
-    token_tab,
-)
+import pytest
+
+from example_app import create_app
+from example_app.extensions import db
+from example_app.models import SystemEmail
+from peers.tls import test_ca
+
+from ..conftest import TEST_KEY
+from .browser_steps import open_config, open_remote_mailbox, shot
+
+SUPPORT = "support@example.test"
 
 
-def test_admin_consent_roles_and_the_copied_tenant_setup(helpdesk, ms_idp, ms_dovecot, page):  # noqa: F811
+@pytest.fixture
+def helpdesk(tmp_path, serve_app, ms_dovecot, ms_postfix):
+    """The demo helpdesk, its support@ email served by the Microsoft-shaped Dovecot and
+    Postfix (the settings the admin fills besides Config)."""
+    app = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'helpdesk.sqlite3'}",
+            "MAILOAUTH_ENCRYPTION_KEYS": [TEST_KEY],
+            "MAILOAUTH_ALLOW_INSECURE_HTTP": True,
+            "MAILOAUTH_CA_BUNDLE": str(test_ca().ca_file),
+        }
+    )
+    with app.app_context():
+        email = db.session.execute(db.select(SystemEmail).filter_by(address=SUPPORT)).scalar_one()
+        email.host, email.port, email.security = ms_dovecot.host, ms_dovecot.imap_port, "none"
+        email.smtp_host, email.smtp_port = ms_postfix.host, ms_postfix.port
+        email.smtp_security = "none"
+        db.session.commit()
+    return app, serve_app(app)
+
+
+def test_admin_consent_roles_and_the_copied_tenant_setup(helpdesk, ms_idp, page):
     _, server = helpdesk
-    sign_in(page, server)
-    open_email(page, SUPPORT)
-    save_with_basic(page, ms_dovecot)
+    open_remote_mailbox(page, server)
     page.locator("#panel-remote").get_by_label("Authentication").select_option(
         label="OAuth2 - Microsoft"
     )
@@ -42,10 +61,13 @@ def test_admin_consent_roles_and_the_copied_tenant_setup(helpdesk, ms_idp, ms_do
     dialog.get_by_label("Service principal object ID", exact=True).fill(sp_id)
     # Submit goes to the admin consent page; the test IdP's administrator accepts at once.
     dialog.get_by_role("button", name="Submit").click()
-    assert "OAuth2 Authorization Successful" in banner(page, "success")
+    success = page.locator(".flash-success").first
+    success.wait_for()
+    assert "OAuth2 Authorization Successful" in success.inner_text()
     assert registration.client_id in [c["client_id"] for c in ms_idp.consents()]
 
-    dialog = token_tab(page)
+    dialog = open_config(page)
+    dialog.get_by_role("tab", name="Token").click()
     panel = dialog.locator("#mailoauth-panel-token")
     roles = panel.locator("#mailoauth-application-roles").inner_text()
     assert roles == "IMAP.AccessAsApp POP.AccessAsApp SMTP.SendAsApp"
@@ -65,5 +87,8 @@ def test_admin_consent_roles_and_the_copied_tenant_setup(helpdesk, ms_idp, ms_do
     dialog.get_by_role("button", name="Test connection").click()
     checks = dialog.locator(".mailoauth-checks")
     checks.wait_for()
-    assert checks.locator("h3").inner_text() == "✔ IMAP: connection works"
+    assert checks.locator("h3").all_inner_texts() == [
+        "✔ IMAP: connection works",
+        "✔ SMTP: connection works",
+    ]
     assert checks.locator(".mailoauth-step-failed").count() == 0

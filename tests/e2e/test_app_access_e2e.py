@@ -21,8 +21,7 @@ from flask_mailoauth.errors import MailAuthenticationError
 from peers import Client
 
 from ..stored import tokens_at_once
-from .flows import CALLBACK, csrf_token, point_at
-from .test_mail_e2e import wait_for_subject
+from .flows import CALLBACK, csrf_token, point_at, wait_for_subject
 
 SUPPORT = "support@example.test"
 SALES = "sales@example.test"
