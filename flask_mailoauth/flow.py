@@ -384,8 +384,8 @@ def connect(st: MailOAuthState, account_id: int, *, timeout: float) -> None:
     account = _load_account(st, account_id)
     try:
         token = first_token(st, account, timeout)
-    except AuthorizationFailed as exc:
-        failure = _banner_safe(exc)
+    except Exception as exc:  # the safety net, as at the callback: a banner, never a 500
+        failure = _banner_safe(exc if isinstance(exc, AuthorizationFailed) else _unexpected(exc))
         message = f"{failure} {failure.guidance}".strip()
         _log_event(
             st, account.id, EventKind.AUTHORIZATION_FAILED, EventLevel.ERROR, failure.code, message

@@ -195,3 +195,22 @@ def test_the_key_never_appears_in_a_repr():
     key = ServiceAccountKey.parse(key_json())
     assert "PRIVATE" not in repr(key)
     assert key.client_email in repr(key)
+
+
+def test_a_key_that_no_longer_signs_is_a_banner_not_a_crash(host, google, monkeypatch):
+    client = host.app.test_client()
+    save_service_account(client)
+    banners(client)  # read the first banner
+    with client.session_transaction() as session:
+        session.pop("_flashes", None)
+
+    def broken(*args, **kwargs):
+        raise ValueError("the stored key is damaged")
+
+    monkeypatch.setattr(ServiceAccountKey, "parse", broken)
+    response = client.post(MODAL + "/authorize", data={"csrf_token": csrf(client, "google")})
+    assert response.status_code == 303
+    ((kind, text),) = banners(client)
+    assert kind == "error"
+    assert "unexpected error occurred (ValueError)" in text
+    assert "damaged" not in text  # an exception's words may quote a secret
