@@ -219,6 +219,25 @@ class IdP:
         body = {"client_id": client_id, "roles": roles}
         self.http.post(f"{self.base_url}/_test/app_roles", json=body, timeout=5).raise_for_status()
 
+    def register_service_account(self, public_key_pem: str, scopes: list[str]) -> Client:
+        """A service account (a client of its own) whose assertions, signed with the private
+        key of ``public_key_pem``, obtain tokens for the scopes delegated domain-wide; returns
+        its client (``client_secret`` unused). Its e-mail is ``<client_id>@sa.example.test``."""
+        client = self.register_client()
+        body = {
+            "client_email": self.service_account_email(client),
+            "client_id": client.client_id,
+            "public_key": public_key_pem,
+            "scopes": scopes,
+        }
+        r = self.http.post(f"{self.base_url}/_test/service_account", json=body, timeout=5)
+        r.raise_for_status()
+        return client
+
+    @staticmethod
+    def service_account_email(client: Client) -> str:
+        return f"{client.client_id.lower()}@sa.example.test"
+
     def consents(self) -> list[dict[str, str]]:
         """The admin consents given so far (client_id, tenant, at)."""
         return list(self.http.get(f"{self.base_url}/_test/consents", timeout=5).json()["consents"])

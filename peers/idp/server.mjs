@@ -10,6 +10,9 @@
 //              application permissions the test granted the client, `/{tenant}/adminconsent`
 //              answers like Microsoft's admin consent endpoint, and introspection vouches for an
 //              application token only for the mailbox the test granted it (see appIntrospection).
+// Both: Google-like service accounts (RFC 7523 JWT-bearer grant, see serviceAccountGrant): a test
+//   registers a service account's public key and its domain-wide delegation; an assertion signed
+//   with the key obtains an access token for its `sub` (the mailbox), as at Google.
 // Both: devInteractions login/consent pages, refresh tokens always issued, open dynamic client
 // registration (client metadata `rotate_refresh_token` picks rotation per client), introspection
 // with the `email` claim (for Dovecot), revocation, short-lived access tokens for accounts whose id
@@ -170,6 +173,50 @@ function servicePrincipal(clientId) {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
 }
 
+// client_email -> { clientId, publicKey, scopes }: service accounts and the scopes the Workspace
+// admin delegated to them (Manage Domain Wide Delegation); none until a test registers one.
+const serviceAccounts = new Map();
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+
+// Google's token endpoint for a service account: no client authentication, the signed assertion
+// is the proof (iss = the service account, aud = the token endpoint, sub = the mailbox, scope).
+// Answers as Google does: invalid_grant for a bad assertion, unauthorized_client without
+// domain-wide delegation of the scope. The token is a real oidc-provider access token of the
+// service account's client for the account `sub`, so introspection (Dovecot) names the mailbox.
+async function serviceAccountGrant(ctx, form) {
+  const refuse = (status, error, description) => {
+    ctx.status = status;
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = { error, error_description: description };
+  };
+  const parts = typeof form.assertion === 'string' ? form.assertion.split('.') : [];
+  let claims;
+  try {
+    claims = JSON.parse(Buffer.from(parts[1] || '', 'base64url').toString());
+  } catch {
+    return refuse(400, 'invalid_grant', 'Invalid JWT: Token must be a short-lived token and in a reasonable timeframe.');
+  }
+  const account = claims && serviceAccounts.get(claims.iss);
+  if (parts.length !== 3 || !account) return refuse(400, 'invalid_grant', 'Invalid grant: account not found');
+  const { verify } = await import('node:crypto');
+  if (!verify('RSA-SHA256', Buffer.from(`${parts[0]}.${parts[1]}`), account.publicKey, Buffer.from(parts[2], 'base64url'))) {
+    return refuse(400, 'invalid_grant', 'Invalid JWT Signature.');
+  }
+  const now = Math.floor(Date.now() / 1000);
+  if (claims.aud !== `${base}${tokenPath}` || !(claims.exp > now) || claims.exp - claims.iat > 3600 || typeof claims.sub !== 'string') {
+    return refuse(400, 'invalid_grant', 'Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe.');
+  }
+  const scopes = String(claims.scope || '').split(' ').filter(Boolean);
+  if (!scopes.length || !scopes.every((scope) => account.scopes.includes(scope))) {
+    return refuse(401, 'unauthorized_client', 'Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.');
+  }
+  const client = await provider.Client.find(account.clientId);
+  const token = new provider.AccessToken({ accountId: claims.sub.toLowerCase(), client, scope: scopes.join(' '), gty: 'jwt_bearer' });
+  ctx.set('Cache-Control', 'no-store');
+  ctx.body = { access_token: await token.save(), expires_in: token.expiration, token_type: 'Bearer' };
+  return undefined;
+}
+
 // ---------------------------------------------------------------- test instrumentation
 // `forms`: grant_type and scope of each token request whose body was read (Microsoft shape, or a
 // failure pending), as the client sent them: what a test would otherwise read on the wire.
@@ -215,6 +262,12 @@ async function handleTestRoute(ctx) {
     if (mailbox) appMailboxes.set(clientId, mailbox.toLowerCase());
     else appMailboxes.delete(clientId);
     ctx.body = { ok: true, service_principal: servicePrincipal(clientId) };
+  } else if (route === 'POST /_test/service_account') {
+    // {"client_email", "client_id", "public_key": PEM, "scopes": [...]}: the key, and the scopes
+    // delegated domain-wide (an empty list: delegation missing)
+    const body = JSON.parse((await readRaw(ctx.req)) || '{}');
+    serviceAccounts.set(body.client_email, { clientId: body.client_id, publicKey: body.public_key, scopes: body.scopes || [] });
+    ctx.body = { ok: true };
   } else if (route === 'GET /_test/consents') {
     ctx.body = { consents };
   } else if (route === 'GET /_test/info') {
@@ -371,7 +424,7 @@ provider.use(async (ctx, next) => {
   }
   const isToken = ctx.path === tokenPath && ctx.method === 'POST';
   let form;
-  if (isToken && (failures.length || microsoft)) {
+  if (isToken && (failures.length || microsoft || serviceAccounts.size)) {
     // The body is read here (grant type, scope); oidc-provider then falls back to ctx.req.body.
     const raw = await readRaw(ctx.req);
     ctx.req.body = raw;
@@ -383,6 +436,11 @@ provider.use(async (ctx, next) => {
       const scope = form.scope.split(' ').filter((s) => s && s !== 'offline_access').join(' ');
       ctx.req.body = querystring.stringify({ ...form, scope });
     }
+  }
+  if (isToken && form?.grant_type === JWT_BEARER && !failures.length) {
+    await serviceAccountGrant(ctx, form);
+    count(JWT_BEARER, ctx.status);
+    return;
   }
   if (isToken && failures.length) {
     const grantType = form.grant_type;
