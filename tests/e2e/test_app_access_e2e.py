@@ -121,8 +121,8 @@ def test_app_only_imap_and_smtp_send_after_admin_consent(app_host, ms_idp):
             got = wait_for_subject(imap, subject)
         finally:
             imap.logout()
+        checks = host.ext.test_connection("support")
     assert got["From"] == SUPPORT
-    checks = host.ext.test_connection("support")
     assert [(c.protocol, c.ok) for c in checks] == [("IMAP", True), ("SMTP", True)], checks
 
 
