@@ -17,7 +17,14 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from example_app import create_app
+from example_app.extensions import db, mailoauth
+from example_app.models import SystemEmail
+from peers.tls import test_ca
+
+from ..conftest import TEST_KEY
 from ..stored import tokens_at_once
+from .browser_steps import open_config, open_remote_mailbox
 from .flows import csrf_token, point_at, wait_for_subject
 
 SUPPORT = "support@example.test"
@@ -143,3 +150,54 @@ def test_missing_domain_wide_delegation_is_refused_with_the_admin_console_values
     st = sa_host.app.extensions["mailoauth"]
     with sa_host.app.app_context():
         assert st.db.session.scalars(sa.select(st.models.Credential)).all() == []
+
+
+@pytest.fixture
+def helpdesk(tmp_path, serve_app, dovecot):
+    """The demo helpdesk, its support@ mailbox on the generic IdP's Dovecot."""
+    app = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'helpdesk.sqlite3'}",
+            "MAILOAUTH_ENCRYPTION_KEYS": [TEST_KEY],
+            "MAILOAUTH_ALLOW_INSECURE_HTTP": True,
+            "MAILOAUTH_CA_BUNDLE": str(test_ca().ca_file),
+        }
+    )
+    with app.app_context():
+        email = db.session.execute(db.select(SystemEmail).filter_by(address=SUPPORT)).scalar_one()
+        email.host, email.port, email.security = dovecot.host, dovecot.imap_port, "none"
+        email.smtp_auth = "basic"  # SMTP is not what this test is about
+        db.session.commit()
+    return app, serve_app(app)
+
+
+def test_the_key_file_is_chosen_in_chromium_and_nobody_signs_in(
+    helpdesk, generic_idp, page, tmp_path
+):
+    app, server = helpdesk
+    client_id, key_json = service_account(generic_idp, [MAIL_SCOPE])
+    key_file = tmp_path / "helpdesk-key.json"
+    key_file.write_text(key_json)
+    open_remote_mailbox(page, server)
+    page.locator("#panel-remote").get_by_label("Authentication").select_option(
+        label="OAuth2 - Google"
+    )
+    dialog = open_config(page)
+    dialog.get_by_role("tab", name="IdP Config").click()
+    dialog.get_by_label("Access", exact=True).select_option(
+        label="Service account (nobody signs in)"
+    )
+    dialog.get_by_label("Client ID", exact=True).fill(client_id)
+    dialog.get_by_label("Token Endpoint", exact=True).fill(generic_idp.token_endpoint)
+    dialog.get_by_label("Service account key file (JSON)").set_input_files(str(key_file))
+    secret = dialog.get_by_label("Client Secret", exact=True)
+    page.wait_for_function("s => s.value.length > 1000", arg=secret.element_handle())
+    assert json.loads(secret.input_value())["client_id"] == client_id
+    dialog.get_by_role("button", name="Submit").click()
+    success = page.locator(".flash-success").first
+    success.wait_for()
+    assert "OAuth2 Authorization Successful" in success.inner_text()
+    with app.app_context():
+        imap = mailoauth.connect_imap("1")
+        assert imap.state == "SELECTED"
+        imap.logout()
