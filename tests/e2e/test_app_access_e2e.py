@@ -17,7 +17,9 @@ from urllib.parse import urlsplit
 import pytest
 import sqlalchemy as sa
 
+from flask_mailoauth import mail
 from flask_mailoauth.errors import MailAuthenticationError
+from flask_mailoauth.providers.base import MailServer
 from peers import Client
 
 from ..stored import tokens_at_once
@@ -141,7 +143,9 @@ def test_app_only_pop3(app_host, ms_idp):
     assert (check.protocol, check.ok) == ("POP3", True), check
 
 
-def test_a_mailbox_the_app_was_not_granted_is_refused_with_the_tenant_setup_step(app_host, ms_idp):
+def test_a_mailbox_the_app_was_not_granted_is_refused_with_the_tenant_setup_step(
+    app_host, ms_idp, ms_dovecot
+):
     """The application may open support@ only: bob@ is refused by Dovecot, and Test
     connection points at New-ServicePrincipal / Add-MailboxPermission of the panel."""
     app = ms_idp.register_app(CALLBACK)
@@ -162,6 +166,14 @@ def test_a_mailbox_the_app_was_not_granted_is_refused_with_the_tenant_setup_step
     with app_host.app.app_context():
         imap = app_host.ext.connect_imap("bob")
         imap.logout()
+        token = app_host.ext.access_token("bob")
+    # Exchange speaks XOAUTH2 only: user= is the mailbox address, with the application's token
+    server = MailServer(ms_dovecot.host, ms_dovecot.imap_port, "none")
+    conn = mail.open_imap(server)
+    try:
+        assert mail.imap_login(conn, BOB, token, mechanism="XOAUTH2") == "XOAUTH2"
+    finally:
+        conn.logout()
 
 
 def test_a_token_without_the_needed_role_is_refused_and_nothing_is_stored(app_host, ms_idp):
