@@ -10,7 +10,7 @@ from datetime import date, datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import signals
+from . import signals, tenant_setup
 from .errors import DecryptionError, UnknownProvider
 from .health import account_health
 from .i18n import gettext, lazy_gettext
@@ -27,7 +27,8 @@ from .outbound import OutboundHTTP
 from .providers import registry
 from .revocation import Revoked, revocation_endpoint, revoke
 from .state import MailOAuthState
-from .vocabulary import CredentialStatus, EventKind, EventLevel, RevocationOutcome
+from .tenant_setup import SetupCommand
+from .vocabulary import AccessKind, CredentialStatus, EventKind, EventLevel, RevocationOutcome
 
 #: characters of a token the Token tab shows; the rest is shrouded
 SHOWN_CHARACTERS = 2
@@ -101,6 +102,18 @@ class TokenDetails:
 
 
 @dataclass(frozen=True)
+class ApplicationAccess:
+    """The Token tab of an account with application access: the roles its token carries,
+    those the mail protocols need but it lacks, and the tenant setup for this mailbox."""
+
+    roles: tuple[str, ...]
+    missing_roles: tuple[str, ...]
+    service_principal_known: bool
+    setup: tuple[SetupCommand, ...]
+    script: str
+
+
+@dataclass(frozen=True)
 class AccountView:
     """Everything the modal renders for one account (never a secret in clear)."""
 
@@ -121,6 +134,10 @@ class AccountView:
     warnings: list[str] = field(default_factory=list)
     #: where to search the IdP's logs for an event's diagnostics (``Provider.diagnostics_help``)
     diagnostics_help: str = ""
+    #: set when the account uses application access
+    application: ApplicationAccess | None = None
+    #: whether a user's grant (with a refresh token) stands behind the token
+    delegated: bool = True
 
 
 def default_name(address: str, purpose: str) -> str:
@@ -176,6 +193,8 @@ def view(
             if account.credential is not None
             else [],
             diagnostics_help=_diagnostics_help(account.provider),
+            application=_application(st, account, address),
+            delegated=_delegated(account),
         )
 
 
@@ -186,6 +205,42 @@ def _diagnostics_help(provider: str) -> str:
         return str(registry.get(provider).diagnostics_help)
     except UnknownProvider:
         return ""
+
+
+def _delegated(account: AccountMixin) -> bool:
+    """Whether ``account`` uses delegated access (an unknown provider counts as delegated)."""
+    try:
+        provider = registry.get(account.provider)
+    except UnknownProvider:
+        return True
+    return provider.access(account.config) == AccessKind.DELEGATED
+
+
+def _application(
+    st: MailOAuthState, account: AccountMixin, address: str
+) -> ApplicationAccess | None:
+    """The application access details of ``account``, or ``None`` when it is delegated."""
+    try:
+        provider = registry.get(account.provider)
+    except UnknownProvider:
+        return None
+    config = account.config
+    if provider.access(config) != AccessKind.APPLICATION:
+        return None
+    cred = account.credential
+    readable = _readable(st, cred) if cred is not None else None
+    roles = tuple(tenant_setup.token_roles(readable[0])) if readable else ()
+    protocols = tenant_setup.served_protocols(st, account.key, account.purpose)
+    required = provider.required_roles(config, protocols)
+    sp_id = provider.value(config, "service_principal_id")
+    setup = tenant_setup.commands(provider.value(config, "client_id"), sp_id, address, protocols)
+    return ApplicationAccess(
+        roles=roles,
+        missing_roles=tuple(r for r in required if r not in roles) if readable else (),
+        service_principal_known=bool(sp_id),
+        setup=tuple(setup),
+        script=tenant_setup.script(setup),
+    )
 
 
 def find(session: Session, m: Models, key: str, purpose: str) -> AccountMixin | None:
@@ -286,6 +341,10 @@ def save(
             errors["client_secret"] = gettext(
                 "Client Secret is required (paste the secret's Value)."
             )
+        elif data.client_secret and "client_secret" not in errors:
+            problem = provider.secret_problem(config, data.client_secret)
+            if problem:
+                errors["client_secret"] = problem
         if errors:
             return SaveResult(errors=errors)
         created = account is None

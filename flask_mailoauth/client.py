@@ -30,7 +30,8 @@ from urllib.parse import urlsplit
 from urllib.request import getproxies
 
 import requests
-from oauthlib.oauth2 import WebApplicationClient
+from oauthlib.oauth2 import BackendApplicationClient, Client, WebApplicationClient
+from oauthlib.oauth2.rfc6749.parameters import prepare_token_request
 from requests_oauthlib import OAuth2Session
 
 from .outbound import OutboundPolicy, mount
@@ -44,8 +45,35 @@ MAX_ORIGINS = 16
 _LIBRARY_LOGGER = "requests_oauthlib.oauth2_session"
 
 
+#: RFC 7523's grant type: a JWT (signed by the client) stands for the grant
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+class AssertionClient(Client):
+    """RFC 7523 §2.1's JWT-bearer grant, with an assertion the provider signed (oauthlib's
+    ``ServiceApplicationClient`` insists on signing its own claims)."""
+
+    grant_type = JWT_BEARER
+
+    def prepare_request_body(
+        self, body: str = "", *, assertion: str, include_client_id: bool = False, **_: object
+    ) -> str:
+        """The form body: ``grant_type`` and ``assertion`` (and ``client_id`` if asked);
+        what else requests-oauthlib passes (``code``, ``redirect_uri``: ``None``) is not sent."""
+        body_text: str = prepare_token_request(
+            self.grant_type,
+            body=body,
+            assertion=assertion,
+            include_client_id=include_client_id,
+            client_id=self.client_id,
+        )
+        return body_text
+
+
 class PooledSession(OAuth2Session):
     """An ``OAuth2Session`` under an outbound policy, lent to one call at a time."""
+
+    _client: WebApplicationClient | BackendApplicationClient | AssertionClient
 
     def __init__(self, policy: OutboundPolicy) -> None:
         super().__init__()
@@ -80,6 +108,15 @@ class PooledSession(OAuth2Session):
             self.compliance_hook["access_token_response"].clear()
             self.compliance_hook["refresh_token_response"].clear()
             self.compliance_hook["protected_request"].clear()
+
+    def use_backend_client(self) -> None:
+        """This loan's call is a client_credentials grant: oauthlib's backend client builds
+        its body (the loan puts the web client back)."""
+        self._client = BackendApplicationClient(self._client.client_id)
+
+    def use_assertion_client(self) -> None:
+        """This loan's call is a JWT-bearer grant (``AssertionClient``)."""
+        self._client = AssertionClient(self._client.client_id)
 
     def __del__(self) -> None:
         # A worker thread's sessions go when the thread ends: close their sockets then, not

@@ -12,10 +12,11 @@ import imaplib
 import poplib
 import smtplib
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import TypeVar
 
-from . import accounts, mail, tokens
+from . import accounts, mail, tenant_setup, tokens
 from .errors import MailAuthenticationError, MailOAuthError, NotConfigured, SetupError
 from .i18n import gettext
 from .logs import logger
@@ -24,6 +25,7 @@ from .providers import registry
 from .providers.base import MailServer
 from .settings import MailboxSettings, Purpose, ServerProtocol
 from .state import MailOAuthState
+from .vocabulary import AccessKind
 
 Conn = TypeVar("Conn")
 
@@ -150,11 +152,32 @@ def _check_protocol(
         # Sign in as the SMTP address, then try the mailbox's own address as sender: when
         # they differ (a delegate for a shared mailbox, an alias), a missing Send As right
         # shows as the "sender" step instead of passing unnoticed.
-        return mail.check_smtp(
+        result = mail.check_smtp(
             server, settings.sender, token, mail_from=settings.address, timeout=timeout
         )
-    check = mail.check_imap if protocol == "imap" else mail.check_pop3
-    return check(server, settings.address, token, timeout=timeout)
+    else:
+        check = mail.check_imap if protocol == "imap" else mail.check_pop3
+        result = check(server, settings.address, token, timeout=timeout)
+    return _with_setup_guidance(st, key, purpose, result)
+
+
+def _with_setup_guidance(
+    st: MailOAuthState, key: str, purpose: Purpose, result: mail.CheckResult
+) -> mail.CheckResult:
+    """With application access, a refusal names the missing step of the tenant setup (the
+    Token tab's PowerShell) instead of the delegated advice."""
+    if result.ok or not result.steps:
+        return result
+    with own_session(st.db) as s:
+        account = accounts.find(s, st.models, key, purpose)
+        access = registry.get(account.provider).access(account.config) if account else None
+    if access != AccessKind.APPLICATION:
+        return result
+    failed = result.steps[-1]
+    step = tenant_setup.missing_step(result.protocol, len(result.steps) - 1, failed.detail)
+    if step is not None:
+        result.steps[-1] = replace(failed, guidance=tenant_setup.guidance(step))
+    return result
 
 
 def server_for(

@@ -38,10 +38,11 @@ from .models import AccountMixin, clean_text, own_session, row_lock, utcnow
 from .oauth import TokenResponse, request_token
 from .outbound import OutboundHTTP, OutboundPolicy
 from .providers import registry
-from .providers.base import Identity, Provider
+from .providers.base import ACCESS_LABELS, Identity, Provider
 from .reconsent import ReconsentLink
 from .state import MailOAuthState
-from .vocabulary import CredentialStatus, EventKind, EventLevel, FailureKind
+from .tenant_setup import served_protocols, token_roles
+from .vocabulary import AccessKind, CredentialStatus, EventKind, EventLevel, FailureKind
 
 #: id_token signature algorithms accepted (never "none", never a shared-secret HMAC)
 ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
@@ -169,6 +170,10 @@ def begin(
         )
         st.seal(pending, "code_verifier", verifier)
         s.add(pending)
+    if provider.access(config) != AccessKind.DELEGATED:
+        # Nobody signs in: the tenant's administrator consents, and the answer comes back to
+        # the callback with the same single-use state.
+        return provider.consent_url(config, redirect_uri=redirect_uri, state=state)
     scopes = provider.scopes(config)
     params = {
         "response_type": "code",
@@ -329,6 +334,9 @@ def _complete(
     _check_pending(pending, session_id)
     pinned = reconsent.pinned_for(st, pending.reconsent_id) if pending.reconsent_id else None
     account = _load_account(st, pending.account_id)
+    if account.provider.access(account.config) != AccessKind.DELEGATED:
+        _complete_consent(st, account, args, timeout)
+        return None
     issuer = _check_issuer(account, args)
     code = _authorization_code(account.provider, args)
     policy = st.config.outbound
@@ -348,7 +356,14 @@ def _complete(
     else:
         _check_identity(account, identity)
     _check_grant(st, account, token)
-    _store(st, account, token, identity, pending.reconsent_id)
+    through_link = None
+    if pending.reconsent_id is not None:
+        through_link = gettext(
+            "Authorized again through a re-consent link by %(actor)s; scopes: %(scopes)s",
+            actor=identity.email or "?",
+            scopes=token.scope,
+        )
+    _store(st, account, token, identity, pending.reconsent_id, message=through_link)
     signals.authorized.send(
         st.extension,
         key=account.key,
@@ -357,6 +372,127 @@ def _complete(
         resource_owner=identity.email,
     )
     return identity.email
+
+
+def _complete_consent(
+    st: MailOAuthState, account: AccountSnapshot, args: Mapping[str, str], timeout: float
+) -> None:
+    """An administrator's consent answer: check it, then fetch the first application token
+    with the account's grant (:meth:`Provider.token_grant`) and store it."""
+    if args.get("error"):
+        raise _idp_error(account.provider, args)
+    policy = st.config.outbound
+    with OutboundHTTP.open(policy, timeout, deadline=2 * timeout) as http:
+        try:
+            tenant = account.provider.consented_tenant(account.config, args, http)
+        except (requests.RequestException, ValueError) as exc:
+            raise AuthorizationFailed(
+                gettext("The admin consent answer could not be checked: %(reason)s", reason=exc),
+                gettext("Try again when the identity provider answers."),
+                code="consent_unchecked",
+            ) from None
+    token = first_token(st, account, timeout)
+    identity = Identity(email=None, tenant=tenant)
+    message = gettext(
+        "Admin consent granted in tenant %(tenant)s; application token obtained (roles: %(roles)s)",
+        tenant=tenant or gettext("(none)"),
+        roles=" ".join(token_roles(token.access_token)) or gettext("none"),
+    )
+    _store(st, account, token, identity, message=message)
+    signals.authorized.send(
+        st.extension,
+        key=account.key,
+        purpose=account.purpose,
+        provider=account.provider.id,
+        resource_owner=None,
+    )
+
+
+def needs_consent(account: AccountMixin) -> bool:
+    """Whether ``account`` is connected through the IdP in the browser (a sign-in or an admin
+    consent); a service account is not: its token is fetched at once (:func:`connect`)."""
+    return registry.get(account.provider).access(account.config) != AccessKind.SERVICE_ACCOUNT
+
+
+def connect(st: MailOAuthState, account_id: int, *, timeout: float) -> None:
+    """Connect an access that needs no consent in the browser (a service account): fetch its
+    first token and store it, or raise :class:`AuthorizationFailed` (logged) storing nothing."""
+    account = _load_account(st, account_id)
+    try:
+        token = first_token(st, account, timeout)
+    except Exception as exc:  # the safety net, as at the callback: a banner, never a 500
+        failure = _banner_safe(exc if isinstance(exc, AuthorizationFailed) else _unexpected(exc))
+        message = f"{failure} {failure.guidance}".strip()
+        _log_event(
+            st, account.id, EventKind.AUTHORIZATION_FAILED, EventLevel.ERROR, failure.code, message
+        )
+        raise failure from None
+    message = gettext(
+        "Token obtained for %(mailbox)s without a sign-in; access: %(access)s",
+        mailbox=account.address,
+        access=ACCESS_LABELS[account.provider.access(account.config)],
+    )
+    _store(st, account, token, Identity(email=None), message=message)
+    signals.authorized.send(
+        st.extension,
+        key=account.key,
+        purpose=account.purpose,
+        provider=account.provider.id,
+        resource_owner=None,
+    )
+
+
+def first_token(st: MailOAuthState, account: AccountSnapshot, timeout: float) -> TokenResponse:
+    """The first token of an access nobody signs in for (application access, a service
+    account): the account's grant, then the roles the mail protocols need; a refusal raises
+    what the banner says."""
+    provider, config = account.provider, account.config
+    try:
+        token = request_token(
+            provider,
+            config,
+            account.client_secret,
+            provider.token_grant(
+                config,
+                refresh_token="",
+                client_secret=account.client_secret,
+                mailbox=account.address,
+            ),
+            timeout=timeout,
+            deadline=2 * timeout,
+            policy=st.config.outbound,
+            requested_scopes=provider.scopes(config),
+        )
+    except TokenRequestFailed as exc:
+        failure = exc.failure
+        raise AuthorizationFailed(
+            gettext(
+                "The identity provider refused the application token (%(code)s): %(description)s",
+                code=failure.code or gettext("no code"),
+                description=failure.description,
+            ),
+            failure.guidance if failure.kind != FailureKind.TRANSIENT else str(_EXCHANGE_GUIDANCE),
+            code=failure.code,
+        ) from None
+    protocols = served_protocols(st, account.key, account.purpose)
+    have = set(token_roles(token.access_token))
+    missing = [r for r in provider.required_roles(config, protocols) if r not in have]
+    if missing:
+        raise AuthorizationFailed(
+            gettext(
+                "The application token lacks the role %(missing)s (roles: %(roles)s), so the "
+                "mail server would refuse it.",
+                missing=", ".join(missing),
+                roles=" ".join(sorted(have)) or gettext("none"),
+            ),
+            gettext(
+                "In the app registration's API permissions add Office 365 Exchange Online > "
+                "Application permissions > %(missing)s, grant admin consent, then consent again.",
+                missing=", ".join(missing),
+            ),
+            code="missing_role",
+        )
+    return token
 
 
 def _check_pending(pending: PendingAuthorization, session_id: str) -> None:
@@ -771,9 +907,12 @@ def _store(
     token: TokenResponse,
     identity: Identity,
     reconsent_id: int | None = None,
+    *,
+    message: str | None = None,
 ) -> None:
-    """Replace the account's credentials and log the event, in one transaction; with
-    ``reconsent_id``, that transaction also uses the link up, or stores nothing."""
+    """Replace the account's credentials and log the event (``message``, else who signed in),
+    in one transaction; with ``reconsent_id``, that transaction also uses the link up, or
+    stores nothing."""
     m = st.models
     now = utcnow()
     with own_session(st.db) as s:
@@ -812,13 +951,7 @@ def _store(
                 account_id=row.id,
                 kind=EventKind.AUTHORIZED,
                 actor=identity.email,
-                message=_authorized_message(identity, row.address, token.scope)
-                if reconsent_id is None
-                else gettext(
-                    "Authorized again through a re-consent link by %(actor)s; scopes: %(scopes)s",
-                    actor=identity.email or "?",
-                    scopes=token.scope,
-                ),
+                message=message or _authorized_message(identity, row.address, token.scope),
             )
         )
     st.cache.pop((account.key, account.purpose), None)

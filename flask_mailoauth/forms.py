@@ -87,7 +87,8 @@ class AccountForm(FlaskForm):
     )
     strict_matching = BooleanField(lazy_gettext("Strict Matching"), default=True)
     notes = TextAreaField(lazy_gettext("Internal Notes"), validators=[MaxLength(5000)])
-    client_secret = PasswordField(lazy_gettext("Client Secret"), validators=[MaxLength(2000)])
+    # A Google service account's JSON key (the secret of that access) is about 2,400 characters.
+    client_secret = PasswordField(lazy_gettext("Client Secret"), validators=[MaxLength(10000)])
     secret_expires_on = LocalDateField(
         lazy_gettext("Client secret expires on"), validators=[Optional()]
     )

@@ -20,7 +20,7 @@ from .models import AccountMixin, CredentialMixin, own_session, utcnow
 from .providers import registry
 from .providers.base import Provider
 from .state import MailOAuthState
-from .vocabulary import REFUSED, CredentialStatus
+from .vocabulary import REFUSED, AccessKind, CredentialStatus
 
 #: seconds of difference between the host's and the IdP's clocks that raise a warning
 CLOCK_SKEW_WARNING = 60
@@ -198,7 +198,9 @@ def _credential_warnings(
         warnings.append(_clock_warning(skew))
     last_use = credential.refreshed_at or credential.issued_at
     idle_days = (now - last_use).days
-    if idle_days >= config.idle_warning_days:
+    # Only a delegated grant has a refresh token to go idle; application access has none.
+    delegated = provider is None or provider.access(account.config) == AccessKind.DELEGATED
+    if delegated and idle_days >= config.idle_warning_days:
         warnings.append(
             ngettext(
                 "The refresh token has not been used for %(num)d day; providers revoke idle "

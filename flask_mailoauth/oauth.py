@@ -1,7 +1,8 @@
 """Talking to a token endpoint: one request, its classified failure, the parsed token.
 
-Both grants go through :func:`request_token`: the authorization code exchange (``flow``) and
-the refresh (``tokens``), sent by requests-oauthlib (``fetch_token``, ``refresh_token``) on this
+Every grant goes through :func:`request_token`: the authorization code exchange (``flow``), the
+refresh, the client credentials grant of application access and a service account's JWT-bearer
+grant (``tokens``), sent by requests-oauthlib (``fetch_token``, ``refresh_token``) on this
 thread's pooled session for the IdP (:mod:`.client`), under the outbound rules
 (:mod:`.outbound`: no redirect, vetted address, size cap, total deadline). The answer is data
 from outside: after the provider's compliance hooks, every field is checked here, and anything
@@ -24,9 +25,8 @@ from typing import Any, Literal, overload
 import jwt
 import requests
 from oauthlib.oauth2 import InsecureTransportError
-from requests_oauthlib import OAuth2Session
 
-from .client import session_for
+from .client import JWT_BEARER, PooledSession, session_for
 from .errors import (
     AddressRefused,
     DeadlineExceeded,
@@ -126,8 +126,8 @@ def request_token(
             deadline=deadline,
             policy=policy,
         )
-    except TokenRequestFailed:
-        raise
+    except TokenRequestFailed as exc:
+        raise TokenRequestFailed(provider.explain(config, exc.failure)) from None
     except Exception as exc:  # the safety net: never an untyped exception
         raise TokenRequestFailed(unexpected_failure(exc)) from None
 
@@ -205,7 +205,7 @@ def _request_token(
 
 
 def _send(
-    oauth: OAuth2Session,
+    oauth: PooledSession,
     url: str,
     client_id: str,
     client_secret: str,
@@ -213,7 +213,8 @@ def _send(
     timeout: float,
     deadline: float | None,
 ) -> None:
-    """The grant through requests-oauthlib, the client secret in the body (never Basic auth).
+    """The grant through requests-oauthlib, the client secret in the body (never Basic auth;
+    a JWT-bearer grant sends none: its signed assertion authenticates the client).
 
     oauthlib raises a ``Warning`` carrying the token when the granted scope differs from the
     requested one (Microsoft leaves out ``offline_access``): that is an answer, not a failure
@@ -245,6 +246,20 @@ def _send(
                 timeout=call,
                 **params,
             )
+        elif kind == "client_credentials":
+            oauth.use_backend_client()
+            oauth.fetch_token(
+                url,
+                client_secret=client_secret,
+                include_client_id=True,
+                timeout=call,
+                **params,
+            )
+        elif kind == JWT_BEARER:
+            # The signed assertion is the client's proof (RFC 7523 §2.1): no client secret,
+            # and no Basic header (requests-oauthlib would add an empty one without ``auth``).
+            oauth.use_assertion_client()
+            oauth.fetch_token(url, auth=_no_client_auth, timeout=call, **params)
         else:
             raise ValueError(f"unsupported grant type {kind!r}")
     except Warning as changed:
@@ -260,6 +275,11 @@ def client_authentication(config: Mapping[str, str], client_secret: str) -> dict
     if client_secret:
         body["client_secret"] = client_secret
     return body
+
+
+def _no_client_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """A ``requests`` auth that adds nothing: the grant authenticates the client itself."""
+    return request
 
 
 class _Answer:

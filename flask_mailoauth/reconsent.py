@@ -23,8 +23,9 @@ from .addresses import canonical_address
 from .errors import AuthorizationFailed
 from .i18n import gettext
 from .models import AccountMixin, Models, ReconsentLinkMixin, own_session, utcnow
+from .providers import registry
 from .state import MailOAuthState
-from .vocabulary import EventKind, EventLevel, ReconsentState
+from .vocabulary import AccessKind, EventKind, EventLevel, ReconsentState
 
 #: the longest address a link may be pinned to (RFC 5321's limit of a path)
 MAX_ADDRESS = 320
@@ -67,6 +68,13 @@ def create(
     """A new link for ``account`` pinned to ``pinned`` (the mailbox when empty), valid for
     ``days``: its token (shown once, never stored) and the link. ``ValueError`` with an
     admin-readable message when ``pinned`` is not an address."""
+    if registry.get(account.provider).access(account.config) != AccessKind.DELEGATED:
+        raise ValueError(
+            gettext(
+                "Re-consent links are for delegated access, where a user signs in: this account "
+                "needs an administrator's consent (Authorize again)."
+            )
+        )
     chosen = (pinned or "").strip() or account.address
     if len(chosen) > MAX_ADDRESS or canonical_address(chosen) is None:
         raise ValueError(gettext("Enter the address of who signs in, e.g. name@example.com."))

@@ -9,7 +9,8 @@ from blinker import Namespace
 _signals = Namespace()
 
 #: an admin authorized an account; also ``provider`` (its id) and ``resource_owner`` (who signed
-#: in). A host whose Authentication select still says "Basic" switches it to ``provider`` here.
+#: in; ``None`` for application access and service accounts, where nobody does). A host whose
+#: Authentication select still says "Basic" switches it to ``provider`` here.
 authorized = _signals.signal("mailoauth.authorized")
 #: an access token was refreshed; also ``expires_at``
 refreshed = _signals.signal("mailoauth.refreshed")

@@ -408,6 +408,8 @@ class _Claim:
     refresh_token: str
     #: the account as errors name it (``account_label``)
     label: str
+    #: the mailbox address (a service account's assertion names it)
+    mailbox: str
 
     @property
     def marker(self) -> Marker:
@@ -573,6 +575,7 @@ def _claim(
         client_secret=st.reveal(account, "client_secret") if account.client_secret else "",
         refresh_token=st.reveal(credential, "refresh_token"),
         label=account_label(account),
+        mailbox=account.address,
     )
 
 
@@ -732,11 +735,16 @@ def _keep_storing(
 
 
 def _ask_idp(claim: _Claim, config: Config) -> TokenResponse | ProviderFailure:
-    """The refresh_token grant: the IdP's answer or the failure; any exception in the
-    provider's hooks or the call is a failure, recorded like any other."""
+    """The account's grant (:meth:`Provider.token_grant`: refresh_token when delegated,
+    client_credentials for application access...): the IdP's answer or the failure; any
+    exception in the provider's hooks or the call is a failure, recorded like any other."""
     try:
-        grant = {"grant_type": "refresh_token", "refresh_token": claim.refresh_token}
-        grant.update(claim.provider.refresh_params(claim.config))
+        grant = claim.provider.token_grant(
+            claim.config,
+            refresh_token=claim.refresh_token,
+            client_secret=claim.client_secret,
+            mailbox=claim.mailbox,
+        )
         answer = request_token(
             claim.provider,
             claim.config,

@@ -353,9 +353,24 @@ def _check_csrf() -> None:
 
 
 def _authorization_url(st: MailOAuthState, key: str, purpose: str) -> str:
+    """Where the browser goes to authorize: the IdP, or, for an access that needs no consent
+    (a service account), back to the host's page once its token was fetched."""
     account = accounts.account_for_authorization(st, key, purpose)
     if account is None:
         abort(404, description=gettext("Save the IdP Config first."))
+    if not flow.needs_consent(account):
+        try:
+            flow.connect(st, account.id, timeout=st.config.http_timeout)
+        except AuthorizationFailed as failure:
+            text = gettext(
+                "OAuth2 authorization failed: %(error)s %(guidance)s",
+                error=failure,
+                guidance=failure.guidance,
+            )
+            flash(text, flash_category(FlashKind.ERROR))
+        else:
+            flash(gettext("OAuth2 Authorization Successful."), flash_category(FlashKind.SUCCESS))
+        return _return_url(key, purpose)
     return flow.begin(
         st,
         account,

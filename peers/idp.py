@@ -201,6 +201,51 @@ class IdP:
         self._auth_methods[data["client_id"]] = auth_method
         return Client(data["client_id"], data["client_secret"])
 
+    def register_app(self, redirect_uri: str | list[str] = UNUSED_REDIRECT) -> Client:
+        """A client that may also use the client_credentials grant (application access; the
+        Microsoft shape), authenticating with client_secret_post."""
+        return self.register_client(
+            redirect_uri,
+            auth_method="client_secret_post",
+            grant_types=["authorization_code", "refresh_token", "client_credentials"],
+        )
+
+    def grant_app_mailbox(self, client_id: str, mailbox: str | None) -> str:
+        """Let the application open ``mailbox`` (Add-MailboxPermission; ``None`` removes it);
+        returns its service principal's object id."""
+        body = {"client_id": client_id, "mailbox": mailbox}
+        r = self.http.post(f"{self.base_url}/_test/app_mailbox", json=body, timeout=5)
+        r.raise_for_status()
+        return str(r.json()["service_principal"])
+
+    def set_app_roles(self, client_id: str, roles: list[str]) -> None:
+        """The application permissions consented for ``client_id`` (its tokens' ``roles``)."""
+        body = {"client_id": client_id, "roles": roles}
+        self.http.post(f"{self.base_url}/_test/app_roles", json=body, timeout=5).raise_for_status()
+
+    def register_service_account(self, public_key_pem: str, scopes: list[str]) -> Client:
+        """A service account (a client of its own) whose assertions, signed with the private
+        key of ``public_key_pem``, obtain tokens for the scopes delegated domain-wide; returns
+        its client (``client_secret`` unused). Its e-mail is ``<client_id>@sa.example.test``."""
+        client = self.register_client()
+        body = {
+            "client_email": self.service_account_email(client),
+            "client_id": client.client_id,
+            "public_key": public_key_pem,
+            "scopes": scopes,
+        }
+        r = self.http.post(f"{self.base_url}/_test/service_account", json=body, timeout=5)
+        r.raise_for_status()
+        return client
+
+    @staticmethod
+    def service_account_email(client: Client) -> str:
+        return f"{client.client_id.lower()}@sa.example.test"
+
+    def consents(self) -> list[dict[str, str]]:
+        """The admin consents given so far (client_id, tenant, at)."""
+        return list(self.http.get(f"{self.base_url}/_test/consents", timeout=5).json()["consents"])
+
     # ------------------------------------------------------------------ instrumentation
     def stats(self) -> dict[str, Any]:
         """Token-endpoint calls since the last reset.

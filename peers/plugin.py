@@ -38,6 +38,7 @@ PEER_FIXTURES = (
     "ms_dovecot",
     "google_dovecot",
     "postfix",
+    "ms_postfix",
     "google_postfix",
     "postgres",
 )
@@ -226,16 +227,28 @@ def postfix(dovecot, peer_workdir: Path, peer_logs: Path):
 
 
 @pytest.fixture(scope="session")
+def ms_postfix(ms_dovecot, peer_workdir: Path, peer_logs: Path):
+    """Postfix submission as ``postfix``, with SASL by and delivery to ``ms_dovecot`` (tokens of
+    ``ms_idp``, application tokens included)."""
+    yield from _postfix_for(ms_dovecot, peer_workdir, peer_logs, "ms_postfix")
+
+
+@pytest.fixture(scope="session")
 def google_postfix(google_dovecot, peer_workdir: Path, peer_logs: Path):
     """Postfix submission whose SASL is ``google_dovecot`` (tokens of ``google_idp``)."""
+    yield from _postfix_for(google_dovecot, peer_workdir, peer_logs, "google_postfix")
+
+
+def _postfix_for(dovecot, peer_workdir: Path, peer_logs: Path, name: str):
+    """A Postfix named ``name`` in front of ``dovecot``, stopped when the session ends."""
     from .postfix import Postfix
 
     require_peer("postfix")
     t = time.monotonic()
-    pf = Postfix(google_dovecot, peer_workdir, peer_logs, name="google_postfix")
-    _timed("google_postfix", t)
+    pf = Postfix(dovecot, peer_workdir, peer_logs, name=name)
+    _timed(name, t)
     yield pf
-    _stop("google_postfix", pf)
+    _stop(name, pf)
 
 
 # ---------------------------------------------------------------------- databases

@@ -66,8 +66,8 @@ class Postfix:
     def __init__(
         self, dovecot: Dovecot, workdir: Path, log_dir: Path, name: str = "postfix"
     ) -> None:
-        self.name = name
         self.dovecot = dovecot
+        self.name = name
         self.host = HOST
         self.port = free_port()
         self.config_dir = workdir / name

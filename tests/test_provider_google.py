@@ -21,6 +21,7 @@ def config(provider) -> dict[str, str]:
 def test_fields_and_defaults(provider):
     assert (provider.id, provider.display_name) == ("google", "OAuth2 - Google")
     assert provider.defaults() == {
+        "access": "delegated",
         "client_id": "",
         "authorization_endpoint": "https://accounts.google.com/o/oauth2/v2/auth",
         "token_endpoint": "https://oauth2.googleapis.com/token",

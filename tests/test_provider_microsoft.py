@@ -34,28 +34,34 @@ def validate(provider, config, *, allow_insecure_http=False, **changes):
 def test_identity_fields_and_defaults(provider):
     assert (provider.id, provider.display_name) == ("microsoft", "OAuth2 - Microsoft")
     assert [f.name for f in provider.fields] == [
+        "access",
         "cloud",
         "tenant",
         "client_id",
         "authorization_endpoint",
         "token_endpoint",
         "scopes",
+        "service_principal_id",
     ]
     assert [f.label for f in provider.fields] == [
+        "Access",
         "Cloud",
         "Tenant",
         "Client ID",
         "Authorization Endpoint",
         "Token Endpoint",
         "Scopes",
+        "Service principal object ID",
     ]
     assert provider.defaults() == {
+        "access": "delegated",
         "cloud": "global",
         "tenant": "common",
         "client_id": "",
         "authorization_endpoint": "https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
         "token_endpoint": "https://login.microsoftonline.com/common/oauth2/v2.0/token",
         "scopes": DEFAULT_SCOPES,
+        "service_principal_id": "",
     }
     assert provider.field("cloud").choices == (
         ("global", "Global (login.microsoftonline.com)"),

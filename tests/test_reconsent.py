@@ -222,3 +222,18 @@ def test_creating_a_link_needs_the_access_check_and_csrf(helpdesk, admin_flag):
     admin_flag["admin"] = False
     assert admin.post(f"{MODAL}/reconsent", data={"csrf_token": token}).status_code == 403
     assert links(helpdesk) == []
+
+
+def test_an_account_without_a_user_grant_gets_no_link(helpdesk):
+    """Application access has no user to send a link to: an administrator consents."""
+    admin = helpdesk.app.test_client()
+    authorized(helpdesk, admin)
+    st = helpdesk.app.extensions["mailoauth"]
+    with helpdesk.app.app_context(), own_session(st.db) as s:
+        account = s.scalars(sa.select(st.models.Account)).one()
+        account.provider = "microsoft"
+        account.config = {**account.config, "access": "application", "tenant": "contoso.test"}
+    page = admin.post(f"{MODAL}/reconsent", data={"csrf_token": csrf(admin)}).get_data(as_text=True)
+    assert "Re-consent links are for delegated access" in page
+    assert "mailoauth-reconsent-create" not in page
+    assert links(helpdesk) == []

@@ -473,6 +473,33 @@ def diagnostic_value(value: Any) -> str | None:
     return None
 
 
+#: the Access select's label of each access kind
+ACCESS_LABELS: Mapping[AccessKind, LazyText] = MappingProxyType(
+    {
+        AccessKind.DELEGATED: lazy_gettext("Delegated (the mailbox user signs in)"),
+        AccessKind.APPLICATION: lazy_gettext("Application (admin consent, nobody signs in)"),
+        AccessKind.SERVICE_ACCOUNT: lazy_gettext("Service account (nobody signs in)"),
+    }
+)
+
+
+def access_field(kinds: Collection[AccessKind]) -> ConfigField:
+    """The IdP Config tab's Access select over ``kinds`` (the first the default); signed, so a
+    change of access invalidates the grant."""
+    ordered = tuple(kinds)
+    return ConfigField(
+        "access",
+        lazy_gettext("Access"),
+        default=ordered[0].value,
+        kind="select",
+        choices=tuple((k.value, ACCESS_LABELS[k]) for k in ordered),
+        help=lazy_gettext(
+            "Delegated: a user signs in as the mailbox. Application: an administrator consents "
+            "once for the tenant and the application reads the mailbox with its own permissions."
+        ),
+    )
+
+
 class Provider:
     """Base class of every provider. Subclasses set the class attributes and override hooks.
 
@@ -495,6 +522,12 @@ class Provider:
     client_auths: ClassVar[tuple[ClientAuth, ...]] = (ClientAuth.SECRET_POST,)
     #: where an admin searches the IdP's logs for :meth:`diagnostics` (shown beside them)
     diagnostics_help: ClassVar[Text] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A provider that declares more than one access kind shows the Access select first."""
+        super().__init_subclass__(**kwargs)
+        if len(cls.access_kinds) > 1 and all(f.name != "access" for f in cls.fields):
+            cls.fields = (access_field(cls.access_kinds), *cls.fields)
 
     @staticmethod
     def value(config: Mapping[str, str], name: str) -> str:
@@ -547,6 +580,10 @@ class Provider:
         """A digest of what a grant depends on: this provider and its signed fields, never the
         secret. A grant stored under another signature was issued for another IdP Config."""
         signed = {f.name: self.value(config, f.name) for f in self.fields if f.signed}
+        if signed.get("access") in ("", self.access_kinds[0]):
+            # The default access signs like no choice at all: grants stored before a provider
+            # offered the choice stay valid.
+            del signed["access"]
         payload = json.dumps({"provider": self.id, **signed}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -594,6 +631,51 @@ class Provider:
     def refresh_params(self, config: Mapping[str, str]) -> dict[str, str]:
         """Extra body parameters for the refresh_token grant."""
         return {}
+
+    def token_grant(
+        self, config: Mapping[str, str], *, refresh_token: str, client_secret: str, mailbox: str
+    ) -> dict[str, str]:
+        """The grant that obtains the next token with nobody present, by access kind.
+
+        Delegated: the refresh_token grant. Application: the client_credentials grant for the
+        :meth:`scopes`. A provider offering service accounts overrides this for them (an RFC
+        7523 JWT-bearer assertion for ``mailbox``, signed with the key stored as
+        ``client_secret``).
+        """
+        access = self.access(config)
+        if access == AccessKind.DELEGATED:
+            grant = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+            return grant | self.refresh_params(config)
+        if access == AccessKind.APPLICATION:
+            return {"grant_type": "client_credentials", "scope": " ".join(self.scopes(config))}
+        raise NotImplementedError(f"{type(self).__name__} builds no grant for {access} access")
+
+    def consent_url(self, config: Mapping[str, str], *, redirect_uri: str, state: str) -> str:
+        """Where an administrator grants a non-delegated access (admin consent); the answer
+        comes back to ``redirect_uri`` with ``state``."""
+        raise NotImplementedError(f"{type(self).__name__} has no admin consent")
+
+    def consented_tenant(
+        self, config: Mapping[str, str], args: Mapping[str, str], http: HTTPClient
+    ) -> str | None:
+        """Check the admin consent answer ``args`` (its ``error`` already handled): the tenant
+        that consented. Raise :class:`~flask_mailoauth.errors.AuthorizationFailed` to refuse."""
+        raise NotImplementedError(f"{type(self).__name__} has no admin consent")
+
+    def secret_problem(self, config: Mapping[str, str], secret: str) -> str | None:
+        """Why a newly entered client secret cannot be used with ``config`` (a service
+        account's key of another client, say), or ``None``. Any secret is fine by default."""
+        return None
+
+    def explain(self, config: Mapping[str, str], failure: ProviderFailure) -> ProviderFailure:
+        """A token endpoint ``failure`` with guidance that may name ``config``'s values (a
+        client id to paste somewhere); unchanged by default."""
+        return failure
+
+    def required_roles(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
+        """The application roles (``roles`` claim) an application token needs for
+        ``protocols``; none by default."""
+        return []
 
     def expected_issuer(self, config: Mapping[str, str], claims: Mapping[str, Any]) -> str | None:
         """The ``iss`` an id_token must carry; ``None`` skips the check (no OIDC)."""

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Collection, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import jwt
+
+from ..errors import ProviderFailure
 from ..i18n import gettext, lazy_gettext
-from ..vocabulary import FailureKind
+from ..vocabulary import AccessKind, FailureKind
 from .base import (
     OAUTH_ERRORS,
     ConfigField,
@@ -70,6 +75,58 @@ GOOGLE_USERINFO = "https://openidconnect.googleapis.com/v1/userinfo"
 GOOGLE_REVOCATION = "https://oauth2.googleapis.com/revoke"
 #: the same endpoints' paths under a loopback test IdP's origin (see :meth:`endpoints`)
 LOCAL_PATHS = {"jwks": "/oauth2/v3/certs", "userinfo": "/v1/userinfo", "revocation": "/revoke"}
+#: RFC 7523's grant type, as Google's token endpoint takes a service account's assertion
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: how long a service account's assertion is valid (Google accepts at most an hour)
+ASSERTION_LIFETIME = 3600
+
+
+@dataclass(frozen=True)
+class ServiceAccountKey:
+    """What a service account's JSON key holds that the JWT-bearer grant needs."""
+
+    client_email: str
+    client_id: str
+    private_key_id: str
+    private_key: str = field(repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> ServiceAccountKey:
+        """The key in ``text`` (the JSON file Google Cloud downloads); :class:`ValueError`
+        saying what is wrong otherwise."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            raise ValueError(
+                gettext("This is not a JSON key: paste the whole file Google Cloud downloaded.")
+            ) from None
+        if not isinstance(data, dict) or data.get("type") != "service_account":
+            raise ValueError(
+                gettext(
+                    "This is not a service account key (its type is not service_account): "
+                    "create a JSON key under IAM & Admin > Service accounts > Keys."
+                )
+            )
+        fields = ("client_email", "client_id", "private_key_id", "private_key")
+        values = {name: data.get(name) for name in fields}
+        missing = [
+            name for name, value in values.items() if not isinstance(value, str) or not value
+        ]
+        if missing:
+            raise ValueError(
+                gettext(
+                    "The key lacks %(fields)s: download a new JSON key.", fields=", ".join(missing)
+                )
+            )
+        key = cls(**{name: str(value) for name, value in values.items()})
+        try:
+            jwt.encode({"probe": 1}, key.private_key, algorithm="RS256")
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise ValueError(
+                gettext("The key's private_key is not a usable RSA key: download a new JSON key.")
+            ) from None
+        return key
+
 
 #: Google refresh tokens of apps in Testing mode stop working after this long
 TESTING_REFRESH_TOKEN_LIFETIME = timedelta(days=7)
@@ -80,13 +137,17 @@ class GoogleProvider(Provider):
 
     id = "google"
     display_name = "OAuth2 - Google"
+    access_kinds = (AccessKind.DELEGATED, AccessKind.SERVICE_ACCOUNT)
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = ERRORS
     fields = (
         ConfigField(
             "client_id",
             lazy_gettext("Client ID"),
             required=True,
-            help=lazy_gettext("The Client ID of a Web application OAuth client."),
+            help=lazy_gettext(
+                "The Client ID of a Web application OAuth client; for a service account, the "
+                "service account's Client ID (the number in its JSON key)."
+            ),
         ),
         ConfigField(
             "authorization_endpoint",
@@ -129,6 +190,8 @@ class GoogleProvider(Provider):
         """Base checks plus the Gmail scope and the scopes that reveal who authorized; a
         loopback (test) IdP only with ``MAILOAUTH_ALLOW_INSECURE_HTTP``."""
         errors = super().validate(config, allow_insecure_http=allow_insecure_http)
+        if self.access(config) == AccessKind.SERVICE_ACCOUNT:
+            return errors  # the assertion asks for the mail scope alone; nothing to check
         scopes = set(self.scopes(config))
         if MAIL_SCOPE not in scopes:
             errors.setdefault(
@@ -189,6 +252,71 @@ class GoogleProvider(Provider):
     def required_scopes(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
         """Gmail's one mail scope serves IMAP, POP and SMTP alike."""
         return [MAIL_SCOPE] if protocols else []
+
+    def scopes(self, config: Mapping[str, str]) -> list[str]:
+        """The Scopes field; a service account asks for the mail scope alone."""
+        if self.access(config) == AccessKind.SERVICE_ACCOUNT:
+            return [MAIL_SCOPE]
+        return super().scopes(config)
+
+    def secret_problem(self, config: Mapping[str, str], secret: str) -> str | None:
+        """A service account's secret is its JSON key, of the configured Client ID."""
+        if self.access(config) != AccessKind.SERVICE_ACCOUNT:
+            return None
+        try:
+            key = ServiceAccountKey.parse(secret)
+        except ValueError as exc:
+            return str(exc)
+        if key.client_id != self.value(config, "client_id"):
+            return gettext(
+                "This key belongs to the service account with Client ID %(key)s, not %(field)s: "
+                "paste the key of the Client ID above, or correct the Client ID.",
+                key=key.client_id,
+                field=self.value(config, "client_id"),
+            )
+        return None
+
+    def token_grant(
+        self, config: Mapping[str, str], *, refresh_token: str, client_secret: str, mailbox: str
+    ) -> dict[str, str]:
+        """A service account's JWT-bearer grant (domain-wide delegation): an assertion signed
+        with its key, naming the mailbox as ``sub`` and the mail scope."""
+        if self.access(config) != AccessKind.SERVICE_ACCOUNT:
+            return super().token_grant(
+                config, refresh_token=refresh_token, client_secret=client_secret, mailbox=mailbox
+            )
+        key = ServiceAccountKey.parse(client_secret)
+        now = int(time.time())
+        claims = {
+            "iss": key.client_email,
+            "sub": mailbox,
+            "scope": MAIL_SCOPE,
+            "aud": self.value(config, "token_endpoint"),
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME,
+        }
+        headers = {"kid": key.private_key_id}
+        assertion = jwt.encode(claims, key.private_key, algorithm="RS256", headers=headers)
+        return {"grant_type": JWT_BEARER, "assertion": assertion}
+
+    def explain(self, config: Mapping[str, str], failure: ProviderFailure) -> ProviderFailure:
+        """A service account refused as ``unauthorized_client`` lacks domain-wide delegation:
+        say exactly what to paste into the Admin console."""
+        if (
+            self.access(config) != AccessKind.SERVICE_ACCOUNT
+            or failure.code != "unauthorized_client"
+        ):
+            return failure
+        return replace(
+            failure,
+            guidance=gettext(
+                "Domain-wide delegation is missing: in the Google Admin console open Security > "
+                "Access and data control > API controls > Manage Domain Wide Delegation, Add new "
+                "with Client ID %(client_id)s and OAuth scope %(scope)s, then Submit again.",
+                client_id=self.value(config, "client_id"),
+                scope=MAIL_SCOPE,
+            ),
+        )
 
     def authorize_params(self, config: Mapping[str, str]) -> dict[str, str]:
         """Ask for a refresh token, and for consent so that Google issues one every time."""

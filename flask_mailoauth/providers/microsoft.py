@@ -7,13 +7,13 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 
 from ..errors import AuthorizationFailed, MailOAuthError, ProviderFailure
 from ..i18n import gettext, lazy_gettext
-from ..vocabulary import FailureKind
+from ..vocabulary import AccessKind, FailureKind
 from .base import (
     OAUTH_ERRORS,
     ConfigField,
@@ -34,13 +34,17 @@ from .base import (
 
 @dataclass(frozen=True)
 class Cloud:
-    """Where one Microsoft cloud signs in, which Outlook resource it scopes and serves mail from."""
+    """Where one Microsoft cloud signs in, which Outlook resource it scopes and serves mail from.
+
+    ``app_resource`` is the Exchange Online resource an application (app-only) token is for.
+    """
 
     label: Text
     login_host: str
     outlook_resource: str
     mailbox_host: str
     smtp_host: str
+    app_resource: str
 
 
 #: cloud id -> its hosts; the ids are the stored values of the ``cloud`` field
@@ -52,6 +56,7 @@ CLOUDS: Mapping[str, Cloud] = MappingProxyType(
             "https://outlook.office.com/",
             "outlook.office365.com",
             "smtp.office365.com",
+            "https://outlook.office365.com/",
         ),
         "gcc_high": Cloud(
             lazy_gettext("US Government GCC High"),
@@ -59,6 +64,7 @@ CLOUDS: Mapping[str, Cloud] = MappingProxyType(
             "https://outlook.office365.us/",
             "outlook.office365.us",
             "smtp.office365.us",
+            "https://outlook.office365.us/",
         ),
         "dod": Cloud(
             lazy_gettext("US Government DoD"),
@@ -66,6 +72,7 @@ CLOUDS: Mapping[str, Cloud] = MappingProxyType(
             "https://outlook-dod.office365.us/",
             "outlook-dod.office365.us",
             "outlook-dod.office365.us",
+            "https://outlook-dod.office365.us/",
         ),
         "china": Cloud(
             lazy_gettext("China (21Vianet)"),
@@ -73,6 +80,7 @@ CLOUDS: Mapping[str, Cloud] = MappingProxyType(
             "https://partner.outlook.cn/",
             "partner.outlook.cn",
             "smtp.partner.outlook.cn",
+            "https://partner.outlook.cn/",
         ),
     }
 )
@@ -83,6 +91,10 @@ MAIL_PERMISSIONS = ("IMAP.AccessAsUser.All", "POP.AccessAsUser.All", "SMTP.Send"
 #: mail protocol -> the Outlook permission a token needs for it
 PROTOCOL_PERMISSIONS = MappingProxyType(
     dict(zip(("imap", "pop3", "smtp"), MAIL_PERMISSIONS, strict=True))
+)
+#: mail protocol -> the application permission (``roles`` claim) an app-only token needs for it
+PROTOCOL_ROLES = MappingProxyType(
+    {"imap": "IMAP.AccessAsApp", "pop3": "POP.AccessAsApp", "smtp": "SMTP.SendAsApp"}
 )
 
 _OUTLOOK_RESOURCES = (
@@ -283,6 +295,7 @@ class MicrosoftProvider(Provider):
 
     id = "microsoft"
     display_name = "OAuth2 - Microsoft"
+    access_kinds = (AccessKind.DELEGATED, AccessKind.APPLICATION)
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = ERRORS
     diagnostics_help = lazy_gettext(
         "Search for the Correlation ID or the Request ID (the trace ID) in the Microsoft Entra "
@@ -337,8 +350,19 @@ class MicrosoftProvider(Provider):
             kind="scopes",
             help=lazy_gettext(
                 "Space separated. Outlook scopes only: Graph scopes such as User.Read give a "
-                "token IMAP, POP and SMTP refuse."
+                "token IMAP, POP and SMTP refuse. Application access ignores them: it asks for "
+                "the cloud's Exchange Online resource (https://outlook.office365.com/.default)."
             ),
+        ),
+        ConfigField(
+            "service_principal_id",
+            lazy_gettext("Service principal object ID"),
+            help=lazy_gettext(
+                "Application access only: the Object ID on the Overview page of the app's "
+                "Enterprise application (not of its App registration); it fills the tenant "
+                "setup commands."
+            ),
+            signed=False,
         ),
     )
 
@@ -380,11 +404,85 @@ class MicrosoftProvider(Provider):
                     "The Outlook REST API v2.0 (outlook.office.com/api/v2.0) is retired: remove "
                     "it; the mailbox identity comes from the id_token."
                 )
-        if "scopes" not in errors:
+        if self.access(config) == AccessKind.APPLICATION:
+            if tenant.casefold() in MULTI_TENANT or not tenant:
+                errors.setdefault(
+                    "tenant",
+                    gettext(
+                        "Application access needs your tenant: enter the Directory (tenant) ID "
+                        "or a verified domain, not %(tenant)s.",
+                        tenant=tenant or "common",
+                    ),
+                )
+            sp_id = self.value(config, "service_principal_id")
+            if sp_id and not _GUID.fullmatch(sp_id):
+                errors["service_principal_id"] = gettext(
+                    "Enter the Object ID, a GUID such as 6a1b2c3d-0000-4000-8000-123456789abc."
+                )
+        elif "scopes" not in errors:
             problem = self._scope_problem(self.scopes(config))
             if problem:
                 errors["scopes"] = problem
         return errors
+
+    def scopes(self, config: Mapping[str, str]) -> list[str]:
+        """The Scopes field; with application access the cloud's Exchange resource instead."""
+        if self.access(config) == AccessKind.APPLICATION:
+            cloud = CLOUDS.get(self.value(config, "cloud"), CLOUDS["global"])
+            return [cloud.app_resource + ".default"]
+        return super().scopes(config)
+
+    def consent_url(self, config: Mapping[str, str], *, redirect_uri: str, state: str) -> str:
+        """``{authority}/{tenant}/adminconsent``, on the token endpoint's authority (the cloud's
+        login host): the tenant's administrator grants the application permissions there."""
+        base, in_endpoint = _authority(self.value(config, "token_endpoint"))
+        if not in_endpoint or in_endpoint.casefold() in MULTI_TENANT:
+            in_endpoint = self.value(config, "tenant")
+        query = {"client_id": self.value(config, "client_id"), "redirect_uri": redirect_uri}
+        query["state"] = state
+        return f"{base}/{in_endpoint}/adminconsent?{urlencode(query)}"
+
+    def consented_tenant(
+        self, config: Mapping[str, str], args: Mapping[str, str], http: HTTPClient
+    ) -> str | None:
+        """Microsoft answers ``admin_consent=True&tenant={tid}``: the tenant must be the one the
+        account is configured for."""
+        if (args.get("admin_consent") or "").strip().casefold() != "true":
+            raise AuthorizationFailed(
+                gettext("The admin consent answer does not say that consent was granted."),
+                gettext(
+                    "Open the admin consent link again, signed in as a Global or Privileged Role "
+                    "Administrator of the tenant, and accept."
+                ),
+                code="consent_not_granted",
+            )
+        tenant = (args.get("tenant") or "").strip()
+        if not _GUID.fullmatch(tenant):
+            raise AuthorizationFailed(
+                gettext("The admin consent answer names no tenant ID."),
+                gettext("Open the admin consent link again."),
+                code="consent_tenant_missing",
+            )
+        pinned = self._pinned_tenant_id(config, http)
+        if pinned is not None and pinned.casefold() != tenant.casefold():
+            raise AuthorizationFailed(
+                gettext(
+                    "Admin consent was granted in tenant %(tenant)s, not in %(pinned)s, the "
+                    "tenant this account is configured for.",
+                    tenant=tenant,
+                    pinned=pinned,
+                ),
+                gettext(
+                    "Sign in to the admin consent page as an administrator of your own tenant; "
+                    "if the Tenant is wrong, correct it on the IdP Config tab."
+                ),
+                code="tenant_mismatch",
+            )
+        return tenant
+
+    def required_roles(self, config: Mapping[str, str], protocols: Collection[str]) -> list[str]:
+        """``IMAP.AccessAsApp``, ``POP.AccessAsApp``, ``SMTP.SendAsApp`` by protocol."""
+        return [PROTOCOL_ROLES[p] for p in protocols if p in PROTOCOL_ROLES]
 
     @staticmethod
     def _scope_problem(scopes: list[str]) -> str | None:

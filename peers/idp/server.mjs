@@ -9,6 +9,14 @@
 //   microsoft  issuer https://127.0.0.1:PORT/{tid}/v2.0, routes /{tenant}/oauth2/v2.0/authorize|token,
 //              /{tenant}/discovery/v2.0/keys, Microsoft-like token responses (no email claim in
 //              the id_token, scope without offline_access, rotated refresh tokens) and AADSTS errors.
+//              Application (app-only) access as Exchange Online sees it: the client_credentials
+//              grant for `https://outlook.office365.com/.default` issues a JWT whose `roles` are the
+//              application permissions the test granted the client, `/{tenant}/adminconsent`
+//              answers like Microsoft's admin consent endpoint, and introspection vouches for an
+//              application token only for the mailbox the test granted it (see appIntrospection).
+// All: Google-like service accounts (RFC 7523 JWT-bearer grant, see serviceAccountGrant): a test
+//   registers a service account's public key and its domain-wide delegation; an assertion signed
+//   with the key obtains an access token for its `sub` (the mailbox), as at Google.
 // All: devInteractions login/consent pages, refresh tokens always issued, open dynamic client
 // registration (client metadata `rotate_refresh_token` picks rotation per client), introspection
 // with the `email` claim (for Dovecot), revocation, short-lived access tokens for accounts whose id
@@ -54,6 +62,15 @@ const issuer = microsoft ? `${base}/${tid}/v2.0` : base;
 const OUTLOOK = 'https://outlook.office.com/';
 const outlookScopes = ['IMAP.AccessAsUser.All', 'POP.AccessAsUser.All', 'SMTP.Send'].map((s) => OUTLOOK + s);
 const oidcScopes = new Set(['openid', 'profile', 'email', 'offline_access']);
+// Exchange Online, as an application (client_credentials) token's resource and scope.
+const EXCHANGE = 'https://outlook.office365.com/';
+const EXCHANGE_DEFAULT = `${EXCHANGE}.default`;
+const APP_ROLES = ['IMAP.AccessAsApp', 'POP.AccessAsApp', 'SMTP.SendAsApp'];
+// client_id -> roles (the app registration's consented application permissions; all by default),
+// client_id -> mailbox (Add-MailboxPermission), client_id -> consents recorded by /adminconsent.
+const appRoles = new Map();
+const appMailboxes = new Map();
+const consents = [];
 const msRoutes = {
   authorization: '/common/oauth2/v2.0/authorize',
   token: '/common/oauth2/v2.0/token',
@@ -88,7 +105,7 @@ const provider = new Provider(issuer, {
         : { session: '_session', interaction: '_interaction', resume: '_interaction_resume' },
   },
   routes,
-  scopes: ['openid', 'offline_access', 'email', 'profile', 'mail', GMAIL, ...outlookScopes],
+  scopes: ['openid', 'offline_access', 'email', 'profile', 'mail', GMAIL, ...outlookScopes, ...(microsoft ? [EXCHANGE_DEFAULT] : [])],
   claims: microsoft
     ? { openid: ['sub', 'oid', 'tid'], email: [], profile: ['preferred_username', 'name'] }
     : { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'preferred_username'] },
@@ -98,6 +115,22 @@ const provider = new Provider(issuer, {
     introspection: { enabled: true },
     revocation: { enabled: true },
     registration: { enabled: true }, // open: tests register clients with their own redirect URIs
+    clientCredentials: { enabled: microsoft },
+    resourceIndicators: {
+      enabled: true,
+      // Microsoft names the resource in the scope (`{resource}/.default`), never in `resource`.
+      defaultResource: async (ctx, client, oneOf) => {
+        if (oneOf) return oneOf;
+        const scope = ctx.oidc.params?.scope;
+        return microsoft && ctx.oidc.params?.grant_type === 'client_credentials' && scope === EXCHANGE_DEFAULT
+          ? EXCHANGE
+          : undefined;
+      },
+      getResourceServerInfo: async (ctx, resourceIndicator) => {
+        if (!microsoft || resourceIndicator !== EXCHANGE) throw new errors.InvalidTarget();
+        return { scope: EXCHANGE_DEFAULT, audience: EXCHANGE.slice(0, -1), accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
+      },
+    },
   },
   extraClientMetadata: {
     properties: ['rotate_refresh_token'],
@@ -110,6 +143,7 @@ const provider = new Provider(issuer, {
   ttl: {
     AccessToken: (ctx, token) => (token.accountId?.startsWith('expiring') ? expiringTtl : 3600),
     IdToken: 3600,
+    ClientCredentials: 3600,
     RefreshToken: 14 * 24 * 3600,
     Grant: 14 * 24 * 3600,
     Session: 14 * 24 * 3600,
@@ -135,13 +169,71 @@ const provider = new Provider(issuer, {
       ...(microsoft ? { oid: `00000000-0000-0000-0000-${Buffer.from(sub).toString('hex').slice(-12).padStart(12, '0')}`, tid } : {}),
     }),
   }),
-  extraTokenClaims: async (ctx, token) => (token.kind === 'AccessToken' ? { email: token.accountId } : undefined),
+  extraTokenClaims: async (ctx, token) => {
+    if (token.kind === 'AccessToken') return { email: token.accountId };
+    if (token.kind === 'ClientCredentials') {
+      // Microsoft's app-only token: the tenant, the app id, its service principal and roles.
+      const roles = appRoles.get(token.clientId) ?? APP_ROLES;
+      return { tid, appid: token.clientId, oid: servicePrincipal(token.clientId), ...(roles.length ? { roles } : {}) };
+    }
+    return undefined;
+  },
   renderError: async (ctx, out) => {
     ctx.type = 'html';
     ctx.body = `<!DOCTYPE html><title>IdP error</title><pre id="error">${JSON.stringify(out)}</pre>`;
   },
 });
 provider.proxy = false;
+
+function servicePrincipal(clientId) {
+  // The enterprise application's object id: stable per client, distinct from the client id.
+  const hex = Buffer.from(`sp:${clientId}`).toString('hex').padEnd(32, '0').slice(-32);
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
+// client_email -> { clientId, publicKey, scopes }: service accounts and the scopes the Workspace
+// admin delegated to them (Manage Domain Wide Delegation); none until a test registers one.
+const serviceAccounts = new Map();
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+
+// Google's token endpoint for a service account: no client authentication, the signed assertion
+// is the proof (iss = the service account, aud = the token endpoint, sub = the mailbox, scope).
+// Answers as Google does: invalid_grant for a bad assertion, unauthorized_client without
+// domain-wide delegation of the scope. The token is a real oidc-provider access token of the
+// service account's client for the account `sub`, so introspection (Dovecot) names the mailbox.
+async function serviceAccountGrant(ctx, form) {
+  const refuse = (status, error, description) => {
+    ctx.status = status;
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = { error, error_description: description };
+  };
+  const parts = typeof form.assertion === 'string' ? form.assertion.split('.') : [];
+  let claims;
+  try {
+    claims = JSON.parse(Buffer.from(parts[1] || '', 'base64url').toString());
+  } catch {
+    return refuse(400, 'invalid_grant', 'Invalid JWT: Token must be a short-lived token and in a reasonable timeframe.');
+  }
+  const account = claims && serviceAccounts.get(claims.iss);
+  if (parts.length !== 3 || !account) return refuse(400, 'invalid_grant', 'Invalid grant: account not found');
+  const { verify } = await import('node:crypto');
+  if (!verify('RSA-SHA256', Buffer.from(`${parts[0]}.${parts[1]}`), account.publicKey, Buffer.from(parts[2], 'base64url'))) {
+    return refuse(400, 'invalid_grant', 'Invalid JWT Signature.');
+  }
+  const now = Math.floor(Date.now() / 1000);
+  if (claims.aud !== `${base}${tokenPath}` || !(claims.exp > now) || claims.exp - claims.iat > 3600 || typeof claims.sub !== 'string') {
+    return refuse(400, 'invalid_grant', 'Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe.');
+  }
+  const scopes = String(claims.scope || '').split(' ').filter(Boolean);
+  if (!scopes.length || !scopes.every((scope) => account.scopes.includes(scope))) {
+    return refuse(401, 'unauthorized_client', 'Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.');
+  }
+  const client = await provider.Client.find(account.clientId);
+  const token = new provider.AccessToken({ accountId: claims.sub.toLowerCase(), client, scope: scopes.join(' '), gty: 'jwt_bearer' });
+  ctx.set('Cache-Control', 'no-store');
+  ctx.body = { access_token: await token.save(), expires_in: token.expiration, token_type: 'Bearer' };
+  return undefined;
+}
 
 // ---------------------------------------------------------------- test instrumentation
 // `forms`: grant_type and scope of each token request whose body was read (Microsoft shape, or a
@@ -177,6 +269,25 @@ async function handleTestRoute(ctx) {
     const rule = { count: 1, status: 503, body: undefined, retry_after: undefined, grant_type: undefined, ...JSON.parse(raw || '{}') };
     failures.push(rule);
     ctx.body = { ok: true, queued: rule };
+  } else if (route === 'POST /_test/app_roles') {
+    // {"client_id": "...", "roles": ["IMAP.AccessAsApp", ...]}: the app's consented permissions
+    const { client_id: clientId, roles } = JSON.parse((await readRaw(ctx.req)) || '{}');
+    appRoles.set(clientId, roles);
+    ctx.body = { ok: true };
+  } else if (route === 'POST /_test/app_mailbox') {
+    // {"client_id": "...", "mailbox": "x@example.test" | null}: Add-MailboxPermission (or remove)
+    const { client_id: clientId, mailbox } = JSON.parse((await readRaw(ctx.req)) || '{}');
+    if (mailbox) appMailboxes.set(clientId, mailbox.toLowerCase());
+    else appMailboxes.delete(clientId);
+    ctx.body = { ok: true, service_principal: servicePrincipal(clientId) };
+  } else if (route === 'POST /_test/service_account') {
+    // {"client_email", "client_id", "public_key": PEM, "scopes": [...]}: the key, and the scopes
+    // delegated domain-wide (an empty list: delegation missing)
+    const body = JSON.parse((await readRaw(ctx.req)) || '{}');
+    serviceAccounts.set(body.client_email, { clientId: body.client_id, publicKey: body.public_key, scopes: body.scopes || [] });
+    ctx.body = { ok: true };
+  } else if (route === 'GET /_test/consents') {
+    ctx.body = { consents };
   } else if (route === 'GET /_test/info') {
     ctx.body = { shape, issuer, tenant_id: tid, expiring_ttl: expiringTtl, introspector: introspector.client_id };
   } else {
@@ -232,6 +343,59 @@ function microsoftTokenResponse(ctx, grantType) {
 
 const knownTenants = new Set(['common', 'organizations', 'consumers', tid]);
 
+// Microsoft's admin consent endpoint, test shape: the administrator (nobody, here) accepts at
+// once; the answer goes to the client's registered redirect URI with the state, like
+// `admin_consent=True&tenant={tid}&state=...`. An unknown client or redirect URI gets an error
+// page, as at Microsoft (AADSTS700016 / AADSTS50011), and nothing is redirected.
+async function adminConsent(ctx, tenant) {
+  const { client_id: clientId, redirect_uri: redirectUri, state } = ctx.query;
+  const client = clientId ? await provider.Client.find(String(clientId)) : undefined;
+  if (!knownTenants.has(tenant) || !client || !client.redirectUris.includes(String(redirectUri))) {
+    ctx.status = 400;
+    ctx.type = 'html';
+    ctx.body = '<!DOCTYPE html><title>IdP error</title><pre id="error">AADSTS700016 or AADSTS50011: unknown application or redirect URI</pre>';
+    return;
+  }
+  consents.push({ client_id: clientId, tenant: tid, at: new Date().toISOString() });
+  const answer = querystring.stringify({ admin_consent: 'True', tenant: tid, ...(state ? { state } : {}) });
+  ctx.redirect(`${redirectUri}${String(redirectUri).includes('?') ? '&' : '?'}${answer}`);
+}
+
+// Dovecot 2.3's oauth2 passdb sends only the token to the introspection endpoint (its
+// introspection_url takes no %variables), and compares the `email` of the answer with the login
+// name. Exchange opens a mailbox to an application only with Add-MailboxPermission: here the
+// introspection of an application token names the one mailbox the test granted the application
+// (POST /_test/app_mailbox), so Dovecot (and Postfix through its SASL) accepts the token for that
+// mailbox and refuses every other one; without a grant the token is inactive.
+async function appIntrospection(ctx) {
+  const raw = await readRaw(ctx.req);
+  ctx.req.body = raw;
+  const form = querystring.parse(raw);
+  const parts = typeof form.token === 'string' ? form.token.split('.') : [];
+  if (parts.length !== 3) return false;
+  let claims;
+  try {
+    claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString());
+  } catch {
+    return false;
+  }
+  if (!claims || typeof claims.appid !== 'string') return false;
+  const basic = `Basic ${Buffer.from(`${introspector.client_id}:${introspector.client_secret}`).toString('base64')}`;
+  if (ctx.get('authorization') !== basic) {
+    ctx.status = 401;
+    ctx.body = { error: 'invalid_client' };
+    return true;
+  }
+  const { createPublicKey, verify } = await import('node:crypto');
+  const signed = verify('RSA-SHA256', Buffer.from(`${parts[0]}.${parts[1]}`), createPublicKey(privateKey), Buffer.from(parts[2], 'base64url'));
+  const mailbox = appMailboxes.get(claims.appid);
+  const active = signed && claims.exp * 1000 > Date.now() && claims.iss === issuer && Boolean(mailbox);
+  ctx.body = active
+    ? { active: true, client_id: claims.appid, scope: claims.scope, aud: claims.aud, exp: claims.exp, email: mailbox, roles: claims.roles }
+    : { active: false };
+  return true;
+}
+
 function rewriteMicrosoftPath(ctx) {
   let m = ctx.path.match(/^\/([^/]+)\/oauth2\/v2\.0\/(authorize|token|logout)(\/.*)?$/);
   if (m && m[1] !== 'common') {
@@ -258,6 +422,14 @@ provider.use(async (ctx, next) => {
     await handleTestRoute(ctx);
     return;
   }
+  const consent = microsoft && ctx.method === 'GET' && ctx.path.match(/^\/([^/]+)\/adminconsent$/);
+  if (consent) {
+    await adminConsent(ctx, consent[1]);
+    return;
+  }
+  if (microsoft && ctx.method === 'POST' && ctx.path === '/token/introspection' && (await appIntrospection(ctx))) {
+    return;
+  }
   if (microsoft && !rewriteMicrosoftPath(ctx)) {
     ctx.status = 400;
     ctx.body = { error: 'invalid_request', error_description: 'AADSTS90002: Tenant not found.', error_codes: [90002] };
@@ -277,7 +449,7 @@ provider.use(async (ctx, next) => {
   }
   const isToken = ctx.path === tokenPath && ctx.method === 'POST';
   let form;
-  if (isToken && (failures.length || microsoft)) {
+  if (isToken && (failures.length || microsoft || serviceAccounts.size)) {
     // The body is read here (grant type, scope); oidc-provider then falls back to ctx.req.body.
     const raw = await readRaw(ctx.req);
     ctx.req.body = raw;
@@ -289,6 +461,11 @@ provider.use(async (ctx, next) => {
       const scope = form.scope.split(' ').filter((s) => s && s !== 'offline_access').join(' ');
       ctx.req.body = querystring.stringify({ ...form, scope });
     }
+  }
+  if (isToken && form?.grant_type === JWT_BEARER && !failures.length) {
+    await serviceAccountGrant(ctx, form);
+    count(JWT_BEARER, ctx.status);
+    return;
   }
   if (isToken && failures.length) {
     const grantType = form.grant_type;

@@ -113,6 +113,18 @@
     root.querySelectorAll("[data-mailoauth-copy]").forEach(function (b) {
       b.addEventListener("click", function () { copy(b); });
     });
+    // A key file (a service account's JSON key) fills the secret field it names; nothing else
+    // is read or sent, and without script the admin pastes the key instead.
+    root.querySelectorAll("[data-mailoauth-secret-file]").forEach(function (input) {
+      input.parentNode.hidden = false;
+      input.addEventListener("change", function () {
+        var file = input.files && input.files[0];
+        if (!file) { return; }
+        file.text().then(function (text) {
+          root.querySelector(input.getAttribute("data-mailoauth-secret-file")).value = text;
+        });
+      });
+    });
     root.querySelectorAll("[data-mailoauth-close]").forEach(function (b) {
       b.addEventListener("click", function (e) {
         // In the dialog: close it. On the page: a link goes to the host page by itself.
