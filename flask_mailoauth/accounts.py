@@ -25,8 +25,9 @@ from .models import (
 )
 from .outbound import OutboundHTTP
 from .providers import registry
+from .providers.base import Provider
 from .state import MailOAuthState
-from .vocabulary import CredentialStatus, EventKind
+from .vocabulary import SECRET_AUTHS, ClientAuth, CredentialStatus, EventKind
 
 #: characters of a token the Token tab shows; the rest is shrouded
 SHOWN_CHARACTERS = 2
@@ -62,6 +63,8 @@ class AccountInput:
     config: Mapping[str, str]
     client_secret: str | None = field(repr=False)
     secret_expires_on: date | None
+    #: the Client Authentication chosen (``None``: the provider's default)
+    client_auth: str | None = None
 
 
 @dataclass(frozen=True)
@@ -245,7 +248,9 @@ def save(
     """Validate and store the modal's input; tell whether the grant must be (re)authorized.
 
     A change to a signed field (provider, tenant, client id, endpoints, scopes) invalidates the
-    grant; the client secret and its end date do not, so rotating a secret needs no re-consent.
+    grant; the client secret, its end date and the client authentication do not: the grant
+    belongs to the client id, however the client proves itself, so rotating a secret or moving
+    to a certificate needs no re-consent.
     """
     provider = registry.get(data.provider)
     allow_insecure_http, timeout = st.config.allow_insecure_http, st.config.http_timeout
@@ -260,6 +265,9 @@ def save(
         else:
             # What discovery filled in obeys the same rules as what the admin typed (https...).
             errors = provider.validate(config, allow_insecure_http=allow_insecure_http)
+    method = _client_auth(provider, config, data.client_auth, errors)
+    if len(provider.client_auths) > 1:
+        config["client_auth"] = method
     name = data.name.strip() or default_name(address, purpose)
     m = st.models
     with own_session(st.db) as s:
@@ -269,13 +277,18 @@ def save(
             errors["name"] = gettext(
                 "The name %(name)s is already used by another account.", name=repr(name)
             )
-        if not data.client_secret and (account is None or account.client_secret is None):
+        if (
+            method in SECRET_AUTHS
+            and not data.client_secret
+            and (account is None or account.client_secret is None)
+        ):
             errors["client_secret"] = gettext(
                 "Client Secret is required (paste the secret's Value)."
             )
         if errors:
             return SaveResult(errors=errors)
         created = account is None
+        auth_changed = account is not None and provider.client_auth(account.config) != method
         if account is None:
             account = m.Account(key=key, purpose=purpose, address=address)
             s.add(account)
@@ -296,11 +309,12 @@ def save(
         s.flush()
         credential = None if dropped else account.credential
         if (
-            data.client_secret
+            (data.client_secret or auth_changed)
             and credential is not None
             and credential.status == CredentialStatus.CONFIGURATION_ERROR
         ):
-            # A new secret is the usual fix for a configuration error: let the next use retry.
+            # A new secret (or another way to authenticate the client) is the usual fix for a
+            # configuration error: let the next use retry.
             credential.status, credential.next_retry_at = CredentialStatus.ACTIVE, None
         # Submit authorizes whenever the stored grant cannot be used, changed or not.
         needs = credential is None or unusable_reason(st, account) is not None
@@ -313,6 +327,22 @@ def save(
         )
     st.cache.pop((key, purpose), None)
     return SaveResult(needs_authorization=needs and data.enabled)
+
+
+def _client_auth(
+    provider: Provider, config: Mapping[str, str], chosen: str | None, errors: dict[str, str]
+) -> ClientAuth:
+    """The client authentication chosen for ``config``, or an error on the ``client_auth``
+    field when the provider (or what its IdP accepts) does not offer it."""
+    choices = provider.client_auth_choices(config)
+    method = next((a for a in choices if a == chosen), None)
+    if chosen and method is None:
+        errors["client_auth"] = gettext(
+            "The identity provider does not accept %(method)s here; choose one of: %(choices)s.",
+            method=chosen,
+            choices=", ".join(choices),
+        )
+    return method or provider.client_auth(config)
 
 
 def _saved_message(*, dropped: bool, needs_authorization: bool) -> str:

@@ -31,6 +31,7 @@ except ImportError:  # WTForms < 3.3 takes (value, label) pairs, which 3.3 depre
 from .accounts import AccountInput, AccountView
 from .i18n import gettext, lazy_gettext, ngettext
 from .providers.base import ConfigField, Provider
+from .vocabulary import ClientAuth
 
 #: form field names of provider fields carry this prefix, so they never clash with Info fields
 IDP_PREFIX = "idp_"
@@ -67,6 +68,14 @@ class LocalDateField(DateField):
             raise ValueError(gettext("Not a valid date value.")) from None
 
 
+#: the Client Authentication select's words for each method
+CLIENT_AUTH_LABELS = {
+    ClientAuth.SECRET_POST: lazy_gettext("Client secret in the request body (client_secret_post)"),
+    ClientAuth.SECRET_BASIC: lazy_gettext("Client secret as HTTP Basic (client_secret_basic)"),
+    ClientAuth.NONE: lazy_gettext("None: a public client with PKCE (none)"),
+    ClientAuth.PRIVATE_KEY_JWT: lazy_gettext("Certificate (private_key_jwt)"),
+}
+
 #: "required" in the admin's language, for the fields every provider shares
 REQUIRED = lazy_gettext("This field is required.")
 
@@ -87,6 +96,9 @@ class AccountForm(FlaskForm):
     )
     strict_matching = BooleanField(lazy_gettext("Strict Matching"), default=True)
     notes = TextAreaField(lazy_gettext("Internal Notes"), validators=[MaxLength(5000)])
+    #: shown when the provider offers more than one; checked by ``accounts.save`` against what
+    #: the provider (and its discovery) offers, so an unknown value gets that clear message
+    client_auth = SelectField(lazy_gettext("Client Authentication"), validate_choice=False)
     client_secret = PasswordField(lazy_gettext("Client Secret"), validators=[MaxLength(2000)])
     secret_expires_on = LocalDateField(
         lazy_gettext("Client secret expires on"), validators=[Optional()]
@@ -95,6 +107,10 @@ class AccountForm(FlaskForm):
     def idp_fields(self) -> list[tuple[ConfigField, Field]]:
         """The provider's fields with their form fields, in display order."""
         return [(f, self[IDP_PREFIX + f.name]) for f in self.provider.fields]
+
+    def chooses_client_auth(self) -> bool:
+        """Whether the IdP Config tab shows the Client Authentication select."""
+        return len(self.provider.client_auths) > 1
 
     def tab_errors(self) -> dict[str, int]:
         """How many fields of each tab (``info``, ``idp``) have errors, for the tab's label."""
@@ -119,6 +135,7 @@ class AccountForm(FlaskForm):
             strict_matching=bool(self.strict_matching.data),
             notes=self.notes.data or "",
             config={f.name: form_field.data or "" for f, form_field in self.idp_fields()},
+            client_auth=self.client_auth.data or None,
             client_secret=self.client_secret.data or None,
             secret_expires_on=self.secret_expires_on.data,
         )
@@ -173,8 +190,12 @@ def account_form(provider: Provider, account: AccountView, **kwargs: Any) -> Acc
         "secret_expires_on": account.secret_expires_on,
         **{IDP_PREFIX + f.name: config.get(f.name, f.default) for f in provider.fields},
     }
+    data["client_auth"] = provider.client_auth(config)
     form: AccountForm = form_class(data=data, **kwargs)
     form.provider = provider
+    form.client_auth.choices = [
+        SelectChoice(a.value, CLIENT_AUTH_LABELS[a]) for a in provider.client_auth_choices(config)
+    ]
     _namespace_ids(form)
     return form
 

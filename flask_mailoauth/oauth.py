@@ -16,10 +16,11 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, overload
+from urllib.parse import quote_plus
 
 import jwt
 import requests
@@ -40,6 +41,7 @@ from .i18n import gettext, lazy_gettext
 from .models import utcnow
 from .outbound import OutboundPolicy, call_timeout
 from .providers.base import Provider
+from .vocabulary import ClientAuth
 
 logger = logging.getLogger("flask_mailoauth")
 
@@ -165,7 +167,8 @@ def _request_token(
         with session_for(policy, url).lend(
             config["client_id"], hooks=provider.compliance_hooks(config), check=answer.check
         ) as oauth:
-            _send(oauth, url, config["client_id"], client_secret, grant, timeout, deadline)
+            client = _ClientProof(provider.client_auth(config), config["client_id"], client_secret)
+            _send(oauth, url, client, grant, timeout, deadline)
     except (RedirectRefused, AddressRefused) as exc:
         code = "token_endpoint_redirect" if isinstance(exc, RedirectRefused) else "address_refused"
         raise TokenRequestFailed(
@@ -204,16 +207,46 @@ def _request_token(
     return answer.token
 
 
+@dataclass(frozen=True)
+class _ClientProof:
+    """How the client proves itself at the token endpoint, and with what."""
+
+    method: ClientAuth
+    client_id: str
+    secret: str = field(repr=False)
+
+    def auth(self) -> requests.auth.AuthBase | None:
+        """HTTP Basic for ``client_secret_basic``: id and secret form-encoded first, as RFC
+        6749 §2.3.1 says (requests-oauthlib's own Basic auth leaves them raw)."""
+        if self.method != ClientAuth.SECRET_BASIC:
+            return None
+        return requests.auth.HTTPBasicAuth(
+            quote_plus(self.client_id, safe=""), quote_plus(self.secret, safe="")
+        )
+
+    def body(self) -> dict[str, str]:
+        """What the request body carries besides the grant: the client id unless Basic auth
+        names it, the secret for ``client_secret_post``."""
+        if self.method == ClientAuth.SECRET_BASIC:
+            return {}
+        if self.method == ClientAuth.SECRET_POST:
+            return {"client_id": self.client_id, "client_secret": self.secret}
+        return {"client_id": self.client_id}
+
+
 def _send(
     oauth: OAuth2Session,
     url: str,
-    client_id: str,
-    client_secret: str,
+    client: _ClientProof,
     grant: Mapping[str, str],
     timeout: float,
     deadline: float | None,
 ) -> None:
-    """The grant through requests-oauthlib, the client secret in the body (never Basic auth).
+    """The grant through requests-oauthlib, the client authenticated as ``client`` says.
+
+    The client's body parameters go in as extra parameters (the code exchange's ``client_id``
+    as ``include_client_id``, oauthlib's way) and Basic auth as ``auth``; without Basic, an
+    auth that adds nothing, as ``None`` would make requests-oauthlib send its own.
 
     oauthlib raises a ``Warning`` carrying the token when the granted scope differs from the
     requested one (Microsoft leaves out ``offline_access``): that is an answer, not a failure
@@ -223,14 +256,15 @@ def _send(
     params: dict[str, Any] = dict(grant)
     kind = params.pop("grant_type")
     call = call_timeout(timeout, deadline)
+    params.update(client.body())
     try:
         if kind == "authorization_code":
             oauth.redirect_uri = params.pop("redirect_uri", None)
             oauth.fetch_token(
                 url,
                 code=params.pop("code"),
-                client_secret=client_secret,
-                include_client_id=True,
+                auth=client.auth() or _NO_AUTH,
+                include_client_id=params.pop("client_id", None) is not None,
                 timeout=call,
                 **params,
             )
@@ -240,8 +274,7 @@ def _send(
             oauth.refresh_token(
                 url,
                 refresh_token=params.pop("refresh_token"),
-                client_id=client_id,
-                client_secret=client_secret,
+                auth=client.auth() or _NO_AUTH,
                 timeout=call,
                 **params,
             )
@@ -250,6 +283,17 @@ def _send(
     except Warning as changed:
         if getattr(changed, "token", None) is None:
             raise
+
+
+class _NoAuth(requests.auth.AuthBase):
+    """No ``Authorization`` header: what requests-oauthlib sends when ``auth`` is this (with
+    ``None`` it would send its own Basic header)."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        return r
+
+
+_NO_AUTH = _NoAuth()
 
 
 class _Answer:

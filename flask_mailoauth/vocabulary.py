@@ -72,6 +72,10 @@ class ClientAuth(StrEnum):
     PRIVATE_KEY_JWT = "private_key_jwt"
 
 
+#: the client authentications that send the client secret (the others need none)
+SECRET_AUTHS = frozenset({ClientAuth.SECRET_BASIC, ClientAuth.SECRET_POST})
+
+
 class EventKind(StrEnum):
     """What one line of an account's history records (``Event.kind``)."""
 

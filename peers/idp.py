@@ -178,8 +178,9 @@ class IdP:
 
         ``rotate``: True = every refresh returns a new refresh token (Microsoft), False = the
         refresh token is kept (Google); None = the shape's default (Microsoft rotates, generic
-        does not). ``auth_method``: client_secret_basic or client_secret_post (oidc-provider
-        accepts only the registered one).
+        does not). ``auth_method``: client_secret_basic, client_secret_post, none (a public
+        client: the secret is ``""``) or private_key_jwt (pass ``jwks``); oidc-provider accepts
+        only the registered one.
         """
         body: dict[str, Any] = {
             "redirect_uris": [redirect_uri] if isinstance(redirect_uri, str) else redirect_uri,
@@ -195,7 +196,7 @@ class IdP:
             raise IdPError(r)
         data = r.json()
         self._auth_methods[data["client_id"]] = auth_method
-        return Client(data["client_id"], data["client_secret"])
+        return Client(data["client_id"], data.get("client_secret", ""))
 
     # ------------------------------------------------------------------ instrumentation
     def stats(self) -> dict[str, Any]:
@@ -266,9 +267,12 @@ class IdP:
 
     def _token_request(self, client: Client, data: dict[str, str], token_url: str | None) -> dict:
         """POST to the token endpoint, the client authenticating the way it registered."""
-        if self._auth_methods.get(client.client_id) == "client_secret_post":
+        method = self._auth_methods.get(client.client_id)
+        if method == "client_secret_post":
             sent = {**data, "client_id": client.client_id, "client_secret": client.client_secret}
             auth = None
+        elif method == "none":
+            sent, auth = {**data, "client_id": client.client_id}, None
         else:
             sent, auth = data, (client.client_id, client.client_secret)
         r = self.http.post(token_url or self.token_endpoint, data=sent, auth=auth, timeout=10)

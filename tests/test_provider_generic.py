@@ -73,6 +73,7 @@ def test_fields_and_defaults(provider):
         ("scopes", "Scopes"),
         ("email_attribute", "Email Address Attribute"),
         ("iss_parameter", "Issuer in Response"),
+        ("token_auth_methods", "Token Endpoint Authentication Methods"),
         ("prompt", "Prompt"),
     ]
     defaults = provider.defaults()
@@ -148,6 +149,8 @@ def test_discovery_fills_blank_endpoints_and_keeps_typed_ones(provider, http, id
         "token_endpoint": "https://typed.example/token",
         "jwks_uri": f"{ISSUER}/certs",
         "userinfo_endpoint": f"{ISSUER}/userinfo",
+        # RFC 8414: metadata without token_endpoint_auth_methods_supported means Basic only
+        "token_auth_methods": "client_secret_basic",
     }
     assert config["token_endpoint"] == "https://typed.example/token"
     assert idp.calls[0].request.headers["Accept"] == "application/json"

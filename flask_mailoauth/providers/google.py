@@ -8,7 +8,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from ..i18n import gettext, lazy_gettext
-from ..vocabulary import FailureKind
+from ..vocabulary import ClientAuth, FailureKind
 from .base import (
     OAUTH_ERRORS,
     ConfigField,
@@ -70,6 +70,7 @@ class GoogleProvider(Provider):
     id = "google"
     display_name = "OAuth2 - Google"
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = ERRORS
+    client_auths = (ClientAuth.SECRET_POST, ClientAuth.SECRET_BASIC)
     fields = (
         ConfigField(
             "client_id",

@@ -13,7 +13,7 @@ import requests
 
 from ..errors import AuthorizationFailed, MailOAuthError, ProviderFailure
 from ..i18n import gettext, lazy_gettext
-from ..vocabulary import FailureKind
+from ..vocabulary import ClientAuth, FailureKind
 from .base import (
     OAUTH_ERRORS,
     ConfigField,
@@ -275,6 +275,7 @@ class MicrosoftProvider(Provider):
     id = "microsoft"
     display_name = "OAuth2 - Microsoft"
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = ERRORS
+    client_auths = (ClientAuth.SECRET_POST,)
     fields = (
         ConfigField(
             "cloud",
