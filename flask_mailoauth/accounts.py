@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import signals
+from . import certificates, signals
+from .certificates import CertificateFacts, ClientCertificate
 from .errors import DecryptionError
 from .health import account_health
 from .i18n import gettext, lazy_gettext
@@ -51,6 +53,31 @@ UNUSABLE_KEY_GONE = lazy_gettext(
 )
 
 
+class CertificateAction(StrEnum):
+    """What Submit does with the account's certificates (the Certificate select's values)."""
+
+    KEEP = ""
+    #: a new key pair and self-signed certificate: current without one, else pending
+    GENERATE = "generate"
+    #: a PEM or PFX file's certificate and key, stored as ``GENERATE`` stores a new one
+    IMPORT = "import"
+    #: drop the pending certificate of a rollover
+    DISCARD = "discard"
+
+
+#: the actions that store a new certificate
+NEW_CERTIFICATE = frozenset({CertificateAction.GENERATE, CertificateAction.IMPORT})
+
+
+@dataclass(frozen=True)
+class CertificateInput:
+    """The Certificate part of the IdP Config tab: the action, and the file to import."""
+
+    action: CertificateAction = CertificateAction.KEEP
+    file: bytes = field(default=b"", repr=False)
+    password: str = field(default="", repr=False)
+
+
 @dataclass(frozen=True)
 class AccountInput:
     """What the admin submitted in the modal (``client_secret`` ``None`` keeps the stored one)."""
@@ -65,6 +92,7 @@ class AccountInput:
     secret_expires_on: date | None
     #: the Client Authentication chosen (``None``: the provider's default)
     client_auth: str | None = None
+    certificate: CertificateInput = CertificateInput()
 
 
 @dataclass(frozen=True)
@@ -121,6 +149,9 @@ class AccountView:
     token: TokenDetails | None = None
     events: list[EventMixin] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: the certificate of ``private_key_jwt``, and a rollover's pending one
+    certificate: CertificateFacts | None = None
+    pending_certificate: CertificateFacts | None = None
 
 
 def default_name(address: str, purpose: str) -> str:
@@ -170,6 +201,8 @@ def view(
             config=dict(account.config),
             has_client_secret=account.client_secret is not None,
             secret_expires_on=account.secret_expires_on,
+            certificate=certificates.facts(account.certificate),
+            pending_certificate=certificates.facts(account.next_certificate),
             token=_token_details(st, account),
             events=list(events),
             warnings=account_health(account, account.credential, st.config, utcnow()).warnings
@@ -269,6 +302,7 @@ def save(
     if len(provider.client_auths) > 1:
         config["client_auth"] = method
     name = data.name.strip() or default_name(address, purpose)
+    imported = _imported(data.certificate, errors)
     m = st.models
     with own_session(st.db) as s:
         account = find(s, m, key, purpose)
@@ -284,6 +318,15 @@ def save(
         ):
             errors["client_secret"] = gettext(
                 "Client Secret is required (paste the secret's Value)."
+            )
+        if (
+            method == ClientAuth.PRIVATE_KEY_JWT
+            and data.certificate.action not in NEW_CERTIFICATE
+            and (account is None or account.certificate is None)
+        ):
+            errors["certificate_action"] = gettext(
+                "Certificate authentication needs a certificate: generate one, or import a PEM "
+                "or PFX file."
             )
         if errors:
             return SaveResult(errors=errors)
@@ -306,6 +349,7 @@ def save(
         account.config_signature = provider.config_signature(config)
         if data.client_secret:
             st.seal(account, "client_secret", data.client_secret)
+        _change_certificates(st, account, data.certificate.action, imported, name)
         s.flush()
         credential = None if dropped else account.credential
         if (
@@ -343,6 +387,45 @@ def _client_auth(
             choices=", ".join(choices),
         )
     return method or provider.client_auth(config)
+
+
+def _imported(given: CertificateInput, errors: dict[str, str]) -> ClientCertificate | None:
+    """The certificate and key of the file to import, or an error on its field."""
+    if given.action != CertificateAction.IMPORT:
+        return None
+    try:
+        return certificates.load(given.file, given.password)
+    except certificates.CertificateError as exc:
+        errors["certificate_file"] = str(exc)
+        return None
+
+
+def _change_certificates(
+    st: MailOAuthState,
+    account: AccountMixin,
+    action: CertificateAction,
+    imported: ClientCertificate | None,
+    name: str,
+) -> None:
+    """Store a generated or imported certificate (current without one, else pending), or
+    drop the pending one."""
+    if action == CertificateAction.DISCARD:
+        certificates.discard_pending(account)
+        return
+    new = imported
+    if action == CertificateAction.GENERATE:
+        new = certificates.generate(name)
+    if new is not None:
+        certificates.store(st, account, new)
+
+
+def certificate_pem(st: MailOAuthState, key: str, purpose: str, *, pending: bool) -> str | None:
+    """The account's certificate (PEM; the pending one with ``pending``), for download."""
+    with own_session(st.db) as s:
+        account = find(s, st.models, key, purpose)
+        if account is None:
+            return None
+        return account.next_certificate if pending else account.certificate
 
 
 def _saved_message(*, dropped: bool, needs_authorization: bool) -> str:

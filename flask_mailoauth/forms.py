@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from flask_wtf import FlaskForm
+from flask_wtf.file import FileField
+from werkzeug.datastructures import FileStorage
 from wtforms import (
     BooleanField,
     DateField,
@@ -28,7 +30,8 @@ except ImportError:  # WTForms < 3.3 takes (value, label) pairs, which 3.3 depre
         return (value, label)
 
 
-from .accounts import AccountInput, AccountView
+from .accounts import AccountInput, AccountView, CertificateAction, CertificateInput
+from .certificates import MAX_FILE_SIZE
 from .i18n import gettext, lazy_gettext, ngettext
 from .providers.base import ConfigField, Provider
 from .vocabulary import ClientAuth
@@ -100,6 +103,12 @@ class AccountForm(FlaskForm):
     #: the provider (and its discovery) offers, so an unknown value gets that clear message
     client_auth = SelectField(lazy_gettext("Client Authentication"), validate_choice=False)
     client_secret = PasswordField(lazy_gettext("Client Secret"), validators=[MaxLength(2000)])
+    #: what Submit does with the certificates; its choices depend on what is stored
+    certificate_action = SelectField(lazy_gettext("Certificate"), validate_choice=False)
+    certificate_file = FileField(lazy_gettext("Certificate file (PEM or PFX)"))
+    certificate_password = PasswordField(
+        lazy_gettext("Password of the file"), validators=[MaxLength(1000)]
+    )
     secret_expires_on = LocalDateField(
         lazy_gettext("Client secret expires on"), validators=[Optional()]
     )
@@ -107,6 +116,21 @@ class AccountForm(FlaskForm):
     def idp_fields(self) -> list[tuple[ConfigField, Field]]:
         """The provider's fields with their form fields, in display order."""
         return [(f, self[IDP_PREFIX + f.name]) for f in self.provider.fields]
+
+    def _certificate_input(self) -> CertificateInput:
+        """The Certificate part: an unknown action keeps what is stored."""
+        try:
+            action = CertificateAction(self.certificate_action.data or "")
+        except ValueError:
+            action = CertificateAction.KEEP
+        upload = self.certificate_file.data
+        # one byte more than allowed: the check then says the file is too big
+        data = upload.read(MAX_FILE_SIZE + 1) if isinstance(upload, FileStorage) else b""
+        return CertificateInput(action, data, self.certificate_password.data or "")
+
+    def offers_certificates(self) -> bool:
+        """Whether the IdP Config tab shows the Certificate part (``private_key_jwt``)."""
+        return ClientAuth.PRIVATE_KEY_JWT in self.provider.client_auths
 
     def chooses_client_auth(self) -> bool:
         """Whether the IdP Config tab shows the Client Authentication select."""
@@ -136,6 +160,7 @@ class AccountForm(FlaskForm):
             notes=self.notes.data or "",
             config={f.name: form_field.data or "" for f, form_field in self.idp_fields()},
             client_auth=self.client_auth.data or None,
+            certificate=self._certificate_input(),
             client_secret=self.client_secret.data or None,
             secret_expires_on=self.secret_expires_on.data,
         )
@@ -193,11 +218,34 @@ def account_form(provider: Provider, account: AccountView, **kwargs: Any) -> Acc
     data["client_auth"] = provider.client_auth(config)
     form: AccountForm = form_class(data=data, **kwargs)
     form.provider = provider
+    form.certificate_action.choices = _certificate_actions(account)
     form.client_auth.choices = [
         SelectChoice(a.value, CLIENT_AUTH_LABELS[a]) for a in provider.client_auth_choices(config)
     ]
     _namespace_ids(form)
     return form
+
+
+def _certificate_actions(account: AccountView) -> list[Any]:
+    """The Certificate select's choices: a new certificate becomes the pending one when one is
+    stored (a rollover), and a pending one may be discarded."""
+    actions = [
+        SelectChoice(CertificateAction.KEEP.value, lazy_gettext("Keep as it is")),
+        SelectChoice(
+            CertificateAction.GENERATE.value,
+            lazy_gettext("Generate a new key pair and certificate (rollover)")
+            if account.certificate
+            else lazy_gettext("Generate a key pair and certificate"),
+        ),
+        SelectChoice(CertificateAction.IMPORT.value, lazy_gettext("Import a PEM or PFX file")),
+    ]
+    if account.pending_certificate:
+        actions.append(
+            SelectChoice(
+                CertificateAction.DISCARD.value, lazy_gettext("Discard the new certificate")
+            )
+        )
+    return actions
 
 
 def _namespace_ids(form: AccountForm) -> None:

@@ -15,8 +15,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, overload
@@ -27,6 +27,7 @@ import requests
 from oauthlib.oauth2 import InsecureTransportError
 from requests_oauthlib import OAuth2Session
 
+from .certificates import ASSERTION_TYPE, ClientCertificate
 from .client import session_for
 from .errors import (
     AddressRefused,
@@ -57,6 +58,8 @@ MAX_RETRY_AFTER = 24 * 3600
 UNEXPECTED_ERROR = "unexpected_error"
 #: the code of every malformed token answer
 INVALID_TOKEN_RESPONSE = "invalid_token_response"  # noqa: S105 - an error code
+#: the code of a ``private_key_jwt`` account without a certificate
+NO_CERTIFICATE = "no_certificate"
 #: the only token type mail servers accept
 BEARER = "Bearer"
 #: clock readings (``Date``, ``iat``, ``exp``) further than this from the host's are ignored
@@ -87,6 +90,8 @@ class TokenResponse:
     id_token: str | None
     raw: Mapping[str, Any]
     clock_skew: float | None = None  # host minus IdP clock, seconds, when the answer tells it
+    #: the certificate the client authenticated with (``private_key_jwt``), else ``None``
+    client_certificate: ClientCertificate | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"<TokenResponse expires_at={self.expires_at.isoformat()} scope={self.scope!r}>"
@@ -110,8 +115,16 @@ def request_token(
     requested_scopes: list[str],
     deadline: float | None = None,
     policy: OutboundPolicy | None = None,
+    certificates: Sequence[ClientCertificate] = (),
 ) -> TokenResponse:
     """POST ``grant`` (``grant_type`` and its parameters) to the account's token endpoint.
+
+    The client authenticates as :meth:`Provider.client_auth` says: with ``client_secret``, or
+    for ``private_key_jwt`` with an assertion signed by the first of ``certificates`` (a
+    rollover's pending certificate, then the current one). When the identity provider refuses
+    one certificate as a configuration problem (``invalid_client``: not uploaded yet) the next
+    is tried, and only the last one's failure counts; the answer names the certificate that
+    succeeded (:attr:`TokenResponse.client_certificate`).
 
     ``timeout`` caps each socket operation, ``deadline`` (seconds) the whole call. ``policy``
     defaults to the current app's outbound policy. Raises only :class:`TokenRequestFailed`:
@@ -127,6 +140,7 @@ def request_token(
             requested_scopes=requested_scopes,
             deadline=deadline,
             policy=policy,
+            certificates=certificates,
         )
     except TokenRequestFailed:
         raise
@@ -157,8 +171,61 @@ def _request_token(
     requested_scopes: list[str],
     deadline: float | None,
     policy: OutboundPolicy | None,
+    certificates: Sequence[ClientCertificate],
 ) -> TokenResponse:
-    """:func:`request_token` without its safety net."""
+    """:func:`request_token` without its safety net: each certificate to try, in turn."""
+    method = provider.client_auth(config)
+    tries: Sequence[ClientCertificate | None] = (None,)
+    if method == ClientAuth.PRIVATE_KEY_JWT:
+        if not certificates:
+            raise TokenRequestFailed(
+                ProviderFailure(
+                    FailureKind.CONFIGURATION,
+                    NO_CERTIFICATE,
+                    gettext("No certificate is stored for certificate client authentication."),
+                    gettext("Generate or import a certificate on the IdP Config tab."),
+                )
+            )
+        tries = certificates
+    for index, certificate in enumerate(tries):
+        client = _ClientProof(
+            method,
+            config["client_id"],
+            client_secret,
+            certificate,
+            sha1_header=provider.certificate_sha1_header,
+        )
+        try:
+            token = _attempt(
+                provider, config, client, grant, timeout, requested_scopes, deadline, policy
+            )
+        except TokenRequestFailed as exc:
+            if certificate is None or index + 1 == len(tries):
+                raise
+            if exc.failure.kind != FailureKind.CONFIGURATION:
+                raise
+            logger.warning(
+                "The identity provider refused the pending certificate %s (%s); the current "
+                "one is used.",
+                certificate.sha1_thumbprint,
+                exc.failure.code,
+            )
+            continue
+        return replace(token, client_certificate=certificate)
+    raise RuntimeError("no client authentication was tried")  # tries is never empty
+
+
+def _attempt(
+    provider: Provider,
+    config: Mapping[str, str],
+    client: _ClientProof,
+    grant: Mapping[str, str],
+    timeout: float,
+    requested_scopes: list[str],
+    deadline: float | None,
+    policy: OutboundPolicy | None,
+) -> TokenResponse:
+    """One token request, the client authenticated as ``client``."""
     policy = policy or OutboundPolicy.current()
     url = provider.endpoints(config).token
     answer = _Answer(provider, requested_scopes)
@@ -167,7 +234,6 @@ def _request_token(
         with session_for(policy, url).lend(
             config["client_id"], hooks=provider.compliance_hooks(config), check=answer.check
         ) as oauth:
-            client = _ClientProof(provider.client_auth(config), config["client_id"], client_secret)
             _send(oauth, url, client, grant, timeout, deadline)
     except (RedirectRefused, AddressRefused) as exc:
         code = "token_endpoint_redirect" if isinstance(exc, RedirectRefused) else "address_refused"
@@ -214,6 +280,9 @@ class _ClientProof:
     method: ClientAuth
     client_id: str
     secret: str = field(repr=False)
+    certificate: ClientCertificate | None = None
+    #: name the certificate by its SHA-1 ``x5t`` too (Microsoft)
+    sha1_header: bool = False
 
     def auth(self) -> requests.auth.AuthBase | None:
         """HTTP Basic for ``client_secret_basic``: id and secret form-encoded first, as RFC
@@ -224,13 +293,23 @@ class _ClientProof:
             quote_plus(self.client_id, safe=""), quote_plus(self.secret, safe="")
         )
 
-    def body(self) -> dict[str, str]:
+    def body(self, token_url: str) -> dict[str, str]:
         """What the request body carries besides the grant: the client id unless Basic auth
-        names it, the secret for ``client_secret_post``."""
+        names it, the secret for ``client_secret_post``, a fresh client assertion (audience:
+        the token endpoint) for ``private_key_jwt``."""
         if self.method == ClientAuth.SECRET_BASIC:
             return {}
         if self.method == ClientAuth.SECRET_POST:
             return {"client_id": self.client_id, "client_secret": self.secret}
+        if self.method == ClientAuth.PRIVATE_KEY_JWT and self.certificate is not None:
+            assertion = self.certificate.assertion(
+                self.client_id, token_url, sha1_header=self.sha1_header
+            )
+            return {
+                "client_id": self.client_id,
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion,
+            }
         return {"client_id": self.client_id}
 
 
@@ -256,7 +335,7 @@ def _send(
     params: dict[str, Any] = dict(grant)
     kind = params.pop("grant_type")
     call = call_timeout(timeout, deadline)
-    params.update(client.body())
+    params.update(client.body(url))
     try:
         if kind == "authorization_code":
             oauth.redirect_uri = params.pop("redirect_uri", None)

@@ -85,6 +85,8 @@ class EventKind(StrEnum):
     REFRESHED = "refreshed"
     REFRESH_FAILED = "refresh_failed"
     TOKEN_DELETED = "token_deleted"  # noqa: S105 - an event kind, not a secret
+    #: a rollover's pending certificate became the current one
+    CERTIFICATE_SWITCHED = "certificate_switched"
 
 
 class EventLevel(StrEnum):

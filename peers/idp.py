@@ -96,6 +96,7 @@ class IdP:
         self.http.trust_env = False  # REQUESTS_CA_BUNDLE would replace the CA below
         self.http.verify = str(self.ca_file)
         self._auth_methods: dict[str, str] = {}  # client id -> how it authenticates
+        self._registrations: dict[str, dict[str, Any]] = {}  # client id -> its registration
         node = shutil.which("node") or "node"
         started = time.monotonic()
         self.proc = Proc(
@@ -196,7 +197,28 @@ class IdP:
             raise IdPError(r)
         data = r.json()
         self._auth_methods[data["client_id"]] = auth_method
+        self._registrations[data["client_id"]] = data
         return Client(data["client_id"], data.get("client_secret", ""))
+
+    def update_client(self, client_id: str, **metadata: Any) -> None:
+        """Change a registered client's metadata (RFC 7592), e.g. its ``jwks`` in a rollover."""
+        registered = self._registrations[client_id]
+        body = {
+            k: v
+            for k, v in registered.items()
+            if k not in ("registration_access_token", "registration_client_uri")
+            and not k.endswith("_at")
+        }
+        body.update(metadata)
+        r = self.http.put(
+            registered["registration_client_uri"],
+            json=body,
+            headers={"Authorization": f"Bearer {registered['registration_access_token']}"},
+            timeout=5,
+        )
+        if r.status_code != 200:
+            raise IdPError(r)
+        self._registrations[client_id] = {**registered, **r.json()}
 
     # ------------------------------------------------------------------ instrumentation
     def stats(self) -> dict[str, Any]:

@@ -122,9 +122,9 @@ def test_changing_the_client_authentication_keeps_the_grant(host, idp):
     ("fields", "field", "message"),
     [
         (
-            {"client_auth": "private_key_jwt"},
+            {"client_auth": "client_secret_jwt"},
             "client_auth",
-            "does not accept private_key_jwt here",
+            "does not accept client_secret_jwt here",
         ),
         (
             {"client_auth": "none", "idp_token_auth_methods": "client_secret_basic"},

@@ -478,6 +478,9 @@ class Provider:
     access_kinds: ClassVar[tuple[AccessKind, ...]] = (AccessKind.DELEGATED,)
     #: how the client may authenticate at the token endpoint, the first the default
     client_auths: ClassVar[tuple[ClientAuth, ...]] = (ClientAuth.SECRET_POST,)
+    #: client assertions name the certificate by its SHA-1 ``x5t`` too (Microsoft needs it),
+    #: not only by ``x5t#S256``
+    certificate_sha1_header: ClassVar[bool] = False
 
     @staticmethod
     def value(config: Mapping[str, str], name: str) -> str:

@@ -146,6 +146,7 @@ class GenericProvider(Provider):
         ClientAuth.SECRET_POST,
         ClientAuth.SECRET_BASIC,
         ClientAuth.NONE,
+        ClientAuth.PRIVATE_KEY_JWT,
     )
     fields = (
         ConfigField(

@@ -275,7 +275,8 @@ class MicrosoftProvider(Provider):
     id = "microsoft"
     display_name = "OAuth2 - Microsoft"
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = ERRORS
-    client_auths = (ClientAuth.SECRET_POST,)
+    client_auths = (ClientAuth.SECRET_POST, ClientAuth.PRIVATE_KEY_JWT)
+    certificate_sha1_header = True
     fields = (
         ConfigField(
             "cloud",

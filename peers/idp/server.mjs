@@ -82,6 +82,8 @@ const provider = new Provider(issuer, {
     introspection: { enabled: true },
     revocation: { enabled: true },
     registration: { enabled: true }, // open: tests register clients with their own redirect URIs
+    // RFC 7592: a test changes a client's registered keys (a certificate rollover)
+    registrationManagement: { enabled: true, rotateRegistrationAccessToken: false },
   },
   extraClientMetadata: {
     properties: ['rotate_refresh_token'],
