@@ -199,6 +199,27 @@ ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
             FailureKind.CONFIGURATION,
             lazy_gettext("Invalid client secret: paste the secret's Value, not its Secret ID."),
         ),
+        "AADSTS700027": ErrorAdvice(
+            FailureKind.CONFIGURATION,
+            lazy_gettext(
+                "Microsoft does not know the certificate: upload the .cer from the IdP Config tab "
+                "under Certificates & secrets and check that its thumbprint matches."
+            ),
+        ),
+        "AADSTS700024": ErrorAdvice(
+            FailureKind.CONFIGURATION,
+            lazy_gettext(
+                "The client assertion is outside its valid time: the host's clock is wrong, set "
+                "it right (NTP)."
+            ),
+        ),
+        "AADSTS7000218": ErrorAdvice(
+            FailureKind.CONFIGURATION,
+            lazy_gettext(
+                "Microsoft expects a client secret or a certificate: set Client Authentication "
+                "and paste the secret's Value or generate a certificate."
+            ),
+        ),
         "AADSTS700016": ErrorAdvice(
             FailureKind.CONFIGURATION,
             lazy_gettext(
