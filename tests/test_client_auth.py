@@ -100,6 +100,37 @@ def test_the_select_offers_what_the_provider_and_its_idp_support(host):
     assert 'value="client_secret_post"' not in page
 
 
+@pytest.mark.parametrize(
+    ("provider", "declared", "sha1"),
+    [
+        ("microsoft", ("client_secret_post", "private_key_jwt"), True),
+        ("google", ("client_secret_post", "client_secret_basic"), False),
+        (
+            "generic",
+            ("client_secret_post", "client_secret_basic", "none", "private_key_jwt"),
+            False,
+        ),
+    ],
+)
+def test_each_provider_declares_its_client_authentications(provider, declared, sha1):
+    chosen = registry.get(provider)
+    assert tuple(chosen.client_auths) == declared
+    assert chosen.client_auth({}) == ClientAuth.SECRET_POST
+    assert chosen.certificate_sha1_header is sha1
+
+
+def test_generic_discovery_offers_what_both_sides_support(host):
+    generic = registry.get("generic")
+    listed = {"token_auth_methods": "private_key_jwt tls_client_auth client_secret_basic"}
+    assert generic.client_auth_choices(listed) == (
+        ClientAuth.SECRET_BASIC,
+        ClientAuth.PRIVATE_KEY_JWT,
+    )
+    assert generic.client_auth(listed) == ClientAuth.SECRET_BASIC
+    assert generic.client_auth({**listed, "client_auth": "none"}) == ClientAuth.SECRET_BASIC
+    assert generic.client_auth_choices({}) == generic.client_auths
+
+
 def test_a_provider_with_one_method_shows_no_select():
     class OneWay(type(registry.get("generic"))):
         client_auths = (ClientAuth.SECRET_POST,)
