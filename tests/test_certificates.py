@@ -402,3 +402,33 @@ def test_csrf_is_still_required_with_a_file(host, pair):
     )
     assert response.status_code == 400
     assert account_row(host) is None
+
+
+def test_rotate_key_reencrypts_both_private_keys(make_host, tmp_path):
+    from click.testing import CliRunner
+    from flask.cli import ScriptInfo
+
+    from flask_mailoauth.crypto import KeyRing, generate_key, parse_key
+
+    from .conftest import TEST_KEY
+
+    url = f"sqlite:///{tmp_path / 'rotate.db'}"
+    old = make_host(db_url=url)
+    client = old.app.test_client()
+    submit(client, certificate_action="generate")
+    submit(client, certificate_action="generate")
+    new_key = generate_key()
+    rotated = make_host(db_url=url, MAILOAUTH_ENCRYPTION_KEYS=[new_key, TEST_KEY])
+    result = CliRunner().invoke(
+        rotated.app.cli,
+        ["mailoauth", "rotate-key"],
+        obj=ScriptInfo(create_app=lambda: rotated.app),
+    )
+    # both keys, and the PKCE verifiers of the two authorizations each Submit started
+    assert "Re-encrypted 4 secret(s)" in result.output, result.output
+    only_new = KeyRing([parse_key(new_key)])
+    with rotated.app.app_context():
+        account = _account(rotated)
+        for name in ("private_key", "next_private_key"):
+            pem = only_new.decrypt(getattr(account, name), aad=account.aad(name))
+            assert pem.startswith("-----BEGIN PRIVATE KEY-----")
