@@ -23,7 +23,7 @@ from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.state import state
 
 from .commands import health
-from .flow_steps import MODAL, callback, csrf, start
+from .flow_steps import MODAL, callback, csrf, reauthorize, start
 from .flow_steps import save as save_modal
 from .oauth_fakes import CLIENT_ID, TOKEN_URL, FakeIdP
 
@@ -432,3 +432,42 @@ def test_rotate_key_reencrypts_both_private_keys(make_host, tmp_path):
         for name in ("private_key", "next_private_key"):
             pem = only_new.decrypt(getattr(account, name), aad=account.aad(name))
             assert pem.startswith("-----BEGIN PRIVATE KEY-----")
+
+
+def test_the_code_exchange_tries_the_pending_certificate_first_too(host, idp):
+    client = host.app.test_client()
+    query = start(client, secret="", client_auth="private_key_jwt", certificate_action="generate")
+    assert callback(client, idp, query).status_code == 303
+    old = account_row(host)[0]
+    submit(client, certificate_action="generate")
+    new = account_row(host)[2]
+    idp.endpoint.answers += [("error", (401, {"error": "invalid_client"}, {})), ("rotate", 3600)]
+    assert callback(client, idp, reauthorize(client)).status_code == 303
+    assert assertions(idp)[1:] == [
+        (x5t(new), "authorization_code"),
+        (x5t(old), "authorization_code"),
+    ]
+    assert account_row(host)[::2] == (old, new)
+    assert callback(client, idp, reauthorize(client)).status_code == 303
+    assert assertions(idp)[3:] == [(x5t(new), "authorization_code")]
+    assert account_row(host)[::2] == (new, None)
+
+
+def test_another_client_authentication_clears_a_configuration_error(host, idp):
+    client = host.app.test_client()
+    query = start(client, secret="s1")
+    assert callback(client, idp, query).status_code == 303
+    idp.endpoint.answers.append(("error", (401, {"error": "invalid_client"}, {})))
+    with pytest.raises(Exception, match="invalid_client"):
+        refresh(host)
+    with host.app.app_context(), host.db.engine.connect() as conn:
+        assert conn.execute(sa.text("select status from mailoauth_credential")).scalar() == (
+            "configuration_error"
+        )
+    assert submit(client, certificate_action="generate").status_code == 303
+    with host.app.app_context(), host.db.engine.connect() as conn:
+        assert conn.execute(sa.text("select status from mailoauth_credential")).scalar() == "active"
+    refresh(host)
+    last = idp.token_requests[-1]
+    assert last["client_assertion_type"] == [ASSERTION_TYPE]
+    assert "client_secret" not in last
