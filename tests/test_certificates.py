@@ -471,3 +471,23 @@ def test_another_client_authentication_clears_a_configuration_error(host, idp):
     last = idp.token_requests[-1]
     assert last["client_assertion_type"] == [ASSERTION_TYPE]
     assert "client_secret" not in last
+
+
+def test_provider_authors_send_certificate_grants_through_the_testing_helper(pair, idp):
+    from flask_mailoauth import testing
+    from flask_mailoauth.providers import registry
+
+    config = {
+        "client_id": CLIENT_ID,
+        "token_endpoint": TOKEN_URL,
+        "authorization_endpoint": TOKEN_URL,
+        "client_auth": "private_key_jwt",
+    }
+    answer = testing.request_token(
+        registry.get("generic"),
+        config,
+        {"grant_type": "refresh_token", "refresh_token": "rt"},
+        certificates=[pair],
+    )
+    assert answer.client_certificate == pair
+    assert assertions(idp) == [(x5t(pair.certificate_pem), "refresh_token")]
