@@ -105,9 +105,15 @@ class AccountForm(FlaskForm):
     client_secret = PasswordField(lazy_gettext("Client Secret"), validators=[MaxLength(2000)])
     #: what Submit does with the certificates; its choices depend on what is stored
     certificate_action = SelectField(lazy_gettext("Certificate"), validate_choice=False)
-    certificate_file = FileField(lazy_gettext("Certificate file (PEM or PFX)"))
+    certificate_file = FileField(
+        lazy_gettext("Certificate file (PEM or PFX)"),
+        render_kw={"accept": ".pem,.pfx,.p12,application/x-pem-file,application/x-pkcs12"},
+    )
     certificate_password = PasswordField(
-        lazy_gettext("Password of the file"), validators=[MaxLength(1000)]
+        lazy_gettext("Password of the file"),
+        validators=[MaxLength(1000)],
+        # the file's password, never the admin's own: no browser fills it in
+        render_kw={"autocomplete": "off"},
     )
     secret_expires_on = LocalDateField(
         lazy_gettext("Client secret expires on"), validators=[Optional()]

@@ -21,7 +21,7 @@ from .flows import authorize, csrf_token, idp_fields, point_at
 def jwk(pair: ClientCertificate) -> dict:
     """The public key of ``pair`` as the client's registered JWK."""
     key = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(pair.certificate.public_key()))
-    return {**key, "use": "sig"}
+    return {"kty": key["kty"], "n": key["n"], "e": key["e"], "use": "sig"}
 
 
 def refresh(host) -> str:
