@@ -187,7 +187,10 @@ def _request_token(
                 )
             )
         tries = certificates
+    # the deadline bounds the whole call, a fallback included: the refresh lease counts on it
+    ends = time.monotonic() + deadline if deadline is not None else None
     for index, certificate in enumerate(tries):
+        left = None if ends is None else ends - time.monotonic()
         client = _ClientProof(
             method,
             config["client_id"],
@@ -197,10 +200,12 @@ def _request_token(
         )
         try:
             token = _attempt(
-                provider, config, client, grant, timeout, requested_scopes, deadline, policy
+                provider, config, client, grant, timeout, requested_scopes, left, policy
             )
         except TokenRequestFailed as exc:
             if certificate is None or index + 1 == len(tries):
+                raise
+            if ends is not None and ends <= time.monotonic():
                 raise
             if exc.failure.kind != FailureKind.CONFIGURATION:
                 raise
