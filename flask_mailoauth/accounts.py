@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from . import certificates, signals
 from .certificates import CertificateFacts, ClientCertificate
-from .errors import DecryptionError
+from .errors import CertificateError, DecryptionError
 from .health import account_health
 from .i18n import gettext, lazy_gettext
 from .models import (
@@ -395,7 +395,7 @@ def _imported(given: CertificateInput, errors: dict[str, str]) -> ClientCertific
         return None
     try:
         return certificates.load(given.file, given.password)
-    except certificates.CertificateError as exc:
+    except CertificateError as exc:
         errors["certificate_file"] = str(exc)
         return None
 

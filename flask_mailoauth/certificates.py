@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from .errors import CertificateError
 from .i18n import gettext
 from .models import AccountMixin, own_session, utcnow
 from .state import MailOAuthState
@@ -44,10 +45,6 @@ ALGORITHM = "RS256"
 #: the biggest certificate file an admin may upload, in bytes
 MAX_FILE_SIZE = 64 * 1024
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
-
-
-class CertificateError(ValueError):
-    """A certificate or key that cannot be used; the message says why, for the admin."""
 
 
 def _b64url(data: bytes) -> str:
@@ -169,7 +166,7 @@ def load(data: bytes, password: str = "", *, now: datetime | None = None) -> Cli
     """A certificate and its private key from a PEM file (both in it) or a PFX/PKCS#12 file,
     checked to be usable: an RSA key that matches the certificate, which has not expired.
 
-    Raises :class:`CertificateError` saying what is wrong.
+    Raises :class:`~flask_mailoauth.errors.CertificateError` saying what is wrong.
     """
     if not data.strip():
         raise CertificateError(gettext("Choose a PEM or PFX file to import."))

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from flask_mailoauth import certificates, tokens
-from flask_mailoauth.certificates import CertificateError, ClientCertificate
+from flask_mailoauth.certificates import ClientCertificate
+from flask_mailoauth.errors import CertificateError
 from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.state import state
 
