@@ -298,14 +298,15 @@ def save(
         else:
             # What discovery filled in obeys the same rules as what the admin typed (https...).
             errors = provider.validate(config, allow_insecure_http=allow_insecure_http)
-    method = _client_auth(provider, config, data.client_auth, errors)
-    if len(provider.client_auths) > 1:
-        config["client_auth"] = method
     name = data.name.strip() or default_name(address, purpose)
     imported = _imported(data.certificate, errors)
     m = st.models
     with own_session(st.db) as s:
         account = find(s, m, key, purpose)
+        shown = account.config if account is not None and account.provider == provider.id else {}
+        method = _client_auth(provider, config, data.client_auth, shown, errors)
+        if len(provider.client_auths) > 1:
+            config["client_auth"] = method
         taken = s.scalars(sa.select(m.Account.id).where(m.Account.name == name)).first()
         if taken is not None and (account is None or taken != account.id):
             errors["name"] = gettext(
@@ -374,12 +375,23 @@ def save(
 
 
 def _client_auth(
-    provider: Provider, config: Mapping[str, str], chosen: str | None, errors: dict[str, str]
+    provider: Provider,
+    config: Mapping[str, str],
+    chosen: str | None,
+    shown: Mapping[str, str],
+    errors: dict[str, str],
 ) -> ClientAuth:
     """The client authentication chosen for ``config``, or an error on the ``client_auth``
-    field when the provider (or what its IdP accepts) does not offer it."""
+    field when the provider (or what its IdP accepts) does not offer it.
+
+    The select's preselected value (the default for the ``shown`` config) left as it was
+    follows what this save learnt: when discovery has just narrowed the choices, it becomes
+    their default. Only a method the admin picked gets the error.
+    """
     choices = provider.client_auth_choices(config)
     method = next((a for a in choices if a == chosen), None)
+    if method is None and chosen == provider.client_auth(shown):
+        return choices[0]
     if chosen and method is None:
         errors["client_auth"] = gettext(
             "The identity provider does not accept %(method)s here; choose one of: %(choices)s.",

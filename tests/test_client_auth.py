@@ -131,6 +131,18 @@ def test_generic_discovery_offers_what_both_sides_support(host):
     assert generic.client_auth_choices({}) == generic.client_auths
 
 
+def test_the_untouched_default_follows_what_discovery_learnt(host):
+    # a new account's select shows every method, secret post preselected; this save learns
+    # that the IdP takes Basic only: the default the admin left alone becomes Basic
+    client = host.app.test_client()
+    response = save(
+        client, client_auth="client_secret_post", idp_token_auth_methods="client_secret_basic"
+    )
+    assert response.status_code == 303, response.get_data(as_text=True)
+    [(config, _)] = stored(host)
+    assert '"client_auth": "client_secret_basic"' in config
+
+
 def test_a_provider_with_one_method_shows_no_select():
     class OneWay(type(registry.get("generic"))):
         client_auths = (ClientAuth.SECRET_POST,)

@@ -37,6 +37,7 @@ def test_the_stored_values_are_the_ones_rows_already_hold():
         "refreshed",
         "refresh_failed",
         "token_deleted",
+        "certificate_switched",
     ]
     assert [lv.value for lv in EventLevel] == ["info", "warning", "error"]
     assert ErrorsFailureKind is FailureKind
