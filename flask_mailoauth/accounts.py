@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import signals, tenant_setup
-from .errors import DecryptionError, UnknownProvider
+from . import certificates, signals, tenant_setup
+from .certificates import CertificateFacts, ClientCertificate
+from .errors import CertificateError, DecryptionError, UnknownProvider
 from .health import account_health
 from .i18n import gettext, lazy_gettext
 from .models import (
@@ -25,10 +27,19 @@ from .models import (
 )
 from .outbound import OutboundHTTP
 from .providers import registry
+from .providers.base import Provider
 from .revocation import Revoked, revocation_endpoint, revoke
 from .state import MailOAuthState
 from .tenant_setup import SetupCommand
-from .vocabulary import AccessKind, CredentialStatus, EventKind, EventLevel, RevocationOutcome
+from .vocabulary import (
+    SECRET_AUTHS,
+    AccessKind,
+    ClientAuth,
+    CredentialStatus,
+    EventKind,
+    EventLevel,
+    RevocationOutcome,
+)
 
 #: characters of a token the Token tab shows; the rest is shrouded
 SHOWN_CHARACTERS = 2
@@ -52,6 +63,31 @@ UNUSABLE_KEY_GONE = lazy_gettext(
 )
 
 
+class CertificateAction(StrEnum):
+    """What Submit does with the account's certificates (the Certificate select's values)."""
+
+    KEEP = ""
+    #: a new key pair and self-signed certificate: current without one, else pending
+    GENERATE = "generate"
+    #: a PEM or PFX file's certificate and key, stored as ``GENERATE`` stores a new one
+    IMPORT = "import"
+    #: drop the pending certificate of a rollover
+    DISCARD = "discard"
+
+
+#: the actions that store a new certificate
+NEW_CERTIFICATE = frozenset({CertificateAction.GENERATE, CertificateAction.IMPORT})
+
+
+@dataclass(frozen=True)
+class CertificateInput:
+    """The Certificate part of the IdP Config tab: the action, and the file to import."""
+
+    action: CertificateAction = CertificateAction.KEEP
+    file: bytes = field(default=b"", repr=False)
+    password: str = field(default="", repr=False)
+
+
 @dataclass(frozen=True)
 class AccountInput:
     """What the admin submitted in the modal (``client_secret`` ``None`` keeps the stored one)."""
@@ -64,6 +100,9 @@ class AccountInput:
     config: Mapping[str, str]
     client_secret: str | None = field(repr=False)
     secret_expires_on: date | None
+    #: the Client Authentication chosen (``None``: the provider's default)
+    client_auth: str | None = None
+    certificate: CertificateInput = CertificateInput()
 
 
 @dataclass(frozen=True)
@@ -138,6 +177,9 @@ class AccountView:
     application: ApplicationAccess | None = None
     #: whether a user's grant (with a refresh token) stands behind the token
     delegated: bool = True
+    #: the certificate of ``private_key_jwt``, and a rollover's pending one
+    certificate: CertificateFacts | None = None
+    pending_certificate: CertificateFacts | None = None
 
 
 def default_name(address: str, purpose: str) -> str:
@@ -187,6 +229,8 @@ def view(
             config=dict(account.config),
             has_client_secret=account.client_secret is not None,
             secret_expires_on=account.secret_expires_on,
+            certificate=certificates.facts(account.certificate),
+            pending_certificate=certificates.facts(account.next_certificate),
             token=_token_details(st, account),
             events=list(events),
             warnings=account_health(account, account.credential, st.config, utcnow()).warnings
@@ -313,7 +357,9 @@ def save(
     """Validate and store the modal's input; tell whether the grant must be (re)authorized.
 
     A change to a signed field (provider, tenant, client id, endpoints, scopes) invalidates the
-    grant; the client secret and its end date do not, so rotating a secret needs no re-consent.
+    grant; the client secret, its end date and the client authentication do not: the grant
+    belongs to the client id, however the client proves itself, so rotating a secret or moving
+    to a certificate needs no re-consent.
     """
     provider = registry.get(data.provider)
     allow_insecure_http, timeout = st.config.allow_insecure_http, st.config.http_timeout
@@ -329,15 +375,24 @@ def save(
             # What discovery filled in obeys the same rules as what the admin typed (https...).
             errors = provider.validate(config, allow_insecure_http=allow_insecure_http)
     name = data.name.strip() or default_name(address, purpose)
+    imported = _imported(data.certificate, errors)
     m = st.models
     with own_session(st.db) as s:
         account = find(s, m, key, purpose)
+        shown = account.config if account is not None and account.provider == provider.id else {}
+        method = _client_auth(provider, config, data.client_auth, shown, errors)
+        if len(provider.client_auths) > 1:
+            config["client_auth"] = method
         taken = s.scalars(sa.select(m.Account.id).where(m.Account.name == name)).first()
         if taken is not None and (account is None or taken != account.id):
             errors["name"] = gettext(
                 "The name %(name)s is already used by another account.", name=repr(name)
             )
-        if not data.client_secret and (account is None or account.client_secret is None):
+        if (
+            method in SECRET_AUTHS
+            and not data.client_secret
+            and (account is None or account.client_secret is None)
+        ):
             errors["client_secret"] = gettext(
                 "Client Secret is required (paste the secret's Value)."
             )
@@ -345,9 +400,19 @@ def save(
             problem = provider.secret_problem(config, data.client_secret)
             if problem:
                 errors["client_secret"] = problem
+        if (
+            method == ClientAuth.PRIVATE_KEY_JWT
+            and data.certificate.action not in NEW_CERTIFICATE
+            and (account is None or account.certificate is None)
+        ):
+            errors["certificate_action"] = gettext(
+                "Certificate authentication needs a certificate: generate one, or import a PEM "
+                "or PFX file."
+            )
         if errors:
             return SaveResult(errors=errors)
         created = account is None
+        auth_changed = account is not None and provider.client_auth(account.config) != method
         if account is None:
             account = m.Account(key=key, purpose=purpose, address=address)
             s.add(account)
@@ -365,14 +430,16 @@ def save(
         account.config_signature = provider.config_signature(config)
         if data.client_secret:
             st.seal(account, "client_secret", data.client_secret)
+        _change_certificates(st, account, data.certificate.action, imported, name)
         s.flush()
         credential = None if dropped else account.credential
         if (
-            data.client_secret
+            (data.client_secret or auth_changed)
             and credential is not None
             and credential.status == CredentialStatus.CONFIGURATION_ERROR
         ):
-            # A new secret is the usual fix for a configuration error: let the next use retry.
+            # A new secret (or another way to authenticate the client) is the usual fix for a
+            # configuration error: let the next use retry.
             credential.status, credential.next_retry_at = CredentialStatus.ACTIVE, None
         # Submit authorizes whenever the stored grant cannot be used, changed or not.
         needs = credential is None or unusable_reason(st, account) is not None
@@ -385,6 +452,72 @@ def save(
         )
     st.cache.pop((key, purpose), None)
     return SaveResult(needs_authorization=needs and data.enabled)
+
+
+def _client_auth(
+    provider: Provider,
+    config: Mapping[str, str],
+    chosen: str | None,
+    shown: Mapping[str, str],
+    errors: dict[str, str],
+) -> ClientAuth:
+    """The client authentication chosen for ``config``, or an error on the ``client_auth``
+    field when the provider (or what its IdP accepts) does not offer it.
+
+    The select's preselected value (the default for the ``shown`` config) left as it was
+    follows what this save learnt: when discovery has just narrowed the choices, it becomes
+    their default. Only a method the admin picked gets the error.
+    """
+    choices = provider.client_auth_choices(config)
+    method = next((a for a in choices if a == chosen), None)
+    if method is None and chosen == provider.client_auth(shown):
+        return choices[0]
+    if chosen and method is None:
+        errors["client_auth"] = gettext(
+            "The identity provider does not accept %(method)s here; choose one of: %(choices)s.",
+            method=chosen,
+            choices=", ".join(choices),
+        )
+    return method or provider.client_auth(config)
+
+
+def _imported(given: CertificateInput, errors: dict[str, str]) -> ClientCertificate | None:
+    """The certificate and key of the file to import, or an error on its field."""
+    if given.action != CertificateAction.IMPORT:
+        return None
+    try:
+        return certificates.load(given.file, given.password)
+    except CertificateError as exc:
+        errors["certificate_file"] = str(exc)
+        return None
+
+
+def _change_certificates(
+    st: MailOAuthState,
+    account: AccountMixin,
+    action: CertificateAction,
+    imported: ClientCertificate | None,
+    name: str,
+) -> None:
+    """Store a generated or imported certificate (current without one, else pending), or
+    drop the pending one."""
+    if action == CertificateAction.DISCARD:
+        certificates.discard_pending(account)
+        return
+    new = imported
+    if action == CertificateAction.GENERATE:
+        new = certificates.generate(name)
+    if new is not None:
+        certificates.store(st, account, new)
+
+
+def certificate_pem(st: MailOAuthState, key: str, purpose: str, *, pending: bool) -> str | None:
+    """The account's certificate (PEM; the pending one with ``pending``), for download."""
+    with own_session(st.db) as s:
+        account = find(s, st.models, key, purpose)
+        if account is None:
+            return None
+        return account.next_certificate if pending else account.certificate
 
 
 def _saved_message(*, dropped: bool, needs_authorization: bool) -> str:
@@ -428,11 +561,12 @@ def delete_token(st: MailOAuthState, key: str, purpose: str) -> Revoked | None:
                 st.reveal(account.credential, "refresh_token"),
                 st.reveal(account.credential, "access_token"),
             )
+            certificate = certificates.stored(st, account).current
         except DecryptionError:
-            revealed = None
+            revealed, certificate = None, None
         s.delete(account.credential)
     st.cache.pop((key, purpose), None)
-    revoked = _revoke(st, provider_id, config, revealed)
+    revoked = _revoke(st, provider_id, config, revealed, certificate)
     with own_session(st.db) as s:
         account = find(s, m, key, purpose)
         if account is not None:
@@ -456,9 +590,11 @@ def _revoke(
     provider_id: str,
     config: Mapping[str, str],
     revealed: tuple[str, str, str] | None,
+    certificate: ClientCertificate | None,
 ) -> Revoked:
     """Revoke the deleted grant: the client secret, refresh and access token ``revealed``,
-    ``None`` when they could not be decrypted."""
+    ``None`` when they could not be decrypted; ``certificate`` signs the client's assertion
+    when the client authenticates with one."""
     try:
         provider = registry.get(provider_id)
     except UnknownProvider as exc:
@@ -481,6 +617,7 @@ def _revoke(
         policy=st.config.outbound,
         timeout=timeout,
         deadline=2 * timeout,
+        certificate=certificate,
     )
 
 

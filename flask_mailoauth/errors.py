@@ -124,6 +124,11 @@ class DecryptionError(MailOAuthError):
     """A stored secret cannot be decrypted: wrong key ring, tampered or moved value."""
 
 
+class CertificateError(MailOAuthError, ValueError):
+    """A certificate or private key that cannot be used (wrong password, no key, expired...);
+    the message says why, for the admin."""
+
+
 class UnknownProvider(MailOAuthError, LookupError):
     """No provider is registered under the requested id."""
 

@@ -25,7 +25,8 @@ import jwt
 import requests
 import sqlalchemy as sa
 
-from . import reconsent, signals
+from . import certificates, reconsent, signals
+from .certificates import ClientCertificate
 from .errors import (
     AuthorizationFailed,
     DecryptionError,
@@ -108,6 +109,8 @@ class AccountSnapshot:
     config: Mapping[str, str]
     strict_matching: bool
     client_secret: str = field(repr=False)
+    #: the certificates a ``private_key_jwt`` client tries, the pending one first
+    certificates: tuple[ClientCertificate, ...] = field(default=(), repr=False)
 
 
 def hash_state(state: str) -> str:
@@ -341,6 +344,8 @@ def _complete(
     code = _authorization_code(account.provider, args)
     policy = st.config.outbound
     token = _exchange(account, pending, code, timeout, policy)
+    if len(account.certificates) > 1:
+        certificates.switched(st, account.id, token.client_certificate)
     claims = _validate_id_token(
         account.provider,
         account.config,
@@ -580,6 +585,7 @@ def _exchange(
             deadline=2 * timeout,
             policy=policy,
             requested_scopes=provider.scopes(config),
+            certificates=account.certificates,
         )
     except TokenRequestFailed as exc:
         failure = exc.failure
@@ -705,15 +711,18 @@ def _load_account(st: MailOAuthState, account_id: int) -> AccountSnapshot:
         secret = ""
         if account.client_secret is not None:
             secret = st.reveal(account, "client_secret")
+        provider = registry.get(account.provider)
+        method = provider.client_auth(account.config)
         return AccountSnapshot(
             id=account.id,
             key=account.key,
             purpose=account.purpose,
             address=account.address,
-            provider=registry.get(account.provider),
+            provider=provider,
             config=MappingProxyType(dict(account.config)),
             strict_matching=account.strict_matching,
             client_secret=secret,
+            certificates=certificates.for_token_requests(st, account, method).to_try,
         )
 
 

@@ -13,6 +13,7 @@ from datetime import date, datetime
 
 import sqlalchemy as sa
 
+from .certificates import certificate_end
 from .config import Config
 from .errors import UnknownProvider
 from .i18n import LazyText, gettext, lazy_gettext, ngettext
@@ -20,7 +21,7 @@ from .models import AccountMixin, CredentialMixin, own_session, utcnow
 from .providers import registry
 from .providers.base import Provider
 from .state import MailOAuthState
-from .vocabulary import REFUSED, AccessKind, CredentialStatus
+from .vocabulary import REFUSED, SECRET_AUTHS, AccessKind, ClientAuth, CredentialStatus
 
 #: seconds of difference between the host's and the IdP's clocks that raise a warning
 CLOCK_SKEW_WARNING = 60
@@ -110,7 +111,7 @@ def account_health(
     account: AccountMixin, credential: CredentialMixin | None, config: Config, now: datetime
 ) -> AccountHealth:
     """One account's status and warnings from its rows (``credential`` may be ``None``)."""
-    warnings = _secret_warnings(account.secret_expires_on, now.date(), config)
+    warnings: list[str] = []
     try:
         provider = registry.get(account.provider)
     except UnknownProvider:
@@ -118,6 +119,7 @@ def account_health(
         warnings.append(
             gettext("The provider %(provider)s is not installed.", provider=repr(account.provider))
         )
+    warnings[:0] = _end_date_warnings(account, provider, now.date(), config)
     status: str
     if credential is None:
         status = CredentialStatus.NOT_AUTHORIZED
@@ -143,6 +145,48 @@ def account_health(
         ),
         secret_expires_on=account.secret_expires_on,
     )
+
+
+def _end_date_warnings(
+    account: AccountMixin, provider: Provider | None, today: date, config: Config
+) -> list[str]:
+    """The warnings about the end of what the client authenticates with: its certificate
+    (``private_key_jwt``), its client secret (the secret methods), nothing for a public one."""
+    method = provider.client_auth(account.config) if provider else ClientAuth.SECRET_POST
+    if method == ClientAuth.PRIVATE_KEY_JWT:
+        if not account.certificate:
+            return [
+                gettext("No certificate is stored: generate or import one on the IdP Config tab.")
+            ]
+        ends = certificate_end(account.certificate)
+        return _certificate_warnings(ends, today, config) if ends else []
+    if method in SECRET_AUTHS:
+        return _secret_warnings(account.secret_expires_on, today, config)
+    return []
+
+
+def _certificate_warnings(ends: date, today: date, config: Config) -> list[str]:
+    left = (ends - today).days
+    if left < 0:
+        return [
+            gettext(
+                "The certificate expired on %(date)s: generate a new one, upload it to the "
+                "identity provider and Submit.",
+                date=ends,
+            )
+        ]
+    if left <= max(config.secret_warning_days):
+        return [
+            ngettext(
+                "The certificate expires on %(date)s (%(num)d day): generate a new one and upload "
+                "it to the identity provider before then; the switch needs no new consent.",
+                "The certificate expires on %(date)s (%(num)d days): generate a new one and "
+                "upload it to the identity provider before then; the switch needs no new consent.",
+                left,
+                date=ends,
+            )
+        ]
+    return []
 
 
 def _secret_warnings(ends: date | None, today: date, config: Config) -> list[str]:

@@ -33,7 +33,7 @@ from .vocabulary import CredentialStatus, EventLevel
 
 #: the secret columns of each table, re-encrypted by ``flask mailoauth rotate-key``
 SECRET_FIELDS = {
-    "mailoauth_account": ("client_secret",),
+    "mailoauth_account": ("client_secret", "private_key", "next_private_key"),
     "mailoauth_credential": ("access_token", "refresh_token"),
     "mailoauth_pending": ("code_verifier",),
 }
@@ -147,6 +147,12 @@ class AccountMixin(SecretRow):
     config: Mapped[dict[str, str]] = mapped_column(sa.JSON, default=dict)
     client_secret: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
     secret_expires_on: Mapped[date | None] = mapped_column(sa.Date, nullable=True)
+    #: the certificate (PEM) of ``private_key_jwt`` client authentication, and its sealed key
+    certificate: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    private_key: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
+    #: a rollover's pending certificate, current once a token request succeeds with it
+    next_certificate: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    next_private_key: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
     strict_matching: Mapped[bool] = mapped_column(sa.Boolean, default=True)
     notes: Mapped[str] = mapped_column(sa.Text, default="")
     config_signature: Mapped[str] = mapped_column(sa.String(64), default="")

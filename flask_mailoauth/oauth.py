@@ -16,16 +16,18 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, overload
+from urllib.parse import quote_plus
 
 import jwt
 import requests
 from oauthlib.oauth2 import InsecureTransportError
 
+from .certificates import ASSERTION_TYPE, ClientCertificate
 from .client import JWT_BEARER, PooledSession, session_for
 from .errors import (
     AddressRefused,
@@ -40,6 +42,7 @@ from .i18n import gettext, lazy_gettext
 from .models import utcnow
 from .outbound import OutboundPolicy, call_timeout
 from .providers.base import Provider
+from .vocabulary import ClientAuth
 
 logger = logging.getLogger("flask_mailoauth")
 
@@ -55,6 +58,8 @@ MAX_RETRY_AFTER = 24 * 3600
 UNEXPECTED_ERROR = "unexpected_error"
 #: the code of every malformed token answer
 INVALID_TOKEN_RESPONSE = "invalid_token_response"  # noqa: S105 - an error code
+#: the code of a ``private_key_jwt`` account without a certificate
+NO_CERTIFICATE = "no_certificate"
 #: the only token type mail servers accept
 BEARER = "Bearer"
 #: clock readings (``Date``, ``iat``, ``exp``) further than this from the host's are ignored
@@ -85,6 +90,8 @@ class TokenResponse:
     id_token: str | None
     raw: Mapping[str, Any]
     clock_skew: float | None = None  # host minus IdP clock, seconds, when the answer tells it
+    #: the certificate the client authenticated with (``private_key_jwt``), else ``None``
+    client_certificate: ClientCertificate | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return f"<TokenResponse expires_at={self.expires_at.isoformat()} scope={self.scope!r}>"
@@ -108,8 +115,16 @@ def request_token(
     requested_scopes: list[str],
     deadline: float | None = None,
     policy: OutboundPolicy | None = None,
+    certificates: Sequence[ClientCertificate] = (),
 ) -> TokenResponse:
     """POST ``grant`` (``grant_type`` and its parameters) to the account's token endpoint.
+
+    The client authenticates as :meth:`Provider.client_auth` says: with ``client_secret``, or
+    for ``private_key_jwt`` with an assertion signed by the first of ``certificates`` (a
+    rollover's pending certificate, then the current one). When the identity provider refuses
+    one certificate as a configuration problem (``invalid_client``: not uploaded yet) the next
+    is tried, and only the last one's failure counts; the answer names the certificate that
+    succeeded (:attr:`TokenResponse.client_certificate`).
 
     ``timeout`` caps each socket operation, ``deadline`` (seconds) the whole call. ``policy``
     defaults to the current app's outbound policy. Raises only :class:`TokenRequestFailed`:
@@ -125,6 +140,7 @@ def request_token(
             requested_scopes=requested_scopes,
             deadline=deadline,
             policy=policy,
+            certificates=certificates,
         )
     except TokenRequestFailed as exc:
         raise TokenRequestFailed(provider.explain(config, exc.failure)) from None
@@ -155,8 +171,60 @@ def _request_token(
     requested_scopes: list[str],
     deadline: float | None,
     policy: OutboundPolicy | None,
+    certificates: Sequence[ClientCertificate],
 ) -> TokenResponse:
-    """:func:`request_token` without its safety net."""
+    """:func:`request_token` without its safety net: each certificate to try, in turn."""
+    method = provider.client_auth(config)
+    tries: Sequence[ClientCertificate | None] = (None,)
+    if method == ClientAuth.PRIVATE_KEY_JWT:
+        if not certificates:
+            raise TokenRequestFailed(
+                ProviderFailure(
+                    FailureKind.CONFIGURATION,
+                    NO_CERTIFICATE,
+                    gettext("No certificate is stored for certificate client authentication."),
+                    gettext("Generate or import a certificate on the IdP Config tab."),
+                )
+            )
+        tries = certificates
+    # the deadline bounds the whole call, a fallback included: the refresh lease counts on it
+    ends = time.monotonic() + deadline if deadline is not None else None
+    for index, certificate in enumerate(tries):
+        left = None if ends is None else ends - time.monotonic()
+        client = client_proof(provider, config, client_secret, certificate)
+        try:
+            token = _attempt(
+                provider, config, client, grant, timeout, requested_scopes, left, policy
+            )
+        except TokenRequestFailed as exc:
+            if certificate is None or index + 1 == len(tries):
+                raise
+            if ends is not None and ends <= time.monotonic():
+                raise
+            if exc.failure.kind != FailureKind.CONFIGURATION:
+                raise
+            logger.warning(
+                "The identity provider refused the pending certificate %s (%s); the current "
+                "one is used.",
+                certificate.sha1_thumbprint,
+                exc.failure.code,
+            )
+            continue
+        return replace(token, client_certificate=certificate)
+    raise RuntimeError("no client authentication was tried")  # tries is never empty
+
+
+def _attempt(
+    provider: Provider,
+    config: Mapping[str, str],
+    client: ClientProof,
+    grant: Mapping[str, str],
+    timeout: float,
+    requested_scopes: list[str],
+    deadline: float | None,
+    policy: OutboundPolicy | None,
+) -> TokenResponse:
+    """One token request, the client authenticated as ``client``."""
     policy = policy or OutboundPolicy.current()
     url = provider.endpoints(config).token
     answer = _Answer(provider, requested_scopes)
@@ -165,7 +233,7 @@ def _request_token(
         with session_for(policy, url).lend(
             config["client_id"], hooks=provider.compliance_hooks(config), check=answer.check
         ) as oauth:
-            _send(oauth, url, config["client_id"], client_secret, grant, timeout, deadline)
+            _send(oauth, url, client, grant, timeout, deadline)
     except (RedirectRefused, AddressRefused) as exc:
         code = "token_endpoint_redirect" if isinstance(exc, RedirectRefused) else "address_refused"
         raise TokenRequestFailed(
@@ -204,17 +272,77 @@ def _request_token(
     return answer.token
 
 
+def client_proof(
+    provider: Provider,
+    config: Mapping[str, str],
+    client_secret: str,
+    certificate: ClientCertificate | None = None,
+) -> ClientProof:
+    """How the account's client proves itself, as its client authentication says: on the
+    grants, and on the requests beside them (the revocation request)."""
+    return ClientProof(
+        provider.client_auth(config),
+        config["client_id"],
+        client_secret,
+        certificate,
+        sha1_header=provider.certificate_sha1_header,
+    )
+
+
+@dataclass(frozen=True)
+class ClientProof:
+    """How the client proves itself at the token endpoint, and with what."""
+
+    method: ClientAuth
+    client_id: str
+    secret: str = field(repr=False)
+    certificate: ClientCertificate | None = None
+    #: name the certificate by its SHA-1 ``x5t`` too (Microsoft)
+    sha1_header: bool = False
+
+    def auth(self) -> requests.auth.AuthBase | None:
+        """HTTP Basic for ``client_secret_basic``: id and secret form-encoded first, as RFC
+        6749 §2.3.1 says (requests-oauthlib's own Basic auth leaves them raw)."""
+        if self.method != ClientAuth.SECRET_BASIC:
+            return None
+        return requests.auth.HTTPBasicAuth(
+            quote_plus(self.client_id, safe=""), quote_plus(self.secret, safe="")
+        )
+
+    def body(self, token_url: str) -> dict[str, str]:
+        """What the request body carries besides the grant: the client id unless Basic auth
+        names it, the secret for ``client_secret_post``, a fresh client assertion (audience:
+        the token endpoint) for ``private_key_jwt``."""
+        if self.method == ClientAuth.SECRET_BASIC:
+            return {}
+        if self.method == ClientAuth.SECRET_POST:
+            return {"client_id": self.client_id, "client_secret": self.secret}
+        if self.method == ClientAuth.PRIVATE_KEY_JWT and self.certificate is not None:
+            assertion = self.certificate.assertion(
+                self.client_id, token_url, sha1_header=self.sha1_header
+            )
+            return {
+                "client_id": self.client_id,
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion,
+            }
+        return {"client_id": self.client_id}
+
+
 def _send(
     oauth: PooledSession,
     url: str,
-    client_id: str,
-    client_secret: str,
+    client: ClientProof,
     grant: Mapping[str, str],
     timeout: float,
     deadline: float | None,
 ) -> None:
-    """The grant through requests-oauthlib, the client secret in the body (never Basic auth;
-    a JWT-bearer grant sends none: its signed assertion authenticates the client).
+    """The grant through requests-oauthlib, the client authenticated as ``client`` says (a
+    JWT-bearer grant sends no client authentication: its signed assertion is the proof).
+
+    The client's body parameters go in as extra parameters (the code exchange's ``client_id``
+    as ``include_client_id``, oauthlib's way) and Basic auth as ``auth``; without Basic, an
+    auth that adds nothing, as ``None`` would make requests-oauthlib send its own.
 
     oauthlib raises a ``Warning`` carrying the token when the granted scope differs from the
     requested one (Microsoft leaves out ``offline_access``): that is an answer, not a failure
@@ -224,14 +352,16 @@ def _send(
     params: dict[str, Any] = dict(grant)
     kind = params.pop("grant_type")
     call = call_timeout(timeout, deadline)
+    if kind != JWT_BEARER:
+        params.update(client.body(url))
     try:
         if kind == "authorization_code":
             oauth.redirect_uri = params.pop("redirect_uri", None)
             oauth.fetch_token(
                 url,
                 code=params.pop("code"),
-                client_secret=client_secret,
-                include_client_id=True,
+                auth=client.auth() or _NO_AUTH,
+                include_client_id=params.pop("client_id", None) is not None,
                 timeout=call,
                 **params,
             )
@@ -241,8 +371,7 @@ def _send(
             oauth.refresh_token(
                 url,
                 refresh_token=params.pop("refresh_token"),
-                client_id=client_id,
-                client_secret=client_secret,
+                auth=client.auth() or _NO_AUTH,
                 timeout=call,
                 **params,
             )
@@ -250,8 +379,8 @@ def _send(
             oauth.use_backend_client()
             oauth.fetch_token(
                 url,
-                client_secret=client_secret,
-                include_client_id=True,
+                auth=client.auth() or _NO_AUTH,
+                include_client_id=params.pop("client_id", None) is not None,
                 timeout=call,
                 **params,
             )
@@ -259,7 +388,7 @@ def _send(
             # The signed assertion is the client's proof (RFC 7523 §2.1): no client secret,
             # and no Basic header (requests-oauthlib would add an empty one without ``auth``).
             oauth.use_assertion_client()
-            oauth.fetch_token(url, auth=_no_client_auth, timeout=call, **params)
+            oauth.fetch_token(url, auth=_NO_AUTH, timeout=call, **params)
         else:
             raise ValueError(f"unsupported grant type {kind!r}")
     except Warning as changed:
@@ -267,19 +396,15 @@ def _send(
             raise
 
 
-def client_authentication(config: Mapping[str, str], client_secret: str) -> dict[str, str]:
-    """The body parameters that authenticate the client on a request beside the grants (the
-    revocation request): as :func:`_send` does for the grants, ``client_id`` and
-    ``client_secret`` in the body (never Basic auth); a public client sends its id alone."""
-    body = {"client_id": config["client_id"]}
-    if client_secret:
-        body["client_secret"] = client_secret
-    return body
+class _NoAuth(requests.auth.AuthBase):
+    """No ``Authorization`` header: what requests-oauthlib sends when ``auth`` is this (with
+    ``None`` it would send its own Basic header)."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        return r
 
 
-def _no_client_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    """A ``requests`` auth that adds nothing: the grant authenticates the client itself."""
-    return request
+_NO_AUTH = _NoAuth()
 
 
 class _Answer:

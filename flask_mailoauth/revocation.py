@@ -17,10 +17,11 @@ from typing import Any
 import requests
 from oauthlib.oauth2 import InsecureTransportError
 
+from .certificates import ClientCertificate
 from .client import session_for
 from .errors import OutboundError
 from .i18n import gettext
-from .oauth import client_authentication
+from .oauth import client_proof
 from .outbound import OutboundPolicy, call_timeout
 from .providers.base import Provider
 from .vocabulary import RevocationOutcome
@@ -55,6 +56,7 @@ def revoke(
     policy: OutboundPolicy,
     timeout: float,
     deadline: float | None = None,
+    certificate: ClientCertificate | None = None,
 ) -> Revoked:
     """Revoke the grant at the account's revocation endpoint, if the provider has one.
 
@@ -69,13 +71,18 @@ def revoke(
         token, hint = (
             (refresh_token, "refresh_token") if refresh_token else (access_token, "access_token")
         )
-        body = {
-            "token": token,
-            "token_type_hint": hint,
-            **client_authentication(config, client_secret),
-        }
+        proof = client_proof(provider, config, client_secret, certificate)
+        body = {"token": token, "token_type_hint": hint, **proof.body(url)}
         secrets = (refresh_token, access_token, client_secret)
-        return _send(url, body, secrets, policy=policy, timeout=timeout, deadline=deadline)
+        return _send(
+            url,
+            body,
+            secrets,
+            auth=proof.auth(),
+            policy=policy,
+            timeout=timeout,
+            deadline=deadline,
+        )
     except Exception as exc:  # the safety net: the token is deleted whatever happened here
         name = type(exc).__name__
         logger.error("Unexpected %s while revoking a token; it is deleted anyway.", name)
@@ -95,6 +102,7 @@ def _send(
     body: Mapping[str, str],
     secrets: tuple[str, ...],
     *,
+    auth: requests.auth.AuthBase | None,
     policy: OutboundPolicy,
     timeout: float,
     deadline: float | None,
@@ -108,6 +116,8 @@ def _send(
             "timeout": call_timeout(timeout, deadline),
             "withhold_token": True,
         }
+        if auth is not None:  # client_secret_basic
+            options["auth"] = auth
         response = session_for(policy, url).post(
             url, data=dict(body), headers={"Accept": "application/json"}, **options
         )

@@ -13,12 +13,13 @@ names: :func:`validate_id_token` checks an id_token as the callback does, and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import flow, oauth
+from .certificates import ClientCertificate
 from .models import own_session, utcnow
 from .oauth import TokenResponse
 from .outbound import OutboundPolicy
@@ -143,13 +144,16 @@ def request_token(
     *,
     client_secret: str = "client-secret",
     timeout: float = 5.0,
+    certificates: Sequence[ClientCertificate] = (),
 ) -> TokenResponse:
     """Send ``grant`` (``grant_type`` and its parameters) to the provider's token endpoint
     through the extension's token client, as a refresh or the callback does.
 
     The answer is parsed and checked as in production; a refusal raises
     :class:`~flask_mailoauth.errors.TokenRequestFailed` whose ``failure`` is what the
-    provider's :meth:`~.Provider.classify_error` made of it.
+    provider's :meth:`~.Provider.classify_error` made of it. The client authenticates as
+    the provider's :meth:`~.Provider.client_auth` says for ``config``: with ``client_secret``,
+    or with a client assertion signed by the first of ``certificates`` (``private_key_jwt``).
     """
     return oauth.request_token(
         provider,
@@ -159,4 +163,5 @@ def request_token(
         timeout=timeout,
         requested_scopes=provider.scopes(config),
         policy=OutboundPolicy(),
+        certificates=certificates,
     )

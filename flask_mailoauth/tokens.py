@@ -38,7 +38,8 @@ from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import metrics, signals
+from . import certificates, metrics, signals
+from .certificates import ClientCertificate
 from .config import Config
 from .errors import (
     AccountDisabled,
@@ -410,6 +411,8 @@ class _Claim:
     label: str
     #: the mailbox address (a service account's assertion names it)
     mailbox: str
+    #: the certificates a ``private_key_jwt`` client tries, the pending one first
+    certificates: tuple[ClientCertificate, ...] = ()
 
     @property
     def marker(self) -> Marker:
@@ -562,6 +565,8 @@ def _claim(
     until = now + _lease(config)
     if not _take_lease(st, credential, now, until):
         return None
+    provider = registry.get(account.provider)
+    method = provider.client_auth(account.config)
     return _Claim(
         uid=credential.uid,
         version=credential.version,
@@ -570,12 +575,13 @@ def _claim(
         account_id=account.id,
         lease_until=until,
         credential=credential,
-        provider=registry.get(account.provider),
+        provider=provider,
         config=dict(account.config),
         client_secret=st.reveal(account, "client_secret") if account.client_secret else "",
         refresh_token=st.reveal(credential, "refresh_token"),
         label=account_label(account),
         mailbox=account.address,
+        certificates=certificates.for_token_requests(st, account, method).to_try,
     )
 
 
@@ -650,6 +656,8 @@ def _settle(
     # Committed: signals and errors come after the state is stored.
     if isinstance(answer, ProviderFailure):
         return _Failed(answer, credential, claim.label)
+    if len(claim.certificates) > 1:
+        certificates.switched(st, claim.account_id, answer.client_certificate)
     signals.refreshed.send(st.extension, key=key, purpose=purpose, expires_at=answer.expires_at)
     return answer
 
@@ -754,6 +762,7 @@ def _ask_idp(claim: _Claim, config: Config) -> TokenResponse | ProviderFailure:
             deadline=_idp_deadline(config),
             policy=config.outbound,
             requested_scopes=claim.provider.scopes(claim.config),
+            certificates=claim.certificates,
         )
     except TokenRequestFailed as exc:
         return exc.failure

@@ -28,10 +28,12 @@ from flask import (
 )
 from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
 from markupsafe import Markup
+from werkzeug.utils import secure_filename
 from werkzeug.wrappers import Response as BaseResponse
 from wtforms import ValidationError
 
 from . import accounts, connections, flow, i18n, monitoring, reconsent, tokens
+from .certificates import ClientCertificate
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError, UnknownProvider
 from .flashes import flash_category
 from .forms import AccountForm, account_form
@@ -66,6 +68,7 @@ EVENT_LABELS = {
     EventKind.REFRESH_FAILED: lazy_gettext("refresh failed"),
     EventKind.TOKEN_DELETED: lazy_gettext("token deleted"),
     EventKind.RECONSENT_LINK_CREATED: lazy_gettext("re-consent link created"),
+    EventKind.CERTIFICATE_SWITCHED: lazy_gettext("certificate switched"),
 }
 #: the names of an IdP's error identifiers (``ProviderFailure.diagnostics``), for people
 DIAGNOSTIC_LABELS = {
@@ -329,6 +332,34 @@ def save(key: str, purpose: str) -> BaseResponse:
         )
     view = accounts.view(st, key, purpose, address, form.provider.id)
     return _render_modal(view, form, status=422, initial_tab=form.first_error_tab())
+
+
+#: certificate download format -> (MIME type, file extension)
+CERTIFICATE_FORMATS = {
+    "pem": ("application/x-pem-file", "pem"),
+    "cer": ("application/pkix-cert", "cer"),
+}
+
+
+@blueprint.get("/<key>/<purpose>/certificate.<fmt>")
+def certificate(key: str, purpose: str, fmt: str) -> Response:
+    """The account's certificate (``?pending=1``: the rollover's new one) to upload to the
+    identity provider: PEM, or DER as ``.cer``. Never the private key."""
+    _mailbox(key, purpose)
+    if fmt not in CERTIFICATE_FORMATS:
+        abort(404)
+    pending = request.args.get("pending") == "1"
+    pem = accounts.certificate_pem(state(), key, purpose, pending=pending)
+    if pem is None:
+        abort(404)
+    mimetype, extension = CERTIFICATE_FORMATS[fmt]
+    body = pem.encode() if fmt == "pem" else ClientCertificate(pem, "").der
+    name = f"{key}-{purpose}{'-new' if pending else ''}.{extension}"
+    return Response(
+        body,
+        mimetype=mimetype,
+        headers={"Content-Disposition": f'attachment; filename="{secure_filename(name)}"'},
+    )
 
 
 @blueprint.post("/<key>/<purpose>/authorize")

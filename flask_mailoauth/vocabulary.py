@@ -72,6 +72,10 @@ class ClientAuth(StrEnum):
     PRIVATE_KEY_JWT = "private_key_jwt"
 
 
+#: the client authentications that send the client secret (the others need none)
+SECRET_AUTHS = frozenset({ClientAuth.SECRET_BASIC, ClientAuth.SECRET_POST})
+
+
 class EventKind(StrEnum):
     """What one line of an account's history records (``Event.kind``)."""
 
@@ -82,6 +86,8 @@ class EventKind(StrEnum):
     REFRESH_FAILED = "refresh_failed"
     TOKEN_DELETED = "token_deleted"  # noqa: S105 - an event kind, not a secret
     RECONSENT_LINK_CREATED = "reconsent_link_created"
+    #: a rollover's pending certificate became the current one
+    CERTIFICATE_SWITCHED = "certificate_switched"
 
 
 class RevocationOutcome(StrEnum):

@@ -100,6 +100,7 @@ class IdP:
         self.http.trust_env = False  # REQUESTS_CA_BUNDLE would replace the CA below
         self.http.verify = str(self.ca_file)
         self._auth_methods: dict[str, str] = {}  # client id -> how it authenticates
+        self._registrations: dict[str, dict[str, Any]] = {}  # client id -> its registration
         node = shutil.which("node") or "node"
         started = time.monotonic()
         self.proc = Proc(
@@ -182,8 +183,9 @@ class IdP:
 
         ``rotate``: True = every refresh returns a new refresh token (Microsoft), False = the
         refresh token is kept (Google); None = the shape's default (Microsoft rotates, generic
-        does not). ``auth_method``: client_secret_basic or client_secret_post (oidc-provider
-        accepts only the registered one).
+        does not). ``auth_method``: client_secret_basic, client_secret_post, none (a public
+        client: the secret is ``""``) or private_key_jwt (pass ``jwks``); oidc-provider accepts
+        only the registered one.
         """
         body: dict[str, Any] = {
             "redirect_uris": [redirect_uri] if isinstance(redirect_uri, str) else redirect_uri,
@@ -199,7 +201,28 @@ class IdP:
             raise IdPError(r)
         data = r.json()
         self._auth_methods[data["client_id"]] = auth_method
-        return Client(data["client_id"], data["client_secret"])
+        self._registrations[data["client_id"]] = data
+        return Client(data["client_id"], data.get("client_secret", ""))
+
+    def update_client(self, client_id: str, **metadata: Any) -> None:
+        """Change a registered client's metadata (RFC 7592), e.g. its ``jwks`` in a rollover."""
+        registered = self._registrations[client_id]
+        body = {
+            k: v
+            for k, v in registered.items()
+            if k not in ("registration_access_token", "registration_client_uri")
+            and not k.endswith("_at")
+        }
+        body.update(metadata)
+        r = self.http.put(
+            registered["registration_client_uri"],
+            json=body,
+            headers={"Authorization": f"Bearer {registered['registration_access_token']}"},
+            timeout=5,
+        )
+        if r.status_code != 200:
+            raise IdPError(r)
+        self._registrations[client_id] = {**registered, **r.json()}
 
     def register_app(self, redirect_uri: str | list[str] = UNUSED_REDIRECT) -> Client:
         """A client that may also use the client_credentials grant (application access; the
@@ -315,9 +338,12 @@ class IdP:
 
     def _token_request(self, client: Client, data: dict[str, str], token_url: str | None) -> dict:
         """POST to the token endpoint, the client authenticating the way it registered."""
-        if self._auth_methods.get(client.client_id) == "client_secret_post":
+        method = self._auth_methods.get(client.client_id)
+        if method == "client_secret_post":
             sent = {**data, "client_id": client.client_id, "client_secret": client.client_secret}
             auth = None
+        elif method == "none":
+            sent, auth = {**data, "client_id": client.client_id}, None
         else:
             sent, auth = data, (client.client_id, client.client_secret)
         r = self.http.post(token_url or self.token_endpoint, data=sent, auth=auth, timeout=10)

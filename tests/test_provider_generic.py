@@ -74,6 +74,7 @@ def test_fields_and_defaults(provider):
         ("scopes", "Scopes"),
         ("email_attribute", "Email Address Attribute"),
         ("iss_parameter", "Issuer in Response"),
+        ("token_auth_methods", "Token Endpoint Authentication Methods"),
         ("prompt", "Prompt"),
     ]
     defaults = provider.defaults()
@@ -150,6 +151,8 @@ def test_discovery_fills_blank_endpoints_and_keeps_typed_ones(provider, http, id
         "token_endpoint": "https://typed.example/token",
         "jwks_uri": f"{ISSUER}/certs",
         "userinfo_endpoint": f"{ISSUER}/userinfo",
+        # RFC 8414: metadata without token_endpoint_auth_methods_supported means Basic only
+        "token_auth_methods": "client_secret_basic",
     }
     assert config["token_endpoint"] == "https://typed.example/token"
     assert idp.calls[0].request.headers["Accept"] == "application/json"
@@ -448,3 +451,21 @@ def test_discovery_records_an_advertised_iss_parameter(provider, http, idp):
     assert completed["iss_parameter"] == "required"
     assert provider.endpoints(completed).authorization_response_iss
     assert not provider.endpoints(manual()).authorization_response_iss
+
+
+def test_discovery_stores_the_token_endpoint_auth_methods(provider, http, idp):
+    methods = ["client_secret_basic", "private_key_jwt", "none", "tls_client_auth"]
+    idp.get(OIDC_URL, json={**METADATA, "token_endpoint_auth_methods_supported": methods})
+    completed = provider.complete({"issuer": ISSUER, "client_id": "c"}, http)
+    assert completed["token_auth_methods"] == " ".join(methods)
+    assert [a.value for a in provider.client_auth_choices(completed)] == [
+        "client_secret_basic",
+        "none",
+        "private_key_jwt",
+    ]
+
+
+def test_discovery_keeps_auth_methods_the_admin_typed(provider, http, idp):
+    idp.get(OIDC_URL, json={**METADATA, "token_endpoint_auth_methods_supported": ["none"]})
+    config = {"issuer": ISSUER, "client_id": "c", "token_auth_methods": "client_secret_post"}
+    assert provider.complete(config, http)["token_auth_methods"] == "client_secret_post"

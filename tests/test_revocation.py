@@ -20,7 +20,7 @@ import responses
 import sqlalchemy as sa
 
 from flask_mailoauth.crypto import generate_key
-from flask_mailoauth.oauth import client_authentication
+from flask_mailoauth.oauth import client_proof
 from flask_mailoauth.outbound import OutboundPolicy
 from flask_mailoauth.providers import registry
 from flask_mailoauth.revocation import revoke
@@ -255,12 +255,18 @@ def test_revoke_never_raises_even_for_a_broken_provider():
     assert not revoked.settled
 
 
-def test_a_public_client_sends_its_id_alone():
-    assert client_authentication({"client_id": "app"}, "") == {"client_id": "app"}
-    assert client_authentication({"client_id": "app"}, "s") == {
-        "client_id": "app",
-        "client_secret": "s",
-    }
+def test_the_revocation_request_authenticates_the_client_as_its_grants_do():
+    """A public client sends its id alone, a post client its secret in the body, a Basic
+    client an Authorization header and nothing in the body."""
+    generic = registry.get("generic")
+    url = "https://idp.example.test/revoke"
+    public = client_proof(generic, {"client_id": "app", "client_auth": "none"}, "")
+    assert (public.body(url), public.auth()) == ({"client_id": "app"}, None)
+    post = client_proof(generic, {"client_id": "app", "client_auth": "client_secret_post"}, "s")
+    assert post.body(url) == {"client_id": "app", "client_secret": "s"}
+    basic = client_proof(generic, {"client_id": "app", "client_auth": "client_secret_basic"}, "s")
+    assert basic.body(url) == {}
+    assert basic.auth() is not None
 
 
 # -- the hostile IdP ------------------------------------------------------------------------------

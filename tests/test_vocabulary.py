@@ -38,6 +38,7 @@ def test_the_stored_values_are_the_ones_rows_already_hold():
         "refresh_failed",
         "token_deleted",
         "reconsent_link_created",
+        "certificate_switched",
     ]
     assert [lv.value for lv in EventLevel] == ["info", "warning", "error"]
     assert ErrorsFailureKind is FailureKind

@@ -520,6 +520,9 @@ class Provider:
     access_kinds: ClassVar[tuple[AccessKind, ...]] = (AccessKind.DELEGATED,)
     #: how the client may authenticate at the token endpoint, the first the default
     client_auths: ClassVar[tuple[ClientAuth, ...]] = (ClientAuth.SECRET_POST,)
+    #: client assertions name the certificate by its SHA-1 ``x5t`` too (Microsoft needs it),
+    #: not only by ``x5t#S256``
+    certificate_sha1_header: ClassVar[bool] = False
     #: where an admin searches the IdP's logs for :meth:`diagnostics` (shown beside them)
     diagnostics_help: ClassVar[Text] = ""
 
@@ -541,10 +544,17 @@ class Provider:
         return next((k for k in self.access_kinds if k == chosen), self.access_kinds[0])
 
     def client_auth(self, config: Mapping[str, str]) -> ClientAuth:
-        """The account's client authentication: its ``client_auth`` value when this provider
-        supports it, else the default."""
+        """The account's client authentication: its ``client_auth`` value when it is one of
+        :meth:`client_auth_choices`, else the first of them (the default)."""
         chosen = self.value(config, "client_auth")
-        return next((a for a in self.client_auths if a == chosen), self.client_auths[0])
+        choices = self.client_auth_choices(config)
+        return next((a for a in choices if a == chosen), choices[0])
+
+    def client_auth_choices(self, config: Mapping[str, str]) -> tuple[ClientAuth, ...]:
+        """The client authentications an admin may choose for this ``config``, the first the
+        default: :attr:`client_auths`. A provider that learns what its IdP accepts (the
+        generic provider, by discovery) narrows them here; never empty."""
+        return self.client_auths
 
     def defaults(self) -> dict[str, str]:
         """Field name -> prefilled value."""

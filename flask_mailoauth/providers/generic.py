@@ -11,6 +11,7 @@ import requests
 
 from ..errors import AuthorizationFailed, MailOAuthError
 from ..i18n import gettext, lazy_gettext
+from ..vocabulary import ClientAuth
 from .base import (
     ConfigField,
     Endpoints,
@@ -35,6 +36,12 @@ _DISCOVERED = {
     "revocation_endpoint": "revocation_endpoint",
 }
 
+
+#: the discovery key listing the token endpoint's client authentications, and the field it fills
+AUTH_METHODS_KEY = "token_endpoint_auth_methods_supported"
+AUTH_METHODS_FIELD = "token_auth_methods"
+#: RFC 8414 §2: a metadata document without the list means exactly this method
+DEFAULT_AUTH_METHODS = (ClientAuth.SECRET_BASIC.value,)
 
 #: OpenID Connect's identity scopes (and offline access, which a refresh token proves): a grant
 #: may leave them out; every other configured scope is what the mail server needs
@@ -135,6 +142,13 @@ class GenericProvider(Provider):
 
     id = "generic"
     display_name = "OAuth2 - Other Provider"
+    #: secret in the body first: what every account saved before the choice existed used
+    client_auths = (
+        ClientAuth.SECRET_POST,
+        ClientAuth.SECRET_BASIC,
+        ClientAuth.NONE,
+        ClientAuth.PRIVATE_KEY_JWT,
+    )
     fields = (
         ConfigField(
             "issuer",
@@ -197,6 +211,15 @@ class GenericProvider(Provider):
             signed=False,
         ),
         ConfigField(
+            AUTH_METHODS_FIELD,
+            lazy_gettext("Token Endpoint Authentication Methods"),
+            help=lazy_gettext(
+                "What the token endpoint accepts (token_endpoint_auth_methods_supported), space "
+                "separated; discovery fills it. Blank: every method is offered."
+            ),
+            signed=False,
+        ),
+        ConfigField(
             "prompt",
             lazy_gettext("Prompt"),
             help=lazy_gettext(
@@ -237,7 +260,28 @@ class GenericProvider(Provider):
                     "Userinfo or Resource Details Endpoint."
                 ),
             )
+        methods = self.value(config, AUTH_METHODS_FIELD)
+        if methods and not self._supported(methods):
+            errors.setdefault(
+                AUTH_METHODS_FIELD,
+                gettext(
+                    "The token endpoint accepts none of the client authentications this "
+                    "extension offers (%(offered)s).",
+                    offered=", ".join(self.client_auths),
+                ),
+            )
         return errors
+
+    def _supported(self, methods: str) -> tuple[ClientAuth, ...]:
+        """This provider's client authentications that ``methods`` (space separated) lists."""
+        listed = set(methods.replace(",", " ").split())
+        return tuple(a for a in self.client_auths if a.value in listed)
+
+    def client_auth_choices(self, config: Mapping[str, str]) -> tuple[ClientAuth, ...]:
+        """The client authentications both this extension and the token endpoint support (as
+        discovery or the admin listed them); all of this provider's when nothing is listed."""
+        methods = self.value(config, AUTH_METHODS_FIELD)
+        return (self._supported(methods) if methods else ()) or self.client_auths
 
     def complete(self, config: Mapping[str, str], http: HTTPClient) -> dict[str, str]:
         """Fill blank endpoints from the issuer's discovery document; typed values are kept."""
@@ -253,6 +297,8 @@ class GenericProvider(Provider):
         for key, name in _DISCOVERED.items():
             if name in blank and isinstance(document.get(key), str):
                 completed[name] = document[key]
+        if not self.value(config, AUTH_METHODS_FIELD):
+            completed[AUTH_METHODS_FIELD] = " ".join(_auth_methods(document))
         if document.get("authorization_response_iss_parameter_supported") is True:
             completed["iss_parameter"] = ISS_REQUIRED
         missing = [n for n in ("authorization_endpoint", "token_endpoint") if not completed.get(n)]
@@ -327,6 +373,15 @@ class GenericProvider(Provider):
             unverified=unverified,
             advice=str(UNVERIFIED_ADVICE) if unverified else "",
         )
+
+
+def _auth_methods(document: Mapping[str, Any]) -> tuple[str, ...]:
+    """The metadata's token endpoint authentication methods; RFC 8414's default without a
+    usable list."""
+    listed = document.get(AUTH_METHODS_KEY)
+    if isinstance(listed, list) and listed and all(isinstance(m, str) for m in listed):
+        return tuple(m for m in listed if m.strip() and m.isprintable() and " " not in m)
+    return DEFAULT_AUTH_METHODS
 
 
 def _undiscovered(first: Text, second: Text | None = None) -> str:

@@ -15,7 +15,7 @@ import jwt
 
 from ..errors import ProviderFailure
 from ..i18n import gettext, lazy_gettext
-from ..vocabulary import AccessKind, FailureKind
+from ..vocabulary import AccessKind, ClientAuth, FailureKind
 from .base import (
     OAUTH_ERRORS,
     ConfigField,
@@ -139,6 +139,7 @@ class GoogleProvider(Provider):
     display_name = "OAuth2 - Google"
     access_kinds = (AccessKind.DELEGATED, AccessKind.SERVICE_ACCOUNT)
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = ERRORS
+    client_auths = (ClientAuth.SECRET_POST, ClientAuth.SECRET_BASIC)
     fields = (
         ConfigField(
             "client_id",

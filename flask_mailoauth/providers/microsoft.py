@@ -13,7 +13,7 @@ import requests
 
 from ..errors import AuthorizationFailed, MailOAuthError, ProviderFailure
 from ..i18n import gettext, lazy_gettext
-from ..vocabulary import AccessKind, FailureKind
+from ..vocabulary import AccessKind, ClientAuth, FailureKind
 from .base import (
     OAUTH_ERRORS,
     ConfigField,
@@ -220,6 +220,27 @@ ERRORS: Mapping[str, ErrorAdvice] = MappingProxyType(
             FailureKind.CONFIGURATION,
             lazy_gettext("Invalid client secret: paste the secret's Value, not its Secret ID."),
         ),
+        "AADSTS700027": ErrorAdvice(
+            FailureKind.CONFIGURATION,
+            lazy_gettext(
+                "Microsoft does not know the certificate: upload the .cer from the IdP Config tab "
+                "under Certificates & secrets and check that its thumbprint matches."
+            ),
+        ),
+        "AADSTS700024": ErrorAdvice(
+            FailureKind.CONFIGURATION,
+            lazy_gettext(
+                "The client assertion is outside its valid time: the host's clock is wrong, set "
+                "it right (NTP)."
+            ),
+        ),
+        "AADSTS7000218": ErrorAdvice(
+            FailureKind.CONFIGURATION,
+            lazy_gettext(
+                "Microsoft expects a client secret or a certificate: set Client Authentication "
+                "and paste the secret's Value or generate a certificate."
+            ),
+        ),
         "AADSTS700016": ErrorAdvice(
             FailureKind.CONFIGURATION,
             lazy_gettext(
@@ -297,6 +318,8 @@ class MicrosoftProvider(Provider):
     display_name = "OAuth2 - Microsoft"
     access_kinds = (AccessKind.DELEGATED, AccessKind.APPLICATION)
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = ERRORS
+    client_auths = (ClientAuth.SECRET_POST, ClientAuth.PRIVATE_KEY_JWT)
+    certificate_sha1_header = True
     diagnostics_help = lazy_gettext(
         "Search for the Correlation ID or the Request ID (the trace ID) in the Microsoft Entra "
         "admin center, Monitoring & health > Sign-in logs (add the filter, or widen the date "

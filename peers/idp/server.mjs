@@ -131,6 +131,8 @@ const provider = new Provider(issuer, {
         return { scope: EXCHANGE_DEFAULT, audience: EXCHANGE.slice(0, -1), accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
       },
     },
+    // RFC 7592: a test changes a client's registered keys (a certificate rollover)
+    registrationManagement: { enabled: true, rotateRegistrationAccessToken: false },
   },
   extraClientMetadata: {
     properties: ['rotate_refresh_token'],

@@ -86,12 +86,22 @@ def authorize(
     strict: bool = True,
     scopes: str | None = None,
     expect_success: bool = True,
+    auth_method: str = "client_secret_post",
+    registration: dict | None = None,
     **extra_fields: str,
 ) -> Authorized:
-    """Save the modal for ``key`` and sign in at the IdP as ``email``; returns the outcome."""
+    """Save the modal for ``key`` and sign in at the IdP as ``email``; returns the outcome.
+
+    ``auth_method`` is both the client's registered ``token_endpoint_auth_method`` and the
+    modal's Client Authentication; ``registration`` adds client metadata (``jwks``...).
+    """
     client = client or host.app.test_client()
-    registered = idp.register_client(CALLBACK, rotate=rotate, auth_method="client_secret_post")
+    registered = idp.register_client(
+        CALLBACK, rotate=rotate, auth_method=auth_method, **(registration or {})
+    )
     fields = idp_fields(idp, registered.client_id, scopes=scopes)
+    if auth_method != "client_secret_post":
+        fields["client_auth"] = auth_method
     data = {
         "csrf_token": csrf_token(client, key, purpose, fields["provider"]),
         "enabled": "1",

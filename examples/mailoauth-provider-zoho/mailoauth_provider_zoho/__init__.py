@@ -24,7 +24,7 @@ from flask_mailoauth.providers import (
     Provider,
 )
 from flask_mailoauth.providers.base import OAUTH_ERRORS
-from flask_mailoauth.vocabulary import FailureKind
+from flask_mailoauth.vocabulary import AccessKind, ClientAuth, FailureKind
 
 if TYPE_CHECKING:
     from requests import Response
@@ -154,6 +154,12 @@ class ZohoProvider(Provider):
     id = "zoho"
     display_name = "OAuth2 - Zoho Mail"
     error_advice: ClassVar[Mapping[str, ErrorAdvice]] = ERRORS
+    #: a user signs in and consents (a Self Client's code is a user's grant too); Zoho offers
+    #: no application-only or service-account access to the mail protocols
+    access_kinds: ClassVar[tuple[AccessKind, ...]] = (AccessKind.DELEGATED,)
+    #: Zoho's token endpoint takes client_id and client_secret as parameters; it documents
+    #: neither HTTP Basic nor client assertions for server-based clients
+    client_auths: ClassVar[tuple[ClientAuth, ...]] = (ClientAuth.SECRET_POST,)
     fields = (
         ConfigField(
             "client_id",

@@ -25,6 +25,7 @@ from flask_mailoauth.crypto import generate_key
 from flask_mailoauth.errors import AuthorizationFailed, TokenRequestFailed
 from flask_mailoauth.models import utcnow
 from flask_mailoauth.providers import ComplianceHooks, check_endpoint_url, registry
+from flask_mailoauth.vocabulary import AccessKind, ClientAuth
 
 ACCOUNTS = {
     "com": "https://accounts.zoho.com",
@@ -70,6 +71,15 @@ def test_the_registry_loads_it_from_the_entry_point():
 
 
 # --- fields and validation -------------------------------------------------------------------
+
+
+def test_it_declares_delegated_access_and_the_secret_in_the_body(provider):
+    assert provider.access_kinds == (AccessKind.DELEGATED,)
+    assert provider.client_auths == (ClientAuth.SECRET_POST,)
+    # whatever a stored config says, Zoho gets what it takes
+    assert provider.access({"access": "application"}) == AccessKind.DELEGATED
+    assert provider.client_auth({"client_auth": "none"}) == ClientAuth.SECRET_POST
+    assert provider.client_auth_choices({}) == (ClientAuth.SECRET_POST,)
 
 
 def test_fields_and_defaults(provider):
@@ -348,6 +358,8 @@ def test_the_modal_saves_and_sends_the_admin_to_zoho(helpdesk):
     page = helpdesk.get(f"{modal}?provider=zoho").get_data(as_text=True)
     assert "Data Center" in page
     assert "Saudi Arabia (accounts.zoho.sa)" in page
+    assert 'name="client_auth"' not in page  # one way to authenticate: nothing to choose
+    assert 'name="certificate_action"' not in page
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
     response = helpdesk.post(
         modal,
