@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,7 +71,18 @@ DEFAULTS: dict[str, object] = {
     "MAILOAUTH_EVENT_RETENTION_DAYS": 90,
     # the host's flash categories for our messages, e.g. {"error": "danger"} for Bootstrap
     "MAILOAUTH_FLASH_CATEGORIES": {},
+    # hours between reminders of a condition that is not resolved (docs/operations.rst)
+    "MAILOAUTH_NOTIFY_REMINDER_HOURS": 24,
+    # an http(s) URL notifications are POSTed to as signed JSON, and the HMAC key that signs them
+    "MAILOAUTH_NOTIFY_WEBHOOK_URL": None,
+    "MAILOAUTH_NOTIFY_WEBHOOK_SECRET": None,
+    # addresses notifications are e-mailed to, through the SMTP account of mailbox key
+    # MAILOAUTH_NOTIFY_MAILBOX
+    "MAILOAUTH_NOTIFY_EMAIL_TO": (),
+    "MAILOAUTH_NOTIFY_MAILBOX": None,
 }
+#: the fewest characters a webhook signing secret may have
+WEBHOOK_SECRET_MIN_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,8 @@ class Config:
     #: days events are kept; ``None``: forever
     event_retention_days: int | None
     flash_categories: Mapping[str, str]
+    #: where notifications go (``MAILOAUTH_NOTIFY_*``)
+    notify: NotifyConfig = field(default_factory=lambda: NotifyConfig())
 
     @property
     def allow_insecure_http(self) -> bool:
@@ -140,7 +153,20 @@ class Config:
             refresh_concurrency=_whole(values, "MAILOAUTH_REFRESH_CONCURRENCY", minimum=1),
             event_retention_days=_retention(values),
             flash_categories=_flash_categories(values["MAILOAUTH_FLASH_CATEGORIES"]),
+            notify=_notify(values),
         )
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """The notification channels besides the host's ``@mailoauth.notifier`` callback."""
+
+    reminder_hours: float = 24
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    email_to: tuple[str, ...] = ()
+    #: the host's key of the mailbox whose SMTP account sends the notification e-mails
+    mailbox: str | None = None
 
 
 def keyring(config: Mapping[str, Any]) -> crypto.KeyRing:
@@ -208,6 +234,54 @@ def _retention(values: Mapping[str, Any]) -> int | None:
     if values["MAILOAUTH_EVENT_RETENTION_DAYS"] is None:
         return None
     return _whole(values, "MAILOAUTH_EVENT_RETENTION_DAYS", minimum=0) or None
+
+
+def _notify(values: Mapping[str, Any]) -> NotifyConfig:
+    url, secret = values["MAILOAUTH_NOTIFY_WEBHOOK_URL"], values["MAILOAUTH_NOTIFY_WEBHOOK_SECRET"]
+    if url is not None and not (
+        isinstance(url, str) and urlsplit(url).scheme in ("http", "https") and urlsplit(url).netloc
+    ):
+        raise SetupError(
+            f"MAILOAUTH_NOTIFY_WEBHOOK_URL must be an absolute http(s) URL or None; got {url!r}."
+        )
+    if (url is not None or secret is not None) and (
+        not isinstance(secret, str) or len(secret) < WEBHOOK_SECRET_MIN_LENGTH
+    ):
+        raise SetupError(
+            "MAILOAUTH_NOTIFY_WEBHOOK_SECRET must be a string of at least "
+            f"{WEBHOOK_SECRET_MIN_LENGTH} characters that signs the webhook's requests (for "
+            "example secrets.token_urlsafe()), set together with MAILOAUTH_NOTIFY_WEBHOOK_URL."
+        )
+    recipients = values["MAILOAUTH_NOTIFY_EMAIL_TO"] or ()
+    if isinstance(recipients, str):
+        recipients = [r.strip() for r in recipients.split(",") if r.strip()]
+    if not isinstance(recipients, list | tuple) or not all(
+        isinstance(r, str) and "@" in r and not any(c in r for c in "\r\n,<>") for r in recipients
+    ):
+        raise SetupError(
+            "MAILOAUTH_NOTIFY_EMAIL_TO must be e-mail addresses, as a list or a comma-separated "
+            f"string; got {recipients!r}."
+        )
+    mailbox = values["MAILOAUTH_NOTIFY_MAILBOX"]
+    if (recipients or mailbox is not None) and not (isinstance(mailbox, str) and mailbox):
+        raise SetupError(
+            "MAILOAUTH_NOTIFY_MAILBOX must be the key of the mailbox whose SMTP account sends "
+            f"the notification e-mails to MAILOAUTH_NOTIFY_EMAIL_TO; got {mailbox!r}."
+        )
+    return NotifyConfig(
+        reminder_hours=_hours(values, "MAILOAUTH_NOTIFY_REMINDER_HOURS"),
+        webhook_url=url,
+        webhook_secret=secret,
+        email_to=tuple(recipients),
+        mailbox=mailbox,
+    )
+
+
+def _hours(values: Mapping[str, Any], key: str) -> float:
+    value = _number(values, key)
+    if value <= 0 or value == float("inf"):
+        raise SetupError(f"{key} must be a finite number of hours, more than 0; got {value!r}.")
+    return value
 
 
 def _url_prefix(value: object) -> str:

@@ -20,7 +20,7 @@ from .models import AccountMixin, CredentialMixin, own_session, utcnow
 from .providers import registry
 from .providers.base import Provider
 from .state import MailOAuthState
-from .vocabulary import REFUSED, CredentialStatus
+from .vocabulary import REFUSED, Condition, CredentialStatus
 
 #: seconds of difference between the host's and the IdP's clocks that raise a warning
 CLOCK_SKEW_WARNING = 60
@@ -51,6 +51,8 @@ class AccountHealth:
     expires_at: datetime | None
     #: plain text in the language of whoever asked (``status --json`` serialises it)
     warnings: list[str] = field(default_factory=list)
+    #: the warnings that are notification conditions, by condition (:mod:`.notify`)
+    conditions: dict[Condition, str] = field(default_factory=dict)
 
     @property
     def needs_attention(self) -> bool:
@@ -97,7 +99,8 @@ def account_health(
     account: AccountMixin, credential: CredentialMixin | None, config: Config, now: datetime
 ) -> AccountHealth:
     """One account's status and warnings from its rows (``credential`` may be ``None``)."""
-    warnings = _secret_warnings(account.secret_expires_on, now.date(), config)
+    conditions: dict[Condition, str] = {}
+    warnings = _secret_warnings(account.secret_expires_on, now.date(), config, conditions)
     try:
         provider = registry.get(account.provider)
     except UnknownProvider:
@@ -113,7 +116,7 @@ def account_health(
         )
     else:
         status = credential.status
-        warnings += _credential_warnings(account, credential, provider, config, now)
+        warnings += _credential_warnings(account, credential, provider, config, now, conditions)
     return AccountHealth(
         key=account.key,
         purpose=account.purpose,
@@ -124,31 +127,32 @@ def account_health(
         status=status,
         expires_at=credential.expires_at if credential is not None else None,
         warnings=warnings,
+        conditions=conditions,
     )
 
 
-def _secret_warnings(ends: date | None, today: date, config: Config) -> list[str]:
+def _secret_warnings(
+    ends: date | None, today: date, config: Config, conditions: dict[Condition, str]
+) -> list[str]:
     if ends is None:
         return []
     left = (ends - today).days
     if left < 0:
-        return [
-            gettext(
-                "The client secret expired on %(date)s: create a new one and paste its Value.",
-                date=ends,
-            )
-        ]
+        conditions[Condition.SECRET_EXPIRED] = gettext(
+            "The client secret expired on %(date)s: create a new one and paste its Value.",
+            date=ends,
+        )
+        return [conditions[Condition.SECRET_EXPIRED]]
     if left <= max(config.secret_warning_days):
-        return [
-            ngettext(
-                "The client secret expires on %(date)s (%(num)d day): create a new one and paste "
-                "its Value before then (no new consent needed).",
-                "The client secret expires on %(date)s (%(num)d days): create a new one and paste "
-                "its Value before then (no new consent needed).",
-                left,
-                date=ends,
-            )
-        ]
+        conditions[Condition.SECRET_EXPIRING] = ngettext(
+            "The client secret expires on %(date)s (%(num)d day): create a new one and paste "
+            "its Value before then (no new consent needed).",
+            "The client secret expires on %(date)s (%(num)d days): create a new one and paste "
+            "its Value before then (no new consent needed).",
+            left,
+            date=ends,
+        )
+        return [conditions[Condition.SECRET_EXPIRING]]
     return []
 
 
@@ -158,21 +162,21 @@ def _credential_warnings(
     provider: Provider | None,
     config: Config,
     now: datetime,
+    conditions: dict[Condition, str],
 ) -> list[str]:
     warnings: list[str] = []
     if credential.status in REFUSED:
-        warnings.append(
-            credential.last_error or gettext("The identity provider refused the token.")
-        )
+        refused = credential.last_error or gettext("The identity provider refused the token.")
+        conditions[Condition(credential.status)] = refused
+        warnings.append(refused)
     elif credential.failure_count >= config.failure_warning_threshold:
-        warnings.append(
-            ngettext(
-                "%(num)d refresh attempt failed in a row: %(error)s",
-                "%(num)d refresh attempts failed in a row: %(error)s",
-                credential.failure_count,
-                error=credential.last_error or gettext("see the Token tab"),
-            )
+        conditions[Condition.REPEATED_FAILURES] = ngettext(
+            "%(num)d refresh attempt failed in a row: %(error)s",
+            "%(num)d refresh attempts failed in a row: %(error)s",
+            credential.failure_count,
+            error=credential.last_error or gettext("see the Token tab"),
         )
+        warnings.append(conditions[Condition.REPEATED_FAILURES])
     if credential.config_signature != account.config_signature:
         warnings.append(str(CONFIG_CHANGED))
     skew = credential.clock_skew
@@ -181,27 +185,25 @@ def _credential_warnings(
     last_use = credential.refreshed_at or credential.issued_at
     idle_days = (now - last_use).days
     if idle_days >= config.idle_warning_days:
-        warnings.append(
-            ngettext(
-                "The refresh token has not been used for %(num)d day; providers revoke idle "
-                "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily.",
-                "The refresh token has not been used for %(num)d days; providers revoke idle "
-                "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily.",
-                idle_days,
-            )
+        conditions[Condition.REFRESH_TOKEN_IDLE] = ngettext(
+            "The refresh token has not been used for %(num)d day; providers revoke idle "
+            "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily.",
+            "The refresh token has not been used for %(num)d days; providers revoke idle "
+            "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily.",
+            idle_days,
         )
+        warnings.append(conditions[Condition.REFRESH_TOKEN_IDLE])
     if provider is not None:
         # str(): a provider may word its warnings lazily; these are serialised and compared
         warnings += [str(warning) for warning in provider.warnings(account.config)]
         lifetime = provider.refresh_token_lifetime(account.config)
         if lifetime is not None:
             dies = credential.refresh_token_issued_at + lifetime
-            warnings.append(
-                gettext(
-                    "The refresh token stops working on %(time)s UTC.",
-                    time=dies.strftime("%Y-%m-%d %H:%M"),
-                )
+            conditions[Condition.REFRESH_TOKEN_ENDS] = gettext(
+                "The refresh token stops working on %(time)s UTC.",
+                time=dies.strftime("%Y-%m-%d %H:%M"),
             )
+            warnings.append(conditions[Condition.REFRESH_TOKEN_ENDS])
     return warnings
 
 

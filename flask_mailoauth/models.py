@@ -157,6 +157,7 @@ class AccountMixin(SecretRow):
         credential: Mapped[CredentialMixin | None]
         events: Mapped[list[EventMixin]]
         pending: Mapped[list[PendingAuthorizationMixin]]
+        notices: Mapped[list[NoticeMixin]]
 
 
 class CredentialMixin(SecretRow):
@@ -269,6 +270,39 @@ class EventMixin(_Row):
         return f"<Event {self.kind} {self.code or ''} at {self.at}>"
 
 
+class NoticeMixin(_Row):
+    """What has been notified of one condition of one account (:mod:`.notify`): one row per
+    account and condition, claimed by a conditional ``UPDATE`` (or the ``INSERT`` the unique
+    constraint lets only one process win), so every process and host sends one message."""
+
+    __tablename__ = "mailoauth_notice"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[sa.UniqueConstraint]:
+        return (
+            sa.UniqueConstraint("account_id", "condition", name="uq_mailoauth_notice_condition"),
+        )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+
+    @declared_attr
+    def account_id(cls) -> Mapped[int]:
+        return mapped_column(sa.ForeignKey("mailoauth_account.id", ondelete="CASCADE"))
+
+    #: a :class:`~flask_mailoauth.vocabulary.Condition`
+    condition: Mapped[str] = mapped_column(sa.String(40))
+    #: when the condition was found (again, after it was last resolved)
+    since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: when the last message about it went out (the first one, or a reminder)
+    notified_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    reminders: Mapped[int] = mapped_column(sa.Integer, default=0)
+    #: when it was found gone and the recovery message claimed; ``None`` while it lasts
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    def __repr__(self) -> str:
+        return f"<Notice {self.condition} of {self.account_id} since {self.since}>"
+
+
 def prune_events(db: SQLAlchemy, event: type, days: int, now: datetime | None = None) -> int:
     """Delete the events older than ``days``, except each account's latest
     :data:`EVENTS_SHOWN` (its history never goes blank); how many went."""
@@ -294,6 +328,7 @@ class Models:
     Credential: type[CredentialMixin]
     PendingAuthorization: type[PendingAuthorizationMixin]
     Event: type[EventMixin]
+    Notice: type[NoticeMixin]
 
 
 _models_by_db: weakref.WeakKeyDictionary[SQLAlchemy, Models] = weakref.WeakKeyDictionary()
@@ -319,6 +354,7 @@ def models_for(db: SQLAlchemy) -> Models:
         pending = relationship(
             "MailOAuthPendingAuthorization", cascade="all, delete-orphan", back_populates="account"
         )
+        notices = relationship("MailOAuthNotice", cascade="all, delete-orphan")
 
     class MailOAuthCredential(CredentialMixin, db.Model):  # type: ignore[name-defined,misc]
         account = relationship(MailOAuthAccount, back_populates="credential")
@@ -329,8 +365,15 @@ def models_for(db: SQLAlchemy) -> Models:
     class MailOAuthEvent(EventMixin, db.Model):  # type: ignore[name-defined,misc]
         pass
 
+    class MailOAuthNotice(NoticeMixin, db.Model):  # type: ignore[name-defined,misc]
+        pass
+
     models = Models(
-        MailOAuthAccount, MailOAuthCredential, MailOAuthPendingAuthorization, MailOAuthEvent
+        MailOAuthAccount,
+        MailOAuthCredential,
+        MailOAuthPendingAuthorization,
+        MailOAuthEvent,
+        MailOAuthNotice,
     )
     for model in (MailOAuthCredential, MailOAuthEvent):
         _clean_outside_text(model)

@@ -52,6 +52,14 @@ BAD_VALUES = [
     ("MAILOAUTH_SECRET_WARNING_DAYS", (30, -1), "0 or more"),
     ("MAILOAUTH_REFRESH_CONCURRENCY", 0, "at least 1"),
     ("MAILOAUTH_FLASH_CATEGORIES", {"danger": "error"}, "'success' and/or 'error'"),
+    ("MAILOAUTH_NOTIFY_REMINDER_HOURS", 0, "more than 0"),
+    ("MAILOAUTH_NOTIFY_REMINDER_HOURS", "24", "number"),
+    ("MAILOAUTH_NOTIFY_WEBHOOK_URL", "hooks.example/notify", "absolute http(s) URL"),
+    ("MAILOAUTH_NOTIFY_WEBHOOK_URL", "https://hooks.example/notify", "at least 16 characters"),
+    ("MAILOAUTH_NOTIFY_WEBHOOK_SECRET", "short", "at least 16 characters"),
+    ("MAILOAUTH_NOTIFY_EMAIL_TO", "admin", "e-mail addresses"),
+    ("MAILOAUTH_NOTIFY_EMAIL_TO", ["a@example.test\nBcc: x@evil.test"], "e-mail addresses"),
+    ("MAILOAUTH_NOTIFY_MAILBOX", 5, "key of the mailbox"),
 ]
 
 

@@ -52,6 +52,7 @@ def test_tables_are_prefixed_and_seen_by_alembic_autogenerate(make_host, tmp_pat
         "mailoauth_credential",
         "mailoauth_pending",
         "mailoauth_event",
+        "mailoauth_notice",
     }
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     with engine.connect() as conn:
@@ -77,10 +78,11 @@ def test_round_trip_with_utc_datetimes_and_cascade(db_host):
             == SECRETS["refresh"]
         )
         s.add(st.models.Event(account_id=account.id, kind="authorized", message="ok"))
+        s.add(st.models.Notice(account_id=account.id, condition="secret_expired"))
     with db_host.app.app_context(), own_session(st.db) as s:
         s.delete(s.scalars(sa.select(st.models.Account)).one())
     with db_host.app.app_context(), own_session(st.db) as s:
-        for model in (st.models.Credential, st.models.Event):
+        for model in (st.models.Credential, st.models.Event, st.models.Notice):
             assert s.scalars(sa.select(model)).all() == []
 
 
@@ -218,7 +220,13 @@ def test_the_relationships_the_type_checker_is_told_are_the_ones_models_for_bind
     bound = models.models_for(SQLAlchemy())
     typed = _typed_relationships()
     assert set(typed) == {"AccountMixin", "CredentialMixin", "PendingAuthorizationMixin"}
-    for model in (bound.Account, bound.Credential, bound.PendingAuthorization, bound.Event):
+    for model in (
+        bound.Account,
+        bound.Credential,
+        bound.PendingAuthorization,
+        bound.Event,
+        bound.Notice,
+    ):
         mixin = next(c for c in model.__mro__ if c.__name__.endswith("Mixin"))
         relationships = sa.inspect(model).relationships
         declared = typed.get(mixin.__name__, {})
