@@ -99,8 +99,9 @@ class MailOAuth:
         return callback
 
     def notifier(self, callback: Notifier) -> Notifier:
-        """Decorator: ``callback(notification)`` gets each :class:`~flask_mailoauth.notification.
-        Notification` (a condition found, a reminder, a recovery), once across every process.
+        """Decorator: ``callback(notification)`` gets each
+        :class:`~flask_mailoauth.notification.Notification` (a condition found, a reminder, a
+        recovery), once across every process.
 
         It runs in a background thread after a refresh, or in ``flask mailoauth notify``; what it
         raises is logged and stops no other channel (see docs/operations.rst, Notifications).

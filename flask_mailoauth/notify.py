@@ -2,7 +2,7 @@
 every ``MAILOAUTH_NOTIFY_REMINDER_HOURS`` while it lasts, and tell them once more when it is
 resolved.
 
-The conditions are :func:`~flask_mailoauth.health.account_health`'s, keyed by
+The conditions are ``health.account_health``'s, keyed by
 :class:`~flask_mailoauth.vocabulary.Condition`. What was sent lives in the ``mailoauth_notice``
 table; each message is claimed there first (an ``INSERT`` the unique constraint lets one
 process win, or an ``UPDATE`` whose ``WHERE`` only the first process matches), so four workers
