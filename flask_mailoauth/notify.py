@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from flask import Flask, current_app, has_app_context
 
 from . import connections, outbound, signals
-from .errors import NotificationFailed
+from .errors import MailOAuthError, NotificationFailed, OutboundError
 from .health import account_health
 from .i18n import LazyText, lazy_gettext
 from .logs import logger
@@ -86,14 +86,10 @@ ACTIONS: dict[Condition, LazyText] = {
         "Create a new client secret at the provider and paste its Value into the account's Config."
     ),
 }
+#: the conditions of a refused grant (``vocabulary.REFUSED``)
+_REFUSED = frozenset({Condition.REAUTHORIZATION_REQUIRED, Condition.CONFIGURATION_ERROR})
 #: the conditions whose provider code (``Credential.last_error_code``) a message names
-_FAILURES = frozenset(
-    {
-        Condition.REAUTHORIZATION_REQUIRED,
-        Condition.CONFIGURATION_ERROR,
-        Condition.REPEATED_FAILURES,
-    }
-)
+_FAILURES = _REFUSED | {Condition.REPEATED_FAILURES}
 
 
 def channels(st: MailOAuthState) -> list[str]:
@@ -150,6 +146,8 @@ def _due(
     """The messages of one account this process claimed: new conditions, reminders,
     recoveries."""
     found = account_health(account, credential, st.config, now).conditions
+    # a refusal supersedes the failures before it: their notice closes without a message
+    refused = bool(found.keys() & _REFUSED)
     known = {notice.condition: notice for notice in notices}
     cadence = timedelta(hours=st.config.notify.reminder_hours)
     error_code = credential.last_error_code if credential is not None else None
@@ -166,7 +164,7 @@ def _due(
             condition = Condition(notice.condition)
         except ValueError:  # written by a newer version: leave it to that one
             continue
-        if _resolve(st, notice, now):
+        if _resolve(st, notice, now) and not (refused and condition in _FAILURES):
             yield _message(
                 st, account, NoticeKind.RECOVERED, condition, notice.since, now, 0, "", None
             )
@@ -303,7 +301,7 @@ def deliver(st: MailOAuthState, notification: Notification) -> list[str]:
                 notification.purpose,
                 name,
                 exc,
-                exc_info=not isinstance(exc, NotificationFailed),
+                exc_info=not isinstance(exc, MailOAuthError),
             )
         else:
             delivered.append(name)
@@ -323,9 +321,7 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={mac.hexdigest()}"
 
 
-def _webhook(
-    st: MailOAuthState, notification: Notification, pause: Callable[[float], None] = time.sleep
-) -> None:
+def _webhook(st: MailOAuthState, notification: Notification) -> None:
     """POST the notification as JSON, signed; retried with a doubling pause on timeouts,
     connection errors, 408, 429 and 5xx, at most :data:`WEBHOOK_ATTEMPTS` times."""
     config = st.config
@@ -342,7 +338,7 @@ def _webhook(
     with outbound.session(config.outbound) as http:
         for attempt in range(WEBHOOK_ATTEMPTS):
             if attempt:
-                pause(WEBHOOK_FIRST_PAUSE * 2 ** (attempt - 1))
+                time.sleep(WEBHOOK_FIRST_PAUSE * 2 ** (attempt - 1))
             stamp = str(int(time.time()))
             headers = {
                 "Content-Type": "application/json",
@@ -353,15 +349,17 @@ def _webhook(
             options["timeout"] = outbound.call_timeout(config.http_timeout, 2 * config.http_timeout)
             try:
                 answer = http.post(url, data=body, headers=headers, **options)
-            except (requests.Timeout, requests.ConnectionError) as exc:
+            except (requests.Timeout, requests.ConnectionError) as exc:  # a deadline too
                 why = type(exc).__name__
                 continue
+            except OutboundError as exc:  # refused by the outbound rules: no retry helps
+                raise NotificationFailed(f"MAILOAUTH_NOTIFY_WEBHOOK_URL: {exc}") from exc
             if 200 <= answer.status_code < 300:
                 return
             why = f"HTTP {answer.status_code}"
             if answer.status_code < 500 and answer.status_code not in (408, 429):
                 break
-    raise NotificationFailed(f"the webhook answered {why} (delivery {delivery})")
+    raise NotificationFailed(f"the webhook failed: {why} (delivery {delivery})")
 
 
 def _email(st: MailOAuthState, notification: Notification) -> None:

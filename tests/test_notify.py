@@ -169,6 +169,15 @@ def test_transient_failures_past_the_threshold_and_warnings_are_conditions(notif
         (NoticeKind.RECOVERED, Condition.SECRET_EXPIRING),
         (NoticeKind.PROBLEM, Condition.SECRET_EXPIRED),
     }
+    # the failures end in a refusal: one message about the refusal, none saying they stopped
+    refuse(host)
+    changed = {(m.kind, m.condition) for m in check(host)}
+    assert changed == {(NoticeKind.PROBLEM, Condition.REAUTHORIZATION_REQUIRED)}
+    assert {n.condition for n in notices(host) if n.resolved_at is None} == {
+        Condition.REAUTHORIZATION_REQUIRED,
+        Condition.SECRET_EXPIRED,
+        Condition.REFRESH_TOKEN_IDLE,
+    }
 
 
 def test_the_dedupe_key_is_the_condition_not_its_translated_text(notified, pseudo_locale):
@@ -306,6 +315,18 @@ def test_the_webhook_gives_up_after_the_attempts_and_respects_the_outbound_polic
             check(host)
         assert hook.deliveries == [], "a loopback http:// URL needs MAILOAUTH_ALLOW_INSECURE_HTTP"
     assert "MAILOAUTH_NOTIFY_WEBHOOK_URL" in caplog.text
+    # a private address is refused before connecting, and not tried again
+    host = make_host(
+        MAILOAUTH_NOTIFY_WEBHOOK_URL="https://10.255.255.1/hooks",
+        MAILOAUTH_NOTIFY_WEBHOOK_SECRET=SECRET,
+    )
+    store_account(host, key="third")
+    refuse(host, key="third")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, "flask_mailoauth"):
+        check(host)
+    assert "by webhook: MAILOAUTH_NOTIFY_WEBHOOK_URL: 10.255.255.1 resolves" in caplog.text
+    assert "MAILOAUTH_ALLOWED_PRIVATE_HOSTS" in caplog.text
 
 
 def _mail_host(make_host, db_url, sink):
