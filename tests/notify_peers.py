@@ -1,6 +1,7 @@
 """Receivers the notification tests send to, on 127.0.0.1: a webhook that checks the HMAC
 signature the way the docs tell a host to (``docs/operations.rst``), and a small SMTP server
-that keeps what it is given. Also :func:`check_in_child`, the body of a "spawn" process."""
+that keeps what it is given. Also :func:`check_in_child`, the body of a "spawn" process, and
+:func:`refuse`, which puts an account into a condition."""
 
 from __future__ import annotations
 
@@ -17,8 +18,33 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import sqlalchemy as sa
+
+from flask_mailoauth.models import own_session
+from flask_mailoauth.vocabulary import CredentialStatus
+
 #: the webhook secret of the tests (at least 16 characters)
 SECRET = "test-webhook-secret-0123456789"
+
+
+def set_credential(host, key="support", **values):
+    st = host.app.extensions["mailoauth"]
+    m = st.models
+    with host.app.app_context(), own_session(st.db) as s:
+        account = s.scalars(sa.select(m.Account).where(m.Account.key == key)).one()
+        for name, value in values.items():
+            setattr(account.credential if hasattr(m.Credential, name) else account, name, value)
+
+
+def refuse(host, key="support"):
+    set_credential(
+        host,
+        key,
+        status=CredentialStatus.REAUTHORIZATION_REQUIRED.value,
+        last_error_code="AADSTS700082",
+        last_error="AADSTS700082: The refresh token has expired due to inactivity.",
+        failure_count=1,
+    )
 
 
 @dataclass

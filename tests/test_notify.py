@@ -21,7 +21,14 @@ from flask_mailoauth.vocabulary import Condition, CredentialStatus, NoticeKind
 from peers.tls import test_ca
 
 from .conftest import TEST_KEY
-from .notify_peers import SECRET, check_in_child, smtp_sink, webhook_receiver
+from .notify_peers import (
+    SECRET,
+    check_in_child,
+    refuse,
+    set_credential,
+    smtp_sink,
+    webhook_receiver,
+)
 from .oauth_fakes import TokenEndpoint
 from .stored import store_account, token
 
@@ -43,26 +50,6 @@ def notified(make_host, db_url):
 def check(host, **kw):
     with host.app.app_context():
         return notify.check(host.app.extensions["mailoauth"], **kw)
-
-
-def set_credential(host, key="support", **values):
-    st = host.app.extensions["mailoauth"]
-    m = st.models
-    with host.app.app_context(), own_session(st.db) as s:
-        account = s.scalars(sa.select(m.Account).where(m.Account.key == key)).one()
-        for name, value in values.items():
-            setattr(account.credential if hasattr(m.Credential, name) else account, name, value)
-
-
-def refuse(host, key="support"):
-    set_credential(
-        host,
-        key,
-        status=CredentialStatus.REAUTHORIZATION_REQUIRED.value,
-        last_error_code="AADSTS700082",
-        last_error="AADSTS700082: The refresh token has expired due to inactivity.",
-        failure_count=1,
-    )
 
 
 def notices(host):
