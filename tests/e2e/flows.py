@@ -6,8 +6,13 @@ mailbox user at oidc-provider's login and consent pages.
 
 from __future__ import annotations
 
+import email
+import email.policy
+import imaplib
 import re
+import time
 from dataclasses import dataclass
+from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 from flask_mailoauth import MailboxSettings
@@ -118,3 +123,18 @@ def point_at(
         smtp_security="none" if postfix else None,
         **settings,
     )
+
+
+def wait_for_subject(conn: imaplib.IMAP4, subject: str, timeout: float = 10.0) -> EmailMessage:
+    """Poll the selected INBOX of a signed-in ``conn`` until ``subject`` arrives (LMTP)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        typ, _ = conn.select("INBOX")
+        assert typ == "OK"
+        hits = conn.search(None, "SUBJECT", f'"{subject}"')[1][0].split()
+        if hits or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert hits, f"{subject!r} was not delivered"
+    raw = conn.fetch(hits[-1], "(RFC822)")[1][0][1]
+    return email.message_from_bytes(raw, policy=email.policy.default)

@@ -13,7 +13,6 @@ do not depend on each other run concurrently.
 from __future__ import annotations
 
 import contextlib
-import email.policy
 import imaplib
 import poplib
 import smtplib
@@ -40,7 +39,7 @@ from peers import ARTIFACTS_DIR, HOST, Client
 from peers.tls import test_ca
 from tests.conftest import TEST_KEY
 
-from .flows import authorize, point_at
+from .flows import authorize, point_at, wait_for_subject
 
 SUPPORT = "support@example.test"
 SHARED = "shared@example.test"
@@ -132,21 +131,6 @@ def pop3_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
     with monkeypatch.context() as patch:
         patch.setattr(poplib.POP3, "_putline", putline)
         yield sent
-
-
-def wait_for_subject(conn: imaplib.IMAP4, subject: str, timeout: float = 10.0) -> EmailMessage:
-    """Poll the selected INBOX of a signed-in ``conn`` until ``subject`` arrives (LMTP)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        typ, _ = conn.select("INBOX")
-        assert typ == "OK"
-        hits = conn.search(None, "SUBJECT", f'"{subject}"')[1][0].split()
-        if hits or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert hits, f"{subject!r} was not delivered"
-    raw = conn.fetch(hits[-1], "(RFC822)")[1][0][1]
-    return email.message_from_bytes(raw, policy=email.policy.default)
 
 
 def refusal(attempt: Callable[[], object]) -> mail.MailAuthenticationError:

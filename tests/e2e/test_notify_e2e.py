@@ -9,8 +9,9 @@ from flask_mailoauth import notify
 
 from ..notify_peers import refuse
 from ..stored import store_account
-from .flows import authorize, point_at
-from .test_mail_e2e import SUPPORT, wait_for_subject
+from .flows import authorize, point_at, wait_for_subject
+
+SUPPORT = "support@example.test"
 
 
 def test_a_broken_account_is_emailed_through_the_healthy_mailbox_and_read_back(
