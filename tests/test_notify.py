@@ -175,8 +175,13 @@ def test_the_dedupe_key_is_the_condition_not_its_translated_text(notified, pseud
     refuse(host)
     check(host)
     Babel(host.app, default_locale=pseudo_locale)
+    with host.app.app_context():
+        assert str(notify.TITLES[Condition.REAUTHORIZATION_REQUIRED]) != "Reauthorization required"
     assert check(host) == []
     assert len(sent) == 1
+    move_back(host, 25)
+    [reminder] = check(host)
+    assert reminder.title != sent[0].title, "the reminder is in the admin's language now"
 
 
 def test_a_disabled_account_is_left_alone(notified):
@@ -375,6 +380,24 @@ def test_the_cli_command_checks_every_account(notified):
     assert [m.key for m in sent] == ["other"]
     result = runner.invoke(args=["mailoauth", "notify"])
     assert "0 notifications sent." in result.output
+
+
+def test_refresh_due_ends_with_the_check_that_finds_warnings_that_come_with_time(notified):
+    host, sent = notified()
+    store_account(host)
+    set_credential(host, secret_expires_on=date.today() + timedelta(days=3))
+    result = host.app.test_cli_runner().invoke(args=["mailoauth", "refresh", "--due"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "1 notification sent."
+    assert [m.condition for m in sent] == [Condition.SECRET_EXPIRING]
+
+
+def test_without_a_channel_refresh_due_says_nothing_of_notifications(host):
+    store_account(host)
+    result = host.app.test_cli_runner().invoke(args=["mailoauth", "refresh", "--due"])
+    assert "notification" not in result.output
+    result = host.app.test_cli_runner().invoke(args=["mailoauth", "notify"])
+    assert "No notification channel is configured" in result.output
 
 
 def four_workers_check(db_url, hook_url):
