@@ -4,9 +4,13 @@ nothing for a healthy account."""
 
 from __future__ import annotations
 
+import contextlib
 import email
 import logging
 import multiprocessing
+import socket
+import threading
+import time
 from datetime import date, timedelta
 
 import pytest
@@ -319,6 +323,39 @@ def test_the_webhook_gives_up_after_the_attempts_and_respects_the_outbound_polic
         check(host)
     assert "by webhook: MAILOAUTH_NOTIFY_WEBHOOK_URL: 10.255.255.1 resolves" in caplog.text
     assert "MAILOAUTH_ALLOWED_PRIVATE_HOSTS" in caplog.text
+
+
+def test_a_webhook_that_never_answers_times_out_and_is_retried(make_host, monkeypatch, caplog):
+    monkeypatch.setattr(notify, "WEBHOOK_FIRST_PAUSE", 0.01)
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def hold() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=hold, daemon=True).start()
+    try:
+        host = make_host(
+            MAILOAUTH_HTTP_TIMEOUT=0.2,
+            MAILOAUTH_NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{listener.getsockname()[1]}/hook",
+            MAILOAUTH_NOTIFY_WEBHOOK_SECRET=SECRET,
+        )
+        store_account(host)
+        refuse(host)
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, "flask_mailoauth"):
+            [message] = check(host)
+        took = time.monotonic() - started
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert len(accepted) == notify.WEBHOOK_ATTEMPTS
+    assert took < notify.WEBHOOK_ATTEMPTS * 2 * 0.2 + 2
+    assert "the webhook failed: ReadTimeout" in caplog.text
+    assert message.kind == NoticeKind.PROBLEM
 
 
 def _mail_host(make_host, db_url, sink):
