@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any, cast
@@ -392,13 +393,70 @@ def _email(st: MailOAuthState, notification: Notification) -> None:
 
 # ---------------------------------------------------------------------------------- triggers
 
-_running: set[threading.Thread] = set()
-_running_guard = threading.Lock()
+
+@dataclass(frozen=True)
+class _Pending:
+    """An account to check after a refresh, with the app and state it belongs to."""
+
+    app: Flask
+    st: MailOAuthState
+    key: str
+    purpose: str
+
+
+class _Backlog:
+    """The accounts waiting for their check after a refresh, checked one after the other by
+    one thread per process (started when work comes, gone when there is none): a bulk
+    ``refresh --due`` queues each account once instead of starting a thread for each."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[int, str, str], _Pending] = {}
+        self._guard = threading.Lock()
+        self._worker: threading.Thread | None = None
+
+    def add(self, item: _Pending) -> None:
+        with self._guard:
+            self._pending[(id(item.st), item.key, item.purpose)] = item
+            if self._worker is None:
+                # not a daemon: the interpreter waits for the checks in flight at exit
+                self._worker = threading.Thread(target=self._run, name="mailoauth-notify")
+                self._worker.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._guard:
+                if not self._pending:
+                    self._worker = None
+                    return
+                item = self._pending.pop(next(iter(self._pending)))
+            try:
+                with item.app.app_context():
+                    check(item.st, item.key, item.purpose)
+            except Exception:
+                logger.exception(
+                    "Checking %s (%s) for notifications failed.", item.key, item.purpose
+                )
+
+    def wait(self, timeout: float | None) -> None:
+        """Wait until every queued check is done, or ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._guard:
+                worker = self._worker
+            if worker is None:
+                return
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            worker.join(left)
+
+
+_backlog = _Backlog()
 
 
 def _after_refresh(sender: object, **kwargs: object) -> None:
-    """After a refresh succeeded or failed: check that account in a thread of its own, so a
-    slow webhook never delays the caller that asked for a token."""
+    """After a refresh succeeded or failed: queue that account's check for a background
+    thread, so a slow webhook never delays the caller that asked for a token."""
     if not has_app_context():
         return
     st = current_app.extensions.get("mailoauth")
@@ -406,33 +464,12 @@ def _after_refresh(sender: object, **kwargs: object) -> None:
         return
     # Flask types current_app as the Flask it stands for, not as the proxy it is
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    key, purpose = str(kwargs["key"]), str(kwargs["purpose"])
-    thread = threading.Thread(
-        target=_check_in_background, args=(app, st, key, purpose), name="mailoauth-notify"
-    )
-    with _running_guard:
-        _running.add(thread)
-    thread.start()
-
-
-def _check_in_background(app: Flask, st: MailOAuthState, key: str, purpose: str) -> None:
-    try:
-        with app.app_context():
-            check(st, key, purpose)
-    except Exception:
-        logger.exception("Checking %s (%s) for notifications failed.", key, purpose)
-    finally:
-        with _running_guard:
-            _running.discard(threading.current_thread())
+    _backlog.add(_Pending(app, st, str(kwargs["key"]), str(kwargs["purpose"])))
 
 
 def wait(timeout: float | None = None) -> None:
-    """Wait for the checks started after refreshes (tests, and a worker shutting down; the
-    threads are not daemons, so the interpreter waits for them at exit anyway)."""
-    with _running_guard:
-        running = list(_running)
-    for thread in running:
-        thread.join(timeout)
+    """Wait for the checks queued after refreshes (tests; ``refresh --due`` before it exits)."""
+    _backlog.wait(timeout)
 
 
 signals.refreshed.connect(_after_refresh)

@@ -17,7 +17,7 @@ import pytest
 import responses
 import sqlalchemy as sa
 
-from flask_mailoauth import MailboxSettings, notify
+from flask_mailoauth import MailboxSettings, notify, signals
 from flask_mailoauth.errors import ReauthorizationRequired
 from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.notification import Notification
@@ -223,6 +223,27 @@ def test_a_refresh_that_fails_notifies_in_the_background_and_a_success_recovers(
             host.ext.refresh("support")
         notify.wait(10)
     assert [m.kind for m in sent] == ["problem", "recovered"]
+
+
+def test_checks_after_many_refreshes_queue_on_one_thread_once_per_account(notified):
+    host, sent = notified()
+    store_account(host)
+    refuse(host)
+    gate = threading.Event()
+
+    @host.ext.notifier
+    def slow(notification):
+        gate.wait(10)
+        sent.append(notification)
+
+    with host.app.app_context():
+        for _ in range(20):
+            signals.refreshed.send(host.ext, key="support", purpose="mailbox", expires_at=utcnow())
+    workers = [t for t in threading.enumerate() if t.name == "mailoauth-notify"]
+    gate.set()
+    notify.wait(10)
+    assert len(workers) == 1
+    assert len(sent) == 1
 
 
 def test_a_failing_callback_stops_neither_the_refresh_nor_the_webhook(make_host, db_url, caplog):
