@@ -13,8 +13,10 @@ from .vocabulary import Condition, NoticeKind
 
 @dataclass(frozen=True)
 class Notification:
-    """One message about one condition of one account; its text is in the admin's language
-    (the host's Flask-Babel default locale) when it is made."""
+    """One message about one condition of one account, in the admin's language (the host's
+    Flask-Babel default locale): ``title``, ``detail`` and ``action`` as it was made, the
+    labels of :attr:`subject` and :meth:`text` when they are called (the callback runs in an
+    app context)."""
 
     kind: NoticeKind
     condition: Condition
