@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import accounts, connections, monitoring, tokens
+from . import accounts, connections, monitoring, notify, tokens
 from .errors import MailOAuthError
 from .health import health, status_words
 from .i18n import gettext, ngettext
@@ -124,8 +124,27 @@ def refresh(key: str | None, purpose: str | None, due: bool) -> None:
     click.echo(_summary(results, failed))
     if due and st.config.event_retention_days is not None:
         _prune(st.config.event_retention_days)
+    if due and notify.channels(st):
+        _notify(st)
     if failed:
         sys.exit(1)
+
+
+@mailoauth_cli.command("notify")
+def notify_command() -> None:
+    """Check every account for notifications and send what is due: new conditions, reminders,
+    recoveries (``refresh --due`` does it too). Safe to run from several hosts at once."""
+    st = state()
+    if not notify.channels(st):
+        click.echo(gettext("No notification channel is configured (see Notifications)."))
+        return
+    _notify(st)
+
+
+def _notify(st: MailOAuthState) -> None:
+    sent = notify.check(st)
+    notify.wait()  # the checks refreshes started, so the process exits after they are done
+    click.echo(ngettext("%(num)d notification sent.", "%(num)d notifications sent.", len(sent)))
 
 
 @mailoauth_cli.command("prune")

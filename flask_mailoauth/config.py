@@ -77,9 +77,20 @@ DEFAULTS: dict[str, object] = {
     "MAILOAUTH_METRICS": False,
     # a bearer token the metrics endpoint requires instead of the host's access_check
     "MAILOAUTH_METRICS_TOKEN": None,
+    # hours between reminders of a condition that is not resolved (docs/operations.rst)
+    "MAILOAUTH_NOTIFY_REMINDER_HOURS": 24,
+    # an http(s) URL notifications are POSTed to as signed JSON, and the HMAC key that signs them
+    "MAILOAUTH_NOTIFY_WEBHOOK_URL": None,
+    "MAILOAUTH_NOTIFY_WEBHOOK_SECRET": None,
+    # addresses notifications are e-mailed to, through the SMTP account of mailbox key
+    # MAILOAUTH_NOTIFY_MAILBOX
+    "MAILOAUTH_NOTIFY_EMAIL_TO": (),
+    "MAILOAUTH_NOTIFY_MAILBOX": None,
 }
 #: the fewest characters a metrics bearer token may have
 METRICS_TOKEN_MIN_LENGTH = 16
+#: the fewest characters a webhook signing secret may have
+WEBHOOK_SECRET_MIN_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,8 @@ class Config:
     metrics_endpoint: bool = False
     #: the bearer token the metrics endpoint requires; ``None``: the host's access_check
     metrics_token: str | None = field(default=None, repr=False)
+    #: where notifications go (``MAILOAUTH_NOTIFY_*``)
+    notify: NotifyConfig = field(default_factory=lambda: NotifyConfig())
 
     @property
     def allow_insecure_http(self) -> bool:
@@ -156,7 +169,20 @@ class Config:
             flash_categories=_flash_categories(values["MAILOAUTH_FLASH_CATEGORIES"]),
             metrics_endpoint=_flag(values, "MAILOAUTH_METRICS"),
             metrics_token=_metrics_token(values["MAILOAUTH_METRICS_TOKEN"]),
+            notify=_notify(values),
         )
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """The notification channels besides the host's ``@mailoauth.notifier`` callback."""
+
+    reminder_hours: float = 24
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    email_to: tuple[str, ...] = ()
+    #: the host's key of the mailbox whose SMTP account sends the notification e-mails
+    mailbox: str | None = None
 
 
 def keyring(config: Mapping[str, Any]) -> crypto.KeyRing:
@@ -246,6 +272,54 @@ def _metrics_token(value: object) -> str | None:
             "characters (for example secrets.token_urlsafe()), or None."
         )
     return value.strip()
+
+
+def _notify(values: Mapping[str, Any]) -> NotifyConfig:
+    url, secret = values["MAILOAUTH_NOTIFY_WEBHOOK_URL"], values["MAILOAUTH_NOTIFY_WEBHOOK_SECRET"]
+    if url is not None and not (
+        isinstance(url, str) and urlsplit(url).scheme in ("http", "https") and urlsplit(url).netloc
+    ):
+        raise SetupError(
+            f"MAILOAUTH_NOTIFY_WEBHOOK_URL must be an absolute http(s) URL or None; got {url!r}."
+        )
+    if (url is not None or secret is not None) and (
+        not isinstance(secret, str) or len(secret) < WEBHOOK_SECRET_MIN_LENGTH
+    ):
+        raise SetupError(
+            "MAILOAUTH_NOTIFY_WEBHOOK_SECRET must be a string of at least "
+            f"{WEBHOOK_SECRET_MIN_LENGTH} characters that signs the webhook's requests (for "
+            "example secrets.token_urlsafe()), set together with MAILOAUTH_NOTIFY_WEBHOOK_URL."
+        )
+    recipients = values["MAILOAUTH_NOTIFY_EMAIL_TO"] or ()
+    if isinstance(recipients, str):
+        recipients = [r.strip() for r in recipients.split(",") if r.strip()]
+    if not isinstance(recipients, list | tuple) or not all(
+        isinstance(r, str) and "@" in r and not any(c in r for c in "\r\n,<>") for r in recipients
+    ):
+        raise SetupError(
+            "MAILOAUTH_NOTIFY_EMAIL_TO must be e-mail addresses, as a list or a comma-separated "
+            f"string; got {recipients!r}."
+        )
+    mailbox = values["MAILOAUTH_NOTIFY_MAILBOX"]
+    if (recipients or mailbox is not None) and not (isinstance(mailbox, str) and mailbox):
+        raise SetupError(
+            "MAILOAUTH_NOTIFY_MAILBOX must be the key of the mailbox whose SMTP account sends "
+            f"the notification e-mails to MAILOAUTH_NOTIFY_EMAIL_TO; got {mailbox!r}."
+        )
+    return NotifyConfig(
+        reminder_hours=_hours(values, "MAILOAUTH_NOTIFY_REMINDER_HOURS"),
+        webhook_url=url,
+        webhook_secret=secret,
+        email_to=tuple(recipients),
+        mailbox=mailbox,
+    )
+
+
+def _hours(values: Mapping[str, Any], key: str) -> float:
+    value = _number(values, key)
+    if value <= 0 or value == float("inf"):
+        raise SetupError(f"{key} must be a finite number of hours, more than 0; got {value!r}.")
+    return value
 
 
 def _url_prefix(value: object) -> str:

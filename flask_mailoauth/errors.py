@@ -136,6 +136,10 @@ class UnknownProvider(MailOAuthError, LookupError):
 # -- calls to the identity provider ---------------------------------------------------------------
 
 
+class NotificationFailed(MailOAuthError):
+    """A notification channel did not take a message (logged; the other channels still run)."""
+
+
 class OutboundError(MailOAuthError, requests.RequestException):
     """An outbound rule stopped a call to the identity provider; the message says what to fix.
 

@@ -9,13 +9,14 @@ import smtplib
 from flask import Flask, appcontext_pushed
 from flask_sqlalchemy import SQLAlchemy
 
-from . import cli, connections, logs, migrations, tokens, views
+from . import cli, connections, logs, migrations, notify, tokens, views
 from .config import DEFAULTS, Config, keyring
 from .errors import SetupError
 from .flashes import banner_kind
 from .health import AccountHealth, health
 from .mail import CheckResult
 from .models import models_for
+from .notification import Notification, Notifier
 from .settings import PURPOSES, MailboxSettings, Purpose
 from .state import AccessCheck, AccountPage, Hooks, MailboxLoader, MailOAuthState, state
 
@@ -97,6 +98,17 @@ class MailOAuth:
         self._hooks.account_page = callback
         return callback
 
+    def notifier(self, callback: Notifier) -> Notifier:
+        """Decorator: ``callback(notification)`` gets each
+        :class:`~flask_mailoauth.notification.Notification` (a condition found, a reminder, a
+        recovery), once across every process.
+
+        It runs in a background thread after a refresh, or in ``flask mailoauth notify``; what it
+        raises is logged and stops no other channel (see docs/operations.rst, Notifications).
+        """
+        self._hooks.notifier = callback
+        return callback
+
     # -- tokens and mail ---------------------------------------------------------------------
 
     def access_token(self, key: str, purpose: Purpose = "mailbox") -> str:
@@ -114,6 +126,11 @@ class MailOAuth:
         is still valid: the caller asked for a refresh and learns that it did not happen.
         """
         return tokens.refresh(state(), key, _purpose(purpose))
+
+    def notify(self) -> list[Notification]:
+        """Check every account for notifications now and send what is due (what ``flask
+        mailoauth notify`` does); the notifications this process sent."""
+        return notify.check(state())
 
     def health(self) -> list[AccountHealth]:
         """Every account with its status and the warnings an admin should see."""

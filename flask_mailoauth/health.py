@@ -21,7 +21,7 @@ from .models import AccountMixin, CredentialMixin, own_session, utcnow
 from .providers import registry
 from .providers.base import Provider
 from .state import MailOAuthState
-from .vocabulary import REFUSED, SECRET_AUTHS, AccessKind, ClientAuth, CredentialStatus
+from .vocabulary import REFUSED, SECRET_AUTHS, AccessKind, ClientAuth, Condition, CredentialStatus
 
 #: seconds of difference between the host's and the IdP's clocks that raise a warning
 CLOCK_SKEW_WARNING = 60
@@ -58,6 +58,8 @@ class AccountHealth:
     refresh_token_issued_at: datetime | None = None
     #: the client secret's end date, as the admin entered it
     secret_expires_on: date | None = None
+    #: the warnings that are notification conditions, by condition (:mod:`.notify`)
+    conditions: dict[Condition, str] = field(default_factory=dict)
 
     @property
     def needs_attention(self) -> bool:
@@ -111,6 +113,7 @@ def account_health(
     account: AccountMixin, credential: CredentialMixin | None, config: Config, now: datetime
 ) -> AccountHealth:
     """One account's status and warnings from its rows (``credential`` may be ``None``)."""
+    conditions: dict[Condition, str] = {}
     warnings: list[str] = []
     try:
         provider = registry.get(account.provider)
@@ -119,7 +122,7 @@ def account_health(
         warnings.append(
             gettext("The provider %(provider)s is not installed.", provider=repr(account.provider))
         )
-    warnings[:0] = _end_date_warnings(account, provider, now.date(), config)
+    warnings[:0] = _end_date_warnings(account, provider, now.date(), config, conditions)
     status: str
     if credential is None:
         status = CredentialStatus.NOT_AUTHORIZED
@@ -128,7 +131,7 @@ def account_health(
         )
     else:
         status = credential.status
-        warnings += _credential_warnings(account, credential, provider, config, now)
+        warnings += _credential_warnings(account, credential, provider, config, now, conditions)
     return AccountHealth(
         key=account.key,
         purpose=account.purpose,
@@ -144,11 +147,16 @@ def account_health(
             credential.refresh_token_issued_at if credential is not None else None
         ),
         secret_expires_on=account.secret_expires_on,
+        conditions=conditions,
     )
 
 
 def _end_date_warnings(
-    account: AccountMixin, provider: Provider | None, today: date, config: Config
+    account: AccountMixin,
+    provider: Provider | None,
+    today: date,
+    config: Config,
+    conditions: dict[Condition, str],
 ) -> list[str]:
     """The warnings about the end of what the client authenticates with: its certificate
     (``private_key_jwt``), its client secret (the secret methods), nothing for a public one."""
@@ -159,59 +167,65 @@ def _end_date_warnings(
                 gettext("No certificate is stored: generate or import one on the IdP Config tab.")
             ]
         ends = certificate_end(account.certificate)
-        return _certificate_warnings(ends, today, config) if ends else []
+        return _certificate_warnings(ends, today, config, conditions) if ends else []
     if method in SECRET_AUTHS:
-        return _secret_warnings(account.secret_expires_on, today, config)
+        return _secret_warnings(account.secret_expires_on, today, config, conditions)
     return []
 
 
-def _certificate_warnings(ends: date, today: date, config: Config) -> list[str]:
+def _certificate_warnings(
+    ends: date, today: date, config: Config, conditions: dict[Condition, str]
+) -> list[str]:
     left = (ends - today).days
     if left < 0:
-        return [
-            gettext(
-                "The certificate expired on %(date)s: generate a new one, upload it to the "
-                "identity provider and Submit.",
-                date=ends,
-            )
-        ]
+        expired = gettext(
+            "The certificate expired on %(date)s: generate a new one, upload it to the "
+            "identity provider and Submit.",
+            date=ends,
+        )
+        return _noted(conditions, Condition.CERTIFICATE_EXPIRED, expired)
     if left <= max(config.secret_warning_days):
-        return [
-            ngettext(
-                "The certificate expires on %(date)s (%(num)d day): generate a new one and upload "
-                "it to the identity provider before then; the switch needs no new consent.",
-                "The certificate expires on %(date)s (%(num)d days): generate a new one and "
-                "upload it to the identity provider before then; the switch needs no new consent.",
-                left,
-                date=ends,
-            )
-        ]
+        expiring = ngettext(
+            "The certificate expires on %(date)s (%(num)d day): generate a new one and upload "
+            "it to the identity provider before then; the switch needs no new consent.",
+            "The certificate expires on %(date)s (%(num)d days): generate a new one and "
+            "upload it to the identity provider before then; the switch needs no new consent.",
+            left,
+            date=ends,
+        )
+        return _noted(conditions, Condition.CERTIFICATE_EXPIRING, expiring)
     return []
 
 
-def _secret_warnings(ends: date | None, today: date, config: Config) -> list[str]:
+def _secret_warnings(
+    ends: date | None, today: date, config: Config, conditions: dict[Condition, str]
+) -> list[str]:
     if ends is None:
         return []
     left = (ends - today).days
     if left < 0:
-        return [
-            gettext(
-                "The client secret expired on %(date)s: create a new one and paste its Value.",
-                date=ends,
-            )
-        ]
+        expired = gettext(
+            "The client secret expired on %(date)s: create a new one and paste its Value.",
+            date=ends,
+        )
+        return _noted(conditions, Condition.SECRET_EXPIRED, expired)
     if left <= max(config.secret_warning_days):
-        return [
-            ngettext(
-                "The client secret expires on %(date)s (%(num)d day): create a new one and paste "
-                "its Value before then (no new consent needed).",
-                "The client secret expires on %(date)s (%(num)d days): create a new one and paste "
-                "its Value before then (no new consent needed).",
-                left,
-                date=ends,
-            )
-        ]
+        expiring = ngettext(
+            "The client secret expires on %(date)s (%(num)d day): create a new one and paste "
+            "its Value before then (no new consent needed).",
+            "The client secret expires on %(date)s (%(num)d days): create a new one and paste "
+            "its Value before then (no new consent needed).",
+            left,
+            date=ends,
+        )
+        return _noted(conditions, Condition.SECRET_EXPIRING, expiring)
     return []
+
+
+def _noted(conditions: dict[Condition, str], condition: Condition, warning: str) -> list[str]:
+    """``warning``, also recorded as ``condition`` (what notifications are about)."""
+    conditions[condition] = warning
+    return [warning]
 
 
 def _credential_warnings(
@@ -220,21 +234,20 @@ def _credential_warnings(
     provider: Provider | None,
     config: Config,
     now: datetime,
+    conditions: dict[Condition, str],
 ) -> list[str]:
     warnings: list[str] = []
     if credential.status in REFUSED:
-        warnings.append(
-            credential.last_error or gettext("The identity provider refused the token.")
-        )
+        refused = credential.last_error or gettext("The identity provider refused the token.")
+        warnings += _noted(conditions, Condition(credential.status), refused)
     elif credential.failure_count >= config.failure_warning_threshold:
-        warnings.append(
-            ngettext(
-                "%(num)d refresh attempt failed in a row: %(error)s",
-                "%(num)d refresh attempts failed in a row: %(error)s",
-                credential.failure_count,
-                error=credential.last_error or gettext("see the Token tab"),
-            )
+        failing = ngettext(
+            "%(num)d refresh attempt failed in a row: %(error)s",
+            "%(num)d refresh attempts failed in a row: %(error)s",
+            credential.failure_count,
+            error=credential.last_error or gettext("see the Token tab"),
         )
+        warnings += _noted(conditions, Condition.REPEATED_FAILURES, failing)
     if credential.config_signature != account.config_signature:
         warnings.append(str(CONFIG_CHANGED))
     skew = credential.clock_skew
@@ -245,27 +258,25 @@ def _credential_warnings(
     # Only a delegated grant has a refresh token to go idle; application access has none.
     delegated = provider is None or provider.access(account.config) == AccessKind.DELEGATED
     if delegated and idle_days >= config.idle_warning_days:
-        warnings.append(
-            ngettext(
-                "The refresh token has not been used for %(num)d day; providers revoke idle "
-                "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily.",
-                "The refresh token has not been used for %(num)d days; providers revoke idle "
-                "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily.",
-                idle_days,
-            )
+        idle = ngettext(
+            "The refresh token has not been used for %(num)d day; providers revoke idle "
+            "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily.",
+            "The refresh token has not been used for %(num)d days; providers revoke idle "
+            "ones (Microsoft after 90 days). Run `flask mailoauth refresh --due` daily.",
+            idle_days,
         )
+        warnings += _noted(conditions, Condition.REFRESH_TOKEN_IDLE, idle)
     if provider is not None:
         # str(): a provider may word its warnings lazily; these are serialised and compared
         warnings += [str(warning) for warning in provider.warnings(account.config)]
         lifetime = provider.refresh_token_lifetime(account.config)
         if lifetime is not None:
             dies = credential.refresh_token_issued_at + lifetime
-            warnings.append(
-                gettext(
-                    "The refresh token stops working on %(time)s UTC.",
-                    time=dies.strftime("%Y-%m-%d %H:%M"),
-                )
+            ends = gettext(
+                "The refresh token stops working on %(time)s UTC.",
+                time=dies.strftime("%Y-%m-%d %H:%M"),
             )
+            warnings += _noted(conditions, Condition.REFRESH_TOKEN_ENDS, ends)
     return warnings
 
 

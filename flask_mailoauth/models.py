@@ -164,6 +164,7 @@ class AccountMixin(SecretRow):
         events: Mapped[list[EventMixin]]
         pending: Mapped[list[PendingAuthorizationMixin]]
         reconsent_links: Mapped[list[ReconsentLinkMixin]]
+        notices: Mapped[list[NoticeMixin]]
 
 
 class CredentialMixin(SecretRow):
@@ -310,6 +311,39 @@ class EventMixin(_Row):
         return f"<Event {self.kind} {self.code or ''} at {self.at}>"
 
 
+class NoticeMixin(_Row):
+    """What has been notified of one condition of one account (:mod:`.notify`): one row per
+    account and condition, claimed by a conditional ``UPDATE`` (or the ``INSERT`` the unique
+    constraint lets only one process win), so every process and host sends one message."""
+
+    __tablename__ = "mailoauth_notice"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[sa.UniqueConstraint]:
+        return (
+            sa.UniqueConstraint("account_id", "condition", name="uq_mailoauth_notice_condition"),
+        )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+
+    @declared_attr
+    def account_id(cls) -> Mapped[int]:
+        return mapped_column(sa.ForeignKey("mailoauth_account.id", ondelete="CASCADE"))
+
+    #: a :class:`~flask_mailoauth.vocabulary.Condition`
+    condition: Mapped[str] = mapped_column(sa.String(40))
+    #: when the condition was found (again, after it was last resolved)
+    since: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: when the last message about it went out (the first one, or a reminder)
+    notified_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    reminders: Mapped[int] = mapped_column(sa.Integer, default=0)
+    #: when it was found gone and the recovery message claimed; ``None`` while it lasts
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    def __repr__(self) -> str:
+        return f"<Notice {self.condition} of {self.account_id} since {self.since}>"
+
+
 def prune_events(db: SQLAlchemy, event: type, days: int, now: datetime | None = None) -> int:
     """Delete the events older than ``days``, except each account's latest
     :data:`EVENTS_SHOWN` (its history never goes blank); how many went."""
@@ -336,6 +370,7 @@ class Models:
     PendingAuthorization: type[PendingAuthorizationMixin]
     Event: type[EventMixin]
     ReconsentLink: type[ReconsentLinkMixin]
+    Notice: type[NoticeMixin]
 
 
 _models_by_db: weakref.WeakKeyDictionary[SQLAlchemy, Models] = weakref.WeakKeyDictionary()
@@ -362,6 +397,7 @@ def models_for(db: SQLAlchemy) -> Models:
             "MailOAuthPendingAuthorization", cascade="all, delete-orphan", back_populates="account"
         )
         reconsent_links = relationship("MailOAuthReconsentLink", cascade="all, delete-orphan")
+        notices = relationship("MailOAuthNotice", cascade="all, delete-orphan")
 
     class MailOAuthCredential(CredentialMixin, db.Model):  # type: ignore[name-defined,misc]
         account = relationship(MailOAuthAccount, back_populates="credential")
@@ -375,12 +411,16 @@ def models_for(db: SQLAlchemy) -> Models:
     class MailOAuthReconsentLink(ReconsentLinkMixin, db.Model):  # type: ignore[name-defined,misc]
         pending = relationship("MailOAuthPendingAuthorization", cascade="all, delete-orphan")
 
+    class MailOAuthNotice(NoticeMixin, db.Model):  # type: ignore[name-defined,misc]
+        pass
+
     models = Models(
         MailOAuthAccount,
         MailOAuthCredential,
         MailOAuthPendingAuthorization,
         MailOAuthEvent,
         MailOAuthReconsentLink,
+        MailOAuthNotice,
     )
     for model in (MailOAuthCredential, MailOAuthEvent, MailOAuthReconsentLink):
         _clean_outside_text(model)

@@ -23,6 +23,7 @@ from .config import Config
 from .errors import MailboxNotFound, SetupError
 from .metrics import RefreshMetrics
 from .models import Models, SecretRow, utcnow
+from .notification import Notifier
 from .settings import MailboxSettings
 
 MailboxLoader = Callable[[str], MailboxSettings | None]
@@ -150,6 +151,7 @@ class Hooks:
     mailbox_loader: MailboxLoader | None = None
     access_check: AccessCheck | None = None
     account_page: AccountPage | None = None
+    notifier: Notifier | None = None
 
     def may_manage(self) -> bool:
         """Whether the current request may use the extension's views."""

@@ -8,6 +8,7 @@ the same view without script answers with a page or a redirect, so everything wo
 from __future__ import annotations
 
 import hmac
+import logging
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -32,7 +33,7 @@ from werkzeug.utils import secure_filename
 from werkzeug.wrappers import Response as BaseResponse
 from wtforms import ValidationError
 
-from . import accounts, connections, flow, i18n, monitoring, reconsent, tokens
+from . import accounts, connections, flow, i18n, monitoring, notify, reconsent, tokens
 from .certificates import ClientCertificate
 from .errors import AuthorizationFailed, MailboxNotFound, MailOAuthError, UnknownProvider
 from .flashes import flash_category
@@ -45,6 +46,8 @@ from .providers import registry
 from .settings import PURPOSES, MailboxSettings, Purpose
 from .state import MailOAuthState, state
 from .vocabulary import EventKind, FlashKind, ReconsentState
+
+logger = logging.getLogger("flask_mailoauth")
 
 blueprint = Blueprint(
     "mailoauth",
@@ -273,6 +276,8 @@ def _render_modal(
         "status_labels": STATUS_WORDS,
         "event_labels": EVENT_LABELS,
         "diagnostic_labels": DIAGNOSTIC_LABELS,
+        # a re-consent link can be e-mailed through the notifications' mailbox, if there is one
+        "mail_links": state().config.notify.mailbox not in (None, view.key),
         "account": view,
         "failed_plugins": sorted(registry.failed_plugins()),
         "form": form,
@@ -567,15 +572,56 @@ def create_reconsent(key: str, purpose: str) -> Response:
     except ValueError as exc:
         return _token_tab(key, purpose, notice=Notice("error", str(exc)))
     url = url_for("mailoauth.reconsent_page", token=token, _external=True)
+    until = link.expires_at.strftime("%Y-%m-%d %H:%M")
+    if request.form.get("email"):
+        return _token_tab(key, purpose, notice=_mail_reconsent(st, link, url, until))
     text = gettext(
         "Send this link to %(pinned)s. It works once, until %(time)s UTC, and only to "
         "authorize %(address)s again: %(url)s",
         pinned=link.pinned,
-        time=link.expires_at.strftime("%Y-%m-%d %H:%M"),
+        time=until,
         address=link.address,
         url=url,
     )
     return _token_tab(key, purpose, notice=Notice("success", text))
+
+
+def _mail_reconsent(
+    st: MailOAuthState, link: reconsent.ReconsentLink, url: str, until: str
+) -> Notice:
+    """E-mail the link to its pinned address through ``MAILOAUTH_NOTIFY_MAILBOX``; the notice
+    says it went, or why not and the link to pass on by hand."""
+    text = gettext(
+        "The helpdesk reads and sends mail for %(address)s with your permission, which has to "
+        "be given again. Open this link, sign in as %(pinned)s and accept. It works once, "
+        "until %(time)s UTC:\n\n%(url)s",
+        address=link.address,
+        pinned=link.pinned,
+        time=until,
+        url=url,
+    )
+    subject = gettext("Authorize %(address)s again", address=link.address)
+    try:
+        notify.system_mail(st, [link.pinned], subject, text, about=link.key)
+    except (MailOAuthError, OSError) as exc:
+        logger.warning("The re-consent link for %s was not e-mailed: %s", link.key, exc)
+        return Notice(
+            "error",
+            gettext(
+                "The link was not e-mailed (%(reason)s). Send it to %(pinned)s yourself: %(url)s",
+                reason=exc,
+                pinned=link.pinned,
+                url=url,
+            ),
+        )
+    return Notice(
+        "success",
+        gettext(
+            "The link was e-mailed to %(pinned)s. It works once, until %(time)s UTC.",
+            pinned=link.pinned,
+            time=until,
+        ),
+    )
 
 
 @blueprint.get("/reconsent/<string(minlength=40, maxlength=100):token>")

@@ -124,3 +124,34 @@ class ReconsentState(StrEnum):
     USABLE = "usable"
     USED = "used"
     EXPIRED = "expired"
+
+
+class Condition(StrEnum):
+    """What an account's notification is about (``Notice.condition``): the key notifications
+    are deduplicated on, the same in every language."""
+
+    REAUTHORIZATION_REQUIRED = "reauthorization_required"
+    CONFIGURATION_ERROR = "configuration_error"
+    #: transient refresh failures in a row, at least ``MAILOAUTH_FAILURE_WARNING_THRESHOLD``
+    REPEATED_FAILURES = "repeated_failures"
+    #: the refresh token unused for ``MAILOAUTH_IDLE_WARNING_DAYS``
+    REFRESH_TOKEN_IDLE = "refresh_token_idle"  # noqa: S105 - a condition, not a secret
+    #: the refresh token dies on a date whatever its use (Google apps in Testing: 7 days)
+    REFRESH_TOKEN_ENDS = "refresh_token_ends"  # noqa: S105 - a condition, not a secret
+    #: the client secret's end date within ``MAILOAUTH_SECRET_WARNING_DAYS``
+    SECRET_EXPIRING = "secret_expiring"  # noqa: S105 - a condition, not a secret
+    SECRET_EXPIRED = "secret_expired"  # noqa: S105 - a condition, not a secret
+    #: the client certificate's end date (``private_key_jwt``) within the same days
+    CERTIFICATE_EXPIRING = "certificate_expiring"
+    CERTIFICATE_EXPIRED = "certificate_expired"
+
+
+class NoticeKind(StrEnum):
+    """Which message of a condition's life a notification is."""
+
+    #: the condition was found (or found again after it was resolved)
+    PROBLEM = "problem"
+    #: it is still there, ``MAILOAUTH_NOTIFY_REMINDER_HOURS`` after the last message
+    REMINDER = "reminder"
+    #: it is gone
+    RECOVERED = "recovered"

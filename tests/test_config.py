@@ -58,6 +58,14 @@ BAD_VALUES = [
     ("MAILOAUTH_METRICS", 2, "True or False"),
     ("MAILOAUTH_METRICS_TOKEN", "short", "at least 16"),
     ("MAILOAUTH_METRICS_TOKEN", 1234567890123456789, "at least 16"),
+    ("MAILOAUTH_NOTIFY_REMINDER_HOURS", 0, "more than 0"),
+    ("MAILOAUTH_NOTIFY_REMINDER_HOURS", "24", "number"),
+    ("MAILOAUTH_NOTIFY_WEBHOOK_URL", "hooks.example/notify", "absolute http(s) URL"),
+    ("MAILOAUTH_NOTIFY_WEBHOOK_URL", "https://hooks.example/notify", "at least 16 characters"),
+    ("MAILOAUTH_NOTIFY_WEBHOOK_SECRET", "short", "at least 16 characters"),
+    ("MAILOAUTH_NOTIFY_EMAIL_TO", "admin", "e-mail addresses"),
+    ("MAILOAUTH_NOTIFY_EMAIL_TO", ["a@example.test\nBcc: x@evil.test"], "e-mail addresses"),
+    ("MAILOAUTH_NOTIFY_MAILBOX", 5, "key of the mailbox"),
 ]
 
 

@@ -17,7 +17,14 @@ from tests.conftest import TEST_KEY
 # Flask-Migrate's generated env.py still tries Flask-SQLAlchemy's deprecated get_engine() first.
 pytestmark = pytest.mark.filterwarnings("ignore:'get_engine' is deprecated:DeprecationWarning")
 
-TABLES = {"mailoauth_account", "mailoauth_credential", "mailoauth_pending", "mailoauth_event"}
+TABLES = {
+    "mailoauth_account",
+    "mailoauth_credential",
+    "mailoauth_pending",
+    "mailoauth_event",
+    "mailoauth_notice",
+    "mailoauth_reconsent",
+}
 
 
 @pytest.fixture(autouse=True)

@@ -53,6 +53,7 @@ def test_tables_are_prefixed_and_seen_by_alembic_autogenerate(make_host, tmp_pat
         "mailoauth_pending",
         "mailoauth_reconsent",
         "mailoauth_event",
+        "mailoauth_notice",
     }
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     with engine.connect() as conn:
@@ -78,10 +79,11 @@ def test_round_trip_with_utc_datetimes_and_cascade(db_host):
             == SECRETS["refresh"]
         )
         s.add(st.models.Event(account_id=account.id, kind="authorized", message="ok"))
+        s.add(st.models.Notice(account_id=account.id, condition="secret_expired"))
     with db_host.app.app_context(), own_session(st.db) as s:
         s.delete(s.scalars(sa.select(st.models.Account)).one())
     with db_host.app.app_context(), own_session(st.db) as s:
-        for model in (st.models.Credential, st.models.Event):
+        for model in (st.models.Credential, st.models.Event, st.models.Notice):
             assert s.scalars(sa.select(model)).all() == []
 
 
@@ -230,6 +232,7 @@ def test_the_relationships_the_type_checker_is_told_are_the_ones_models_for_bind
         bound.PendingAuthorization,
         bound.Event,
         bound.ReconsentLink,
+        bound.Notice,
     ):
         mixin = next(c for c in model.__mro__ if c.__name__.endswith("Mixin"))
         relationships = sa.inspect(model).relationships

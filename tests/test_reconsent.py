@@ -3,6 +3,7 @@ in the helpdesk, authorizes that one account again, once, as the pinned identity
 
 from __future__ import annotations
 
+import email
 import re
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
@@ -12,9 +13,12 @@ import responses
 import sqlalchemy as sa
 
 from flask_mailoauth.models import own_session, utcnow
+from flask_mailoauth.settings import MailboxSettings
 
 from .flow_steps import MODAL, banners, callback, credentials, csrf, start
+from .notify_peers import smtp_sink
 from .oauth_fakes import AUTHORIZE_URL, FakeIdP
+from .stored import store_account
 
 LINK = re.compile(r"http://localhost(/mailoauth/reconsent/[A-Za-z0-9_-]{43})")
 
@@ -237,3 +241,41 @@ def test_an_account_without_a_user_grant_gets_no_link(helpdesk):
     assert "Re-consent links are for delegated access" in page
     assert "mailoauth-reconsent-create" not in page
     assert links(helpdesk) == []
+
+
+def test_the_link_is_e_mailed_through_the_notifications_mailbox(make_host, db_url):
+    with smtp_sink() as sink:
+        host = make_host(db_url=db_url, MAILOAUTH_NOTIFY_MAILBOX="alerts")
+        host.mailboxes["alerts"] = MailboxSettings(
+            address="alerts@example.test",
+            smtp_host=sink.host,
+            smtp_port=sink.port,
+            smtp_security="none",
+        )
+        admin = host.app.test_client()
+        authorized(host, admin)
+        store_account(host, key="alerts", purpose="smtp", access="alerts-token")
+        page = admin.post(
+            f"{MODAL}/reconsent",
+            data={"csrf_token": csrf(admin), "pinned": "owner@example.test", "email": "1"},
+        ).get_data(as_text=True)
+        [(auth, sender, recipients, text)] = sink.messages
+    assert "The link was e-mailed to owner@example.test" in page
+    assert LINK.search(page) is None  # shown nowhere but in the mail
+    assert auth.startswith("AUTH XOAUTH2 ")
+    assert "alerts@example.test" in sender
+    assert [r.split(":", 1)[1].strip(" <>") for r in recipients] == ["owner@example.test"]
+    mail = email.message_from_string(text)
+    assert mail["Subject"] == "Authorize support@example.test again"
+    assert LINK.search(mail.get_payload(decode=True).decode())
+
+
+def test_without_a_mailbox_to_send_through_the_link_is_shown_instead(helpdesk):
+    admin = helpdesk.app.test_client()
+    authorized(helpdesk, admin)
+    page = admin.post(
+        f"{MODAL}/reconsent", data={"csrf_token": csrf(admin), "email": "1"}
+    ).get_data(as_text=True)
+    assert "The link was not e-mailed (MAILOAUTH_NOTIFY_MAILBOX is not set" in page
+    assert LINK.search(page)
+    assert "mailoauth-reconsent-email" not in page  # no checkbox without a mailbox
