@@ -467,6 +467,7 @@ def first_token(st: MailOAuthState, account: AccountSnapshot, timeout: float) ->
             deadline=2 * timeout,
             policy=st.config.outbound,
             requested_scopes=provider.scopes(config),
+            certificates=account.certificates,
         )
     except TokenRequestFailed as exc:
         failure = exc.failure

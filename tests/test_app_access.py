@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from flask_mailoauth import tenant_setup
+from flask_mailoauth.certificates import ASSERTION_TYPE
 from flask_mailoauth.mail import CheckResult, CheckStep
 from flask_mailoauth.providers import registry
 from flask_mailoauth.providers.microsoft import MicrosoftProvider
@@ -434,3 +435,30 @@ def test_application_access_has_no_idle_refresh_token_warning(host, idp):
     assert view.application is not None
     assert view.application.roles == tuple(ALL_ROLES)
     assert not [w for w in view.warnings if "has not been used" in w]
+
+
+def test_application_access_authenticates_with_a_certificate(host, idp):
+    """Client credentials signed with the account's certificate (private_key_jwt), at consent
+    and when the token is due again; no secret is sent."""
+    client = host.app.test_client()
+    link = consent_link(
+        client, client_secret="", client_auth="private_key_jwt", certificate_action="generate"
+    )
+    answer(client, admin_consent="True", tenant=TID, state=link["state"])
+    assert ("success", "OAuth2 Authorization Successful.") in banners(client)
+    with host.app.app_context(), host.db.engine.begin() as conn:
+        conn.execute(sa.text("update mailoauth_credential set expires_at = '2000-01-01 00:00:00'"))
+    with host.app.app_context():
+        host.ext.access_token("support")
+    assert [c["grant_type"] for c in idp.calls] == [["client_credentials"]] * 2
+    for call in idp.calls:
+        assert "client_secret" not in call
+        assert call["client_assertion_type"] == [ASSERTION_TYPE]
+        header = jwt.get_unverified_header(call["client_assertion"][0])
+        assert {"x5t", "x5t#S256"} <= set(header)  # Microsoft wants the SHA-1 one too
+        claims = jwt.decode(call["client_assertion"][0], options={"verify_signature": False})
+        assert (claims["iss"], claims["sub"], claims["aud"]) == (
+            "app-client-id",
+            "app-client-id",
+            TOKEN_URL,
+        )

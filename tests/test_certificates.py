@@ -22,6 +22,7 @@ from flask_mailoauth.certificates import ClientCertificate
 from flask_mailoauth.errors import CertificateError
 from flask_mailoauth.models import own_session, utcnow
 from flask_mailoauth.state import state
+from flask_mailoauth.vocabulary import Condition
 
 from .commands import health
 from .flow_steps import MODAL, callback, csrf, reauthorize, start
@@ -388,9 +389,13 @@ def test_the_certificate_end_date_warns_like_a_secret(host):
             account = s.scalars(sa.select(st.models.Account)).one()
             account.certificate = soon.certificate_pem
             st.seal(account, "private_key", soon.private_key_pem)
-    warnings = health(host)[("support", "mailbox")].warnings
+    checked = health(host)[("support", "mailbox")]
+    warnings = checked.warnings
     assert any("The certificate expires on" in w and "(20 days)" in w for w in warnings)
     assert not any("client secret" in w for w in warnings)
+    # and it is what a notification is about, like a secret's end date
+    assert list(checked.conditions) == [Condition.CERTIFICATE_EXPIRING]
+    assert "The certificate expires on" in checked.conditions[Condition.CERTIFICATE_EXPIRING]
 
 
 def test_csrf_is_still_required_with_a_file(host, pair):

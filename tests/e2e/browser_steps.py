@@ -90,3 +90,17 @@ def walkthrough(page, server, idp, *, provider_label: str, fill, prefix: str) ->
     assert "Expires" in details
     assert "Delete Token" in dialog.inner_text()
     shot(page, f"{prefix}-4-token-tab")
+
+
+def generic_walkthrough(page, server, idp, prefix: str) -> None:
+    """The walkthrough with "OAuth2 - Other Provider": the issuer and the client id typed, the
+    rest found by discovery; the modal closed at the end."""
+
+    def fill(dialog, client):
+        dialog.locator("#mailoauth-idp_issuer").fill(idp.issuer)
+        dialog.locator("#mailoauth-idp_client_id").fill(client.client_id)
+
+    walkthrough(
+        page, server, idp, provider_label="OAuth2 - Other Provider", fill=fill, prefix=prefix
+    )
+    page.keyboard.press("Escape")

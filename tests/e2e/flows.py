@@ -11,6 +11,7 @@ import email.policy
 import imaplib
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage
 from urllib.parse import urlsplit
@@ -184,3 +185,23 @@ def wait_for_subject(conn: imaplib.IMAP4, subject: str, timeout: float = 10.0) -
     assert hits, f"{subject!r} was not delivered"
     raw = conn.fetch(hits[-1], "(RFC822)")[1][0][1]
     return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def send_and_read_back(host, address: str, text: str, key: str = "support") -> EmailMessage:
+    """Send ``text`` from the mailbox ``key`` to itself with ``connect_smtp`` (the server
+    checks the token at the IdP), then read it back over IMAP with ``connect_imap``; call it
+    inside an app context."""
+    subject = f"{text} {uuid.uuid4()}"
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = address, address, subject
+    msg.set_content(f"{text}\n")
+    smtp = host.ext.connect_smtp(key, purpose="mailbox")
+    try:
+        assert smtp.send_message(msg) == {}
+    finally:
+        smtp.quit()
+    imap = host.ext.connect_imap(key)
+    try:
+        return wait_for_subject(imap, subject)
+    finally:
+        imap.logout()

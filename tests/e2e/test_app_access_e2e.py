@@ -10,8 +10,6 @@ introspection answer names that mailbox; see peers/idp/server.mjs), as Exchange 
 from __future__ import annotations
 
 import re
-import uuid
-from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 import pytest
@@ -23,7 +21,7 @@ from flask_mailoauth.providers.base import MailServer
 from peers import Client
 
 from ..stored import tokens_at_once
-from .flows import CALLBACK, csrf_token, point_at, wait_for_subject
+from .flows import CALLBACK, csrf_token, point_at, send_and_read_back
 
 SUPPORT = "support@example.test"
 SALES = "sales@example.test"
@@ -108,21 +106,8 @@ def test_app_only_imap_and_smtp_send_after_admin_consent(app_host, ms_idp):
         f"Set-CASMailbox -Identity &#39;{SUPPORT}&#39; -SmtpClientAuthenticationDisabled $false",
     ]
 
-    subject = f"app-only smtp {uuid.uuid4()}"
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = SUPPORT, SUPPORT, subject
-    msg.set_content("sent with an application token\n")
     with host.app.app_context():
-        smtp = host.ext.connect_smtp("support", purpose="mailbox")
-        try:
-            assert smtp.send_message(msg) == {}
-        finally:
-            smtp.quit()
-        imap = host.ext.connect_imap("support")
-        try:
-            got = wait_for_subject(imap, subject)
-        finally:
-            imap.logout()
+        got = send_and_read_back(host, SUPPORT, "sent with an application token")
         checks = host.ext.test_connection("support")
     assert got["From"] == SUPPORT
     assert [(c.protocol, c.ok) for c in checks] == [("IMAP", True), ("SMTP", True)], checks

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -39,7 +38,7 @@ from peers import ARTIFACTS_DIR, HOST, Client
 from peers.tls import test_ca
 from tests.conftest import TEST_KEY
 
-from .flows import authorize, point_at, wait_for_subject
+from .flows import authorize, point_at, send_and_read_back, wait_for_subject
 
 SUPPORT = "support@example.test"
 SHARED = "shared@example.test"
@@ -227,21 +226,8 @@ def test_smtp_send_then_read_back_over_imap(make_host, generic_idp, dovecot, pos
     host = make_host()
     authorize(host, generic_idp, SUPPORT)
     point_at(host, dovecot, postfix=postfix)
-    subject = f"e2e smtp {uuid.uuid4()}"
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = SUPPORT, SUPPORT, subject
-    msg.set_content("sent with the extension's SMTP sign-in\n")
     with host.app.app_context():
-        smtp = host.ext.connect_smtp("support", purpose="mailbox")
-        try:
-            assert smtp.send_message(msg) == {}
-        finally:
-            smtp.quit()
-        imap = host.ext.connect_imap("support")
-        try:
-            got = wait_for_subject(imap, subject)
-        finally:
-            imap.logout()
+        got = send_and_read_back(host, SUPPORT, "sent with the extension's SMTP sign-in")
     assert got["From"] == SUPPORT
     assert got.get_content().strip() == "sent with the extension's SMTP sign-in"
 

@@ -15,7 +15,7 @@ from example_app.extensions import db, mailoauth
 from flask_mailoauth.models import own_session, utcnow
 from peers import browser_login_and_consent
 
-from .browser_steps import demo_helpdesk, open_config, shot, use_dovecot, walkthrough
+from .browser_steps import demo_helpdesk, generic_walkthrough, open_config, shot, use_dovecot
 
 LINK = re.compile(r"https?://127\.0\.0\.1:\d+/mailoauth/reconsent/[A-Za-z0-9_-]{43}")
 
@@ -25,20 +25,7 @@ def authorized(tmp_path, serve_app, generic_idp, dovecot, page):
     """The demo helpdesk with support@example.test authorized by the admin in ``page``."""
     app, server = demo_helpdesk(tmp_path, serve_app)
     use_dovecot(app, dovecot, "generic")
-
-    def fill(dialog, client):
-        dialog.locator("#mailoauth-idp_issuer").fill(generic_idp.issuer)
-        dialog.locator("#mailoauth-idp_client_id").fill(client.client_id)
-
-    walkthrough(
-        page,
-        server,
-        generic_idp,
-        provider_label="OAuth2 - Other Provider",
-        fill=fill,
-        prefix="reconsent",
-    )
-    page.keyboard.press("Escape")
+    generic_walkthrough(page, server, generic_idp, prefix="reconsent")
     return app, server
 
 

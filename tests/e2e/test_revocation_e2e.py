@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
-import uuid
-from email.message import EmailMessage
 
 import pytest
 
 from flask_mailoauth.sasl import xoauth2
 from peers.idp import GMAIL_SCOPE, GOOGLE_OFFLINE, Client, IdPError
 
-from .flows import authorize, credential, csrf_token, events, point_at, wait_for_subject
+from .flows import (
+    authorize,
+    credential,
+    csrf_token,
+    events,
+    point_at,
+    send_and_read_back,
+)
 
 SUPPORT = "support@example.test"
 
@@ -81,21 +86,10 @@ def test_google_delegated_flow_imap_smtp_refresh_and_delete_token_revokes(
     assert set(cred.scope.split()) == {"openid", "email", GMAIL_SCOPE}
 
     # IMAP at Dovecot and SMTP through Postfix, both checking the token at the IdP
-    subject = f"google e2e {uuid.uuid4()}"
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = SUPPORT, SUPPORT, subject
-    msg.set_content("sent with a Google-shaped token\n")
     with host.app.app_context():
-        smtp = host.ext.connect_smtp("support", purpose="mailbox")
-        try:
-            assert smtp.send_message(msg) == {}
-        finally:
-            smtp.quit()
-        imap = host.ext.connect_imap("support")
-        try:
-            assert wait_for_subject(imap, subject)["From"] == SUPPORT
-        finally:
-            imap.logout()
+        assert (
+            send_and_read_back(host, SUPPORT, "sent with a Google-shaped token")["From"] == SUPPORT
+        )
 
         # a refresh without rotation: a new access token, the same refresh token
         fresh = host.ext.refresh("support")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from email.message import EmailMessage
 
 import pytest
 import sqlalchemy as sa
@@ -25,7 +24,7 @@ from peers.tls import test_ca
 from ..conftest import TEST_KEY
 from ..stored import tokens_at_once
 from .browser_steps import open_config, open_remote_mailbox
-from .flows import csrf_token, point_at, wait_for_subject
+from .flows import csrf_token, point_at, send_and_read_back
 
 SUPPORT = "support@example.test"
 SALES = "sales@example.test"
@@ -99,21 +98,9 @@ def test_service_account_reads_and_sends_for_the_mailbox(sa_host, generic_idp):
     banners = submit(sa_host, generic_idp, "support", client_id, key_json)
     assert ("success", "OAuth2 Authorization Successful.") in banners
     assert jwt_bearer_requests(generic_idp) == before + 1
-    subject = f"service account smtp {uuid.uuid4()}"
-    msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = SUPPORT, SUPPORT, subject
-    msg.set_content("sent with a service account's token\n")
     with sa_host.app.app_context():
-        smtp = sa_host.ext.connect_smtp("support", purpose="mailbox")
-        try:
-            assert smtp.send_message(msg) == {}
-        finally:
-            smtp.quit()
-        imap = sa_host.ext.connect_imap("support")
-        try:
-            assert wait_for_subject(imap, subject)["From"] == SUPPORT
-        finally:
-            imap.logout()
+        got = send_and_read_back(sa_host, SUPPORT, "sent with a service account's token")
+        assert got["From"] == SUPPORT
         checks = sa_host.ext.test_connection("support")
     assert [(c.protocol, c.ok) for c in checks] == [("IMAP", True), ("SMTP", True)], checks
 

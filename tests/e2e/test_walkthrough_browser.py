@@ -14,6 +14,7 @@ from example_app.extensions import mailoauth
 
 from .browser_steps import (
     demo_helpdesk,
+    generic_walkthrough,
     open_config,
     open_remote_mailbox,
     shot,
@@ -51,20 +52,7 @@ def test_microsoft_walkthrough_in_chromium(helpdesk, ms_idp, ms_dovecot, page):
 def test_generic_walkthrough_in_chromium_then_fetch_now(helpdesk, generic_idp, dovecot, page):
     app, server = helpdesk
     use_dovecot(app, dovecot, "generic")
-
-    def fill(dialog, client):
-        dialog.locator("#mailoauth-idp_issuer").fill(generic_idp.issuer)
-        dialog.locator("#mailoauth-idp_client_id").fill(client.client_id)
-
-    walkthrough(
-        page,
-        server,
-        generic_idp,
-        provider_label="OAuth2 - Other Provider",
-        fill=fill,
-        prefix="generic",
-    )
-    page.keyboard.press("Escape")
+    generic_walkthrough(page, server, generic_idp, prefix="generic")
     page.click("button:has-text('Fetch now')")
     page.locator("#fetch-heading").wait_for()
     assert "Fetching failed" not in page.inner_text("main")
