@@ -84,20 +84,35 @@ def jwt_bearer_requests(idp) -> int:
     return int(idp.stats()["token"].get(JWT_BEARER, 0))
 
 
+@pytest.fixture(params=["generic", "google"])
+def shape(request) -> str:
+    """Which test IdP issues the service account's tokens: the generic one, or the Google-shaped
+    one (Google's routes, its Dovecot and Postfix)."""
+    return request.param
+
+
 @pytest.fixture
-def sa_host(make_host, generic_idp, dovecot, postfix):
+def sa_idp(request, shape):
+    return request.getfixturevalue(f"{shape}_idp")
+
+
+@pytest.fixture
+def sa_host(request, make_host, shape):
+    prefix = "" if shape == "generic" else f"{shape}_"
+    dovecot = request.getfixturevalue(f"{prefix}dovecot")
+    postfix = request.getfixturevalue(f"{prefix}postfix")
     host = make_host()
     point_at(host, dovecot, "support", address=SUPPORT, postfix=postfix, smtp_purpose="mailbox")
     point_at(host, dovecot, "sales", address=SALES, protocol="pop3")
     return host
 
 
-def test_service_account_reads_and_sends_for_the_mailbox(sa_host, generic_idp):
-    client_id, key_json = service_account(generic_idp, [MAIL_SCOPE])
-    before = jwt_bearer_requests(generic_idp)
-    banners = submit(sa_host, generic_idp, "support", client_id, key_json)
+def test_service_account_reads_and_sends_for_the_mailbox(sa_host, sa_idp):
+    client_id, key_json = service_account(sa_idp, [MAIL_SCOPE])
+    before = jwt_bearer_requests(sa_idp)
+    banners = submit(sa_host, sa_idp, "support", client_id, key_json)
     assert ("success", "OAuth2 Authorization Successful.") in banners
-    assert jwt_bearer_requests(generic_idp) == before + 1
+    assert jwt_bearer_requests(sa_idp) == before + 1
     with sa_host.app.app_context():
         got = send_and_read_back(sa_host, SUPPORT, "sent with a service account's token")
         assert got["From"] == SUPPORT
@@ -105,20 +120,20 @@ def test_service_account_reads_and_sends_for_the_mailbox(sa_host, generic_idp):
     assert [(c.protocol, c.ok) for c in checks] == [("IMAP", True), ("SMTP", True)], checks
 
 
-def test_service_account_pop3_and_a_due_token_fetched_once(sa_host, generic_idp):
+def test_service_account_pop3_and_a_due_token_fetched_once(sa_host, sa_idp):
     """One key serves every mailbox of the domain: POP3 for sales@, and support@'s due token
     is fetched with one assertion for all callers."""
-    client_id, key_json = service_account(generic_idp, [MAIL_SCOPE])
-    submit(sa_host, generic_idp, "sales", client_id, key_json)
-    submit(sa_host, generic_idp, "support", client_id, key_json)
+    client_id, key_json = service_account(sa_idp, [MAIL_SCOPE])
+    submit(sa_host, sa_idp, "sales", client_id, key_json)
+    submit(sa_host, sa_idp, "support", client_id, key_json)
     st = sa_host.app.extensions["mailoauth"]
     with sa_host.app.app_context(), st.db.engine.begin() as conn:
         conn.execute(sa.text("update mailoauth_credential set expires_at = '2000-01-01 00:00:00'"))
     st.cache.clear()
-    before = jwt_bearer_requests(generic_idp)
+    before = jwt_bearer_requests(sa_idp)
     tokens = tokens_at_once(sa_host, callers=12)  # support@
     assert len(set(tokens)) == 1
-    assert jwt_bearer_requests(generic_idp) == before + 1
+    assert jwt_bearer_requests(sa_idp) == before + 1
     with sa_host.app.app_context():
         pop = sa_host.ext.connect_pop3("sales")
         try:
@@ -127,11 +142,9 @@ def test_service_account_pop3_and_a_due_token_fetched_once(sa_host, generic_idp)
             pop.quit()
 
 
-def test_missing_domain_wide_delegation_is_refused_with_the_admin_console_values(
-    sa_host, generic_idp
-):
-    client_id, key_json = service_account(generic_idp, [])  # nothing delegated
-    ((kind, text),) = submit(sa_host, generic_idp, "support", client_id, key_json)
+def test_missing_domain_wide_delegation_is_refused_with_the_admin_console_values(sa_host, sa_idp):
+    client_id, key_json = service_account(sa_idp, [])  # nothing delegated
+    ((kind, text),) = submit(sa_host, sa_idp, "support", client_id, key_json)
     assert kind == "error"
     assert f"Add new with Client ID {client_id} and OAuth scope {MAIL_SCOPE}" in text
     st = sa_host.app.extensions["mailoauth"]
