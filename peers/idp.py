@@ -224,13 +224,21 @@ class IdP:
             raise IdPError(r)
         self._registrations[client_id] = {**registered, **r.json()}
 
-    def register_app(self, redirect_uri: str | list[str] = UNUSED_REDIRECT) -> Client:
+    def register_app(
+        self,
+        redirect_uri: str | list[str] = UNUSED_REDIRECT,
+        *,
+        auth_method: str = "client_secret_post",
+        **metadata: Any,
+    ) -> Client:
         """A client that may also use the client_credentials grant (application access; the
-        Microsoft shape), authenticating with client_secret_post."""
+        Microsoft shape); ``auth_method`` and ``metadata`` as :meth:`register_client` takes
+        them (``private_key_jwt`` with ``jwks``)."""
         return self.register_client(
             redirect_uri,
-            auth_method="client_secret_post",
+            auth_method=auth_method,
             grant_types=["authorization_code", "refresh_token", "client_credentials"],
+            **metadata,
         )
 
     def grant_app_mailbox(self, client_id: str, mailbox: str | None) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import email
 import email.policy
 import imaplib
+import io
+import json
 import re
 import time
 import uuid
@@ -16,9 +18,11 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from urllib.parse import urlsplit
 
+import jwt
 import sqlalchemy as sa
 
 from flask_mailoauth import MailboxSettings
+from flask_mailoauth.certificates import ClientCertificate
 from flask_mailoauth.models import own_session
 from peers import login_and_consent
 from peers.idp import IdP
@@ -205,3 +209,19 @@ def send_and_read_back(host, address: str, text: str, key: str = "support") -> E
         return wait_for_subject(imap, subject)
     finally:
         imap.logout()
+
+
+def jwk(pair: ClientCertificate) -> dict:
+    """The public key of ``pair`` as a client's registered JWK (``private_key_jwt``)."""
+    key = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(pair.certificate.public_key()))
+    return {"kty": key["kty"], "n": key["n"], "e": key["e"], "use": "sig"}
+
+
+def certificate_fields(pair: ClientCertificate) -> dict:
+    """The modal's fields that authenticate the client with ``pair``, imported as a PEM file."""
+    pem = (pair.certificate_pem + pair.private_key_pem).encode()
+    return {
+        "client_auth": "private_key_jwt",
+        "certificate_action": "import",
+        "certificate_file": (io.BytesIO(pem), "helpdesk.pem"),
+    }

@@ -15,22 +15,25 @@ from urllib.parse import urlsplit
 import pytest
 import sqlalchemy as sa
 
-from flask_mailoauth import mail
+from flask_mailoauth import certificates, mail
 from flask_mailoauth.errors import MailAuthenticationError
 from flask_mailoauth.providers.base import MailServer
 from peers import Client
 
 from ..stored import tokens_at_once
-from .flows import CALLBACK, csrf_token, point_at, send_and_read_back
+from .flows import CALLBACK, certificate_fields, csrf_token, jwk, point_at, send_and_read_back
 
 SUPPORT = "support@example.test"
 SALES = "sales@example.test"
 BOB = "bob@example.test"
 
 
-def consent(host, idp, key: str, *, app: Client, sp_id: str = "") -> list[tuple[str, str]]:
-    """Save ``key`` with application access for ``app`` (the IdP client), follow the admin
-    consent link to the IdP and its answer back to the callback; returns the banners."""
+def consent(
+    host, idp, key: str, *, app: Client, sp_id: str = "", **fields: object
+) -> list[tuple[str, str]]:
+    """Save ``key`` with application access for ``app`` (the IdP client; ``fields`` change
+    the form), follow the admin consent link to the IdP and its answer back to the callback;
+    returns the banners."""
     client = host.app.test_client()
     tid = idp.tenant_id
     data = {
@@ -48,6 +51,7 @@ def consent(host, idp, key: str, *, app: Client, sp_id: str = "") -> list[tuple[
         "idp_token_endpoint": idp.token_url_for(tid),
         "idp_scopes": " ".join(idp.default_scope),
         "idp_service_principal_id": sp_id,
+        **fields,
     }
     saved = client.post(
         f"/mailoauth/{key}/mailbox", data=data, headers={"Referer": f"http://localhost/{key}"}
@@ -187,3 +191,36 @@ def test_a_due_application_token_is_fetched_once_for_all_callers(app_host, ms_id
     with app_host.app.app_context():
         imap = app_host.ext.connect_imap("support")
         imap.logout()
+
+
+def test_app_only_with_a_certificate(app_host, ms_idp):
+    """Application access authenticated with a certificate (private_key_jwt): admin consent,
+    the first token, a due one fetched again, IMAP at Dovecot; no secret anywhere."""
+    pair = certificates.generate("helpdesk app e2e")
+    app = ms_idp.register_app(CALLBACK, auth_method="private_key_jwt", jwks={"keys": [jwk(pair)]})
+    ms_idp.grant_app_mailbox(app.client_id, SUPPORT)
+    before = client_credentials_requests(ms_idp)
+    # oidc-provider takes an assertion only for its own token URL (the /common/ one that the
+    # test IdP serves every tenant's path from), where Microsoft takes the tenant's too
+    banners = consent(
+        app_host,
+        ms_idp,
+        "support",
+        app=app,
+        client_secret="",
+        idp_token_endpoint=ms_idp.token_url_for("common"),
+        **certificate_fields(pair),
+    )
+    assert ("success", "OAuth2 Authorization Successful.") in banners
+    st = app_host.app.extensions["mailoauth"]
+    with app_host.app.app_context(), st.db.engine.begin() as conn:
+        conn.execute(sa.text("update mailoauth_credential set expires_at = '2000-01-01 00:00:00'"))
+    with app_host.app.app_context():
+        app_host.ext.access_token("support")
+        imap = app_host.ext.connect_imap("support")
+        try:
+            assert imap.state == "SELECTED"
+        finally:
+            imap.logout()
+    assert client_credentials_requests(ms_idp) == before + 2
+    assert ms_idp.stats()["statuses"].get("401") is None

@@ -4,10 +4,6 @@ to a new certificate without a failed refresh."""
 
 from __future__ import annotations
 
-import io
-import json
-
-import jwt
 import pytest
 import sqlalchemy as sa
 
@@ -15,13 +11,7 @@ from flask_mailoauth import certificates, tokens
 from flask_mailoauth.certificates import ClientCertificate
 from flask_mailoauth.state import state
 
-from .flows import authorize, csrf_token, idp_fields, point_at
-
-
-def jwk(pair: ClientCertificate) -> dict:
-    """The public key of ``pair`` as the client's registered JWK."""
-    key = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(pair.certificate.public_key()))
-    return {"kty": key["kty"], "n": key["n"], "e": key["e"], "use": "sig"}
+from .flows import authorize, certificate_fields, csrf_token, idp_fields, jwk, point_at
 
 
 def refresh(host) -> str:
@@ -52,15 +42,15 @@ def imap_works(host) -> None:
 
 def certificate_authorized(host, idp, pair: ClientCertificate):
     """Authorize through the modal with ``pair`` imported as a PEM file."""
-    pem = (pair.certificate_pem + pair.private_key_pem).encode()
+    fields = certificate_fields(pair)
+    del fields["client_auth"]  # authorize sets it from auth_method
     return authorize(
         host,
         idp,
         "support@example.test",
         auth_method="private_key_jwt",
         registration={"jwks": {"keys": [jwk(pair)]}},
-        certificate_action="import",
-        certificate_file=(io.BytesIO(pem), "helpdesk.pem"),
+        **fields,
     )
 
 
