@@ -377,6 +377,20 @@ def test_identity_from_the_resource_endpoint_with_a_dotted_attribute(provider, h
     assert idp.calls[0].request.headers["Authorization"] == "Bearer at-123"
 
 
+def test_without_openid_the_resource_endpoint_is_asked_not_userinfo(provider, http, idp):
+    """Userinfo answers only tokens granted openid: with both endpoints and no id_token claims,
+    only the resource endpoint is called; with claims, userinfo still comes first."""
+    idp.get(USERINFO, json={"sub": "u1", "email": "other@example.com", "email_verified": True})
+    idp.get(RESOURCE, json={"email": "help@example.com"})
+    config = manual(scopes="mail", userinfo_endpoint=USERINFO, resource_endpoint=RESOURCE)
+    found = provider.identity(config, claims=None, token=TOKEN, http=http)
+    assert found.addresses == ("help@example.com",)
+    assert [c.request.url for c in idp.calls] == [RESOURCE]
+    with_openid = provider.identity(config, claims={"sub": "u1"}, token=TOKEN, http=http)
+    assert with_openid.addresses == ("other@example.com",)
+    assert idp.calls[-1].request.url == USERINFO
+
+
 def test_no_identity_anywhere(provider, http, idp):
     idp.get(RESOURCE, json={"data": "nothing"})
     config = manual(resource_endpoint=RESOURCE, email_attribute="data.email")

@@ -338,7 +338,8 @@ class GenericProvider(Provider):
         token: Mapping[str, Any],
         http: HTTPClient,
     ) -> Identity:
-        """From the id_token claims, else the userinfo endpoint, else the resource endpoint.
+        """From the id_token claims, else the userinfo endpoint, else the resource endpoint
+        (without openid, the resource endpoint rather than userinfo, when both are set).
 
         An OpenID Connect source (id_token, userinfo) gives an address only through the Email
         Address Attribute: ``email`` counts with ``email_verified: true`` (the JSON boolean),
@@ -350,7 +351,10 @@ class GenericProvider(Provider):
         subject = claim_text(claims, "sub")
         details: Mapping[str, Any] = {}
         email, unverified = _oidc_email(claims or {}, attribute)
-        if not email and endpoints.userinfo:
+        # Userinfo answers only a token granted openid (OpenID Connect Core 5.3): without
+        # openid (no claims), the Resource Details endpoint, when there is one, tells instead.
+        ask_userinfo = endpoints.userinfo and (claims is not None or not endpoints.resource)
+        if not email and ask_userinfo:
             details = _get_json(http, endpoints.userinfo, token)
             if subject and details.get("sub") != subject:
                 raise AuthorizationFailed(

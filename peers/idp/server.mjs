@@ -20,7 +20,8 @@
 // All: devInteractions login/consent pages, refresh tokens always issued, open dynamic client
 // registration (client metadata `rotate_refresh_token` picks rotation per client), introspection
 // with the `email` claim (for Dovecot), revocation, short-lived access tokens for accounts whose id
-// starts with "expiring", and test instrumentation under /_test/ (see handleTestRoute).
+// starts with "expiring", a resource server's who-am-I endpoint at /api/me (resourceMe), and
+// test instrumentation under /_test/ (see handleTestRoute).
 //
 // Environment: IDP_PORT, IDP_SHAPE, IDP_TENANT_ID, IDP_EXPIRING_TTL (seconds, default 2),
 // IDP_INTROSPECTION_CLIENT_ID / _SECRET, PEERS_NODE_DIR (where node_modules lives),
@@ -369,6 +370,21 @@ async function adminConsent(ctx, tenant) {
 // introspection of an application token names the one mailbox the test granted the application
 // (POST /_test/app_mailbox), so Dovecot (and Postfix through its SASL) accepts the token for that
 // mailbox and refuses every other one; without a grant the token is inactive.
+// A resource server's who-am-I endpoint (osTicket's "Resource Details"): the owner of a valid
+// access token, whatever its scopes. Userinfo answers only tokens granted openid; this one is
+// how a grant without openid tells who signed in.
+async function resourceMe(ctx) {
+  const [scheme, value] = String(ctx.get('authorization') || '').split(' ');
+  const token = scheme === 'Bearer' && value ? await provider.AccessToken.find(value) : undefined;
+  if (!token || token.isExpired) {
+    ctx.status = 401;
+    ctx.set('WWW-Authenticate', 'Bearer error="invalid_token"');
+    ctx.body = { error: 'invalid_token' };
+    return;
+  }
+  ctx.body = { id: token.accountId, email: token.accountId };
+}
+
 async function appIntrospection(ctx) {
   const raw = await readRaw(ctx.req);
   ctx.req.body = raw;
@@ -430,6 +446,10 @@ provider.use(async (ctx, next) => {
     return;
   }
   if (microsoft && ctx.method === 'POST' && ctx.path === '/token/introspection' && (await appIntrospection(ctx))) {
+    return;
+  }
+  if (ctx.method === 'GET' && ctx.path === '/api/me') {
+    await resourceMe(ctx);
     return;
   }
   if (microsoft && !rewriteMicrosoftPath(ctx)) {
