@@ -353,8 +353,8 @@ class GenericProvider(Provider):
         email, unverified = _oidc_email(claims or {}, attribute)
         # Userinfo answers only a token granted openid (OpenID Connect Core 5.3): without
         # openid (no claims), the Resource Details endpoint, when there is one, tells instead.
-        ask_userinfo = endpoints.userinfo and (claims is not None or not endpoints.resource)
-        if not email and ask_userinfo:
+        ask_userinfo = claims is not None or not endpoints.resource
+        if not email and endpoints.userinfo and ask_userinfo:
             details = _get_json(http, endpoints.userinfo, token)
             if subject and details.get("sub") != subject:
                 raise AuthorizationFailed(
