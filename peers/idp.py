@@ -35,6 +35,8 @@ GOOGLE_SCOPE = ("openid", "email", GMAIL_SCOPE)
 #: what Google needs to issue a refresh token: offline access and a consent prompt
 GOOGLE_OFFLINE = {"access_type": "offline", "prompt": "consent"}
 SHAPES = ("generic", "microsoft", "google")
+#: how many times an IdP process is started before its start counts as failed
+START_ATTEMPTS = 2
 UNUSED_REDIRECT = "http://127.0.0.1:9/callback"  # nothing listens there; helpers stop before it
 
 
@@ -103,28 +105,34 @@ class IdP:
         self._registrations: dict[str, dict[str, Any]] = {}  # client id -> its registration
         node = shutil.which("node") or "node"
         started = time.monotonic()
-        self.proc = Proc(
-            f"idp-{shape}",
-            [node, str(SERVER_JS)],
-            self.log,
-            cwd=NODE_DIR,
-            env={
-                "IDP_PORT": str(self.port),
-                "IDP_SHAPE": shape,
-                "IDP_TENANT_ID": TENANT_ID,
-                "IDP_EXPIRING_TTL": str(expiring_ttl),
-                "IDP_INTROSPECTION_CLIENT_ID": self.introspection_client.client_id,
-                "IDP_INTROSPECTION_CLIENT_SECRET": self.introspection_client.client_secret,
-                "PEERS_NODE_DIR": str(NODE_DIR),
-                "IDP_TLS_CERT": str(test_ca().cert_file),
-                "IDP_TLS_KEY": str(test_ca().key_file),
-            },
-        )
-        try:
-            wait_until(self._ready, f"oidc-provider ({shape})", log=self.log, alive=self.proc.alive)
-        except PeerError:
-            self.stop()
-            raise
+        env = {
+            "IDP_PORT": str(self.port),
+            "IDP_SHAPE": shape,
+            "IDP_TENANT_ID": TENANT_ID,
+            "IDP_EXPIRING_TTL": str(expiring_ttl),
+            "IDP_INTROSPECTION_CLIENT_ID": self.introspection_client.client_id,
+            "IDP_INTROSPECTION_CLIENT_SECRET": self.introspection_client.client_secret,
+            "PEERS_NODE_DIR": str(NODE_DIR),
+            "IDP_TLS_CERT": str(test_ca().cert_file),
+            "IDP_TLS_KEY": str(test_ca().key_file),
+        }
+        # Once in a long CI run, a node process stalled before it listened (its log stops after
+        # the import); a second one on the same port starts in a second, so one retry is made.
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.proc = Proc(
+                f"idp-{shape}", [node, str(SERVER_JS)], self.log, cwd=NODE_DIR, env=env
+            )
+            try:
+                wait_until(
+                    self._ready, f"oidc-provider ({shape})", log=self.log, alive=self.proc.alive
+                )
+                break
+            except PeerError:
+                self.proc.stop()
+                if attempt == START_ATTEMPTS:
+                    self.http.close()
+                    raise
+                print(f"oidc-provider ({shape}) did not start; starting it again", flush=True)
         self.start_seconds = time.monotonic() - started
         self.metadata: dict[str, Any] = self.http.get(self.discovery_url, timeout=5).json()
 
