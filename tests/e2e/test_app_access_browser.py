@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from example_app import create_app
 from example_app.extensions import db
 from example_app.models import SystemEmail
-from peers.tls import test_ca
 
-from ..conftest import TEST_KEY
-from .browser_steps import open_config, open_remote_mailbox, shot
+from .browser_steps import demo_helpdesk, open_config, open_remote_mailbox, shot
 
 SUPPORT = "support@example.test"
 
@@ -21,21 +18,14 @@ SUPPORT = "support@example.test"
 def helpdesk(tmp_path, serve_app, ms_dovecot, ms_postfix):
     """The demo helpdesk, its support@ email served by the Microsoft-shaped Dovecot and
     Postfix (the settings the admin fills besides Config)."""
-    app = create_app(
-        {
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'helpdesk.sqlite3'}",
-            "MAILOAUTH_ENCRYPTION_KEYS": [TEST_KEY],
-            "MAILOAUTH_ALLOW_INSECURE_HTTP": True,
-            "MAILOAUTH_CA_BUNDLE": str(test_ca().ca_file),
-        }
-    )
+    app, server = demo_helpdesk(tmp_path, serve_app)
     with app.app_context():
         email = db.session.execute(db.select(SystemEmail).filter_by(address=SUPPORT)).scalar_one()
         email.host, email.port, email.security = ms_dovecot.host, ms_dovecot.imap_port, "none"
         email.smtp_host, email.smtp_port = ms_postfix.host, ms_postfix.port
         email.smtp_security = "none"
         db.session.commit()
-    return app, serve_app(app)
+    return app, server
 
 
 def test_admin_consent_roles_and_the_copied_tenant_setup(helpdesk, ms_idp, page):

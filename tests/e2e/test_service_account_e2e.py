@@ -16,14 +16,11 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from example_app import create_app
 from example_app.extensions import db, mailoauth
 from example_app.models import SystemEmail
-from peers.tls import test_ca
 
-from ..conftest import TEST_KEY
 from ..stored import tokens_at_once
-from .browser_steps import open_config, open_remote_mailbox
+from .browser_steps import demo_helpdesk, open_config, open_remote_mailbox
 from .flows import csrf_token, point_at, send_and_read_back
 
 SUPPORT = "support@example.test"
@@ -155,20 +152,13 @@ def test_missing_domain_wide_delegation_is_refused_with_the_admin_console_values
 @pytest.fixture
 def helpdesk(tmp_path, serve_app, dovecot):
     """The demo helpdesk, its support@ mailbox on the generic IdP's Dovecot."""
-    app = create_app(
-        {
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'helpdesk.sqlite3'}",
-            "MAILOAUTH_ENCRYPTION_KEYS": [TEST_KEY],
-            "MAILOAUTH_ALLOW_INSECURE_HTTP": True,
-            "MAILOAUTH_CA_BUNDLE": str(test_ca().ca_file),
-        }
-    )
+    app, server = demo_helpdesk(tmp_path, serve_app)
     with app.app_context():
         email = db.session.execute(db.select(SystemEmail).filter_by(address=SUPPORT)).scalar_one()
         email.host, email.port, email.security = dovecot.host, dovecot.imap_port, "none"
         email.smtp_auth = "basic"  # SMTP is not what this test is about
         db.session.commit()
-    return app, serve_app(app)
+    return app, server
 
 
 def test_the_key_file_is_chosen_in_chromium_and_nobody_signs_in(
